@@ -1,0 +1,19 @@
+"""anyio-fastapi-testkit: test async FastAPI apps on one event loop per backend, with anyio.
+
+The fixtures come from the pytest plugin (see ``pytest --fixtures``); this module holds the
+few helpers meant for import.
+"""
+
+from __future__ import annotations
+
+from ._client import override_dependencies
+from ._errors import AppError, ConfigError, DatabaseError, TestkitError
+
+__all__ = [
+    "AppError",
+    "ConfigError",
+    "DatabaseError",
+    "TestkitError",
+    "override_dependencies",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,63 @@
+"""Backends: which library really runs the code, and the guard against anyio's runner reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import pytest
+
+
+def backend_name(anyio_backend: Any) -> str:
+    """The name of a backend given as anyio accepts it: a name or a (name, options) tuple."""
+    if isinstance(anyio_backend, str):
+        return anyio_backend
+    if isinstance(anyio_backend, tuple) and anyio_backend and isinstance(anyio_backend[0], str):
+        return anyio_backend[0]
+    raise TypeError(f"anyio_backend must be a name or a (name, options) tuple, not {anyio_backend!r}")
+
+
+def running_library() -> str | None:
+    """The async library actually running the current code, asked of the libraries themselves.
+
+    Deliberately not sniffio or anyio's own cache: anyio's runner records the backend it was
+    created for, which is exactly what is wrong when a runner is reused for another backend.
+    """
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+        else:
+            return "trio"
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return "asyncio"
+
+
+def check_backend(requested: str, item_name: str) -> None:
+    """Fail the current test if it is not running on the backend its id names."""
+    actual = running_library()
+    if actual is None or actual == requested:
+        return
+    pytest.fail(
+        f"{item_name} asked for the {requested} backend but is running on {actual}.\n"
+        "anyio's pytest plugin keeps one test runner alive while any async fixture started on "
+        "it is alive, and reuses it for later tests whatever backend they ask for. A "
+        "session- or module-scoped async fixture that does not depend on `anyio_backend` "
+        f"therefore keeps the {actual} loop running into the {requested} tests.\n"
+        "Fix: add `anyio_backend` to the arguments of every higher-scoped async fixture "
+        "(pytest then rebuilds it for each backend), or make it function-scoped.",
+        pytrace=False,
+    )
+
+
+ASYNC_DRIVERS_ASYNCIO_ONLY = (
+    "the database fixtures use {driver}'s async driver, which runs on asyncio only "
+    "(trio is not supported by it); this test runs on asyncio, and db_session_sync works on "
+    "every backend"
+)

@@ -1,0 +1,74 @@
+"""The HTTP client on the app (httpx or its maintained fork httpx2), and dependency overrides."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any
+
+from ._errors import ConfigError
+
+BASE_URL = "http://testserver"
+HTTP_LIBRARIES = ("httpx2", "httpx")
+
+
+def http_library(preferred: str | None) -> ModuleType:
+    """The httpx-compatible library to build clients with.
+
+    Starlette 1.2+ prefers httpx2 (the maintained fork) and warns about httpx, so httpx2 wins
+    when both are installed, unless the ``testkit_http_client`` setting says otherwise.
+    """
+    names = (preferred,) if preferred else HTTP_LIBRARIES
+    for name in names:
+        if name not in HTTP_LIBRARIES:
+            raise ConfigError(
+                f"testkit_http_client = {name!r} is not supported; set it to httpx2 or httpx."
+            )
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ConfigError(
+        f"testkit_http_client = {preferred!r} is not installed; `pip install {preferred}`, "
+        "or unset testkit_http_client to use whichever of httpx2 and httpx is installed."
+        if preferred
+        else "Neither httpx2 nor httpx is installed; `pip install httpx2` (or httpx)."
+    )
+
+
+def make_client(library: ModuleType, app: Any, **kwargs: Any) -> Any:
+    """An AsyncClient sending requests in-process to ``app`` (no sockets)."""
+    transport = library.ASGITransport(app=app)
+    kwargs.setdefault("base_url", BASE_URL)
+    return library.AsyncClient(transport=transport, **kwargs)
+
+
+def overridable(app: object) -> dict[Callable[..., Any], Callable[..., Any]]:
+    overrides = getattr(app, "dependency_overrides", None)
+    if not isinstance(overrides, dict):
+        raise TypeError(
+            f"{type(app).__name__} has no dependency_overrides: dependency overrides need a "
+            "FastAPI app (or a router-level app exposing dependency_overrides)."
+        )
+    return overrides
+
+
+@contextmanager
+def override_dependencies(
+    app: object, overrides: Mapping[Callable[..., Any], Callable[..., Any]] | None = None
+) -> Iterator[dict[Callable[..., Any], Callable[..., Any]]]:
+    """Set ``app.dependency_overrides`` for a block and restore exactly what was there before.
+
+    Yields the live overrides dict, so more overrides can be added inside the block; all of
+    them are undone on exit, also when the block raises.
+    """
+    live = overridable(app)
+    saved = dict(live)
+    live.update(overrides or {})
+    try:
+        yield live
+    finally:
+        live.clear()
+        live.update(saved)

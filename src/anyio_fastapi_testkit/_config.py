@@ -1,0 +1,275 @@
+"""The kit's settings: ini options, command-line flags and environment variables, read once."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+
+import pytest
+
+from ._errors import ConfigError
+
+DEFAULT_BACKENDS = ("asyncio",)
+DEFAULT_LIFESPAN_TIMEOUT = 10.0
+DATABASE_URL_ENV = "TESTKIT_DATABASE_URL"
+
+# (ini name, type, help, default); flags are registered separately below.
+_INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (
+    (
+        "testkit_app",
+        "string",
+        'The ASGI app under test, "pkg.module:app", or a factory call "pkg.module:create_app()". '
+        "Unset: override the `app` fixture in conftest.py.",
+        "",
+    ),
+    (
+        "testkit_backends",
+        "args",
+        "Backends every async test runs on, space separated: asyncio, trio. Default: asyncio.",
+        [],
+    ),
+    (
+        "testkit_startup_timeout",
+        "string",
+        "Seconds the app's lifespan startup may take before the session stops. Default: 10.",
+        "",
+    ),
+    (
+        "testkit_shutdown_timeout",
+        "string",
+        "Seconds the app's lifespan shutdown may take before it is reported. Default: 10.",
+        "",
+    ),
+    (
+        "testkit_database_url",
+        "string",
+        "An existing PostgreSQL server to create test databases on (the kit creates its own "
+        f"test_... databases there). Also --testkit-db-url and ${DATABASE_URL_ENV}. "
+        "Unset: start an embedded server.",
+        "",
+    ),
+    (
+        "testkit_schema",
+        "string",
+        'Schema source: "pkg.models:Base.metadata" (create_all) or "alembic:alembic.ini" '
+        "(upgrade head). Unset: an empty database.",
+        "",
+    ),
+    (
+        "testkit_session_dependency",
+        "string",
+        'The app\'s session dependency, "pkg.db:get_session", overridden with db_session '
+        "for each test's requests.",
+        "",
+    ),
+    (
+        "testkit_sessionmaker",
+        "string",
+        'The app\'s own async_sessionmaker, "pkg.db:SessionLocal", made to hand out sessions '
+        "joined to the test's transaction during each test.",
+        "",
+    ),
+    (
+        "testkit_database_driver",
+        "string",
+        "Async driver of the kit's engine and sessions: psycopg or asyncpg. Default: psycopg.",
+        "",
+    ),
+    (
+        "testkit_database_env",
+        "linelist",
+        "Environment variables set before the app is imported: NAME gets the test database URL; "
+        "NAME={host} style templates get parts ({url} {host} {port} {user} {password} "
+        "{database}). Space separated, a TOML list, or one per line.",
+        [],
+    ),
+    (
+        "testkit_http_client",
+        "string",
+        "The HTTP client library of the `client` fixture: httpx2 or httpx. "
+        "Default: httpx2 when it is installed, else httpx.",
+        "",
+    ),
+    (
+        "testkit_timeout",
+        "string",
+        "Seconds after which a hung async test or fixture is cancelled and failed. "
+        "Also --testkit-timeout. Unset: no limit.",
+        "",
+    ),
+)
+
+KNOWN_BACKENDS = ("asyncio", "trio")
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register every ini option and flag of the kit, with help text."""
+    for name, kind, help_text, default in _INI_OPTIONS:
+        parser.addini(name, help=help_text, type=kind, default=default)  # type: ignore[arg-type]
+    group = parser.getgroup("anyio-fastapi-testkit")
+    group.addoption(
+        "--testkit-backends",
+        dest="testkit_backends",
+        default=None,
+        metavar="NAMES",
+        help="Backends every async test runs on, comma or space separated "
+        "(overrides the testkit_backends ini option).",
+    )
+    group.addoption(
+        "--testkit-db-url",
+        dest="testkit_database_url",
+        default=None,
+        metavar="URL",
+        help=f"An existing PostgreSQL server for the test databases (overrides ${DATABASE_URL_ENV} "
+        "and the testkit_database_url ini option).",
+    )
+    group.addoption(
+        "--testkit-timeout",
+        dest="testkit_timeout",
+        default=None,
+        metavar="SECONDS",
+        help="Cancel and fail an async test or fixture that runs longer than this.",
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The kit's settings, resolved from flags, environment and ini options (in that order)."""
+
+    app: str | None
+    backends: tuple[str, ...]
+    startup_timeout: float
+    shutdown_timeout: float
+    database_url: str | None
+    schema: str | None
+    session_dependency: str | None
+    sessionmaker: str | None
+    database_driver: str
+    database_env: tuple[str, ...]
+    timeout: float | None
+    http_client: str | None
+
+
+def _ini_str(config: pytest.Config, name: str) -> str | None:
+    value = config.getini(name)
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _seconds(raw: str | None, setting: str, default: float | None) -> float | None:
+    if raw is None:
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{setting} = {raw!r} is not a number of seconds; set it to e.g. 10 or 2.5."
+        ) from None
+    if seconds <= 0:
+        raise ConfigError(f"{setting} = {raw!r} must be a positive number of seconds.")
+    return seconds
+
+
+def parse_backends(raw: str | list[str] | None) -> tuple[str, ...]:
+    """Split a backend list given as a string (comma or space separated) or a list."""
+    if raw is None:
+        return ()
+    items = shlex.split(raw.replace(",", " ")) if isinstance(raw, str) else list(raw)
+    names: list[str] = []
+    for item in items:
+        for name in item.replace(",", " ").split():
+            if name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+def split_env_entries(lines: list[str]) -> tuple[str, ...]:
+    """Accept one entry per line, space separated entries, or a TOML list."""
+    entries: list[str] = []
+    for line in lines:
+        entries.extend(shlex.split(line))
+    return tuple(entries)
+
+
+def read_settings(config: pytest.Config) -> Settings:
+    """Resolve the settings; raises ConfigError naming the setting at fault."""
+    flag_backends = config.getoption("testkit_backends")
+    if flag_backends:
+        backends = parse_backends(flag_backends)
+        backend_setting = "--testkit-backends"
+    else:
+        backends = parse_backends(config.getini("testkit_backends")) or DEFAULT_BACKENDS
+        backend_setting = "testkit_backends"
+    database_url = (
+        config.getoption("testkit_database_url")
+        or os.environ.get(DATABASE_URL_ENV)
+        or _ini_str(config, "testkit_database_url")
+    )
+    driver = _ini_str(config, "testkit_database_driver") or "psycopg"
+    if driver not in ("psycopg", "asyncpg"):
+        raise ConfigError(
+            f"testkit_database_driver = {driver!r} is not a supported driver; "
+            "set it to psycopg (the default) or asyncpg."
+        )
+    timeout_raw = config.getoption("testkit_timeout") or _ini_str(config, "testkit_timeout")
+    settings = Settings(
+        app=_ini_str(config, "testkit_app"),
+        backends=backends,
+        startup_timeout=_seconds(
+            _ini_str(config, "testkit_startup_timeout"),
+            "testkit_startup_timeout",
+            DEFAULT_LIFESPAN_TIMEOUT,
+        )
+        or DEFAULT_LIFESPAN_TIMEOUT,
+        shutdown_timeout=_seconds(
+            _ini_str(config, "testkit_shutdown_timeout"),
+            "testkit_shutdown_timeout",
+            DEFAULT_LIFESPAN_TIMEOUT,
+        )
+        or DEFAULT_LIFESPAN_TIMEOUT,
+        database_url=database_url or None,
+        schema=_ini_str(config, "testkit_schema"),
+        session_dependency=_ini_str(config, "testkit_session_dependency"),
+        sessionmaker=_ini_str(config, "testkit_sessionmaker"),
+        database_driver=driver,
+        database_env=split_env_entries(list(config.getini("testkit_database_env"))),
+        timeout=_seconds(timeout_raw, "testkit_timeout / --testkit-timeout", None),
+        http_client=_ini_str(config, "testkit_http_client"),
+    )
+    _check_backends(settings.backends, backend_setting)
+    return settings
+
+
+def _check_backends(backends: tuple[str, ...], setting: str) -> None:
+    for name in backends:
+        if name not in KNOWN_BACKENDS:
+            raise ConfigError(
+                f"{setting} names an unknown backend {name!r}; "
+                f"known backends are {', '.join(KNOWN_BACKENDS)}."
+            )
+    if "trio" in backends:
+        try:
+            import trio  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                f"{setting} asks for the trio backend, but trio is not installed; install it "
+                "with `pip install anyio-fastapi-testkit[trio]`, or remove trio from "
+                f"{setting}."
+            ) from None
+
+
+_SETTINGS_KEY = pytest.StashKey[Settings]()
+
+
+def store_settings(config: pytest.Config, settings: Settings) -> None:
+    config.stash[_SETTINGS_KEY] = settings
+
+
+def get_settings(config: pytest.Config) -> Settings:
+    """The settings read at configure time (read now if the plugin was loaded late)."""
+    settings = config.stash.get(_SETTINGS_KEY, None)
+    if settings is None:
+        settings = read_settings(config)
+        store_settings(config, settings)
+    return settings

@@ -1,0 +1,103 @@
+"""The pytest plugin: settings, conflict checks, fixture registration and async test collection.
+
+Installed, it is loaded through the ``pytest11`` entry point. With plugin autoloading disabled,
+load it with ``-p anyio_fastapi_testkit.plugin`` or ``pytest_plugins`` in the root conftest.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from typing import Any
+
+import pytest
+
+from . import fixtures
+from ._config import add_options, read_settings, store_settings
+from ._errors import ConfigError
+
+PLUGIN_NAME = "anyio_fastapi_testkit.plugin"
+FIXTURES_PLUGIN_NAME = "anyio_fastapi_testkit.fixtures"
+BACKENDS_PLUGIN_NAME = "anyio_fastapi_testkit.backends"
+# What every async test uses: the backend, the shared loop, and the guard that checks them.
+ASYNC_TEST_FIXTURES = ("anyio_backend", "_testkit_loop", "_testkit_backend_guard")
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    add_options(parser)
+    # anyio's plugin runs the tests; make sure it is there when autoloading is disabled.
+    import anyio.pytest_plugin
+
+    if not pluginmanager.is_registered(anyio.pytest_plugin) and not pluginmanager.has_plugin(
+        "anyio"
+    ):
+        pluginmanager.register(anyio.pytest_plugin, "anyio")
+
+
+def _backend_parameters(backends: tuple[str, ...]) -> types.ModuleType:
+    """A plugin module whose fixture is parametrized with the configured backends."""
+
+    @pytest.fixture(scope="session", params=backends)
+    def _testkit_backend(request: pytest.FixtureRequest) -> Any:
+        return request.param
+
+    plugin = types.ModuleType(BACKENDS_PLUGIN_NAME)
+    plugin._testkit_backend = _testkit_backend  # type: ignore[attr-defined]
+    return plugin
+
+
+def _check_pytest_asyncio(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("asyncio"):
+        return
+    mode = config.getoption("asyncio_mode", default=None) or config.getini("asyncio_mode")
+    if mode == "auto":
+        raise ConfigError(
+            "pytest-asyncio is active in auto mode (asyncio_mode = auto) beside "
+            "anyio-fastapi-testkit: it would run every async test on a fresh event loop of its "
+            "own, outside the kit's shared loop. Fix one of: remove asyncio_mode = auto (strict "
+            "is pytest-asyncio's default), add `-p no:asyncio` to addopts, or uninstall "
+            "pytest-asyncio."
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "testkit_timeout(seconds): cancel and fail this async test after that many seconds.",
+    )
+    _check_pytest_asyncio(config)
+    settings = read_settings(config)
+    store_settings(config, settings)
+    manager = config.pluginmanager
+    # Registered now, after every autoloaded plugin, so that the kit's session-scoped
+    # anyio_backend wins over anyio's module-scoped one however the kit itself was loaded.
+    if not manager.is_registered(fixtures) and not manager.has_plugin(FIXTURES_PLUGIN_NAME):
+        manager.register(fixtures, FIXTURES_PLUGIN_NAME)
+    if not manager.has_plugin(BACKENDS_PLUGIN_NAME):
+        manager.register(_backend_parameters(settings.backends), BACKENDS_PLUGIN_NAME)
+
+
+def _is_async_test(obj: object) -> bool:
+    inner = getattr(getattr(obj, "hypothesis", None), "inner_test", obj)
+    return inspect.iscoroutinefunction(inner)
+
+
+def _left_to_pytest_asyncio(collector: pytest.Module | pytest.Class, obj: object) -> bool:
+    own_marks = getattr(obj, "pytestmark", ())
+    return collector.get_closest_marker("asyncio") is not None or any(
+        getattr(mark, "name", None) == "asyncio" for mark in own_marks
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(
+    collector: pytest.Module | pytest.Class, name: str, obj: object
+) -> None:
+    # Async tests need no marker: give each the backend, shared loop and guard fixtures.
+    # Tests marked for pytest-asyncio (strict mode) stay with it.
+    if (
+        collector.istestfunction(obj, name)
+        and _is_async_test(obj)
+        and not _left_to_pytest_asyncio(collector, obj)
+    ):
+        pytest.mark.usefixtures(*ASYNC_TEST_FIXTURES)(obj)
