@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import inspect
-import time
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from asgi_lifespan import LifespanManager
 from asgi_lifespan._exceptions import LifespanNotSupported
 
 from ._errors import AppError, ConfigError
 from ._imports import import_from_path
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -62,14 +66,29 @@ def _with_state_copy(app: ASGIApp, state: dict[str, Any]) -> ASGIApp:
     return app_with_state
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or the exception itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _app_exception(exc: BaseException) -> BaseException:
+    """The app's own exception out of the task-group wrappers around it."""
+    leaves = [leaf for leaf in _leaves(exc) if not isinstance(leaf, anyio.get_cancelled_exc_class())]
+    return leaves[0] if len(leaves) == 1 else exc
+
+
 @asynccontextmanager
 async def running_lifespan(
     app: ASGIApp, *, startup_timeout: float, shutdown_timeout: float
 ) -> AsyncIterator[ASGIApp]:
     """Run the app's lifespan startup, yield the app ready for requests, then shut it down.
 
-    asgi-lifespan runs the protocol; the kit adds readable errors (its timeouts raise a bare
-    TimeoutError) and a per-request copy of the lifespan state (it shares one dict).
+    asgi-lifespan speaks the protocol. The kit runs it in a task of its own and enforces the
+    timeouts itself, because asgi-lifespan raises a bare TimeoutError and, on trio, waits
+    forever for a startup that timed out. Requests get a copy of the lifespan state (asgi-lifespan
+    shares one dict), as ASGI servers give them.
     """
     state: dict[str, Any] = {}
 
@@ -78,47 +97,67 @@ async def running_lifespan(
             scope["state"] = state
         await app(scope, receive, send)
 
-    name = app_name(app)
-    manager = LifespanManager(
-        recording_app, startup_timeout=startup_timeout, shutdown_timeout=shutdown_timeout
-    )
-    started = time.monotonic()
-    try:
-        await manager.__aenter__()
-    except LifespanNotSupported:
-        # Plain ASGI apps without a lifespan protocol are fine: there is nothing to start.
-        yield app
-        return
-    except TimeoutError as exc:
-        if time.monotonic() - started >= startup_timeout * 0.9:
-            raise AppError(
-                f"The lifespan startup of the app ({name}) did not finish within "
-                f"{startup_timeout:g} s. Raise the limit with the testkit_startup_timeout ini "
-                "option, or look for a startup step that waits forever (a server that is not "
-                "there, a lock, an endless loop)."
-            ) from exc
-        raise _startup_failed(name, exc) from exc
-    except Exception as exc:
-        raise _startup_failed(name, exc) from exc
-    try:
-        yield _with_state_copy(app, state)
-    finally:
-        started = time.monotonic()
+    started, stop, finished = anyio.Event(), anyio.Event(), anyio.Event()
+    supported = True
+
+    async def serve() -> None:
+        nonlocal supported
         try:
-            await manager.__aexit__(None, None, None)
-        except TimeoutError as exc:
-            if time.monotonic() - started < shutdown_timeout * 0.9:
+            async with LifespanManager(
+                recording_app, startup_timeout=None, shutdown_timeout=None
+            ):
+                started.set()
+                await stop.wait()
+        except BaseException as exc:
+            if not all(isinstance(leaf, LifespanNotSupported) for leaf in _leaves(exc)):
                 raise
-            raise AppError(
-                f"The lifespan shutdown of the app ({name}) did not finish within "
-                f"{shutdown_timeout:g} s. Raise the limit with the testkit_shutdown_timeout ini "
-                "option, or look for a shutdown step that waits forever (a background task "
-                "that is never cancelled, a connection that is never closed)."
-            ) from exc
+            # Plain ASGI apps without the lifespan protocol are fine: nothing to start.
+            supported = False
+            started.set()
+        finally:
+            finished.set()
+
+    name = app_name(app)
+    timed_out: str | None = None
+    try:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(serve)
+            with anyio.move_on_after(startup_timeout) as startup_wait:
+                await started.wait()
+            if startup_wait.cancelled_caught:
+                timed_out = "startup"
+                task_group.cancel_scope.cancel()
+            else:
+                try:
+                    yield _with_state_copy(app, state) if supported else app
+                finally:
+                    stop.set()
+                    with anyio.move_on_after(shutdown_timeout) as shutdown_wait:
+                        await finished.wait()
+                    if shutdown_wait.cancelled_caught:
+                        timed_out = "shutdown"
+                        task_group.cancel_scope.cancel()
+    except BaseException as exc:
+        if timed_out is not None or isinstance(exc, GeneratorExit):
+            raise
+        cause = _app_exception(exc)
+        phase = "startup" if not started.is_set() else "shutdown"
+        raise AppError(
+            f"The lifespan {phase} of the app ({name}) raised {type(cause).__name__}: {cause}. "
+            "The app's own traceback is above"
+            + ("; no test can run until startup works." if phase == "startup" else ".")
+        ) from cause
+    if timed_out is not None:
+        limit, setting = (
+            (startup_timeout, "testkit_startup_timeout")
+            if timed_out == "startup"
+            else (shutdown_timeout, "testkit_shutdown_timeout")
+        )
+        raise AppError(
+            f"The lifespan {timed_out} of the app ({name}) did not finish within {limit:g} s. "
+            f"Raise the limit with the {setting} ini option, or look for a {timed_out} step "
+            "that waits forever (a server that is not there, a lock, a background task that "
+            "is never cancelled)."
+        )
 
 
-def _startup_failed(name: str, exc: BaseException) -> AppError:
-    return AppError(
-        f"The lifespan startup of the app ({name}) raised {type(exc).__name__}: {exc}. "
-        "The app's own traceback is above; no test can run until startup works."
-    )

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-
-
 class TestkitError(Exception):
     """Base class of the kit's own errors."""
 
     __test__ = False  # not a test class, despite the name
 
 
-class ConfigError(TestkitError, pytest.UsageError):
+class ConfigError(TestkitError):
     """A setting is wrong; the message names the setting and how to fix it."""
 
 

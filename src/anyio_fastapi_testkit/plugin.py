@@ -65,8 +65,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "testkit_timeout(seconds): cancel and fail this async test after that many seconds.",
     )
-    _check_pytest_asyncio(config)
-    settings = read_settings(config)
+    try:
+        _check_pytest_asyncio(config)
+        settings = read_settings(config)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
     store_settings(config, settings)
     manager = config.pluginmanager
     # Registered now, after every autoloaded plugin, so that the kit's session-scoped

@@ -1,0 +1,1 @@
+"""Bookshelf: an example FastAPI + async SQLAlchemy app tested with anyio-fastapi-testkit."""

@@ -1,0 +1,232 @@
+"""The databases the kit owns: named, created, cloned and dropped here, and never any other.
+
+Each database the kit creates carries a comment marking it as the kit's. A database without
+that mark is somebody else's: the kit refuses to recreate or drop it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import time
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import URL
+
+from ._errors import DatabaseError
+from ._server import URL_SETTINGS, check_server_version, connect_admin
+from ._urls import mask_url
+
+Driver = Literal["psycopg", "asyncpg"]
+AdminConnection = psycopg.Connection[tuple[Any, ...]]
+
+OWNERSHIP_MARK = "created by anyio-fastapi-testkit"
+RUN_ID = f"{os.getpid()}-{secrets.token_hex(4)}"  # this pytest run, in the ownership comments
+MAX_NAME_BYTES = 63  # PostgreSQL silently truncates longer identifiers
+TEMPLATE_SUFFIX = "_template"
+DEFAULT_BUSY_TIMEOUT = 5.0
+
+_DRIVERNAMES: dict[Driver | None, str] = {
+    None: "postgresql",
+    "psycopg": "postgresql+psycopg",
+    "asyncpg": "postgresql+asyncpg",
+}
+
+
+def test_database_names(base_name: str, worker_id: str | None) -> tuple[str, str]:
+    """The (template, working) database names for ``base_name`` and an xdist worker.
+
+    ``test_app`` -> ("test_app_template", "test_app"); with worker "gw0" the working
+    database is "test_app_gw0". Over-long names are shortened with a hash to stay unique.
+    """
+    worker = worker_id if worker_id and worker_id != "master" else None
+    suffixes = [TEMPLATE_SUFFIX, *([f"_{worker}"] if worker else [])]
+    room = MAX_NAME_BYTES - max(len(suffix.encode()) for suffix in suffixes)
+    base = _fit(f"test_{base_name}", room)
+    return f"{base}{TEMPLATE_SUFFIX}", f"{base}_{worker}" if worker else base
+
+
+test_database_names.__test__ = False  # type: ignore[attr-defined]  # pytest: not a test
+
+
+def _fit(name: str, limit: int) -> str:
+    if len(name.encode()) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    if limit < len(digest) + 2:
+        raise DatabaseError(
+            f"No room for a database name within PostgreSQL's {MAX_NAME_BYTES} bytes: the "
+            "xdist worker id is too long. Fix: use fewer or shorter worker names."
+        )
+    head = name.encode()[: limit - len(digest) - 1].decode(errors="ignore")
+    return f"{head}_{digest}"
+
+
+def database_url(admin_url: URL, name: str, driver: Driver | None) -> URL:
+    """The URL of database ``name`` on the admin URL's server, for ``driver`` (None: libpq)."""
+    try:
+        drivername = _DRIVERNAMES[driver]
+    except KeyError:
+        raise ValueError(f"driver must be 'psycopg', 'asyncpg' or None, not {driver!r}") from None
+    return admin_url.set(drivername=drivername, database=name)
+
+
+def is_ours(conn: AdminConnection, name: str) -> bool:
+    """Whether database ``name`` exists and carries the kit's ownership comment."""
+    row = conn.execute(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+        (name,),
+    ).fetchone()
+    comment = row[0] if row else None
+    return isinstance(comment, str) and (
+        comment == OWNERSHIP_MARK or comment.startswith(f"{OWNERSHIP_MARK};")
+    )
+
+
+def create_database(
+    admin_url: URL,
+    name: str,
+    *,
+    template: str | None = None,
+    run_id: str = RUN_ID,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+) -> None:
+    """Create database ``name`` (a clone of ``template`` if given) and mark it as the kit's.
+
+    A leftover of the kit's (from a killed run) is dropped first; a database of the same
+    name that is not the kit's raises ``DatabaseError`` and is left as it is. Cloning waits
+    up to ``busy_timeout`` seconds for other sessions to leave the template.
+    """
+    for checked in (name, template):
+        if checked is not None:
+            _check_name(checked)
+    with connect_admin(admin_url) as conn:
+        _check_version(conn, admin_url)
+        if _exists(conn, name):
+            _refuse_foreign(conn, admin_url, name, "recreate")
+            _drop(conn, name)
+        _create(conn, name, template, busy_timeout)
+        # CREATE DATABASE cannot share a transaction with COMMENT: a run killed between the
+        # two leaves an unmarked database, which the kit then reports instead of dropping.
+        _mark(conn, name, run_id)
+
+
+def drop_database(admin_url: URL, name: str) -> None:
+    """Drop database ``name`` if it is the kit's; nothing if it does not exist.
+
+    Its sessions are ended (WITH (FORCE)). A database that is not the kit's raises
+    ``DatabaseError`` and is left as it is.
+    """
+    _check_name(name)
+    with connect_admin(admin_url) as conn:
+        _check_version(conn, admin_url)
+        if not _exists(conn, name):
+            return
+        _refuse_foreign(conn, admin_url, name, "drop")
+        _drop(conn, name)
+
+
+def _check_name(name: str) -> None:
+    size = len(name.encode())
+    if 0 < size <= MAX_NAME_BYTES and "\x00" not in name:
+        return
+    raise DatabaseError(
+        f"Database name {name!r} is {size} bytes; PostgreSQL names must be 1 to "
+        f"{MAX_NAME_BYTES} bytes (longer ones are cut, and would name another database). "
+        "Fix: use a shorter database name in the URL."
+    )
+
+
+def _check_version(conn: AdminConnection, admin_url: URL) -> None:
+    check_server_version(conn.info.server_version, f"The server at {mask_url(admin_url)}")
+
+
+def _exists(conn: AdminConnection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return row is not None
+
+
+def _refuse_foreign(conn: AdminConnection, admin_url: URL, name: str, action: str) -> None:
+    if is_ours(conn, name):
+        return
+    raise DatabaseError(
+        f"Database {name!r} exists on {mask_url(admin_url)} and was not created by "
+        f"anyio-fastapi-testkit (it lacks the kit's comment {OWNERSHIP_MARK!r}); the kit will "
+        f"not {action} it, nor touch it in any way. Fix: drop or rename it yourself, or point "
+        f"the database URL ({URL_SETTINGS}) at another database name: the kit names its "
+        "databases test_<that name>."
+    )
+
+
+def _create(conn: AdminConnection, name: str, template: str | None, busy_timeout: float) -> None:
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.05
+    while True:
+        try:
+            conn.execute(statement)
+            return
+        except psycopg.errors.ObjectInUse:
+            # The template has other sessions; they are often just closing: wait a bit.
+            if time.monotonic() >= deadline:
+                raise DatabaseError(_busy_message(conn, name, template, busy_timeout)) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        except psycopg.Error as exc:
+            raise DatabaseError(_failed_message("create", name, template, exc)) from None
+
+
+def _busy_message(
+    conn: AdminConnection, name: str, template: str | None, busy_timeout: float
+) -> str:
+    source = template or "template1"
+    rows = conn.execute(
+        "SELECT pid, usename, application_name, state FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid()",
+        (source,),
+    ).fetchall()
+    sessions = "; ".join(
+        f"pid {pid} (user {user}, application {app or '-'}, {state or 'no state'})"
+        for pid, user, app, state in rows
+    )
+    return (
+        f"Could not create database {name!r} from template {source!r}: PostgreSQL copies a "
+        "template only while no other session is connected to it, and sessions stayed "
+        f"connected for {busy_timeout:g}s: {sessions or 'they left just now'}. Fix: close "
+        f"every connection to {source!r} before the copy: dispose the engines bound to it "
+        "(engine.dispose() / await engine.dispose()), close its sessions and pools, and run "
+        "no tests against the template database itself."
+    )
+
+
+def _failed_message(action: str, name: str, template: str | None, exc: psycopg.Error) -> str:
+    cloned = f" from template {template!r}" if template else ""
+    return (
+        f"Could not {action} database {name!r}{cloned}: {str(exc).strip()}. Fix: make sure "
+        "the URL's user may create databases (superuser or CREATEDB, and owner of the "
+        "databases it drops) and that the template exists."
+    )
+
+
+def _mark(conn: AdminConnection, name: str, run_id: str) -> None:
+    comment = f"{OWNERSHIP_MARK}; run {run_id}"
+    statement = sql.SQL("COMMENT ON DATABASE {} IS {}")
+    try:
+        conn.execute(statement.format(sql.Identifier(name), sql.Literal(comment)))
+    except psycopg.Error as exc:
+        # Unmarked, it would count as somebody else's forever: undo the creation.
+        _drop(conn, name)
+        raise DatabaseError(_failed_message("mark", name, None, exc)) from None
+
+
+def _drop(conn: AdminConnection, name: str) -> None:
+    statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    try:
+        conn.execute(statement)
+    except psycopg.Error as exc:
+        raise DatabaseError(_failed_message("drop", name, None, exc)) from None

@@ -1,0 +1,241 @@
+"""One event loop per backend, backend parametrization, the guard, and how the kit is loaded."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import Project
+
+LOOP_PROBE = """
+    import asyncio
+    import contextvars
+    import sys
+
+    import pytest
+
+    from anyio_fastapi_testkit._backends import running_library
+
+    seen = []
+    marker = contextvars.ContextVar("marker", default="unset")
+
+
+    @pytest.fixture(scope="session")
+    async def session_marker(anyio_backend):
+        marker.set(f"set-in-session-{anyio_backend}")
+        yield
+
+
+    def current_loop_id():
+        if running_library() == "trio":
+            import trio
+            return id(trio.lowlevel.current_root_task())
+        return id(asyncio.get_running_loop())
+
+
+    @pytest.fixture
+    async def fixture_loop():
+        return current_loop_id()
+
+
+    @pytest.mark.parametrize("n", range(3))
+    async def test_probe(n, anyio_backend, fixture_loop, session_marker):
+        assert running_library() == anyio_backend
+        assert fixture_loop == current_loop_id()
+        assert marker.get() == f"set-in-session-{anyio_backend}"
+        seen.append((anyio_backend, current_loop_id()))
+
+
+    def test_summary():
+        by_backend = {}
+        for backend, loop in seen:
+            by_backend.setdefault(backend, set()).add(loop)
+        print("LOOPS", {b: len(l) for b, l in sorted(by_backend.items())})
+        assert all(len(loops) == 1 for loops in by_backend.values())
+"""
+
+
+def test_one_loop_per_backend_shared_by_tests_and_fixtures(project: Project) -> None:
+    project.ini(testkit_backends="asyncio trio")
+    project.module("test_probe", LOOP_PROBE)
+    result = project.run("-s", "-v")
+    result.assert_outcomes(passed=7)
+    result.stdout.fnmatch_lines(["*LOOPS {'asyncio': 1, 'trio': 1}*"])
+    result.stdout.fnmatch_lines(["*test_probe[[]*asyncio*PASSED*", "*test_probe[[]*trio*PASSED*"])
+
+
+def test_default_backend_is_asyncio_only(project: Project) -> None:
+    project.ini()
+    project.module(
+        "test_default",
+        """
+        from anyio_fastapi_testkit._backends import running_library
+
+        async def test_runs(anyio_backend):
+            assert anyio_backend == "asyncio" == running_library()
+        """,
+    )
+    result = project.run("-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_runs[[]asyncio[]] PASSED*"])
+
+
+def test_backends_flag_overrides_ini(project: Project) -> None:
+    project.ini(testkit_backends="asyncio")
+    project.module(
+        "test_flag",
+        """
+        from anyio_fastapi_testkit._backends import running_library
+
+        async def test_runs(anyio_backend):
+            assert running_library() == anyio_backend
+        """,
+    )
+    result = project.run("-v", "--testkit-backends=trio,asyncio")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*test_runs[[]trio[]] PASSED*"])
+
+
+def test_existing_anyio_marked_tests_keep_working(project: Project) -> None:
+    project.ini(testkit_backends="asyncio trio")
+    project.module(
+        "test_marked",
+        """
+        import pytest
+
+        from anyio_fastapi_testkit._backends import running_library
+
+        pytestmark = pytest.mark.anyio
+
+        async def test_marked(anyio_backend):
+            assert running_library() == anyio_backend
+
+        @pytest.mark.anyio
+        async def test_marked_again():
+            assert running_library() is not None
+        """,
+    )
+    result = project.run()
+    result.assert_outcomes(passed=4)
+
+
+def test_guard_fails_trio_test_run_on_asyncio_by_a_users_session_fixture(
+    project: Project,
+) -> None:
+    project.ini(testkit_backends="asyncio trio")
+    project.module(
+        "test_trap",
+        """
+        import pytest
+
+        @pytest.fixture(scope="session")
+        async def shared_resource():
+            yield "resource"
+
+        async def test_uses_it(shared_resource, anyio_backend):
+            assert shared_resource == "resource"
+        """,
+    )
+    result = project.run("-v")
+    result.stdout.fnmatch_lines(
+        [
+            "*test_uses_it[[]asyncio[]] PASSED*",
+            "*asked for the trio backend but is running on asyncio*",
+            "*add `anyio_backend` to the arguments*",
+        ]
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_guard_stays_quiet_when_session_fixture_depends_on_backend(project: Project) -> None:
+    project.ini(testkit_backends="asyncio trio")
+    project.module(
+        "test_fixed",
+        """
+        import pytest
+
+        from anyio_fastapi_testkit._backends import running_library
+
+        @pytest.fixture(scope="session")
+        async def shared_resource(anyio_backend):
+            yield running_library()
+
+        async def test_uses_it(shared_resource, anyio_backend):
+            assert shared_resource == anyio_backend == running_library()
+        """,
+    )
+    project.run().assert_outcomes(passed=2)
+
+
+def test_sync_tests_are_not_parametrized(project: Project) -> None:
+    project.ini(testkit_backends="asyncio trio")
+    project.module("test_sync", "def test_plain():\n    assert True\n")
+    result = project.run("-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_plain PASSED*"])
+
+
+def test_pytest_asyncio_strict_mode_tests_stay_with_pytest_asyncio(project: Project) -> None:
+    project.ini(asyncio_mode="strict")
+    project.module(
+        "test_mixed",
+        """
+        import pytest
+
+        @pytest.mark.asyncio
+        async def test_pytest_asyncio_runs_me():
+            pass
+
+        async def test_kit_runs_me(anyio_backend):
+            assert anyio_backend == "asyncio"
+        """,
+    )
+    result = project.run("-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*test_pytest_asyncio_runs_me PASSED*"])
+
+
+BACKEND_PROBE = """
+    from anyio_fastapi_testkit._backends import running_library
+
+    async def test_backend(anyio_backend):
+        assert running_library() == anyio_backend
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "extra_args", "conftest"),
+    [
+        ("entry point", (), ""),
+        (
+            "-p without autoload",
+            ("-p", "anyio_fastapi_testkit.plugin"),
+            "",
+        ),
+        (
+            "pytest_plugins without autoload",
+            (),
+            'pytest_plugins = ["anyio_fastapi_testkit.plugin"]\n',
+        ),
+        ("-p with autoload", ("-p", "anyio_fastapi_testkit.plugin"), ""),
+        ("pytest_plugins with autoload", (), 'pytest_plugins = ["anyio_fastapi_testkit.plugin"]\n'),
+        ("import * in conftest", (), "from anyio_fastapi_testkit.fixtures import *\n"),
+    ],
+)
+def test_kit_backend_fixture_wins_however_loaded(
+    project: Project,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+    extra_args: tuple[str, ...],
+    conftest: str,
+) -> None:
+    if "without autoload" in how:
+        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    project.ini(testkit_backends="asyncio trio")
+    if conftest:
+        project.pytester.makeconftest(conftest)
+    project.module("test_how", BACKEND_PROBE)
+    result = project.run("-v", "--setup-plan", *extra_args)
+    # Session scope of the kit's fixture shows in the setup plan as "S".
+    result.stdout.fnmatch_lines(["*SETUP    S anyio_backend*"])
+    result = project.run("-v", *extra_args)
+    result.assert_outcomes(passed=2)

