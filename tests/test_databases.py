@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -30,11 +33,14 @@ MARK = "created by anyio-fastapi-testkit"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(None, base_dir=tmp_path_factory.mktemp("databases"), prefer="embedded")
+def server() -> Iterator[RunningServer]:
+    # Not under pytest's basetemp: as root, a new pytest session resets /tmp/pytest-of-root
+    # to 0700, and the server user could no longer reach its data (see test_server.py).
+    base = Path(tempfile.mkdtemp(prefix="testkit-tests-"))
+    running = start_server(None, base_dir=base, prefer="embedded")
     yield running
-    print("LOG", (running.state_dir / "server.log").read_text()[-5000:])  # DEBUG
     running.stop()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -232,7 +238,7 @@ def test_a_database_the_kit_did_not_create_is_never_touched(
 
 def test_a_name_longer_than_postgres_allows_is_refused(admin_url: URL) -> None:
     name = "test_" + "x" * 59
-    with pytest.raises(DatabaseError, match="64 bytes.*1 to 63 bytes"):
+    with pytest.raises(DatabaseError, match=r"64 bytes.*1 to 63 bytes"):
         create_database(admin_url, name)
     assert not exists(admin_url, name[:63])
 

@@ -11,11 +11,13 @@ import importlib.util
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,8 +51,16 @@ AS_ROOT = os.geteuid() == 0
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("servers")
+def base_dir() -> Iterator[Path]:
+    """A base folder outside pytest's basetemp.
+
+    As root, the server user must traverse every folder above its data for as long as the
+    server runs, and each new pytest session resets /tmp/pytest-of-root to 0700: a server
+    under tmp_path_factory then PANICs at its next checkpoint if another pytest starts.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="testkit-tests-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -195,10 +205,8 @@ def test_stop_ends_the_server_and_removes_its_folder(base_dir: Path) -> None:
     server.stop()  # idempotent
 
 
-def test_a_failed_start_reports_the_server_log_and_leaves_no_folder(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    base = tmp_path_factory.mktemp("failing")
+def test_a_failed_start_reports_the_server_log_and_leaves_no_folder(base_dir: Path) -> None:
+    base = base_dir / "failing"
     with pytest.raises(DatabaseError) as caught:
         start_server(None, base_dir=base, server_settings={"no_such_setting": "1"})
     message = str(caught.value)

@@ -31,7 +31,7 @@ def load_app(path: str) -> ASGIApp:
     if isinstance(obj, type):
         raise ConfigError(
             f"testkit_app = {path!r} names the class {obj.__name__}, not an app instance. "
-            f"Name the instance (\"module:app\") or a factory call (\"module:create_app()\")."
+            f'Name the instance ("module:app") or a factory call ("module:create_app()").'
         )
     call = getattr(obj, "__call__", None)  # noqa: B004 - the ASGI entry point itself
     if not (inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(call)):
@@ -75,7 +75,9 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 def _app_exception(exc: BaseException) -> BaseException:
     """The app's own exception out of the task-group wrappers around it."""
-    leaves = [leaf for leaf in _leaves(exc) if not isinstance(leaf, anyio.get_cancelled_exc_class())]
+    leaves = [
+        leaf for leaf in _leaves(exc) if not isinstance(leaf, anyio.get_cancelled_exc_class())
+    ]
     return leaves[0] if len(leaves) == 1 else exc
 
 
@@ -103,9 +105,7 @@ async def running_lifespan(
     async def serve() -> None:
         nonlocal supported
         try:
-            async with LifespanManager(
-                recording_app, startup_timeout=None, shutdown_timeout=None
-            ):
+            async with LifespanManager(recording_app, startup_timeout=None, shutdown_timeout=None):
                 started.set()
                 await stop.wait()
         except BaseException as exc:
@@ -161,3 +161,15 @@ async def running_lifespan(
         )
 
 
+def uses_dependency(app: object, dependency: object) -> bool:
+    """Whether any route of the app (at any depth of its dependency tree) uses ``dependency``."""
+    router = getattr(app, "router", None)
+    pending = [
+        route.dependant for route in getattr(router, "routes", ()) if hasattr(route, "dependant")
+    ]
+    while pending:
+        dependant = pending.pop()
+        if getattr(dependant, "call", None) is dependency:
+            return True
+        pending.extend(getattr(dependant, "dependencies", ()))
+    return False

@@ -15,7 +15,9 @@ def backend_name(anyio_backend: Any) -> str:
         return anyio_backend
     if isinstance(anyio_backend, tuple) and anyio_backend and isinstance(anyio_backend[0], str):
         return anyio_backend[0]
-    raise TypeError(f"anyio_backend must be a name or a (name, options) tuple, not {anyio_backend!r}")
+    raise TypeError(
+        f"anyio_backend must be a name or a (name, options) tuple, not {anyio_backend!r}"
+    )
 
 
 def running_library() -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 class TestkitError(Exception):
     """Base class of the kit's own errors."""
 

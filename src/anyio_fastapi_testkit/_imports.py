@@ -16,8 +16,8 @@ def import_from_path(path: str, setting: str, *, what: str) -> Any:
     module_name, sep, attr_path = path.partition(":")
     if not sep or not module_name or not attr_path:
         raise ConfigError(
-            f"{setting} = {path!r} must name {what} as \"package.module:attribute\" "
-            f"(or \"package.module:factory()\" for a factory)."
+            f'{setting} = {path!r} must name {what} as "package.module:attribute" '
+            f'(or "package.module:factory()" for a factory).'
         )
     call = attr_path.endswith("()")
     if call:

@@ -139,11 +139,15 @@ def start_server(
     """Provide a PostgreSQL server: the configured one, else a throwaway local cluster.
 
     ``tcp``: the cluster listens on 127.0.0.1 (password auth) besides its unix socket.
-    ``base_dir``: where state folders go (default: a per-user folder in the temp dir).
+    ``base_dir``: where state folders go (default: a per-user folder in the temp dir). As
+    root, the server user must be able to pass through every folder above it for as long as
+    the server runs, or the server stops at its next checkpoint; pytest's basetemp is unfit
+    (each new pytest session resets /tmp/pytest-of-root to 0700).
     ``prefer``: use only the embedded or only the system binaries (default: embedded first).
     ``server_settings``: extra settings of the cluster, e.g. ``{"max_connections": "200"}``.
     """
     if configured_url:
+        cleanup_orphans(base_dir or default_base_dir())  # left by earlier runs without a URL
         return _use_configured(configured_url)
     base = _prepare_base_dir(base_dir)
     cleanup_orphans(base)
@@ -239,9 +243,8 @@ def _conninfo(url: URL) -> str:
 
 
 def _connect_failure(url: URL, exc: psycopg.Error, fixes: str) -> str:
-    password = url.password if isinstance(url.password, str) else None
-    secrets_ = [password or "", str(url.query.get("password") or "")]
-    detail = mask_secrets(str(exc).strip(), secrets_) or type(exc).__name__
+    passwords = [str(url.password or ""), str(url.query.get("password") or "")]
+    detail = mask_secrets(str(exc).strip(), passwords) or type(exc).__name__
     return f"Could not connect to PostgreSQL at {mask_url(url)}: {detail}\n{fixes}"
 
 
@@ -390,7 +393,7 @@ class _Cluster:
             pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise DatabaseError(
-                f"initdb failed (exit {result.returncode}) in {self.state_dir}:\n"
+                f"initdb of {self.bin_dir} failed (exit {result.returncode}):\n"
                 f"{_tail(result.stdout + result.stderr)}\n{LOCAL_FIXES}"
             )
 
@@ -766,12 +769,19 @@ def cleanup_orphans(base_dir: Path) -> list[Path]:
     removed = []
     for state_dir in sorted(base_dir.glob(f"{STATE_PREFIX}*")):
         owner = _read_owner(state_dir)
-        if _is_orphan(state_dir, owner):
-            bin_dir = Path(owner["bin_dir"]) if owner and owner.get("bin_dir") else None
-            _shutdown(state_dir / "data", bin_dir, modes=("immediate",))
-            _remove_state(state_dir, _recorded_socket_dir(owner))
-            removed.append(state_dir)
+        # One folder the kit cannot inspect must not keep this run from starting.
+        with contextlib.suppress(OSError):
+            if _is_orphan(state_dir, owner):
+                _remove_orphan(state_dir, owner)
+                removed.append(state_dir)
     return removed
+
+
+def _remove_orphan(state_dir: Path, owner: dict[str, Any] | None) -> None:
+    recorded_bin = owner.get("bin_dir") if owner else None
+    bin_dir = Path(recorded_bin) if isinstance(recorded_bin, str) else None
+    _shutdown(state_dir / "data", bin_dir, modes=("immediate",))
+    _remove_state(state_dir, _recorded_socket_dir(owner))
 
 
 def _read_owner(state_dir: Path) -> dict[str, Any] | None:

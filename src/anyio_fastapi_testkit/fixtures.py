@@ -12,18 +12,35 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
 
-from ._app import ASGIApp, load_app, running_lifespan
+from ._app import ASGIApp, load_app, running_lifespan, uses_dependency
 from ._backends import backend_name, check_backend
 from ._client import http_library, make_client, override_dependencies
 from ._config import get_settings
 from ._errors import AppError, ConfigError
+from ._imports import import_from_path
+from ._provision import DatabaseURL, TestDatabases
+from ._transaction import (
+    AsyncDatabase,
+    SyncDatabase,
+    SyncTestTransaction,
+    TestTransaction,
+    is_async_dependency,
+    session_options,
+)
 
 __all__ = [
     "anyio_backend",
     "app",
     "app_lifespan",
     "client",
+    "database_url",
+    "db_connection",
+    "db_engine",
+    "db_session",
+    "db_session_sync",
     "dependency_overrides",
 ]
 
@@ -100,7 +117,10 @@ async def app_lifespan(
 
 @pytest.fixture
 async def client(
-    app_lifespan: ASGIApp, anyio_backend: object, request: pytest.FixtureRequest
+    app_lifespan: ASGIApp,
+    anyio_backend: object,
+    _testkit_transaction: TestTransaction,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Any]:
     """An ``httpx.AsyncClient`` (or ``httpx2.AsyncClient``) on the started app.
 
@@ -125,3 +145,175 @@ def dependency_overrides(
     """
     with override_dependencies(app) as live:
         yield live
+
+
+_DATABASES_KEY = pytest.StashKey[TestDatabases]()
+
+
+def test_databases(config: pytest.Config) -> TestDatabases:
+    """This process's TestDatabases (made on first use, closed at unconfigure)."""
+    databases = config.stash.get(_DATABASES_KEY, None)
+    if databases is None:
+        workerinput = getattr(config, "workerinput", None)
+        databases = TestDatabases(
+            get_settings(config),
+            rootdir=config.rootpath,
+            worker_id=workerinput["workerid"] if workerinput else None,
+        )
+        config.stash[_DATABASES_KEY] = databases
+    return databases
+
+
+def close_test_databases(config: pytest.Config) -> None:
+    databases = config.stash.get(_DATABASES_KEY, None)
+    if databases is not None:
+        databases.close()
+
+
+test_databases.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def database_url(request: pytest.FixtureRequest) -> DatabaseURL:
+    """URL of this worker's test database (a ``str``; its repr hides the password).
+
+    The database is the kit's own ``test_...`` clone of a template holding the schema from
+    ``testkit_schema``, on the server from ``testkit_database_url`` or on an embedded server;
+    it is dropped at the end of the session. The driver is ``testkit_database_driver``'s.
+    Cost: the first use in a session starts the server and builds the schema (about 1 s with
+    the embedded server); later uses are free.
+    """
+    return test_databases(request.config).working_url()
+
+
+@pytest.fixture(scope="session")
+def _testkit_session_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+    path = get_settings(request.config).sessionmaker
+    maker = (
+        import_from_path(path, "testkit_sessionmaker", what="the app's sessionmaker")
+        if path
+        else None
+    )
+    return session_options(maker)
+
+
+@pytest.fixture(scope="session")
+def _testkit_session_dependency(request: pytest.FixtureRequest) -> Callable[..., Any] | None:
+    path = get_settings(request.config).session_dependency
+    if path is None:
+        return None
+    dependency: Callable[..., Any] = import_from_path(
+        path, "testkit_session_dependency", what="the session dependency"
+    )
+    app_object = request.getfixturevalue("app")
+    if not uses_dependency(app_object, dependency):
+        raise ConfigError(
+            f"testkit_session_dependency = {path!r} is not a dependency of any route of the app, "
+            "so overriding it would change nothing. Name the function your routes pass to "
+            'Depends() (e.g. "myproject.db:get_session"), or unset the option.'
+        )
+    return dependency
+
+
+@pytest.fixture(scope="session")
+async def _testkit_async_database(
+    anyio_backend: object, request: pytest.FixtureRequest
+) -> AsyncIterator[AsyncDatabase]:
+    database = AsyncDatabase(test_databases(request.config), backend_name(anyio_backend))
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+@pytest.fixture(scope="session")
+def _testkit_sync_database(request: pytest.FixtureRequest) -> Iterator[SyncDatabase]:
+    database = SyncDatabase(test_databases(request.config))
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+@pytest.fixture
+def _testkit_sync_transaction(
+    _testkit_sync_database: SyncDatabase, _testkit_session_options: dict[str, Any]
+) -> Iterator[SyncTestTransaction]:
+    transaction = SyncTestTransaction(_testkit_sync_database, _testkit_session_options)
+    try:
+        yield transaction
+    finally:
+        transaction.close()
+
+
+@pytest.fixture
+async def _testkit_transaction(
+    _testkit_async_database: AsyncDatabase,
+    _testkit_sync_transaction: SyncTestTransaction,
+    _testkit_session_options: dict[str, Any],
+    _testkit_session_dependency: Callable[..., Any] | None,
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[TestTransaction]:
+    transaction = TestTransaction(_testkit_async_database, _testkit_session_options)
+    try:
+        if _testkit_session_dependency is None:
+            yield transaction
+        else:
+            dependency = _testkit_session_dependency
+            replacement = (
+                transaction.dependency()
+                if is_async_dependency(dependency)
+                else _testkit_sync_transaction.dependency()
+            )
+            with override_dependencies(request.getfixturevalue("app"), {dependency: replacement}):
+                yield transaction
+    finally:
+        await transaction.close()
+
+
+@pytest.fixture(scope="session")
+async def db_engine(_testkit_async_database: AsyncDatabase) -> AsyncEngine:
+    """``AsyncEngine`` on this worker's test database (session-scoped, one per backend).
+
+    Driver from ``testkit_database_driver`` (psycopg by default). The async drivers run on
+    asyncio only: on trio, tests that use it are skipped with that reason. Writes made through
+    its own connections are committed for real; use ``db_connection``/``db_session`` for
+    rolled-back work. Cost: made once per backend.
+    """
+    return await _testkit_async_database.engine()
+
+
+@pytest.fixture
+async def db_connection(_testkit_transaction: TestTransaction) -> AsyncConnection:
+    """``AsyncConnection`` inside an outer transaction that is rolled back after the test.
+
+    Shared by ``db_session`` and, through ``testkit_session_dependency``, by the app's
+    requests. asyncio only (skipped on trio). Cost: a pooled connection and BEGIN/ROLLBACK.
+    """
+    return await _testkit_transaction.connection()
+
+
+@pytest.fixture
+async def db_session(_testkit_transaction: TestTransaction) -> AsyncSession:
+    """``AsyncSession`` on ``db_connection``, ``join_transaction_mode="create_savepoint"``.
+
+    ``commit()``, ``rollback()``, ``begin_nested()`` and ``refresh()`` behave as in
+    production, but only inside the test's outer transaction, which is rolled back after the
+    test: the next test sees an empty database again. Options come from ``testkit_sessionmaker``
+    (else ``expire_on_commit=False``). The app's session dependency yields this same session
+    during the test, so a rollback in the app also expires the test's objects (re-read them).
+    asyncio only (skipped on trio). Cost: ``db_connection``'s, plus one session.
+    """
+    return await _testkit_transaction.session()
+
+
+@pytest.fixture
+def db_session_sync(_testkit_sync_transaction: SyncTestTransaction) -> Session:
+    """A sync SQLAlchemy ``Session`` (psycopg) in its own rolled-back outer transaction.
+
+    Same savepoint rules as ``db_session``, for apps with sync (``def``) endpoints and
+    dependencies: a sync ``testkit_session_dependency`` yields this session. Works on every
+    backend. It is a separate connection from ``db_session``'s, so the two do not see each
+    other's uncommitted data. Cost: one connection per test.
+    """
+    return _testkit_sync_transaction.session()

@@ -14,7 +14,7 @@ import pytest
 
 from . import fixtures
 from ._config import add_options, read_settings, store_settings
-from ._errors import ConfigError
+from ._errors import ConfigError, TestkitError
 
 PLUGIN_NAME = "anyio_fastapi_testkit.plugin"
 FIXTURES_PLUGIN_NAME = "anyio_fastapi_testkit.fixtures"
@@ -78,6 +78,27 @@ def pytest_configure(config: pytest.Config) -> None:
         manager.register(fixtures, FIXTURES_PLUGIN_NAME)
     if not manager.has_plugin(BACKENDS_PLUGIN_NAME):
         manager.register(_backend_parameters(settings.backends), BACKENDS_PLUGIN_NAME)
+    if settings.database_env and not _is_xdist_controller(config):
+        # Apps read these at import, which happens during collection: set them before it.
+        try:
+            fixtures.test_databases(config).apply_env()
+        except TestkitError as exc:
+            raise pytest.UsageError(f"testkit_database_env: {exc}") from exc
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Here rather than in a fixture finalizer, so that a session that failed or was
+    # interrupted still drops its databases and stops its server.
+    fixtures.close_test_databases(config)
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """True in the process that only distributes tests to pytest-xdist workers."""
+    if hasattr(config, "workerinput"):
+        return False
+    return bool(config.getoption("numprocesses", default=None)) and config.getoption(
+        "dist", default="no"
+    ) != "no"
 
 
 def _is_async_test(obj: object) -> bool:

@@ -1,0 +1,209 @@
+"""Per-test isolation: a connection in an outer transaction, savepoint-mode sessions on it.
+
+Everything is made on first use, so a test that never touches the database (on trio, say)
+never opens a connection, even when the app's session dependency is overridden.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Final
+
+import anyio
+import pytest
+from sqlalchemy import Connection, create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from ._backends import ASYNC_DRIVERS_ASYNCIO_ONLY
+from ._provision import TestDatabases
+
+SAVEPOINT_MODE: Final = "create_savepoint"
+# The app's objects must stay readable after its commit(): FastAPI serialises responses
+# outside of an await, where an expired attribute cannot be loaded (MissingGreenlet).
+DEFAULT_SESSION_OPTIONS: dict[str, Any] = {"expire_on_commit": False}
+_NOT_SESSION_OPTIONS = ("bind", "binds", "join_transaction_mode")
+
+
+def session_options(sessionmaker: Any | None) -> dict[str, Any]:
+    """The test sessions' options: the app's own sessionmaker's, else expire_on_commit=False."""
+    kw = getattr(sessionmaker, "kw", None)
+    if not isinstance(kw, dict):
+        return dict(DEFAULT_SESSION_OPTIONS)
+    return {key: value for key, value in kw.items() if key not in _NOT_SESSION_OPTIONS}
+
+
+def require_asyncio(backend: str, driver: str) -> None:
+    if backend != "asyncio":
+        pytest.skip(ASYNC_DRIVERS_ASYNCIO_ONLY.format(driver=driver))
+
+
+class TaskLock:
+    """A lock its owning task may take again: a request that opens a second session on the
+    test connection must not wait for itself."""
+
+    def __init__(self) -> None:
+        self._lock = anyio.Lock()
+        self._owner: object = None
+        self._depth = 0
+
+    async def __aenter__(self) -> None:
+        task = anyio.get_current_task().id
+        if self._owner != task:
+            await self._lock.acquire()
+            self._owner = task
+        self._depth += 1
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._depth -= 1
+        if not self._depth:
+            self._owner = None
+            self._lock.release()
+
+
+class AsyncDatabase:
+    """The async engine of one backend's session, made on first use and disposed at its end."""
+
+    def __init__(self, databases: TestDatabases, backend: str) -> None:
+        self.databases = databases
+        self.backend = backend
+        self.driver = databases.settings.database_driver
+        self._engine: AsyncEngine | None = None
+
+    async def engine(self) -> AsyncEngine:
+        require_asyncio(self.backend, self.driver)
+        if self._engine is None:
+            # Provisioning runs initdb, migrations, CREATE DATABASE: keep them off the loop.
+            url = await anyio.to_thread.run_sync(self.databases.working_url)
+            self._engine = create_async_engine(str(url))
+        return self._engine
+
+    async def dispose(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+
+class TestTransaction:
+    """One test's connection, outer transaction and sessions; all rolled back by ``close()``."""
+
+    __test__ = False
+
+    def __init__(self, database: AsyncDatabase, options: dict[str, Any]) -> None:
+        self.database = database
+        self.options = options
+        self.lock = TaskLock()
+        self._connection: AsyncConnection | None = None
+        self._session: AsyncSession | None = None
+
+    async def connection(self) -> AsyncConnection:
+        if self._connection is None:
+            engine = await self.database.engine()
+            connection = await engine.connect()
+            await connection.begin()
+            self._connection = connection
+        return self._connection
+
+    async def session(self) -> AsyncSession:
+        if self._session is None:
+            self._session = AsyncSession(
+                bind=await self.connection(), join_transaction_mode=SAVEPOINT_MODE, **self.options
+            )
+        return self._session
+
+    def dependency(self) -> Callable[[], AsyncIterator[AsyncSession]]:
+        """A FastAPI dependency yielding the test's session, one request at a time."""
+
+        async def test_session_dependency() -> AsyncIterator[AsyncSession]:
+            # Concurrent requests share one session, which allows no concurrent operations:
+            # they take turns, each holding the lock for its whole request.
+            async with self.lock:
+                yield await self.session()
+
+        return test_session_dependency
+
+    async def close(self) -> None:
+        session, connection = self._session, self._connection
+        self._session = self._connection = None
+        try:
+            if session is not None:
+                await session.close()
+        finally:
+            if connection is not None:
+                try:
+                    if connection.in_transaction():
+                        await connection.rollback()
+                finally:
+                    await connection.close()
+
+
+class SyncDatabase:
+    """The sync (psycopg) engine for ``db_session_sync``; usable on every backend."""
+
+    def __init__(self, databases: TestDatabases) -> None:
+        self.databases = databases
+        self._engine: Engine | None = None
+
+    def engine(self) -> Engine:
+        if self._engine is None:
+            url = str(self.databases.working_url())
+            self._engine = create_engine(url.replace("+asyncpg", "+psycopg", 1), poolclass=NullPool)
+        return self._engine
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+
+class SyncTestTransaction:
+    """The sync twin of TestTransaction, for sync endpoints and dependencies."""
+
+    __test__ = False
+
+    def __init__(self, database: SyncDatabase, options: dict[str, Any]) -> None:
+        self.database = database
+        self.options = options
+        self.lock = threading.Lock()
+        self._connection: Connection | None = None
+        self._session: Session | None = None
+
+    def session(self) -> Session:
+        if self._session is None:
+            connection = self.database.engine().connect()
+            connection.begin()
+            self._connection = connection
+            self._session = Session(
+                bind=connection, join_transaction_mode=SAVEPOINT_MODE, **self.options
+            )
+        return self._session
+
+    def dependency(self) -> Callable[[], Iterator[Session]]:
+        def test_session_dependency() -> Iterator[Session]:
+            # FastAPI runs sync dependencies in worker threads: take turns, as the async one.
+            with self.lock:
+                yield self.session()
+
+        return test_session_dependency
+
+    def close(self) -> None:
+        session, connection = self._session, self._connection
+        self._session = self._connection = None
+        try:
+            if session is not None:
+                session.close()
+        finally:
+            if connection is not None:
+                try:
+                    if connection.in_transaction():
+                        connection.rollback()
+                finally:
+                    connection.close()
+
+
+def is_async_dependency(dependency: Callable[..., Any]) -> bool:
+    return inspect.isasyncgenfunction(dependency) or inspect.iscoroutinefunction(dependency)
