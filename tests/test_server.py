@@ -424,6 +424,24 @@ def test_only_folders_of_dead_owners_are_removed(tmp_path: Path, clock: str) -> 
         alive.wait()
 
 
+def test_a_configured_url_run_also_removes_orphans(server: RunningServer, tmp_path: Path) -> None:
+    gone = fake_state(tmp_path, "run-gone", {"pid": 2**22 + 1})  # above Linux's pid_max
+    start_server(libpq(server.info.admin_url), base_dir=tmp_path)
+    assert not gone.exists()
+
+
+def test_a_long_base_dir_gets_a_short_socket_folder(base_dir: Path) -> None:
+    deep = base_dir / ("d" * 90)
+    with start_server(None, base_dir=deep, tcp=False, prefer="embedded") as server:
+        socket_dir = Path(str(server.info.admin_url.query["host"]))
+        assert socket_dir.parent == Path("/tmp")
+        assert socket_dir.name.startswith("tk-")
+        assert query_one(server.info.admin_url, "SELECT 1") == 1
+        owner = json.loads((deep / server.state_dir.name / "owner.json").read_text())
+        assert owner["socket_dir"] == str(socket_dir)
+    assert not socket_dir.exists()
+
+
 def test_a_socket_folder_named_in_owner_json_is_removed_only_if_the_kit_made_it(
     tmp_path: Path,
 ) -> None:

@@ -1,0 +1,55 @@
+"""The example apps' own suites, run as their users run them, on the embedded server."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLE_TIMEOUT = 300
+
+
+def run_example(name: str, *args: str) -> tuple[int, dict[str, int], str]:
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:asyncio", *args],
+        cwd=EXAMPLES / name,
+        capture_output=True,
+        text=True,
+        timeout=EXAMPLE_TIMEOUT,
+        check=False,
+    )
+    output = completed.stdout + completed.stderr
+    last = output.strip().splitlines()[-1] if output.strip() else ""
+    counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|error)", last)}
+    return completed.returncode, counts, output
+
+
+@pytest.mark.parametrize(
+    "schema_args",
+    [
+        pytest.param((), id="metadata-create_all"),
+        pytest.param(
+            ("-o", "testkit_schema=alembic:alembic.ini", "-o", "testkit_database_env=DATABASE_URL"),
+            id="alembic-upgrade-head",
+        ),
+    ],
+)
+def test_bookshelf_suite_passes_on_the_embedded_server(schema_args: tuple[str, ...]) -> None:
+    code, counts, output = run_example("bookshelf", *schema_args)
+    assert code == 0, output
+    assert counts.get("passed", 0) >= 30, output
+    assert "failed" not in counts and "error" not in counts, output
+
+
+def test_bookshelf_suite_on_trio_skips_only_database_tests_and_says_why() -> None:
+    code, counts, output = run_example("bookshelf", "--testkit-backends=asyncio trio", "-rs", "-v")
+    assert code == 0, output
+    assert counts.get("skipped", 0) > 0, output
+    assert "runs on asyncio only" in output
+    # The tests that never reach the database ran, and passed, on trio too.
+    assert re.search(r"test_no_database.py::test_health\S*\[trio\] PASSED", output), output
+    assert not re.search(r"test_authors.py::\S*\[trio\] PASSED", output), output
