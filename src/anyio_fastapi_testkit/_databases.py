@@ -165,42 +165,50 @@ def _create(conn: AdminConnection, name: str, template: str | None, busy_timeout
     statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
     if template is not None:
         statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
-    deadline = time.monotonic() + busy_timeout
-    delay = 0.05
+    source = template or "template1"
+    started = time.monotonic()
     while True:
+        # PostgreSQL itself waits 5 s before refusing a template in use: poll instead, so
+        # sessions that are just closing cost little and a busy template fails in time.
+        _wait_until_unused(conn, source, started + busy_timeout)
         try:
             conn.execute(statement)
             return
         except psycopg.errors.ObjectInUse:
-            # The template has other sessions; they are often just closing: wait a bit.
-            if time.monotonic() >= deadline:
-                raise DatabaseError(_busy_message(conn, name, template, busy_timeout)) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            if time.monotonic() - started >= busy_timeout:
+                raise DatabaseError(_busy_message(conn, name, source, started)) from None
         except psycopg.Error as exc:
             raise DatabaseError(_failed_message("create", name, template, exc)) from None
 
 
-def _busy_message(
-    conn: AdminConnection, name: str, template: str | None, busy_timeout: float
-) -> str:
-    source = template or "template1"
-    rows = conn.execute(
+def _wait_until_unused(conn: AdminConnection, database: str, deadline: float) -> None:
+    """Wait until no other session uses ``database``, or the deadline passes."""
+    delay = 0.02
+    while _sessions(conn, database) and time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
+def _sessions(conn: AdminConnection, database: str) -> list[tuple[Any, ...]]:
+    return conn.execute(
         "SELECT pid, usename, application_name, state FROM pg_stat_activity "
         "WHERE datname = %s AND pid <> pg_backend_pid()",
-        (source,),
+        (database,),
     ).fetchall()
+
+
+def _busy_message(conn: AdminConnection, name: str, source: str, started: float) -> str:
     sessions = "; ".join(
         f"pid {pid} (user {user}, application {app or '-'}, {state or 'no state'})"
-        for pid, user, app, state in rows
+        for pid, user, app, state in _sessions(conn, source)
     )
     return (
         f"Could not create database {name!r} from template {source!r}: PostgreSQL copies a "
         "template only while no other session is connected to it, and sessions stayed "
-        f"connected for {busy_timeout:g}s: {sessions or 'they left just now'}. Fix: close "
-        f"every connection to {source!r} before the copy: dispose the engines bound to it "
-        "(engine.dispose() / await engine.dispose()), close its sessions and pools, and run "
-        "no tests against the template database itself."
+        f"connected for {time.monotonic() - started:.1f}s: {sessions or 'they left just now'}. "
+        f"Fix: close every connection to {source!r} before the copy: dispose the engines "
+        "bound to it (engine.dispose() / await engine.dispose()), close its sessions and "
+        "pools, and run no tests against the template database itself."
     )
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import inspect
 import types
+from collections.abc import Generator
 from typing import Any
 
 import pytest
 
 from . import fixtures
 from ._config import add_options, read_settings, store_settings
+from ._diagnostics import explain
 from ._errors import ConfigError, TestkitError
 
 PLUGIN_NAME = "anyio_fastapi_testkit.plugin"
@@ -111,6 +113,18 @@ def _left_to_pytest_asyncio(collector: pytest.Module | pytest.Class, obj: object
     return collector.get_closest_marker("asyncio") is not None or any(
         getattr(mark, "name", None) == "asyncio" for mark in own_marks
     )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed and call.excinfo is not None:
+        explanation = explain(str(call.excinfo.getrepr(style="short")))
+        if explanation is not None:
+            report.sections.append(("anyio-fastapi-testkit: the event loop trap", explanation))
+    return report
 
 
 @pytest.hookimpl(tryfirst=True)
