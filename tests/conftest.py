@@ -58,3 +58,146 @@ def project(pytester: pytest.Pytester) -> Project:
     proj = Project(pytester)
     proj.module("simple_app", SIMPLE_APP)
     return proj
+
+
+# --- database helpers (test_db_fixtures.py, test_db_errors.py) ----------------------------
+
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import psutil  # noqa: E402
+
+# A FastAPI app on SQLAlchemy 2 async models. Its own engine points at a closed port unless
+# DATABASE_URL is set, so a request that is not routed to the test's session fails loudly.
+ITEMS_APP = '''
+import os
+
+from fastapi import Depends, FastAPI, HTTPException
+from pydantic import BaseModel
+from sqlalchemy import String, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "items"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+SessionLocal = async_sessionmaker(class_=AsyncSession, expire_on_commit=False)
+_engine = None
+
+
+async def get_session():
+    global _engine
+    if _engine is None:
+        url = os.environ.get("DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/nowhere")
+        _engine = create_async_engine(url)
+        SessionLocal.configure(bind=_engine)
+    async with SessionLocal() as session:
+        yield session
+
+
+async def unused_dependency():
+    yield None
+
+
+class ItemIn(BaseModel):
+    name: str
+
+
+class BatchIn(BaseModel):
+    names: list[str]
+
+
+app = FastAPI(title="items")
+
+
+@app.get("/health")
+async def health():
+    return {"status": "ok"}
+
+
+@app.post("/items", status_code=201)
+async def create_item(body: ItemIn, session: AsyncSession = Depends(get_session)):
+    item = Item(name=body.name)
+    session.add(item)
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise HTTPException(status_code=409, detail=f"{body.name} exists") from None
+    return {"id": item.id, "name": item.name}
+
+
+@app.get("/items")
+async def list_items(session: AsyncSession = Depends(get_session)):
+    return list(await session.scalars(select(Item.name).order_by(Item.name)))
+
+
+@app.post("/items/batch")
+async def create_batch(body: BatchIn, session: AsyncSession = Depends(get_session)):
+    # Each name in its own savepoint: a duplicate is skipped, the others are kept.
+    created, skipped = [], []
+    for name in body.names:
+        try:
+            async with session.begin_nested():
+                session.add(Item(name=name))
+        except IntegrityError:
+            skipped.append(name)
+        else:
+            created.append(name)
+    await session.commit()
+    return {"created": created, "skipped": skipped}
+'''
+
+
+def postgres_processes_under(folder: Path) -> list[psutil.Process]:
+    """PostgreSQL processes whose command line or working directory lies in ``folder``."""
+    found = []
+    for process in psutil.process_iter(["name", "cmdline", "cwd"]):
+        info = process.info
+        if not (info["name"] or "").startswith("postgres"):
+            continue
+        places = [*(info["cmdline"] or []), info["cwd"] or ""]
+        if any(str(folder) in place for place in places):
+            found.append(process)
+    return found
+
+
+@pytest.fixture
+def private_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A short TMPDIR of its own for the sub-sessions: the kit's state folders go inside.
+
+    The kit's default state folder is ``$TMPDIR/anyio-fastapi-testkit-<uid>``, so this keeps
+    sub-sessions out of one another's way (and out of other runs' orphan cleanup), and makes
+    "nothing left behind" checkable. Short, for the server's unix socket path.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="tk-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)
+    yield folder
+    for process in postgres_processes_under(folder):
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def leftovers(tmpdir: Path) -> list[str]:
+    """Servers and state folders that a finished sub-session left in its private TMPDIR."""
+    base = tmpdir / f"anyio-fastapi-testkit-{os.getuid()}"
+    folders = sorted(path.name for path in base.glob("run-*")) if base.is_dir() else []
+    processes = [f"pid {p.pid}: {' '.join(p.info['cmdline'] or [])}" for p in
+                 postgres_processes_under(tmpdir)]
+    return folders + processes

@@ -36,6 +36,8 @@ def run_example(name: str, *args: str) -> tuple[int, dict[str, int], str]:
             ("-o", "testkit_schema=alembic:alembic.ini", "-o", "testkit_database_env=DATABASE_URL"),
             id="alembic-upgrade-head",
         ),
+        pytest.param(("-o", "testkit_database_driver=asyncpg"), id="asyncpg"),
+        pytest.param(("-o", "testkit_server_tcp=false"), id="unix-socket-only"),
     ],
 )
 def test_bookshelf_suite_passes_on_the_embedded_server(schema_args: tuple[str, ...]) -> None:

@@ -92,6 +92,14 @@ _INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (
         "",
     ),
     (
+        "testkit_server_tcp",
+        "bool",
+        "Whether the kit's own server also listens on 127.0.0.1 (a free port, a random "
+        "per-run password) besides its private unix socket. Default: true; false keeps it "
+        "socket-only.",
+        True,
+    ),
+    (
         "testkit_timeout",
         "string",
         "Seconds after which a hung async test or fixture is cancelled and failed. "
@@ -149,6 +157,7 @@ class Settings:
     database_env: tuple[str, ...]
     timeout: float | None
     http_client: str | None
+    server_tcp: bool
 
 
 def _ini_str(config: pytest.Config, name: str) -> str | None:
@@ -236,6 +245,7 @@ def read_settings(config: pytest.Config) -> Settings:
         database_env=split_env_entries(list(config.getini("testkit_database_env"))),
         timeout=_seconds(timeout_raw, "testkit_timeout / --testkit-timeout", None),
         http_client=_ini_str(config, "testkit_http_client"),
+        server_tcp=bool(config.getini("testkit_server_tcp")),
     )
     _check_backends(settings.backends, backend_setting)
     return settings

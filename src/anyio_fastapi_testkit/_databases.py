@@ -170,7 +170,8 @@ def _create(conn: AdminConnection, name: str, template: str | None, busy_timeout
     while True:
         # PostgreSQL itself waits 5 s before refusing a template in use: poll instead, so
         # sessions that are just closing cost little and a busy template fails in time.
-        _wait_until_unused(conn, source, started + busy_timeout)
+        if not _wait_until_unused(conn, source, started + busy_timeout):
+            raise DatabaseError(_busy_message(conn, name, source, started))
         try:
             conn.execute(statement)
             return
@@ -181,12 +182,15 @@ def _create(conn: AdminConnection, name: str, template: str | None, busy_timeout
             raise DatabaseError(_failed_message("create", name, template, exc)) from None
 
 
-def _wait_until_unused(conn: AdminConnection, database: str, deadline: float) -> None:
-    """Wait until no other session uses ``database``, or the deadline passes."""
+def _wait_until_unused(conn: AdminConnection, database: str, deadline: float) -> bool:
+    """Wait until no other session uses ``database``; False if some still do at the deadline."""
     delay = 0.02
-    while _sessions(conn, database) and time.monotonic() < deadline:
+    while _sessions(conn, database):
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(delay)
         delay = min(delay * 2, 0.25)
+    return True
 
 
 def _sessions(conn: AdminConnection, database: str) -> list[tuple[Any, ...]]:

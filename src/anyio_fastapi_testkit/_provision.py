@@ -125,7 +125,7 @@ class TestDatabases:
         return render_env(self.settings.database_env, url, driver_url)
 
     def _build(self) -> DatabaseURL:
-        self._server = start_server(self.settings.database_url)
+        self._server = start_server(self.settings.database_url, tcp=self.settings.server_tcp)
         try:
             admin = self._server.info.admin_url
             base = (
