@@ -68,8 +68,14 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import psutil  # noqa: E402
+import psycopg  # noqa: E402
+from psycopg import sql  # noqa: E402
+from sqlalchemy.engine import URL  # noqa: E402
+
+from anyio_fastapi_testkit._server import RunningServer, start_server  # noqa: E402
 
 # A FastAPI app on SQLAlchemy 2 async models. Its own engine points at a closed port unless
 # DATABASE_URL is set, so a request that is not routed to the test's session fails loudly.
@@ -166,9 +172,9 @@ async def create_batch(body: BatchIn, session: AsyncSession = Depends(get_sessio
 def postgres_processes_under(folder: Path) -> list[psutil.Process]:
     """PostgreSQL processes whose command line or working directory lies in ``folder``."""
     found = []
-    for process in psutil.process_iter(["name", "cmdline", "cwd"]):
+    for process in psutil.process_iter(["name", "cmdline", "cwd", "status"]):
         info = process.info
-        if not (info["name"] or "").startswith("postgres"):
+        if not (info["name"] or "").startswith("postgres") or info["status"] == "zombie":
             continue
         places = [*(info["cmdline"] or []), info["cwd"] or ""]
         if any(str(folder) in place for place in places):
@@ -198,6 +204,35 @@ def leftovers(tmpdir: Path) -> list[str]:
     """Servers and state folders that a finished sub-session left in its private TMPDIR."""
     base = tmpdir / f"anyio-fastapi-testkit-{os.getuid()}"
     folders = sorted(path.name for path in base.glob("run-*")) if base.is_dir() else []
-    processes = [f"pid {p.pid}: {' '.join(p.info['cmdline'] or [])}" for p in
-                 postgres_processes_under(tmpdir)]
+    processes = [
+        f"pid {p.pid}: {' '.join(p.info['cmdline'] or [])}"
+        for p in postgres_processes_under(tmpdir)
+    ]
     return folders + processes
+
+
+def sql_rows(url: URL, statement: str | sql.Composable, database: str | None = None) -> list[Any]:
+    """Run one statement with psycopg (autocommit) on ``url``'s server; its rows, if any."""
+    target = url if database is None else url.set(database=database)
+    with psycopg.connect(target.render_as_string(hide_password=False), autocommit=True) as conn:
+        cursor = conn.execute(statement)
+        return cursor.fetchall() if cursor.description else []
+
+
+def database_names(url: URL) -> list[str]:
+    return sorted(row[0] for row in sql_rows(url, "SELECT datname FROM pg_database"))
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[RunningServer]:
+    """One embedded server for a test module, standing in for a developer's own server.
+
+    Its state folder is not under pytest's basetemp: as root, every new pytest session (and
+    these tests start many) resets /tmp/pytest-of-root to 0700, and the unprivileged server
+    user could then no longer reach its data.
+    """
+    base = Path(tempfile.mkdtemp(prefix="tk-srv-"))
+    server = start_server(None, base_dir=base)
+    yield server
+    server.stop()
+    shutil.rmtree(base, ignore_errors=True)

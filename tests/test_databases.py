@@ -53,7 +53,7 @@ def connect(url: URL, name: str | None = None) -> psycopg.Connection[tuple[Any, 
     return psycopg.connect(target.render_as_string(hide_password=False), autocommit=True)
 
 
-def run(url: URL, statement: str | sql.Composable, name: str | None = None) -> list[Any]:
+def run(url: URL, statement: str | sql.Composed, name: str | None = None) -> list[Any]:
     with connect(url, name) as conn:
         cursor = conn.execute(statement)
         return cursor.fetchall() if cursor.description else []
@@ -218,15 +218,15 @@ def test_a_database_the_kit_did_not_create_is_never_touched(
     if comment is not None:
         run(admin_url, sql.SQL("COMMENT ON DATABASE test_foreign IS {}").format(comment))
     try:
-        for attempt in (
-            lambda: create_database(admin_url, "test_foreign"),
-            lambda: drop_database(admin_url, "test_foreign"),
-        ):
-            with pytest.raises(DatabaseError) as caught:
-                attempt()
+        with pytest.raises(DatabaseError) as refused_create:
+            create_database(admin_url, "test_foreign")
+        with pytest.raises(DatabaseError) as refused_drop:
+            drop_database(admin_url, "test_foreign")
+        for caught, action in ((refused_create, "recreate"), (refused_drop, "drop")):
             message = str(caught.value)
             assert "'test_foreign' exists" in message
             assert "not created by anyio-fastapi-testkit" in message
+            assert f"will not {action} it" in message
             assert "drop or rename it yourself" in message
             assert "testkit_database_url" in message
             assert str(admin_url.password) not in message

@@ -100,7 +100,7 @@ def postmaster_pid(state_dir: Path) -> int:
 
 def running(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 
@@ -200,7 +200,7 @@ def test_a_long_base_dir_gets_a_short_private_socket_folder(socket_server: Runni
     assert socket_server.state_dir is not None
     socket_dir = Path(str(socket_server.info.admin_url.query["host"]))
     assert socket_dir.parent == Path("/tmp")
-    assert socket_dir.name.startswith("tk-")
+    assert socket_dir.name.startswith("testkit-sock-")
     assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
     assert len(str(socket_server.state_dir / "s" / ".s.PGSQL.65535")) >= 100
     owner = json.loads((socket_server.state_dir / "owner.json").read_text())

@@ -100,6 +100,13 @@ _INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (
         True,
     ),
     (
+        "testkit_leak_check",
+        "string",
+        "After each test that used the database: fail (default), warn or off when rows were "
+        "committed outside the test's transaction (they would leak into other tests).",
+        "",
+    ),
+    (
         "testkit_timeout",
         "string",
         "Seconds after which a hung async test or fixture is cancelled and failed. "
@@ -158,6 +165,7 @@ class Settings:
     timeout: float | None
     http_client: str | None
     server_tcp: bool
+    leak_check: str
 
 
 def _ini_str(config: pytest.Config, name: str) -> str | None:
@@ -178,6 +186,13 @@ def _seconds(raw: str | None, setting: str, default: float | None) -> float | No
     if seconds <= 0:
         raise ConfigError(f"{setting} = {raw!r} must be a positive number of seconds.")
     return seconds
+
+
+def _choice(config: pytest.Config, name: str, choices: tuple[str, ...]) -> str:
+    value = _ini_str(config, name) or choices[0]
+    if value not in choices:
+        raise ConfigError(f"{name} = {value!r} must be one of: {', '.join(choices)}.")
+    return value
 
 
 def parse_backends(raw: str | list[str] | None) -> tuple[str, ...]:
@@ -246,6 +261,7 @@ def read_settings(config: pytest.Config) -> Settings:
         timeout=_seconds(timeout_raw, "testkit_timeout / --testkit-timeout", None),
         http_client=_ini_str(config, "testkit_http_client"),
         server_tcp=bool(config.getini("testkit_server_tcp")),
+        leak_check=_choice(config, "testkit_leak_check", ("fail", "warn", "off")),
     )
     _check_backends(settings.backends, backend_setting)
     return settings

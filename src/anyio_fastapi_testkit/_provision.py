@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
-from sqlalchemy.engine import URL, make_url
+import pytest
+from sqlalchemy.engine import URL
 
 from ._config import Settings
 from ._databases import create_database, database_url, drop_database, test_database_names
 from ._errors import ConfigError
+from ._leaks import LeakDetector
 from ._schema import build_schema
 from ._server import RunningServer, start_server
 from ._urls import mask_url
 
 DEFAULT_BASE_NAME = "app"  # test_app, test_app_template for the kit's own server
+
+
+class LeakWarning(UserWarning):
+    """Rows were committed outside the test's transaction (testkit_leak_check = warn)."""
 
 
 class DatabaseURL(str):
@@ -79,6 +86,11 @@ class TestDatabases:
         self._url: DatabaseURL | None = None
         self._saved_env: dict[str, str | None] = {}
         self.description = "not started"
+        self.leaks: LeakDetector | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._url is not None
 
     def working_url(self) -> DatabaseURL:
         """The URL (with the configured driver) of this worker's test database."""
@@ -89,17 +101,38 @@ class TestDatabases:
 
     def apply_env(self) -> None:
         """Set ``testkit_database_env`` variables for the working database (before app import)."""
-        if not self.settings.database_env:
-            return
-        url = self.working_url()
-        for name, value in self._env_for(self._driverless(url)).items():
+        if self.settings.database_env:
+            self.working_url()  # sets them before it imports the schema source
+
+    def _set_env(self, url: URL) -> None:
+        for name, value in self._env_for(url).items():
             self._saved_env.setdefault(name, os.environ.get(name))
             os.environ[name] = value
+
+    def take_leak_baseline(self) -> None:
+        if self.leaks is not None and self.ready:
+            self.leaks.take_baseline()
+
+    def check_leaks(self) -> None:
+        """Fail (or warn, per testkit_leak_check) if rows were committed outside the test."""
+        if self.leaks is None or not self.ready:
+            return
+        report = self.leaks.check()
+        if not report:
+            return
+        message = self.leaks.describe(report)
+        if self.settings.leak_check == "warn":
+            warnings.warn(message, LeakWarning, stacklevel=2)
+        else:
+            pytest.fail(message, pytrace=False)
 
     def close(self) -> None:
         """Drop the databases the kit created, stop its server, restore the environment."""
         with self._lock:
             try:
+                if self.leaks is not None:
+                    self.leaks.close()
+                    self.leaks = None
                 if self._server is not None:
                     admin = self._server.info.admin_url
                     for name in reversed(self._created):
@@ -116,9 +149,6 @@ class TestDatabases:
                     else:
                         os.environ[name] = value
                 self._saved_env.clear()
-
-    def _driverless(self, url: str) -> URL:
-        return make_url(url).set(drivername="postgresql")
 
     def _env_for(self, url: URL) -> Mapping[str, str]:
         driver_url = url.set(drivername=f"postgresql+{self.settings.database_driver}")
@@ -137,6 +167,9 @@ class TestDatabases:
             if self.worker_id:
                 # Until one server serves all xdist workers, each worker builds its own template.
                 template = f"{working}{template[len(f'test_{base}') :]}"
+            # Before the schema source is imported: models modules often import the app's
+            # settings, which read these variables once.
+            self._set_env(database_url(admin, working, None))
             create_database(admin, template)
             self._created.append(template)
             template_url = database_url(admin, template, None)
@@ -151,7 +184,10 @@ class TestDatabases:
             self.description = f"{self._server.info.description}, database {working}"
             driver = self.settings.database_driver
             url = database_url(admin, working, "asyncpg" if driver == "asyncpg" else "psycopg")
-            return DatabaseURL(url.render_as_string(hide_password=False))
+            rendered = url.render_as_string(hide_password=False)
+            if self.settings.leak_check != "off":
+                self.leaks = LeakDetector(rendered)
+            return DatabaseURL(rendered)
         except BaseException:
             self.close()
             raise

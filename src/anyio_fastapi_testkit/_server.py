@@ -74,7 +74,7 @@ _UNOWNED_GRACE_SECONDS = 60.0
 _PORT_ATTEMPTS = 3
 _UNSAFE = -1  # "run pg_ctl as nobody": skip it
 _SOCKET_PATH_LIMIT = 100  # sun_path holds 108 bytes on Linux and 104 on macOS
-_OUTSIDE_SOCKET_PREFIX = "tk-"
+_OUTSIDE_SOCKET_PREFIX = "testkit-sock-"
 _SAFE_PATH = re.compile(r"[A-Za-z0-9._/-]+")
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 

@@ -9,17 +9,25 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import anyio
 import pytest
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from ._backends import ASYNC_DRIVERS_ASYNCIO_ONLY
+from ._errors import ConfigError
 from ._provision import TestDatabases
 
 SAVEPOINT_MODE: Final = "create_savepoint"
@@ -80,6 +88,7 @@ class AsyncDatabase:
             # Provisioning runs initdb, migrations, CREATE DATABASE: keep them off the loop.
             url = await anyio.to_thread.run_sync(self.databases.working_url)
             self._engine = create_async_engine(str(url))
+            self.databases.take_leak_baseline()
         return self._engine
 
     async def dispose(self) -> None:
@@ -152,6 +161,7 @@ class SyncDatabase:
         if self._engine is None:
             url = str(self.databases.working_url())
             self._engine = create_engine(url.replace("+asyncpg", "+psycopg", 1), poolclass=NullPool)
+            self.databases.take_leak_baseline()
         return self._engine
 
     def dispose(self) -> None:
@@ -203,6 +213,43 @@ class SyncTestTransaction:
                         connection.rollback()
                 finally:
                     connection.close()
+
+
+def check_sessionmaker(maker: Any, path: str) -> async_sessionmaker[Any]:
+    if not isinstance(maker, async_sessionmaker):
+        raise ConfigError(
+            f"testkit_sessionmaker = {path!r} is a {type(maker).__name__}, not a SQLAlchemy "
+            "async_sessionmaker. Name the object your code calls to open sessions "
+            '(e.g. "myproject.db:SessionLocal").'
+        )
+    return maker
+
+
+@asynccontextmanager
+async def bound_sessionmaker(
+    maker: async_sessionmaker[Any] | None, transaction: TestTransaction
+) -> AsyncIterator[None]:
+    """For one test, make the app's sessionmaker hand out sessions joined to the test's
+    transaction (savepoint mode); restore its configuration afterwards."""
+    if maker is None:
+        yield
+        return
+    saved_kw, saved_class = dict(maker.kw), maker.class_
+    if transaction.database.backend == "asyncio":
+        maker.configure(bind=await transaction.connection(), join_transaction_mode=SAVEPOINT_MODE)
+    else:
+        reason = ASYNC_DRIVERS_ASYNCIO_ONLY.format(driver=transaction.database.driver)
+
+        def skip_on_this_backend(**kw: Any) -> AsyncSession:
+            pytest.skip(reason)
+
+        maker.class_ = skip_on_this_backend  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        maker.kw.clear()
+        maker.kw.update(saved_kw)
+        maker.class_ = saved_class
 
 
 def is_async_dependency(dependency: Callable[..., Any]) -> bool:

@@ -27,6 +27,8 @@ from ._transaction import (
     SyncDatabase,
     SyncTestTransaction,
     TestTransaction,
+    bound_sessionmaker,
+    check_sessionmaker,
     is_async_dependency,
     session_options,
 )
@@ -187,14 +189,18 @@ def database_url(request: pytest.FixtureRequest) -> DatabaseURL:
 
 
 @pytest.fixture(scope="session")
-def _testkit_session_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+def _testkit_sessionmaker(request: pytest.FixtureRequest) -> Any:
     path = get_settings(request.config).sessionmaker
-    maker = (
-        import_from_path(path, "testkit_sessionmaker", what="the app's sessionmaker")
-        if path
-        else None
+    if path is None:
+        return None
+    return check_sessionmaker(
+        import_from_path(path, "testkit_sessionmaker", what="the app's async_sessionmaker"), path
     )
-    return session_options(maker)
+
+
+@pytest.fixture(scope="session")
+def _testkit_session_options(_testkit_sessionmaker: Any) -> dict[str, Any]:
+    return session_options(_testkit_sessionmaker)
 
 
 @pytest.fixture(scope="session")
@@ -240,10 +246,13 @@ def _testkit_sync_transaction(
     _testkit_sync_database: SyncDatabase, _testkit_session_options: dict[str, Any]
 ) -> Iterator[SyncTestTransaction]:
     transaction = SyncTestTransaction(_testkit_sync_database, _testkit_session_options)
+    databases = _testkit_sync_database.databases
+    databases.take_leak_baseline()
     try:
         yield transaction
     finally:
         transaction.close()
+    databases.check_leaks()
 
 
 @pytest.fixture
@@ -252,23 +261,30 @@ async def _testkit_transaction(
     _testkit_sync_transaction: SyncTestTransaction,
     _testkit_session_options: dict[str, Any],
     _testkit_session_dependency: Callable[..., Any] | None,
+    _testkit_sessionmaker: Any,
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[TestTransaction]:
     transaction = TestTransaction(_testkit_async_database, _testkit_session_options)
+    databases = _testkit_async_database.databases
+    databases.take_leak_baseline()
+    overrides: dict[Callable[..., Any], Callable[..., Any]] = {}
+    if _testkit_session_dependency is not None:
+        dependency = _testkit_session_dependency
+        overrides[dependency] = (
+            transaction.dependency()
+            if is_async_dependency(dependency)
+            else _testkit_sync_transaction.dependency()
+        )
     try:
-        if _testkit_session_dependency is None:
-            yield transaction
-        else:
-            dependency = _testkit_session_dependency
-            replacement = (
-                transaction.dependency()
-                if is_async_dependency(dependency)
-                else _testkit_sync_transaction.dependency()
-            )
-            with override_dependencies(request.getfixturevalue("app"), {dependency: replacement}):
+        async with bound_sessionmaker(_testkit_sessionmaker, transaction):
+            if overrides:
+                with override_dependencies(request.getfixturevalue("app"), overrides):
+                    yield transaction
+            else:
                 yield transaction
     finally:
         await transaction.close()
+    databases.check_leaks()
 
 
 @pytest.fixture(scope="session")

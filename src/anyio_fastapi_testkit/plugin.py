@@ -98,9 +98,10 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
     """True in the process that only distributes tests to pytest-xdist workers."""
     if hasattr(config, "workerinput"):
         return False
-    return bool(config.getoption("numprocesses", default=None)) and config.getoption(
-        "dist", default="no"
-    ) != "no"
+    return (
+        bool(config.getoption("numprocesses", default=None))
+        and config.getoption("dist", default="no") != "no"
+    )
 
 
 def _is_async_test(obj: object) -> bool:

@@ -1,0 +1,323 @@
+"""Database settings that cannot work: each sub-session must say what is wrong and how to fix
+it, never show a password, and leave no server, state folder or database behind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from psycopg import sql
+from sqlalchemy.engine import URL
+
+from conftest import ITEMS_APP, Project, database_names, leftovers, sql_rows
+from anyio_fastapi_testkit._server import RunningServer
+
+URL_SETTINGS = ("--testkit-db-url", "TESTKIT_DATABASE_URL", "testkit_database_url")
+UNREACHABLE = "postgresql://u:s3cretpw@127.0.0.1:1/db"
+UNREACHABLE_MASKED = "postgresql://u:***@127.0.0.1:1/db"
+
+# One test through the async fixtures, one through database_url alone.
+DB_TESTS = """
+def test_url(database_url):
+    pass
+
+async def test_session(db_session):
+    pass
+"""
+
+
+@pytest.fixture(autouse=True)
+def _no_configured_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)
+
+
+def output_of(result: pytest.RunResult) -> str:
+    return "\n".join([*result.outlines, *result.errlines])
+
+
+def items_project(project: Project, **settings: str) -> None:
+    project.module("items_app", ITEMS_APP)
+    project.ini(**{"testkit_app": "items_app:app", **settings})
+
+
+# --- the server ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "ini", "flag-with-database-env"])
+def test_an_unreachable_server_is_reported_masked_with_the_settings(
+    project: Project, private_tmpdir: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    settings = {"testkit_database_url": UNREACHABLE} if how == "ini" else {}
+    if how == "flag-with-database-env":
+        settings["testkit_database_env"] = "DATABASE_URL"  # provisioned at configure time
+    project.ini(**settings)
+    project.module("test_db", DB_TESTS)
+    args = [f"--testkit-db-url={UNREACHABLE}"] if how.startswith("flag") else []
+    if how == "env":
+        monkeypatch.setenv("TESTKIT_DATABASE_URL", UNREACHABLE)
+    result = project.run(*args)
+    output = output_of(result)
+    assert f"Could not connect to PostgreSQL at {UNREACHABLE_MASKED}" in output
+    assert "Connection refused" in output  # the driver's own words
+    assert all(setting in output for setting in URL_SETTINGS), output
+    assert "s3cretpw" not in output
+    if how == "flag-with-database-env":
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert "testkit_database_env: Could not connect" in output
+    else:
+        result.assert_outcomes(errors=2)
+    assert leftovers(private_tmpdir) == []
+
+
+@pytest.mark.parametrize(
+    "tb", ["--tb=auto", pytest.param("--tb=long", marks=pytest.mark.xfail(strict=True))]
+)
+@pytest.mark.parametrize(
+    "configured",
+    [
+        pytest.param(
+            "postgresql://u:s3cretpw@127.0.0.1:notaport/db",
+            marks=pytest.mark.xfail(strict=True, reason="traceback shows configured_url"),
+            id="unparseable",
+        ),
+        pytest.param(UNREACHABLE, id="unreachable"),
+    ],
+)
+def test_no_traceback_shows_the_configured_password(
+    project: Project, private_tmpdir: Path, configured: str, tb: str
+) -> None:
+    # Known leak: pytest prints the arguments of the frames it shows in full, and the kit's
+    # functions take the configured URL as a plain str (start_server, _parse_configured).
+    project.ini()
+    project.module("test_db", DB_TESTS)
+    result = project.run(tb, f"--testkit-db-url={configured}")
+    result.assert_outcomes(errors=2)
+    assert "s3cretpw" not in output_of(result)
+
+
+def test_a_wrong_password_is_reported_masked(project: Project, pg_server: RunningServer) -> None:
+    right = pg_server.info.admin_url
+    wrong = right.set(password="WrongPassw0rd", database="appdb")
+    project.ini()
+    project.module("test_db", DB_TESTS)
+    result = project.run(f"--testkit-db-url={wrong.render_as_string(hide_password=False)}")
+    result.assert_outcomes(errors=2)
+    output = output_of(result)
+    masked = f"postgresql://postgres:***@127.0.0.1:{right.port}/appdb"
+    assert f"Could not connect to PostgreSQL at {masked}" in output
+    assert "password authentication failed for user" in output
+    assert "correct the URL (user, password, host, port, database)" in output
+    assert "WrongPassw0rd" not in output
+    assert str(right.password) not in output
+
+
+# --- the schema ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("schema", "expected"),
+    [
+        (
+            "nowhere_models:Base.metadata",
+            "*testkit_schema = 'nowhere_models:Base.metadata': module 'nowhere_models' cannot be "
+            "imported*",
+        ),
+        (
+            "items_app:Base.no_such_thing",
+            "*testkit_schema = 'items_app:Base.no_such_thing': 'items_app' has no attribute*",
+        ),
+        (
+            "items_app:app",
+            "*testkit_schema = 'items_app:app' is a FastAPI, not a SQLAlchemy MetaData*"
+            "alembic:alembic.ini*",
+        ),
+        ("items_app", "*testkit_schema = 'items_app' must name the models' MetaData as*"),
+    ],
+)
+def test_a_wrong_schema_setting_names_the_setting_and_leaves_nothing(
+    project: Project, private_tmpdir: Path, schema: str, expected: str
+) -> None:
+    items_project(project, testkit_schema=schema)
+    project.module("test_db", DB_TESTS)
+    result = project.run()
+    result.stdout.fnmatch_lines([expected])
+    result.assert_outcomes(errors=2)
+    assert leftovers(private_tmpdir) == []
+
+
+ALEMBIC_INI = """
+[alembic]
+script_location = %(here)s/migrations
+path_separator = os
+"""
+
+# A sync env.py, taking the URL the kit sets in the config.
+ALEMBIC_ENV = """
+from alembic import context
+from sqlalchemy import create_engine, pool
+from sqlalchemy.engine import make_url
+
+url = make_url(context.config.get_main_option("sqlalchemy.url"))
+engine = create_engine(url.set(drivername="postgresql+psycopg"), poolclass=pool.NullPool)
+with engine.connect() as connection:
+    context.configure(connection=connection, target_metadata=None)
+    with context.begin_transaction():
+        context.run_migrations()
+engine.dispose()
+"""
+
+FAILING_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+
+
+def upgrade():
+    op.create_table("half_done", sa.Column("id", sa.Integer(), primary_key=True))
+    raise RuntimeError("boom in revision 0001")
+"""
+
+
+def write_alembic(project: Project) -> None:
+    project.pytester.makefile(".ini", alembic=ALEMBIC_INI)
+    versions = project.pytester.mkdir("migrations") / "versions"
+    versions.mkdir()
+    (project.pytester.path / "migrations" / "env.py").write_text(ALEMBIC_ENV)
+    (versions / "0001_failing.py").write_text(FAILING_REVISION)
+
+
+def test_a_missing_alembic_config_is_named(project: Project, private_tmpdir: Path) -> None:
+    items_project(project, testkit_schema="alembic:migrations/alembic.ini")
+    project.module("test_db", DB_TESTS)
+    result = project.run()
+    config = project.pytester.path / "migrations" / "alembic.ini"
+    result.stdout.fnmatch_lines(
+        [f"*testkit_schema names the Alembic config '{config}', which does not exist*"]
+    )
+    result.assert_outcomes(errors=2)
+    assert leftovers(private_tmpdir) == []
+
+
+def test_a_failing_migration_shows_alembics_error_and_leaves_nothing(
+    project: Project, private_tmpdir: Path
+) -> None:
+    items_project(project, testkit_schema="alembic:alembic.ini")
+    write_alembic(project)
+    project.module("test_db", DB_TESTS)
+    result = project.run()
+    result.stdout.fnmatch_lines(
+        [
+            "*`alembic upgrade head` with *alembic.ini on postgresql://postgres:***@*"
+            "/test_app_template failed; Alembic said:*",
+            "*RuntimeError: boom in revision 0001*",
+        ]
+    )
+    result.assert_outcomes(errors=2)
+    assert leftovers(private_tmpdir) == []
+
+
+@pytest.fixture
+def appdb(pg_server: RunningServer) -> Iterator[URL]:
+    admin = pg_server.info.admin_url
+    sql_rows(admin, "DROP DATABASE IF EXISTS appdb WITH (FORCE)")
+    sql_rows(admin, "CREATE DATABASE appdb")
+    yield admin.set(database="appdb")
+    for name in database_names(admin):
+        if name.startswith(("appdb", "test_appdb")):
+            drop = sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
+            sql_rows(admin, drop)
+
+
+@pytest.mark.parametrize("database_env", ["", "DATABASE_URL"])
+def test_a_failing_migration_on_a_configured_server_drops_the_template(
+    project: Project, appdb: URL, database_env: str
+) -> None:
+    # With testkit_database_env the schema is built at configure time: a usage error.
+    items_project(project, testkit_schema="alembic:alembic.ini", testkit_database_env=database_env)
+    write_alembic(project)
+    project.module("test_db", DB_TESTS)
+    result = project.run(f"--testkit-db-url={appdb.render_as_string(hide_password=False)}")
+    output = output_of(result)
+    assert "RuntimeError: boom in revision 0001" in output
+    assert "/test_appdb_template failed; Alembic said:" in output
+    assert str(appdb.password) not in output
+    assert result.ret in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.USAGE_ERROR)
+    assert [name for name in database_names(appdb) if name.startswith("test_")] == []
+
+
+# --- the session dependency and the environment ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dependency", "expected"),
+    [
+        (
+            "items_app:unused_dependency",
+            "*testkit_session_dependency = 'items_app:unused_dependency' is not a dependency of "
+            "any route of the app*",
+        ),
+        (
+            "items_app:no_such_function",
+            "*testkit_session_dependency = 'items_app:no_such_function': 'items_app' has no "
+            "attribute*",
+        ),
+    ],
+)
+def test_a_session_dependency_the_app_does_not_use_is_named(
+    project: Project, dependency: str, expected: str
+) -> None:
+    items_project(
+        project, testkit_schema="items_app:Base.metadata", testkit_session_dependency=dependency
+    )
+    project.module(
+        "test_client",
+        """
+        async def test_request(client):
+            await client.get("/health")
+        """,
+    )
+    result = project.run()
+    result.stdout.fnmatch_lines([expected])
+    result.assert_outcomes(errors=1)
+
+
+def test_an_unknown_placeholder_in_database_env_is_a_usage_error(
+    project: Project, private_tmpdir: Path
+) -> None:
+    project.ini(testkit_database_env="DB_HOST={hostname}")
+    project.module("test_db", DB_TESTS)
+    result = project.run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*testkit_database_env entry 'DB_HOST={hostname}' uses an unknown placeholder*"]
+    )
+    assert leftovers(private_tmpdir) == []
+
+
+# --- the test database's URL in assertion reports ---------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True, reason="pytest's diff of two strings prints DatabaseURL's text, not its repr"
+)
+def test_a_failed_comparison_with_database_url_hides_the_password(project: Project) -> None:
+    project.ini()
+    project.module(
+        "test_compare",
+        """
+        from pathlib import Path
+        from sqlalchemy.engine import make_url
+
+        def test_compare(database_url):
+            Path("password.txt").write_text(make_url(str(database_url)).password)
+            assert database_url == "postgresql://elsewhere/db"
+        """,
+    )
+    result = project.run()
+    result.assert_outcomes(failed=1)
+    password = (project.pytester.path / "password.txt").read_text()
+    assert password
+    assert password not in output_of(result)

@@ -1,0 +1,702 @@
+"""The database fixtures in real sub-sessions: isolation, savepoints, overrides, servers, cleanup.
+
+Each test writes a small project (the items app of conftest.py, its tests and settings) and
+runs pytest on it in a subprocess, on the embedded server unless it says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from psycopg import sql
+from sqlalchemy.engine import URL
+
+from conftest import ITEMS_APP, Project, database_names, leftovers, sql_rows
+from anyio_fastapi_testkit._server import RunningServer
+
+ITEMS_SETTINGS = {
+    "testkit_app": "items_app:app",
+    "testkit_schema": "items_app:Base.metadata",
+    "testkit_session_dependency": "items_app:get_session",
+}
+
+# Helpers the sub-sessions' tests import.
+ITEMS_HELPERS = """
+from sqlalchemy import select
+
+from items_app import Item
+
+
+async def names(session):
+    return list(await session.scalars(select(Item.name).order_by(Item.name)))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _embedded_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A developer's TESTKIT_DATABASE_URL would turn the embedded-server tests into URL tests.
+    monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # PID 1 may not reap
+    except psutil.NoSuchProcess:
+        return False
+
+
+def items_project(project: Project, **settings: str) -> Project:
+    project.module("items_app", ITEMS_APP)
+    project.module("helpers", ITEMS_HELPERS)
+    project.ini(**{**ITEMS_SETTINGS, **settings})
+    return project
+
+
+# --- isolation -----------------------------------------------------------------------------
+
+
+def test_each_test_starts_from_an_empty_database(project: Project) -> None:
+    items_project(project)
+    project.module(
+        "test_isolation",
+        """
+        from sqlalchemy import text
+
+        from helpers import names
+        from items_app import Item
+
+        async def test_a_writes_every_way(client, db_session, db_connection):
+            db_session.add(Item(name="by-session"))
+            await db_session.commit()
+            assert (await client.post("/items", json={"name": "by-app"})).status_code == 201
+            await db_connection.execute(text("INSERT INTO items (name) VALUES ('by-raw-sql')"))
+            async with db_connection.begin_nested():  # a released savepoint looks committed
+                await db_connection.execute(text("INSERT INTO items (name) VALUES ('by-savepoint')"))
+            await db_connection.execute(text("CREATE TABLE scratch (id int)"))
+            assert await names(db_session) == ["by-app", "by-raw-sql", "by-savepoint", "by-session"]
+            assert (await client.get("/items")).json() == await names(db_session)
+
+        async def test_b_sees_none_of_it(client, db_session, db_connection):
+            assert await names(db_session) == []
+            assert (await client.get("/items")).json() == []
+            table = await db_connection.scalar(text("SELECT to_regclass('scratch')"))
+            assert table is None
+
+        async def test_c_can_reuse_the_names(client, db_session):
+            assert (await client.post("/items", json={"name": "by-app"})).status_code == 201
+            db_session.add(Item(name="by-session"))
+            await db_session.commit()
+            assert await names(db_session) == ["by-app", "by-session"]
+        """,
+    )
+    result = project.run("-v")
+    result.stdout.fnmatch_lines(
+        ["*test_a_writes_every_way* PASSED*", "*test_b_sees_none_of_it* PASSED*", "*test_c_* PASSED*"]
+    )
+    result.assert_outcomes(passed=3)
+
+
+def test_the_app_can_roll_back_and_the_test_goes_on(project: Project) -> None:
+    items_project(project)
+    project.module(
+        "test_rollback",
+        """
+        import pytest
+        from sqlalchemy.exc import IntegrityError
+
+        from helpers import names
+        from items_app import Item
+
+        async def test_conflict_then_more_work(client, db_session):
+            assert (await client.post("/items", json={"name": "dup"})).status_code == 201
+            conflict = await client.post("/items", json={"name": "dup"})
+            assert conflict.status_code == 409, conflict.text
+            assert conflict.json() == {"detail": "dup exists"}
+            # The app's rollback undid only its own failed work.
+            assert (await client.post("/items", json={"name": "after"})).status_code == 201
+            db_session.add(Item(name="by-test"))
+            await db_session.commit()
+            assert await names(db_session) == ["after", "by-test", "dup"]
+            # The test's own failed commit and rollback keep the earlier work too.
+            db_session.add(Item(name="after"))
+            with pytest.raises(IntegrityError):
+                await db_session.commit()
+            await db_session.rollback()
+            assert (await client.get("/items")).json() == ["after", "by-test", "dup"]
+
+        async def test_next_test_is_clean(client):
+            assert (await client.get("/items")).json() == []
+        """,
+    )
+    project.run().assert_outcomes(passed=2)
+
+
+def test_savepoints_in_the_test_and_in_the_app(project: Project) -> None:
+    items_project(project)
+    project.module(
+        "test_savepoints",
+        """
+        import pytest
+        from sqlalchemy.exc import IntegrityError
+
+        from helpers import names
+        from items_app import Item
+
+        async def test_rolled_back_savepoint_keeps_earlier_work(db_session):
+            db_session.add(Item(name="kept"))
+            await db_session.commit()
+            db_session.add(Item(name="flushed"))
+            await db_session.flush()
+            nested = await db_session.begin_nested()
+            db_session.add(Item(name="dropped"))
+            await db_session.flush()
+            await nested.rollback()
+            assert await names(db_session) == ["flushed", "kept"]
+            with pytest.raises(IntegrityError):
+                async with db_session.begin_nested():
+                    db_session.add(Item(name="kept"))
+            assert await names(db_session) == ["flushed", "kept"]
+            async with db_session.begin_nested():
+                db_session.add(Item(name="released"))
+            await db_session.commit()
+            assert await names(db_session) == ["flushed", "kept", "released"]
+
+        async def test_app_savepoints_skip_only_the_duplicates(client, db_session):
+            db_session.add(Item(name="old"))
+            await db_session.commit()
+            response = await client.post("/items/batch", json={"names": ["x", "old", "y", "x"]})
+            assert response.json() == {"created": ["x", "y"], "skipped": ["old", "x"]}
+            assert await names(db_session) == ["old", "x", "y"]
+        """,
+    )
+    project.run().assert_outcomes(passed=2)
+
+
+def test_the_app_and_the_test_share_one_session(project: Project) -> None:
+    items_project(project)
+    project.module(
+        "test_override",
+        """
+        from helpers import names
+        from items_app import Item
+
+        async def test_each_sees_the_others_rows(client, db_session):
+            db_session.add(Item(name="from-test"))
+            await db_session.commit()
+            assert (await client.get("/items")).json() == ["from-test"]
+            assert (await client.post("/items", json={"name": "from-app"})).status_code == 201
+            assert await names(db_session) == ["from-app", "from-test"]
+
+        async def test_even_unflushed_rows(client, db_session):
+            db_session.add(Item(name="pending"))  # the shared session autoflushes it
+            assert (await client.get("/items")).json() == ["pending"]
+        """,
+    )
+    project.run().assert_outcomes(passed=2)
+
+
+def test_concurrent_requests_in_one_test(project: Project) -> None:
+    items_project(project)
+    project.module(
+        "test_concurrent",
+        """
+        import anyio
+
+        from helpers import names
+
+        async def test_ten_posts_at_once(client, db_session):
+            statuses = {}
+
+            async def create(n):
+                response = await client.post("/items", json={"name": f"item-{n:02}"})
+                statuses[n] = response.status_code
+
+            async with anyio.create_task_group() as tg:
+                for n in range(10):
+                    tg.start_soon(create, n)
+
+            assert statuses == dict.fromkeys(range(10), 201)
+            assert await names(db_session) == [f"item-{n:02}" for n in range(10)]
+            assert len((await client.get("/items")).json()) == 10
+        """,
+    )
+    project.run().assert_outcomes(passed=1)
+
+
+# --- backends ------------------------------------------------------------------------------
+
+
+def test_on_trio_database_tests_skip_and_client_only_tests_pass(project: Project) -> None:
+    items_project(project, testkit_backends="asyncio trio")
+    project.module(
+        "test_trio",
+        """
+        from helpers import names
+
+        async def test_uses_the_database(client, db_session):
+            assert (await client.post("/items", json={"name": "a"})).status_code == 201
+            assert await names(db_session) == ["a"]
+
+        async def test_client_only(client, anyio_backend):
+            assert (await client.get("/health")).json() == {"status": "ok"}
+        """,
+    )
+    result = project.run("-v", "-rs")
+    result.stdout.fnmatch_lines_random(
+        [
+            "*test_uses_the_database[[]asyncio[]] PASSED*",
+            "*test_uses_the_database[[]trio[]] SKIPPED*",
+            "*test_client_only[[]asyncio[]] PASSED*",
+            "*test_client_only[[]trio[]] PASSED*",
+            "SKIPPED *test_trio.py*psycopg's async driver, which runs on asyncio only*",
+        ]
+    )
+    result.assert_outcomes(passed=3, skipped=1)
+
+
+SYNC_APP = """
+import os
+
+from fastapi import Depends, FastAPI, HTTPException
+from sqlalchemy import create_engine, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from items_app import Item, ItemIn
+
+SessionLocal = sessionmaker(expire_on_commit=False)
+_engine = None
+
+
+def get_sync_session():
+    global _engine
+    if _engine is None:
+        url = os.environ.get("DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/nowhere")
+        _engine = create_engine(url)
+        SessionLocal.configure(bind=_engine)
+    with SessionLocal() as session:
+        yield session
+
+
+app = FastAPI(title="sync items")
+
+
+@app.post("/items", status_code=201)
+def create_item(body: ItemIn, session: Session = Depends(get_sync_session)):
+    item = Item(name=body.name)
+    session.add(item)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise HTTPException(status_code=409, detail=f"{body.name} exists") from None
+    return {"id": item.id, "name": item.name}
+
+
+@app.get("/items")
+def list_items(session: Session = Depends(get_sync_session)):
+    return list(session.scalars(select(Item.name).order_by(Item.name)))
+"""
+
+
+def test_sync_endpoints_use_db_session_sync_on_both_backends(project: Project) -> None:
+    items_project(
+        project,
+        testkit_app="sync_app:app",
+        testkit_session_dependency="sync_app:get_sync_session",
+        testkit_backends="asyncio trio",
+    )
+    project.module("sync_app", SYNC_APP)
+    project.module(
+        "test_sync_app",
+        """
+        from sqlalchemy import select
+
+        from items_app import Item
+
+        def names(session):
+            return list(session.scalars(select(Item.name).order_by(Item.name)))
+
+        async def test_a_writes(client, db_session_sync, anyio_backend):
+            assert (await client.post("/items", json={"name": anyio_backend})).status_code == 201
+            assert (await client.post("/items", json={"name": anyio_backend})).status_code == 409
+            assert (await client.post("/items", json={"name": "z-app"})).status_code == 201
+            db_session_sync.add(Item(name="by-test"))
+            db_session_sync.commit()
+            expected = sorted([anyio_backend, "by-test", "z-app"])
+            assert (await client.get("/items")).json() == expected
+            assert names(db_session_sync) == expected
+
+        async def test_b_sees_nothing(client, db_session_sync):
+            assert (await client.get("/items")).json() == []
+            assert names(db_session_sync) == []
+
+        def test_c_plain_sync_test(db_session_sync):
+            db_session_sync.add(Item(name="sync"))
+            db_session_sync.commit()
+            assert names(db_session_sync) == ["sync"]
+
+        def test_d_sees_nothing(db_session_sync):
+            assert names(db_session_sync) == []
+        """,
+    )
+    result = project.run("-v")
+    result.stdout.fnmatch_lines_random(
+        [
+            "*test_a_writes[[]asyncio[]] PASSED*",
+            "*test_a_writes[[]trio[]] PASSED*",
+            "*test_b_sees_nothing[[]asyncio[]] PASSED*",
+            "*test_b_sees_nothing[[]trio[]] PASSED*",
+        ]
+    )
+    result.assert_outcomes(passed=6)
+
+
+# --- the database URL and the environment ---------------------------------------------------
+
+
+def test_database_url_hides_its_password_in_repr(project: Project) -> None:
+    project.ini()
+    project.module(
+        "test_url",
+        """
+        from sqlalchemy.engine import make_url
+
+        def test_url(database_url):
+            url = make_url(str(database_url))
+            assert url.password
+            assert url.password in str(database_url)
+            assert url.password not in repr(database_url)
+            assert repr(database_url) == repr(url.render_as_string(hide_password=True))
+            assert url.database.startswith("test_")
+            assert url.drivername == "postgresql+psycopg"
+
+        async def test_same_url_in_async_tests(database_url, db_connection):
+            from sqlalchemy import text
+            current = await db_connection.scalar(text("SELECT current_database()"))
+            assert current == make_url(str(database_url)).database
+        """,
+    )
+    project.run().assert_outcomes(passed=2)
+
+
+ENV_APP = """
+import os
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+# Read at import, as many apps do: the kit must set these before the app is imported.
+DATABASE_URL = os.environ["DATABASE_URL"]
+SEEN = {name: os.environ[name] for name in ("APP_DB_HOST", "APP_DB_NAME", "APP_DB_PORT")}
+engine = create_async_engine(DATABASE_URL)
+
+
+@asynccontextmanager
+async def lifespan(app):
+    yield
+    await engine.dispose()
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+@app.get("/whoami")
+async def whoami():
+    async with engine.connect() as connection:
+        return {"database": await connection.scalar(text("SELECT current_database()"))}
+"""
+
+ENV_NAMES = ("DATABASE_URL", "APP_DB_HOST", "APP_DB_NAME", "APP_DB_PORT")
+
+
+def test_database_env_is_set_before_the_app_is_imported_and_restored(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("APP_DB_HOST", "host-before-the-session")
+    project.ini(
+        testkit_app="env_app:app",
+        testkit_database_env="DATABASE_URL APP_DB_HOST={host} APP_DB_NAME={database} "
+        "APP_DB_PORT={port}",
+    )
+    project.module("env_app", ENV_APP)
+    names = ", ".join(repr(name) for name in ENV_NAMES)
+    # The conftest records the variables before the kit sets them and after it restores them.
+    project.pytester.makeconftest(
+        f"""
+        import json
+        import os
+
+        import pytest
+
+        NAMES = ({names})
+
+        def record(file):
+            with open(file, "w") as handle:
+                json.dump({{name: os.environ.get(name) for name in NAMES}}, handle)
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_configure(config):
+            record("env-before.json")
+
+        @pytest.hookimpl(trylast=True)
+        def pytest_unconfigure(config):
+            record("env-after.json")
+        """
+    )
+    project.module(
+        "test_env",
+        """
+        import os
+
+        from sqlalchemy.engine import make_url
+
+        import env_app  # imported at collection: the variables are already set
+
+        async def test_the_app_reaches_the_test_database(client, database_url):
+            url = make_url(str(database_url))
+            assert url.database.startswith("test_")
+            assert (await client.get("/whoami")).json() == {"database": url.database}
+            assert env_app.SEEN == {
+                "APP_DB_HOST": url.host,
+                "APP_DB_NAME": url.database,
+                "APP_DB_PORT": str(url.port),
+            }
+            app_url = make_url(env_app.DATABASE_URL)
+            assert app_url.database == url.database
+            assert app_url.password == url.password
+            assert os.environ["APP_DB_HOST"] == "127.0.0.1"
+        """,
+    )
+    project.run().assert_outcomes(passed=1)
+    before = json.loads((project.pytester.path / "env-before.json").read_text())
+    after = json.loads((project.pytester.path / "env-after.json").read_text())
+    expected = dict.fromkeys(ENV_NAMES) | {"APP_DB_HOST": "host-before-the-session"}
+    assert before == expected
+    assert after == expected
+
+
+# --- cleanup -------------------------------------------------------------------------------
+
+CLEANUP_TEST = """
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from helpers import names
+
+async def test_writes(client, db_session):
+    assert (await client.post("/items", json={{"name": "a"}})).status_code == 201
+    assert await names(db_session) == ["a"]
+    base = Path(tempfile.gettempdir()) / f"anyio-fastapi-testkit-{{os.getuid()}}"
+    runs = sorted(base.glob("run-*"))
+    pid = int((runs[0] / "data" / "postmaster.pid").read_text().split()[0])
+    Path("during.json").write_text(json.dumps({{"runs": [r.name for r in runs], "pid": pid}}))
+    assert {outcome}
+"""
+
+
+@pytest.mark.parametrize(
+    ("outcome", "counts"),
+    [("True", {"passed": 1}), ("False, 'this test fails'", {"failed": 1})],
+    ids=["passing", "failing"],
+)
+def test_nothing_is_left_after_the_session(
+    project: Project, private_tmpdir: Path, outcome: str, counts: dict[str, int]
+) -> None:
+    items_project(project)
+    project.module("test_cleanup", CLEANUP_TEST.format(outcome=outcome))
+    project.run().assert_outcomes(**counts)
+    during = json.loads((project.pytester.path / "during.json").read_text())
+    # The session did have its own server and state folder in its private TMPDIR ...
+    assert len(during["runs"]) == 1
+    assert during["pid"] > 0
+    # ... and neither survived it.
+    assert not running(during["pid"])
+    assert leftovers(private_tmpdir) == []
+
+
+# --- URL mode: a server of the developer's ----------------------------------------------------
+
+
+@pytest.fixture
+def appdb(pg_server: RunningServer) -> Iterator[URL]:
+    """A developer's database ``appdb`` with a table and a row, on the module's server."""
+    admin = pg_server.info.admin_url
+    for name in ("appdb", "test_appdb", "test_appdb_template"):
+        sql_rows(admin, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    sql_rows(admin, "CREATE DATABASE appdb")
+    sql_rows(admin, "CREATE TABLE precious (id int, note text)", "appdb")
+    sql_rows(admin, "INSERT INTO precious VALUES (1, 'keep me')", "appdb")
+    yield admin.set(database="appdb")
+    for name in ("appdb", "test_appdb"):
+        sql_rows(admin, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+URL_MODE_TEST = """
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from helpers import names
+
+async def test_runs_on_test_appdb(client, db_session, database_url):
+    assert make_url(str(database_url)).database == "test_appdb"
+    assert await db_session.scalar(text("SELECT current_database()")) == "test_appdb"
+    # A database of the kit's own: the developer's tables are not in it.
+    assert await db_session.scalar(text("SELECT to_regclass('precious')")) is None
+    assert (await client.post("/items", json={"name": "a"})).status_code == 201
+    assert await names(db_session) == ["a"]
+
+async def test_second_test_is_clean(client):
+    assert (await client.get("/items")).json() == []
+"""
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "ini"])
+def test_a_configured_server_gets_test_databases_that_are_dropped_after(
+    project: Project,
+    monkeypatch: pytest.MonkeyPatch,
+    private_tmpdir: Path,
+    appdb: URL,
+    how: str,
+) -> None:
+    url = appdb.render_as_string(hide_password=False)
+    settings = {"testkit_database_url": url} if how == "ini" else {}
+    items_project(project, **settings)
+    project.module("test_url_mode", URL_MODE_TEST)
+    args: list[str] = []
+    if how == "flag":
+        args.append(f"--testkit-db-url={url}")
+    elif how == "env":
+        monkeypatch.setenv("TESTKIT_DATABASE_URL", url)
+    project.run(*args).assert_outcomes(passed=2)
+    assert not [name for name in database_names(appdb) if name.startswith("test_appdb")]
+    assert sql_rows(appdb, "SELECT id, note FROM precious") == [(1, "keep me")]
+    assert leftovers(private_tmpdir) == []  # no embedded server was started
+
+
+def test_a_database_the_kit_did_not_create_is_refused_and_left_alone(
+    project: Project, appdb: URL
+) -> None:
+    sql_rows(appdb, "CREATE DATABASE test_appdb")
+    sql_rows(appdb, "CREATE TABLE mine (note text)", "test_appdb")
+    sql_rows(appdb, "INSERT INTO mine VALUES ('not the kit''s')", "test_appdb")
+    items_project(project)
+    project.module("test_url_mode", URL_MODE_TEST)
+    result = project.run(f"--testkit-db-url={appdb.render_as_string(hide_password=False)}")
+    result.stdout.fnmatch_lines(
+        [
+            "*Database 'test_appdb' exists on postgresql://postgres:***@127.0.0.1:*/appdb and "
+            "was not created by anyio-fastapi-testkit*",
+        ]
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("errors", 0) >= 1 and "passed" not in outcomes, outcomes
+    assert sql_rows(appdb, "SELECT note FROM mine", "test_appdb") == [("not the kit's",)]
+    assert sql_rows(appdb, "SELECT id, note FROM precious") == [(1, "keep me")]
+    assert "test_appdb_template" not in database_names(appdb)
+
+
+# --- Alembic -------------------------------------------------------------------------------
+
+ALEMBIC_INI = """
+[alembic]
+script_location = %(here)s/migrations
+prepend_sys_path = %(here)s
+path_separator = os
+"""
+
+# An async env.py: the URL the kit sets names no driver, so it picks the async one.
+ALEMBIC_ENV = """
+import asyncio
+
+from alembic import context
+from sqlalchemy import pool
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+config = context.config
+
+
+def migrate(connection):
+    context.configure(connection=connection, target_metadata=None)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def main():
+    url = make_url(config.get_main_option("sqlalchemy.url"))
+    engine = create_async_engine(url.set(drivername="postgresql+psycopg"), poolclass=pool.NullPool)
+    async with engine.connect() as connection:
+        await connection.run_sync(migrate)
+    await engine.dispose()
+
+
+asyncio.run(main())
+"""
+
+ALEMBIC_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    {body}
+
+
+def downgrade():
+    op.drop_table("items")
+"""
+
+CREATE_ITEMS = """op.create_table(
+        "items",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("name", sa.String(100), nullable=False, unique=True),
+    )
+    op.execute("INSERT INTO items (name) VALUES ('seeded by the migration')")"""
+
+
+def alembic_project(project: Project, upgrade_body: str) -> None:
+    items_project(project, testkit_schema="alembic:alembic.ini")
+    project.pytester.makefile(".ini", alembic=ALEMBIC_INI)
+    versions = project.pytester.mkdir("migrations") / "versions"
+    versions.mkdir()
+    (project.pytester.path / "migrations" / "env.py").write_text(ALEMBIC_ENV)
+    (versions / "0001_items.py").write_text(ALEMBIC_REVISION.format(body=upgrade_body))
+
+
+def test_the_schema_comes_from_alembic_migrations(project: Project) -> None:
+    alembic_project(project, CREATE_ITEMS)
+    project.module(
+        "test_alembic",
+        """
+        from sqlalchemy import text
+
+        from helpers import names
+
+        async def test_migrated_tables(client, db_session):
+            version = await db_session.scalar(text("SELECT version_num FROM alembic_version"))
+            assert version == "0001"
+            assert await names(db_session) == ["seeded by the migration"]
+            assert (await client.post("/items", json={"name": "new"})).status_code == 201
+            assert await names(db_session) == ["new", "seeded by the migration"]
+
+        async def test_each_test_gets_the_migrated_state(db_session):
+            assert await names(db_session) == ["seeded by the migration"]
+        """,
+    )
+    project.run().assert_outcomes(passed=2)
