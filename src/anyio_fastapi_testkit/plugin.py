@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from . import fixtures
-from ._config import add_options, read_settings, store_settings
+from ._config import add_options, get_settings, read_settings, store_settings
 from ._diagnostics import explain
 from ._errors import ConfigError, TestkitError
+from ._timeouts import MARKER, timeout_for, with_timeout
 
 PLUGIN_NAME = "anyio_fastapi_testkit.plugin"
 FIXTURES_PLUGIN_NAME = "anyio_fastapi_testkit.fixtures"
@@ -65,7 +66,8 @@ def _check_pytest_asyncio(config: pytest.Config) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "testkit_timeout(seconds): cancel and fail this async test after that many seconds.",
+        f"{MARKER}(seconds): cancel and fail this async test after that many seconds, with "
+        "the stack of every task (overrides testkit_timeout).",
     )
     try:
         _check_pytest_asyncio(config)
@@ -114,6 +116,24 @@ def _left_to_pytest_asyncio(collector: pytest.Module | pytest.Class, obj: object
     return collector.get_closest_marker("asyncio") is not None or any(
         getattr(mark, "name", None) == "asyncio" for mark in own_marks
     )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
+    seconds = timeout_for(pyfuncitem, get_settings(pyfuncitem.config).timeout)
+    original = pyfuncitem.obj
+    if seconds is None or not inspect.iscoroutinefunction(original):
+        return (yield)
+    if pyfuncitem.get_closest_marker(MARKER) is not None:
+        setting = f"@pytest.mark.{MARKER}"
+    else:
+        setting = "testkit_timeout / --testkit-timeout"
+    # anyio runs whatever coroutine function the item holds: hand it the timed wrapper.
+    pyfuncitem.obj = with_timeout(original, seconds, pyfuncitem.nodeid, setting)
+    try:
+        return (yield)
+    finally:
+        pyfuncitem.obj = original
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,0 +1,45 @@
+"""(F3) The real app, ORM and database with the whole fixture stack of the savepoint recipe
+(engine, connection, outer transaction, savepoint-mode session, dependency override, client)
+built once for the session; nothing is done per test, so the tests' rows accumulate.
+The runner has created the tables beforehand."""
+
+import os
+
+import httpx2
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+from benchapp.db import get_session
+from benchapp.main import app
+
+
+@pytest.fixture(scope="session")
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+async def client(anyio_backend):
+    engine = create_async_engine(os.environ["BENCH_DATABASE_URL"])
+    async with engine.connect() as conn:
+        await conn.begin()
+        session = AsyncSession(
+            bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False
+        )
+
+        async def override_get_session():
+            yield session
+
+        app.dependency_overrides[get_session] = override_get_session
+        try:
+            async with LifespanManager(app) as manager:
+                async with httpx2.AsyncClient(
+                    transport=httpx2.ASGITransport(app=manager.app), base_url="http://testserver"
+                ) as ac:
+                    yield ac
+        finally:
+            app.dependency_overrides.clear()
+            await session.close()
+            await conn.rollback()
+    await engine.dispose()

@@ -1,0 +1,374 @@
+"""An ASGI transport for httpx/httpx2 that streams: responses return as soon as they start.
+
+httpx's own ``ASGITransport`` runs the app to its end before it returns the response, so an
+endless stream (server-sent events, a long ``StreamingResponse``) hangs the test
+(encode/httpx#2186). This transport runs each request's app call in a task of its own and
+returns the response at ``http.response.start``; the body arrives chunk by chunk as the app
+sends it.
+
+Where the tasks live. The transport owns one anyio task group, opened by ``async with client:``
+(httpx enters the transport with the client) and closed with the client, in the same task,
+so cancel scopes nest correctly on asyncio and on trio. A response cannot own a task group
+of its own: its ``aclose()`` may run in another task, or after other cancel scopes were
+entered and left, and trio requires cancel scopes to be exited in the task, and the order,
+in which they were entered. Each app task still ends with its response: closing the response
+(or leaving ``client.stream(...)``) tells the app ``http.disconnect``, gives it
+``disconnect_timeout`` seconds to return, cancels it and waits for it. The app task never
+raises into the task group (that would cancel the test); its exception is handed to the test
+instead: from the request before the response started, else from reading the body or from
+closing the response.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Callable
+from types import ModuleType, TracebackType
+from typing import Any, cast
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._app import ASGIApp, Message, Scope
+
+DISCONNECT_TIMEOUT = 1.0
+
+
+def _scope(request: Any, root_path: str, client: tuple[str, int]) -> Scope:
+    """The ASGI HTTP scope of an httpx(2) request, with the fields httpx's ASGITransport sets."""
+    url = request.url
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": request.method,
+        "headers": [(name.lower(), value) for name, value in request.headers.raw],
+        "scheme": url.scheme,
+        "path": url.path,
+        "raw_path": url.raw_path.split(b"?")[0],
+        "query_string": url.query,
+        "server": (url.host, url.port),
+        "client": client,
+        "root_path": root_path,
+    }
+
+
+class _Exchange:
+    """One request to the app: runs the app call and relays its messages to the response."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        scope: Scope,
+        request_body: AsyncIterator[bytes],
+        *,
+        raise_app_exceptions: bool,
+        disconnect_timeout: float,
+    ) -> None:
+        self._app = app
+        self.scope = scope
+        self._request_body = request_body
+        self._request_complete = False
+        self._raise_app_exceptions = raise_app_exceptions
+        self._disconnect_timeout = disconnect_timeout
+        self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self._keep_body = scope["method"] != "HEAD"
+        # Zero buffer: the app runs only as far ahead of the reader as a socket would let it.
+        self._body_in, self.body = anyio.create_memory_object_stream[bytes](0)
+        self.started = anyio.Event()  # the response started, or the app returned without it
+        self._disconnected = anyio.Event()  # from now on, receive() says http.disconnect
+        self._finished = anyio.Event()
+        self._cancel_scope = anyio.CancelScope()
+        self.complete = False
+        self.closed = False
+        self._error: Exception | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    def describe(self) -> str:
+        return f"{self.scope['method']} {self.scope['path']}"
+
+    async def run(self) -> None:
+        """Call the app (in the transport's task group); keep its exception for the test."""
+        try:
+            with self._cancel_scope:
+                try:
+                    await self._app(self.scope, self._receive, self._send)
+                except Exception as exc:
+                    self._error = exc
+        finally:
+            self._body_in.close()
+            self.started.set()
+            self._finished.set()
+
+    async def _receive(self) -> Message:
+        if self._request_complete or self._disconnected.is_set():
+            await self._disconnected.wait()
+            return {"type": "http.disconnect"}
+        try:
+            chunk = await self._request_body.__anext__()
+        except StopAsyncIteration:
+            self._request_complete = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def _send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.status is not None:
+                raise RuntimeError(f"The app sent http.response.start twice for {self.describe()}.")
+            self.status = message["status"]
+            self.headers = list(message.get("headers", []))
+            self.started.set()
+        elif kind == "http.response.body":
+            await self._send_body(message)
+
+    async def _send_body(self, message: Message) -> None:
+        if self.status is None:
+            raise RuntimeError(
+                f"The app sent http.response.body before http.response.start for {self.describe()}."
+            )
+        if self.complete:
+            raise RuntimeError(
+                f"The app sent http.response.body after the last one (more_body=False) for "
+                f"{self.describe()}."
+            )
+        body = message.get("body", b"")
+        if body and self._keep_body:
+            # A closed response drops the chunk; receive() tells the app, as a server would.
+            with contextlib.suppress(anyio.BrokenResourceError):
+                await self._body_in.send(bytes(body))
+        if not message.get("more_body", False):
+            self.complete = True
+            self._body_in.close()
+            self._disconnected.set()
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def take_error(self) -> Exception | None:
+        """The app's exception, once (None if it raised nothing, or it is not to be raised)."""
+        error, self._error = self._error, None
+        return error if self._raise_app_exceptions else None
+
+    async def end_of_body(self) -> None:
+        """After the last chunk: wait for the app to return, then raise what went wrong."""
+        await self._finished.wait()
+        error = self.take_error()
+        if error is not None:
+            raise error
+        if not self.complete and self._raise_app_exceptions:
+            raise RuntimeError(
+                f"The app returned without finishing the response body of {self.describe()} "
+                "(it never sent http.response.body with more_body=False)."
+            )
+
+    async def close(self) -> None:
+        """Disconnect the app if it is still sending, wait for it to end, raise its error."""
+        if self.closed:
+            return
+        self._disconnect()
+        try:
+            if self.complete:
+                # As with httpx's ASGITransport, the request ends when the app returns
+                # (background tasks included).
+                await self._finished.wait()
+            else:
+                # Shielded, so that a test leaving by cancellation (a timeout) still lets the
+                # app see the disconnect and end its own way, as it would with a server.
+                with anyio.move_on_after(self._disconnect_timeout, shield=True):
+                    await self._finished.wait()
+        finally:
+            await self.abort()
+        error = self.take_error()
+        if error is not None:
+            raise error
+
+    async def abort(self) -> None:
+        """Cancel the app call now and wait for it to end; its error stays for take_error()."""
+        self._disconnect()
+        with anyio.CancelScope(shield=True):
+            self._cancel_scope.cancel()
+            await self._finished.wait()
+
+    def _disconnect(self) -> None:
+        self.closed = True
+        self.body.close()
+        self._disconnected.set()
+
+
+class AppResponseStream:
+    """The body of a response, chunk by chunk as the app sends it; closing it ends the app call.
+
+    Combined with the library's ``AsyncByteStream`` by :func:`streaming_transport_class`.
+    """
+
+    def __init__(self, exchange: _Exchange, on_close: Callable[[_Exchange], None]) -> None:
+        self._exchange = exchange
+        self._on_close = on_close
+
+    def __aiter__(self) -> AppResponseStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._exchange.body.receive()
+        except anyio.EndOfStream:
+            await self._exchange.end_of_body()
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        try:
+            await self._exchange.close()
+        finally:
+            self._on_close(self._exchange)
+
+
+class StreamingASGITransport:
+    """Sends requests to an ASGI app in-process and returns responses as they start.
+
+    Same arguments as httpx's ``ASGITransport``, plus ``disconnect_timeout``: how long the app
+    gets to return after the client closed a response it was still sending, before its task is
+    cancelled. Use the class that :func:`streaming_transport_class` builds for the library (or
+    :func:`streaming_transport`), inside ``async with AsyncClient(transport=...)``: that block
+    opens the task group the app calls run in (see the module docstring).
+    """
+
+    # Set on the per-library subclasses.
+    _stream_class: type[AppResponseStream] = AppResponseStream
+    _response_class: Any = None
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        raise_app_exceptions: bool = True,
+        root_path: str = "",
+        client: tuple[str, int] = ("127.0.0.1", 123),
+        disconnect_timeout: float = DISCONNECT_TIMEOUT,
+    ) -> None:
+        self.app = app
+        self.raise_app_exceptions = raise_app_exceptions
+        self.root_path = root_path
+        self.client = client
+        self.disconnect_timeout = disconnect_timeout
+        self._task_group: TaskGroup | None = None
+        self._exchanges: set[_Exchange] = set()
+
+    async def __aenter__(self) -> StreamingASGITransport:
+        if self._task_group is not None:
+            raise RuntimeError("This StreamingASGITransport is already open.")
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        task_group, self._task_group = self._task_group, None
+        if task_group is None:
+            return
+        try:
+            await self._close_exchanges()
+        finally:
+            # Only a cancellation goes into the task group: any other exception would come
+            # out of it wrapped in an ExceptionGroup instead of propagating as itself.
+            cancelled = isinstance(exc_value, anyio.get_cancelled_exc_class())
+            if cancelled:
+                await task_group.__aexit__(exc_type, exc_value, traceback)
+            else:
+                await task_group.__aexit__(None, None, None)
+
+    async def aclose(self) -> None:
+        await self.__aexit__()
+
+    async def _close_exchanges(self) -> None:
+        """Close the responses nobody closed; raise the first app error among them."""
+        first_error: Exception | None = None
+        for exchange in list(self._exchanges):
+            try:
+                await exchange.close()
+            except Exception as exc:
+                first_error = first_error or exc
+        self._exchanges.clear()
+        if first_error is not None:
+            raise first_error
+
+    def _open_task_group(self) -> TaskGroup:
+        if self._task_group is None:
+            raise RuntimeError(
+                "The StreamingASGITransport is not open. It runs the app in a task group that "
+                "`async with AsyncClient(transport=transport) as client:` opens and closes "
+                "(or `async with transport:`); send requests inside that block."
+            )
+        return self._task_group
+
+    async def handle_async_request(self, request: Any) -> Any:
+        """Start the app call in the task group; return the response once the app starts it."""
+        task_group = self._open_task_group()
+        exchange = _Exchange(
+            self.app,
+            _scope(request, self.root_path, self.client),
+            request.stream.__aiter__(),
+            raise_app_exceptions=self.raise_app_exceptions,
+            disconnect_timeout=self.disconnect_timeout,
+        )
+        self._exchanges.add(exchange)
+        try:
+            task_group.start_soon(exchange.run, name=f"ASGI app: {exchange.describe()}")
+            await exchange.started.wait()
+            if exchange.status is None:
+                return await self._response_without_start(exchange)
+        except BaseException:
+            self._exchanges.discard(exchange)
+            await exchange.abort()
+            raise
+        stream = self._stream_class(exchange, self._exchanges.discard)
+        return self._response_class(exchange.status, headers=exchange.headers, stream=stream)
+
+    async def _response_without_start(self, exchange: _Exchange) -> Any:
+        """The app returned before starting a response: its error, or a 500 when not raising."""
+        await exchange.abort()
+        failed = exchange.failed
+        error = exchange.take_error()
+        if error is not None:
+            raise error
+        if not failed:
+            raise RuntimeError(
+                f"The app returned without sending http.response.start for {exchange.describe()}."
+            )
+        return self._response_class(500, headers=[], content=b"")
+
+
+@functools.cache
+def streaming_transport_class(library: ModuleType) -> type[StreamingASGITransport]:
+    """The StreamingASGITransport for ``library`` (the module httpx or httpx2), made once.
+
+    httpx and httpx2 each check that a response's stream is their own ``AsyncByteStream``, so
+    each library gets subclasses on its own base classes.
+    """
+    stream_class = type(
+        "AppResponseStream",
+        (AppResponseStream, library.AsyncByteStream),
+        {"__module__": __name__},
+    )
+    namespace = {
+        "__module__": __name__,
+        "_stream_class": stream_class,
+        "_response_class": library.Response,
+    }
+    bases = (StreamingASGITransport, library.AsyncBaseTransport)
+    return cast(type[StreamingASGITransport], type("StreamingASGITransport", bases, namespace))
+
+
+def streaming_transport(library: ModuleType, app: ASGIApp, **kwargs: Any) -> StreamingASGITransport:
+    """A StreamingASGITransport for ``library`` on ``app``; ``kwargs`` as for the class."""
+    return streaming_transport_class(library)(app, **kwargs)

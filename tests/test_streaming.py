@@ -1,0 +1,383 @@
+"""Streaming responses through the client fixture: endless SSE, timeouts, chunks, errors.
+
+httpx's own ASGITransport reads the whole response before returning it (encode/httpx#2186),
+so most tests here would hang or fail with it; each sub-session runs on asyncio and trio.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from conftest import Project
+
+# Warnings are errors in the sub-sessions, except trio's note about an async generator of
+# httpx's that a test stopped iterating early (httpx's own generators, not the transport).
+STRICT_WARNINGS = """
+    error
+    ignore:Async generator .* was garbage collected:ResourceWarning"""
+
+STREAM_APP = '''
+import anyio
+from contextlib import asynccontextmanager
+from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi.responses import StreamingResponse
+
+seen = []  # what the app observed, for the tests to check
+gates = []  # anyio.Events a test creates to release the gated stream's chunks
+
+
+@asynccontextmanager
+async def lifespan(app):
+    yield {"greeting": "hello"}
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+@app.get("/events")
+async def events():
+    async def stream():
+        n = 0
+        try:
+            while True:
+                yield f"id: {n}\\ndata: event {n}\\n\\n"
+                n += 1
+                await anyio.sleep(0.01)
+        finally:
+            seen.append("events closed")
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+async def raw_stream(scope, receive, send):
+    """A plain ASGI app: reads the request, sends one chunk, then reports what receive() says."""
+    seen.append((await receive())["type"])
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"first", "more_body": True})
+    while True:
+        message = await receive()
+        seen.append(message["type"])
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def raw_failure(scope, receive, send):
+    raise LookupError("failed before the response started")
+
+
+app.mount("/raw/stream", raw_stream)
+app.mount("/raw/failure", raw_failure)
+
+
+@app.get("/gated")
+async def gated():
+    async def stream():
+        yield b"chunk 0"
+        for n, gate in enumerate(gates, start=1):
+            await gate.wait()
+            yield f"chunk {n}".encode()
+
+    return StreamingResponse(stream())
+
+
+@app.get("/slow")
+async def slow():
+    async def stream():
+        try:
+            yield b"first"
+            await anyio.sleep(3600)
+            yield b"never"
+        finally:
+            seen.append("slow closed")
+
+    return StreamingResponse(stream())
+
+
+@app.get("/fails-before-start")
+async def fails_before_start():
+    raise ValueError("failed before the response started")
+
+
+@app.get("/fails-mid-stream")
+async def fails_mid_stream():
+    async def stream():
+        yield b"partial"
+        raise KeyError("failed mid-stream")
+
+    return StreamingResponse(stream())
+
+
+@app.api_route("/echo/{item}", methods=["GET", "POST", "PUT", "HEAD"])
+async def echo(item: str, request: Request):
+    chunks = [len(chunk) async for chunk in request.stream() if chunk]
+    return {
+        "item": item,
+        "method": request.method,
+        "query": dict(request.query_params),
+        "token": request.headers.get("x-token"),
+        "chunks": chunks,
+        "greeting": request.state.greeting,
+    }
+
+
+@app.post("/background")
+async def background(tasks: BackgroundTasks):
+    async def later():
+        await anyio.sleep(0.05)
+        seen.append("background done")
+
+    tasks.add_task(later)
+    return {"queued": True}
+'''
+
+
+def stream_project(project: Project, library: str = "httpx2") -> None:
+    project.ini(
+        testkit_app="stream_app:app",
+        testkit_backends="asyncio trio",
+        testkit_http_client=library,
+        filterwarnings=STRICT_WARNINGS,
+    )
+    project.module("stream_app", STREAM_APP)
+
+
+def test_endless_sse_stream_is_read_then_closed_and_the_app_sees_the_disconnect(
+    project: Project,
+) -> None:
+    stream_project(project)
+    project.module(
+        "test_sse",
+        """
+        from contextlib import aclosing
+
+        import anyio
+        import stream_app
+
+        async def test_three_events_then_close(client):
+            stream_app.seen.clear()
+            tasks_before = len(anyio.get_running_tasks())
+            with anyio.fail_after(5):
+                async with client.stream("GET", "/events") as response:
+                    assert response.headers["content-type"].startswith("text/event-stream")
+                    assert len(anyio.get_running_tasks()) > tasks_before  # the app's
+                    events = []
+                    async with aclosing(response.aiter_lines()) as lines:
+                        async for line in lines:
+                            if line.startswith("data:"):
+                                events.append(line)
+                            if len(events) == 3:
+                                break
+                    assert stream_app.seen == []  # still streaming
+            assert events == ["data: event 0", "data: event 1", "data: event 2"]
+            assert stream_app.seen == ["events closed"]  # the app's generator ended
+            assert len(anyio.get_running_tasks()) == tasks_before  # and its task is gone
+
+        async def test_the_app_receives_http_disconnect(client):
+            stream_app.seen.clear()
+            with anyio.fail_after(5):
+                async with client.stream("GET", "/raw/stream/") as response:
+                    async with aclosing(response.aiter_raw()) as chunks:
+                        assert await chunks.__anext__() == b"first"
+            assert stream_app.seen == ["http.request", "http.disconnect"]
+
+        async def test_aclose_also_disconnects(client):
+            stream_app.seen.clear()
+            request = client.build_request("GET", "/raw/stream/")
+            response = await client.send(request, stream=True)
+            await response.aclose()
+            assert stream_app.seen == ["http.request", "http.disconnect"]
+        """,
+    )
+    project.run("-p", "no:randomly").assert_outcomes(passed=6)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("httpx_sse") is None, reason="httpx-sse is not installed"
+)
+def test_httpx_sse_and_httpx2_sse_read_the_endless_stream(project: Project) -> None:
+    stream_project(project, library="httpx")
+    project.module(
+        "test_sse_clients",
+        """
+        from contextlib import aclosing
+
+        import anyio
+        import httpx
+        import httpx2
+        import stream_app
+        from httpx_sse import aconnect_sse
+
+        async def test_httpx_sse(client):
+            stream_app.seen.clear()
+            with anyio.fail_after(5):
+                async with aconnect_sse(client, "GET", "/events") as source:
+                    async with aclosing(source.aiter_sse()) as events:
+                        received = [(await events.__anext__()).data for _ in range(3)]
+            assert received == ["event 0", "event 1", "event 2"]
+            assert stream_app.seen == ["events closed"]
+
+        async def test_httpx2_sse(app_lifespan):
+            from anyio_fastapi_testkit._streaming import streaming_transport
+
+            stream_app.seen.clear()
+            transport = streaming_transport(httpx2, app_lifespan)
+            async with httpx2.AsyncClient(transport=transport, base_url="http://t") as client:
+                with anyio.fail_after(5):
+                    async with client.sse("/events") as source:
+                        async with aclosing(source.__aiter__()) as events:
+                            received = [(await events.__anext__()).id for _ in range(3)]
+            assert received == ["0", "1", "2"]
+            assert stream_app.seen == ["events closed"]
+        """,
+    )
+    project.run("-p", "no:randomly").assert_outcomes(passed=4)
+
+
+def test_timeouts_chunks_and_app_errors(project: Project) -> None:
+    stream_project(project)
+    project.module(
+        "test_stream_behaviour",
+        """
+        from contextlib import aclosing
+
+        import anyio
+        import pytest
+        import stream_app
+
+        async def test_a_timeout_fires_while_the_app_is_slow(client):
+            stream_app.seen.clear()
+            chunks = []
+            started = anyio.current_time()
+            with pytest.raises(TimeoutError):
+                with anyio.fail_after(0.3):
+                    async with client.stream("GET", "/slow") as response:
+                        async for chunk in response.aiter_raw():
+                            chunks.append(chunk)
+            assert anyio.current_time() - started < 2
+            assert chunks == [b"first"]
+            assert stream_app.seen == ["slow closed"]
+
+        async def wait_for(received, count):
+            while len(received) < count:
+                await anyio.sleep(0.005)
+
+        async def test_chunks_arrive_one_by_one(client):
+            stream_app.gates[:] = [anyio.Event(), anyio.Event()]
+            received = []
+
+            async def read(response):
+                async for chunk in response.aiter_raw():
+                    received.append(chunk)
+
+            with anyio.fail_after(5):
+                async with client.stream("GET", "/gated") as response:
+                    async with anyio.create_task_group() as task_group:
+                        task_group.start_soon(read, response)
+                        await wait_for(received, 1)
+                        for n, gate in enumerate(stream_app.gates, start=1):
+                            await anyio.sleep(0.05)
+                            assert len(received) == n, f"chunk {n} came before its gate"
+                            gate.set()
+                            await wait_for(received, n + 1)
+            assert received == [b"chunk 0", b"chunk 1", b"chunk 2"]
+
+        async def test_an_exception_before_the_response_starts(client):
+            with pytest.raises(LookupError, match="failed before the response started"):
+                await client.get("/raw/failure/")
+            with pytest.raises(LookupError, match="failed before the response started"):
+                async with client.stream("GET", "/raw/failure/"):
+                    pass
+            # FastAPI sends its 500 response, then raises: the test sees the exception.
+            with pytest.raises(ValueError, match="failed before the response started"):
+                await client.get("/fails-before-start")
+
+        async def test_an_exception_mid_stream(client):
+            chunks = []
+            async with client.stream("GET", "/fails-mid-stream") as response:
+                assert response.status_code == 200
+                with pytest.raises(KeyError, match="failed mid-stream"):
+                    async for chunk in response.aiter_raw():
+                        chunks.append(chunk)
+            assert chunks == [b"partial"]
+        """,
+    )
+    project.run("-p", "no:randomly").assert_outcomes(passed=8)
+
+
+@pytest.mark.parametrize("library", ["httpx", "httpx2"])
+def test_plain_requests_are_answered_as_by_asgi_transport(project: Project, library: str) -> None:
+    stream_project(project, library=library)
+    project.module(
+        "test_plain",
+        f"""
+        import {library} as library
+        import stream_app
+        from anyio_fastapi_testkit._streaming import StreamingASGITransport
+
+        async def body():
+            yield b"abc"
+            yield b"defgh"
+
+        REQUESTS = [
+            ("GET", "/echo/1?q=x&q=y", {{}}),
+            ("POST", "/echo/2", {{"json": {{"name": "n"}}, "headers": {{"x-token": "t"}}}}),
+            ("PUT", "/echo/3", {{"content": b"raw bytes"}}),
+            ("HEAD", "/echo/4", {{}}),
+            ("GET", "/missing", {{}}),
+            ("POST", "/echo/5", {{"data": {{"a": "1"}}}}),
+        ]
+
+        def summary(response):
+            return response.status_code, response.headers.multi_items(), response.content
+
+        async def test_uses_the_streaming_transport(client):
+            assert isinstance(client._transport, StreamingASGITransport)
+            assert isinstance(client._transport, library.AsyncBaseTransport)
+
+        async def test_same_answers(client, app_lifespan):
+            transport = library.ASGITransport(app=app_lifespan)
+            async with library.AsyncClient(
+                transport=transport, base_url="http://testserver"
+            ) as reference:
+                for method, url, options in REQUESTS:
+                    expected = await reference.request(method, url, **options)
+                    assert summary(await client.request(method, url, **options)) == summary(
+                        expected
+                    ), (method, url)
+            response = await client.get("/echo/6")
+            assert response.json()["greeting"] == "hello"  # the lifespan state
+
+        async def test_request_body_is_streamed_to_the_app(client):
+            response = await client.post("/echo/7", content=body())
+            assert response.json()["chunks"] == [3, 5]
+
+        async def test_background_tasks_finish_before_the_response_returns(client):
+            stream_app.seen.clear()
+            assert (await client.post("/background")).json() == {{"queued": True}}
+            assert stream_app.seen == ["background done"]
+        """,
+    )
+    project.run("-p", "no:randomly").assert_outcomes(passed=8)
+
+
+def test_the_transport_must_be_opened_with_the_client(project: Project) -> None:
+    stream_project(project)
+    project.module(
+        "test_unopened",
+        """
+        import httpx2
+        import pytest
+        from anyio_fastapi_testkit._streaming import streaming_transport
+
+        async def test_unopened(app_lifespan):
+            client = httpx2.AsyncClient(transport=streaming_transport(httpx2, app_lifespan))
+            try:
+                with pytest.raises(RuntimeError, match="StreamingASGITransport is not open"):
+                    await client.get("http://testserver/echo/1")
+            finally:
+                await client.aclose()
+        """,
+    )
+    project.run("-p", "no:randomly").assert_outcomes(passed=2)
