@@ -177,7 +177,7 @@ def postgres_processes_under(folder: Path) -> list[psutil.Process]:
         if not (info["name"] or "").startswith("postgres") or info["status"] == "zombie":
             continue
         places = [*(info["cmdline"] or []), info["cwd"] or ""]
-        if any(str(folder) in place for place in places):
+        if any(place == str(folder) or f"{folder}{os.sep}" in place for place in places):
             found.append(process)
     return found
 
@@ -190,7 +190,7 @@ def private_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     sub-sessions out of one another's way (and out of other runs' orphan cleanup), and makes
     "nothing left behind" checkable. Short, for the server's unix socket path.
     """
-    folder = Path(tempfile.mkdtemp(prefix="tk-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    folder = Path(tempfile.mkdtemp(prefix="tkt-", dir="/tmp" if Path("/tmp").is_dir() else None))
     monkeypatch.setenv("TMPDIR", str(folder))
     monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)
     yield folder
@@ -236,3 +236,8 @@ def pg_server() -> Iterator[RunningServer]:
     yield server
     server.stop()
     shutil.rmtree(base, ignore_errors=True)
+
+
+def drop_by_hand(url: URL, name: str) -> None:
+    drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    sql_rows(url, drop)

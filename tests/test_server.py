@@ -31,19 +31,17 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import anyio_fastapi_testkit
 from anyio_fastapi_testkit import _server
+from anyio_fastapi_testkit._binaries import binaries_version, embedded_bin_dir
 from anyio_fastapi_testkit._errors import DatabaseError
+from anyio_fastapi_testkit._orphans import cleanup_orphans
 from anyio_fastapi_testkit._server import (
     RunningServer,
-    binaries_version,
     check_server_version,
-    cleanup_orphans,
-    embedded_bin_dir,
-    grant_traversal,
-    open_install_tree,
     start_server,
     system_bin_dir,
     version_text,
 )
+from anyio_fastapi_testkit._sysuser import grant_traversal, open_install_tree
 from anyio_fastapi_testkit._urls import mask_secrets, mask_url
 
 SETTINGS = ("--testkit-db-url", "TESTKIT_DATABASE_URL", "testkit_database_url")

@@ -59,7 +59,6 @@ def check_backend(requested: str, item_name: str) -> None:
 
 
 ASYNC_DRIVERS_ASYNCIO_ONLY = (
-    "the database fixtures use {driver}'s async driver, which runs on asyncio only "
-    "(trio is not supported by it); this test runs on asyncio, and db_session_sync works on "
-    "every backend"
+    "this test needs the database, whose async driver ({driver}) runs on asyncio only, so it "
+    "is tested on the asyncio backend; db_session_sync works on every backend"
 )

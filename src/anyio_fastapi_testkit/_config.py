@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from ._errors import ConfigError
+from ._urls import SecretURL
 
 DEFAULT_BACKENDS = ("asyncio",)
 DEFAULT_LIFESPAN_TIMEOUT = 10.0
@@ -252,7 +253,7 @@ def read_settings(config: pytest.Config) -> Settings:
             DEFAULT_LIFESPAN_TIMEOUT,
         )
         or DEFAULT_LIFESPAN_TIMEOUT,
-        database_url=database_url or None,
+        database_url=SecretURL(database_url) if database_url else None,
         schema=_ini_str(config, "testkit_schema"),
         session_dependency=_ini_str(config, "testkit_session_dependency"),
         sessionmaker=_ini_str(config, "testkit_sessionmaker"),

@@ -13,11 +13,11 @@ from sqlalchemy.engine import URL
 
 from ._config import Settings
 from ._databases import create_database, database_url, drop_database, test_database_names
-from ._errors import ConfigError
+from ._errors import ConfigError, TestkitError
 from ._leaks import LeakDetector
 from ._schema import build_schema
 from ._server import RunningServer, start_server
-from ._urls import mask_url
+from ._urls import SecretURL
 
 DEFAULT_BASE_NAME = "app"  # test_app, test_app_template for the kit's own server
 
@@ -26,13 +26,7 @@ class LeakWarning(UserWarning):
     """Rows were committed outside the test's transaction (testkit_leak_check = warn)."""
 
 
-class DatabaseURL(str):
-    """A database URL string whose repr hides the password (pytest shows reprs in reports)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return repr(mask_url(str(self)))
+DatabaseURL = SecretURL
 
 
 def render_env(entries: tuple[str, ...], url: URL, driver_url: URL) -> dict[str, str]:
@@ -87,6 +81,7 @@ class TestDatabases:
         self._saved_env: dict[str, str | None] = {}
         self.description = "not started"
         self.leaks: LeakDetector | None = None
+        self._failure: TestkitError | None = None
 
     @property
     def ready(self) -> bool:
@@ -95,8 +90,15 @@ class TestDatabases:
     def working_url(self) -> DatabaseURL:
         """The URL (with the configured driver) of this worker's test database."""
         with self._lock:
+            if self._failure is not None:
+                # Every test asking again would start a server again: report the first error.
+                raise self._failure
             if self._url is None:
-                self._url = self._build()
+                try:
+                    self._url = self._build()
+                except TestkitError as exc:
+                    self._failure = exc
+                    raise
             return self._url
 
     def apply_env(self) -> None:

@@ -94,7 +94,9 @@ def _alembic_upgrade(config_path: Path, url: URL, env: Mapping[str, str]) -> Non
             "`pip install anyio-fastapi-testkit[alembic]`."
         ) from None
     password = url.password or ""
-    rendered = url.render_as_string(hide_password=False)
+    # psycopg's dialect serves both a sync and an async env.py; plain "postgresql://" would
+    # mean psycopg2 on SQLAlchemy 2.0, which the kit does not install.
+    rendered = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     completed = subprocess.run(
         [sys.executable, "-c", _ALEMBIC_SCRIPT, str(config_path), rendered],
         cwd=config_path.parent,

@@ -251,6 +251,11 @@ class StreamingASGITransport:
         client: tuple[str, int] = ("127.0.0.1", 123),
         disconnect_timeout: float = DISCONNECT_TIMEOUT,
     ) -> None:
+        if self._response_class is None:
+            raise TypeError(
+                "StreamingASGITransport needs the classes of an HTTP library: build it with "
+                "streaming_transport(httpx2, app) or streaming_transport_class(httpx2)(app)."
+            )
         self.app = app
         self.raise_app_exceptions = raise_app_exceptions
         self.root_path = root_path

@@ -43,3 +43,16 @@ def mask_secrets(text: str, secrets: Iterable[str]) -> str:
 
 def _encoded_forms(secret: str) -> tuple[str, ...]:
     return (secret, quote(secret, safe=""), quote_plus(secret, safe=""))
+
+
+class SecretURL(str):
+    """A URL string whose repr hides the password.
+
+    pytest prints the reprs of locals and arguments in tracebacks; wrapping every URL that
+    carries a password keeps it out of them, while it still works wherever a str does.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(mask_url(str(self)))

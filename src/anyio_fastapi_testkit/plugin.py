@@ -18,6 +18,7 @@ from ._config import add_options, get_settings, read_settings, store_settings
 from ._diagnostics import explain
 from ._errors import ConfigError, TestkitError
 from ._timeouts import MARKER, timeout_for, with_timeout
+from ._urls import SecretURL, mask_url
 
 PLUGIN_NAME = "anyio_fastapi_testkit.plugin"
 FIXTURES_PLUGIN_NAME = "anyio_fastapi_testkit.fixtures"
@@ -87,7 +88,10 @@ def pytest_configure(config: pytest.Config) -> None:
         try:
             fixtures.test_databases(config).apply_env()
         except TestkitError as exc:
-            raise pytest.UsageError(f"testkit_database_env: {exc}") from exc
+            raise pytest.UsageError(
+                "The test database is prepared before collection (testkit_database_env is "
+                f"set, and apps read it at import), and that failed: {exc}"
+            ) from exc
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -134,6 +138,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
         return (yield)
     finally:
         pyfuncitem.obj = original
+
+
+def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
+    # pytest diffs the text of strings, not their reprs: keep passwords out of the diff.
+    if not isinstance(left, SecretURL) and not isinstance(right, SecretURL):
+        return None
+    shown = [mask_url(str(side)) if isinstance(side, str) else repr(side) for side in (left, right)]
+    return [f"{shown[0]} {op} {shown[1]}", "(database URLs are shown with the password masked)"]
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,0 +1,162 @@
+"""The private folders of the kit's clusters, what they hold, and their removal.
+
+A base folder (per user) holds one state folder per cluster: its data, its log, its unix
+socket folder (or a short one elsewhere when the path is too long for a socket) and
+``owner.json``, which names the pytest process that made it (see ``_orphans``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ._errors import DatabaseError
+from ._fixes import URL_SETTINGS
+from ._processes import process_start
+from ._sysuser import give_to, grant_traversal
+
+OWNER_FILE = "owner.json"
+STATE_PREFIX = "run-"
+
+_SOCKET_PATH_LIMIT = 100  # sun_path holds 108 bytes on Linux and 104 on macOS
+_OUTSIDE_SOCKET_PREFIX = "testkit-sock-"
+_SAFE_PATH = re.compile(r"[A-Za-z0-9._/-]+")
+
+
+def default_base_dir() -> Path:
+    """The per-user folder the state folders of the kit's clusters go in."""
+    return Path(tempfile.gettempdir()) / f"anyio-fastapi-testkit-{os.getuid()}"
+
+
+def prepare_base_dir(base_dir: Path | None) -> Path:
+    """Create the base folder (default: ``default_base_dir()``) and return it."""
+    base = base_dir or default_base_dir()
+    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    # As root the server user must reach its state folder; listing stays private (0711).
+    mode = 0o711 if as_root else 0o700
+    try:
+        base.mkdir(mode=mode, parents=True)
+        base.chmod(mode)  # mkdir's mode is cut by the umask
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise DatabaseError(
+            f"Could not create the kit's state folder {base}: {exc}. Fix its parent's "
+            f"permissions, or set a running server's URL with {URL_SETTINGS}."
+        ) from None
+    if base_dir is None:
+        _check_base_dir(base)
+    if as_root:
+        # e.g. pytest's /tmp/pytest-of-root is 0700: the server user must pass through it.
+        grant_traversal(base)
+    return base
+
+
+def _check_base_dir(base: Path) -> None:
+    """The default folder lives in a shared temp dir: refuse one somebody else planted."""
+    info = base.lstat()
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022:
+        return
+    raise DatabaseError(
+        f"The kit's state folder {base} is not a folder owned by you and writable only by you "
+        f"(owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)}). Fix: remove it (it is "
+        f"recreated), or set TMPDIR to another folder, or set a running server's URL with "
+        f"{URL_SETTINGS}."
+    )
+
+
+def new_state_dir(base: Path, bin_dir: Path, user: str | None) -> tuple[Path, Path]:
+    """Make a state folder in ``base`` and its socket folder, owned by ``user``.
+
+    Returns both; ``owner.json`` in the state folder records this process and ``bin_dir``.
+    """
+    state_dir = Path(tempfile.mkdtemp(prefix=STATE_PREFIX, dir=base))
+    socket_dir = None
+    try:
+        socket_dir = _make_socket_dir(state_dir)
+        _write_owner(state_dir, bin_dir, socket_dir)
+        for path in {state_dir, socket_dir}:
+            give_to(path, user)
+    except BaseException:
+        remove_state(state_dir, socket_dir)
+        raise
+    return state_dir, socket_dir
+
+
+def _make_socket_dir(state_dir: Path) -> Path:
+    inside = state_dir / "s"
+    if _socket_dir_ok(inside):
+        inside.mkdir(mode=0o700)
+        return inside
+    # The state folder's path is too long (or odd) for a socket: use a short private one.
+    outside = Path(tempfile.mkdtemp(prefix=_OUTSIDE_SOCKET_PREFIX, dir=_short_root()))
+    if not _socket_dir_ok(outside):
+        outside.rmdir()
+        raise DatabaseError(
+            f"No folder for the server's unix socket has a path short enough (under "
+            f"{_SOCKET_PATH_LIMIT} bytes with the socket name): tried {inside} and {outside}. "
+            "Fix: pass a shorter base folder, or set TMPDIR to a short path."
+        )
+    return outside
+
+
+def _short_root() -> Path:
+    return Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())
+
+
+def _socket_dir_ok(socket_dir: Path) -> bool:
+    longest = socket_dir / ".s.PGSQL.65535"
+    return len(os.fsencode(longest)) < _SOCKET_PATH_LIMIT and bool(
+        _SAFE_PATH.fullmatch(str(socket_dir))
+    )
+
+
+def _write_owner(state_dir: Path, bin_dir: Path, socket_dir: Path) -> None:
+    pid = os.getpid()
+    clock, started = process_start(pid)
+    owner = {
+        "pid": pid,
+        "clock": clock,
+        "started": started,
+        "bin_dir": str(bin_dir),
+        "socket_dir": str(socket_dir),
+    }
+    temporary = state_dir / f".{OWNER_FILE}.tmp"
+    temporary.write_text(json.dumps(owner))
+    temporary.replace(state_dir / OWNER_FILE)  # readers never see half a file
+
+
+def read_owner(state_dir: Path) -> dict[str, Any] | None:
+    """The state folder's ``owner.json``; None when it is missing or malformed."""
+    try:
+        owner = json.loads((state_dir / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+
+
+def recorded_socket_dir(owner: dict[str, Any] | None) -> Path | None:
+    """The socket folder outside the state folder, if owner.json names one the kit made.
+
+    The server user can rewrite owner.json in its own folder: never trust it with an
+    arbitrary path to delete.
+    """
+    recorded = owner.get("socket_dir") if owner else None
+    if not isinstance(recorded, str):
+        return None
+    path = Path(recorded)
+    made_by_kit = path.parent == _short_root() and path.name.startswith(_OUTSIDE_SOCKET_PREFIX)
+    return path if made_by_kit and not path.is_symlink() else None
+
+
+def remove_state(state_dir: Path, socket_dir: Path | None) -> None:
+    """Delete the state folder, and the socket folder if it lives elsewhere."""
+    shutil.rmtree(state_dir, ignore_errors=True)
+    if socket_dir is not None and not socket_dir.is_relative_to(state_dir):
+        shutil.rmtree(socket_dir, ignore_errors=True)
