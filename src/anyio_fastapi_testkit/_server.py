@@ -25,16 +25,12 @@ from sqlalchemy.engine import URL, make_url
 
 # Names other modules and the tests reach through this module are imported "as" themselves.
 from ._binaries import REQUIRED_BINARIES, binaries_version, embedded_bin_dir, find_bin_dir
-from ._binaries import _declared_bin_dir as _declared_bin_dir
-from ._binaries import _version_key as _version_key
 from ._cluster import ADMIN_DATABASE, LOCALHOST, Cluster, LocalSource, new_cluster
 from ._errors import DatabaseError
 from ._fixes import LOCAL_FIXES, URL_FIXES
 from ._fixes import URL_SETTINGS as URL_SETTINGS
 from ._orphans import cleanup_orphans
-from ._processes import _start_by_clock as _start_by_clock
 from ._state_folder import default_base_dir, prepare_base_dir
-from ._sysuser import SERVER_USER as SERVER_USER
 from ._sysuser import open_install_tree, server_user
 from ._urls import mask_secrets, mask_url
 
