@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
     AsyncSession,
+    AsyncTransaction,
     async_sessionmaker,
     create_async_engine,
 )
@@ -74,13 +75,21 @@ class TaskLock:
 
 
 class AsyncDatabase:
-    """The async engine of one backend's session, made on first use and disposed at its end."""
+    """The async engine of one backend's session, and the one connection the tests share.
+
+    The shared connection stays inside one outer transaction for the whole session; each
+    test works inside a savepoint of it, rolled back at the end of the test. That costs one
+    round trip at the start and one at the end of a test, where a connection per test costs a
+    pool checkout, BEGIN, ROLLBACK and the pool's reset, and loses the driver's prepared
+    statements at every ROLLBACK.
+    """
 
     def __init__(self, databases: TestDatabases, backend: str) -> None:
         self.databases = databases
         self.backend = backend
         self.driver = databases.settings.database_driver
         self._engine: AsyncEngine | None = None
+        self._connection: AsyncConnection | None = None
 
     async def engine(self) -> AsyncEngine:
         require_asyncio(self.backend, self.driver)
@@ -91,14 +100,48 @@ class AsyncDatabase:
             self.databases.take_leak_baseline()
         return self._engine
 
+    async def shared_connection(self) -> AsyncConnection:
+        """The session's connection, inside its outer transaction (begun again if a test
+        ended it)."""
+        connection = self._connection
+        if connection is None or connection.closed or connection.invalidated:
+            engine = await self.engine()
+            connection = self._connection = await engine.connect()
+        if not connection.in_transaction():
+            await connection.begin()
+        return connection
+
+    async def end_outer_transaction(self) -> None:
+        """Roll back whatever a test left open on the shared connection, after it ended the
+        outer transaction itself (``db_connection.commit()`` or ``.rollback()``)."""
+        if self._connection is not None and self._connection.in_transaction():
+            await self._connection.rollback()
+
+    async def discard_connection(self) -> None:
+        """Forget a shared connection in an unknown state; the next test opens a new one."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await connection.invalidate()
+                finally:
+                    await connection.close()
+
     async def dispose(self) -> None:
-        if self._engine is not None:
-            await self._engine.dispose()
-            self._engine = None
+        try:
+            if self._connection is not None:
+                await self.end_outer_transaction()
+                await self._connection.close()
+                self._connection = None
+        finally:
+            if self._engine is not None:
+                await self._engine.dispose()
+                self._engine = None
 
 
 class TestTransaction:
-    """One test's connection, outer transaction and sessions; all rolled back by ``close()``."""
+    """One test's savepoint on the shared connection, and its session; rolled back by
+    ``close()``."""
 
     __test__ = False
 
@@ -107,13 +150,13 @@ class TestTransaction:
         self.options = options
         self.lock = TaskLock()
         self._connection: AsyncConnection | None = None
+        self._savepoint: AsyncTransaction | None = None
         self._session: AsyncSession | None = None
 
     async def connection(self) -> AsyncConnection:
         if self._connection is None:
-            engine = await self.database.engine()
-            connection = await engine.connect()
-            await connection.begin()
+            connection = await self.database.shared_connection()
+            self._savepoint = await connection.begin_nested()
             self._connection = connection
         return self._connection
 
@@ -136,18 +179,20 @@ class TestTransaction:
         return test_session_dependency
 
     async def close(self) -> None:
-        session, connection = self._session, self._connection
-        self._session = self._connection = None
+        session, savepoint = self._session, self._savepoint
+        self._session = self._savepoint = self._connection = None
         try:
             if session is not None:
                 await session.close()
-        finally:
-            if connection is not None:
-                try:
-                    if connection.in_transaction():
-                        await connection.rollback()
-                finally:
-                    await connection.close()
+            if savepoint is not None:
+                if savepoint.is_active:
+                    await savepoint.rollback()
+                else:
+                    await self.database.end_outer_transaction()
+        except BaseException:
+            # A connection whose state is unknown must not carry into the next test.
+            await self.database.discard_connection()
+            raise
 
 
 class SyncDatabase:

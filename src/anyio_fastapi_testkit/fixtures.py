@@ -301,10 +301,13 @@ async def db_engine(_testkit_async_database: AsyncDatabase) -> AsyncEngine:
 
 @pytest.fixture
 async def db_connection(_testkit_transaction: TestTransaction) -> AsyncConnection:
-    """``AsyncConnection`` inside an outer transaction that is rolled back after the test.
+    """``AsyncConnection`` whose work during the test is rolled back after it.
 
-    Shared by ``db_session`` and, through ``testkit_session_dependency``, by the app's
-    requests. asyncio only (skipped on trio). Cost: a pooled connection and BEGIN/ROLLBACK.
+    One connection serves the whole session (per backend), inside an outer transaction; each
+    test runs inside a savepoint of it, rolled back at teardown. Shared by ``db_session`` and,
+    through ``testkit_session_dependency``, by the app's requests. Calling ``commit()`` on it
+    commits for real (the leak check reports it). asyncio only (skipped on trio). Cost: a
+    SAVEPOINT on first use and a ROLLBACK TO SAVEPOINT at teardown.
     """
     return await _testkit_transaction.connection()
 
