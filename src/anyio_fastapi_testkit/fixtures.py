@@ -21,6 +21,7 @@ from ._client import http_library, make_client, override_dependencies
 from ._config import get_settings
 from ._errors import AppError, ConfigError
 from ._imports import import_from_path
+from ._live_server import live_server as serve_live
 from ._provision import DatabaseURL, TestDatabases
 from ._transaction import (
     AsyncDatabase,
@@ -44,6 +45,7 @@ __all__ = [
     "db_session",
     "db_session_sync",
     "dependency_overrides",
+    "live_server",
 ]
 
 
@@ -134,6 +136,25 @@ async def client(
     library = http_library(get_settings(request.config).http_client)
     async with make_client(library, app_lifespan) as http_client:
         yield http_client
+
+
+@pytest.fixture(scope="session")
+async def _testkit_live_server(app_lifespan: ASGIApp, anyio_backend: object) -> AsyncIterator[str]:
+    async with serve_live(app_lifespan, backend_name(anyio_backend)) as url:
+        yield url
+
+
+@pytest.fixture
+def live_server(_testkit_live_server: str, _testkit_transaction: TestTransaction) -> str:
+    """Base URL (``http://127.0.0.1:PORT``) of the started app served on a real TCP socket.
+
+    For tests that need real sockets: a browser, an outside client, a webhook callback. The
+    server runs on the test's own event loop (uvicorn on asyncio, hypercorn on trio; extra
+    ``live``), started once per backend on a free port; the app's lifespan is the kit's, not
+    run again. During the test the app's session dependency yields ``db_session`` as with
+    ``client``. Cost: one server start per backend; nothing per test.
+    """
+    return _testkit_live_server
 
 
 @pytest.fixture
