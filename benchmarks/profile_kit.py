@@ -32,27 +32,37 @@ from generate import BY_KEY, generate  # noqa: E402
 
 def phases_table(key: str, data: dict, n: int) -> str:
     ph = data["phases"]
-    other = ph["protocol"] - ph["setup"] - ph["call"] - ph["teardown"]
+
+    def ms(seconds: float) -> str:
+        return f"{seconds / n * 1000:.3f}"
+
+    rows = []
+    for prefix, label in (("", "wall"), ("cpu_", "CPU")):
+        other = ph[f"{prefix}protocol"] - sum(
+            ph[f"{prefix}{name}"] for name in ("setup", "call", "teardown")
+        )
+        rows.append(
+            f"| {label} | {ms(ph[f'{prefix}setup'])} | {ms(ph[f'{prefix}call'])} | "
+            f"{ms(ph[f'{prefix}teardown'])} | {ms(other)} | {ms(ph[f'{prefix}protocol'])} |"
+        )
     lines = [
         f"### {key}: {data['items']} tests, per test (ms)",
         "",
-        "| setup | call | teardown | other protocol (reports, hooks) | protocol total |",
-        "|--:|--:|--:|--:|--:|",
-        f"| {ph['setup'] / n * 1000:.3f} | {ph['call'] / n * 1000:.3f} | "
-        f"{ph['teardown'] / n * 1000:.3f} | {other / n * 1000:.3f} | "
-        f"{ph['protocol'] / n * 1000:.3f} |",
+        "| | setup | call | teardown | rest of the protocol (reports, hooks) | total |",
+        "|---|--:|--:|--:|--:|--:|",
+        *rows,
         "",
-        "| fixture | scope | set up (times) | own setup per test (ms) | "
-        "own teardown per test (ms) |",
+        "| fixture | scope | set up (times) | own setup wall / CPU per test (ms) | "
+        "own teardown wall / CPU per test (ms) |",
         "|---|---|--:|--:|--:|",
     ]
-    rows = sorted(
+    fixtures = sorted(
         data["fixtures"].items(), key=lambda kv: -(kv[1]["setup"] + kv[1]["teardown"])
     )
-    for name, f in rows:
+    for name, f in fixtures:
         lines.append(
-            f"| {name} | {f['scope']} | {f['count']} | {f['setup'] / n * 1000:.3f} | "
-            f"{f['teardown'] / n * 1000:.3f} |"
+            f"| {name} | {f['scope']} | {f['count']} | {ms(f['setup'])} / "
+            f"{ms(f['cpu_setup'])} | {ms(f['teardown'])} / {ms(f['cpu_teardown'])} |"
         )
     return "\n".join(lines)
 
@@ -91,7 +101,7 @@ def _group(filename: str, funcname: str) -> str:
     return "other"
 
 
-def cprofile_report(prof: Path, n: int) -> str:
+def cprofile_report(key: str, prof: Path, n: int) -> str:
     stats = pstats.Stats(str(prof))
     by_group: dict[str, float] = defaultdict(float)
     kit_rows = []
@@ -102,7 +112,7 @@ def cprofile_report(prof: Path, n: int) -> str:
             kit_rows.append((ct, tt, nc, f"{short}:{line} {funcname}"))
     total = sum(by_group.values())
     lines = [
-        f"### cProfile of K ({n} tests): own CPU time by package, per test",
+        f"### cProfile of {key} ({n} tests): own time by package, per test",
         "",
         "| package | ms per test | share |",
         "|---|--:|--:|",
@@ -125,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--only", default="K,K-noleak,B,F3")
-    parser.add_argument("--cprofile", action="store_true", help="also cProfile K")
+    parser.add_argument(
+        "--cprofile", action="store_true", help="also run the kit set-ups under cProfile"
+    )
     parser.add_argument("--driver", choices=("psycopg", "asyncpg"), default="psycopg")
     args = parser.parse_args(argv)
     setups = [BY_KEY[key.strip()] for key in args.only.split(",") if key.strip()]
@@ -156,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 command[1:1] = ["-m", "cProfile", "-o", str(prof)]
                 subprocess.run(command, cwd=path, env=run.child_env(setup, server, args.driver),
                                capture_output=True, text=True, check=True)
-                print(cprofile_report(prof, args.n))
+                print(cprofile_report(setup.key, prof, args.n))
                 print()
         return 0
     finally:

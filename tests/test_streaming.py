@@ -53,11 +53,15 @@ async def events():
 
 async def raw_stream(scope, receive, send):
     """A plain ASGI app: reads the request, sends one chunk, then reports what receive() says."""
-    seen.append((await receive())["type"])
+    while (await receive()).get("more_body"):
+        pass
+    seen.append("http.request")
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"first", "more_body": True})
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            await anyio.sleep(0.01)  # cleaning up takes a moment: cancelling now would lose it
         seen.append(message["type"])
         if message["type"] == "http.disconnect":
             return
@@ -107,6 +111,13 @@ async def fails_mid_stream():
         raise KeyError("failed mid-stream")
 
     return StreamingResponse(stream())
+
+
+@app.get("/skips")
+async def skips():
+    import pytest
+
+    pytest.skip("skipped by the app")
 
 
 @app.api_route("/echo/{item}", methods=["GET", "POST", "PUT", "HEAD"])
@@ -259,6 +270,15 @@ def test_timeouts_chunks_and_app_errors(project: Project) -> None:
             assert chunks == [b"first"]
             assert stream_app.seen == ["slow closed"]
 
+        async def test_a_timeout_still_lets_the_app_see_the_disconnect(client):
+            stream_app.seen.clear()
+            with pytest.raises(TimeoutError):
+                with anyio.fail_after(0.3):
+                    async with client.stream("GET", "/raw/stream/") as response:
+                        async for chunk in response.aiter_raw():
+                            pass
+            assert stream_app.seen == ["http.request", "http.disconnect"]
+
         async def wait_for(received, count):
             while len(received) < count:
                 await anyio.sleep(0.005)
@@ -293,6 +313,12 @@ def test_timeouts_chunks_and_app_errors(project: Project) -> None:
             with pytest.raises(ValueError, match="failed before the response started"):
                 await client.get("/fails-before-start")
 
+        async def test_pytest_skip_in_the_app_skips_the_test(client):
+            await client.get("/skips")
+
+        async def test_the_next_test_runs_normally(client):
+            assert (await client.get("/echo/1")).status_code == 200
+
         async def test_an_exception_mid_stream(client):
             chunks = []
             async with client.stream("GET", "/fails-mid-stream") as response:
@@ -303,7 +329,7 @@ def test_timeouts_chunks_and_app_errors(project: Project) -> None:
             assert chunks == [b"partial"]
         """,
     )
-    project.run("-p", "no:randomly").assert_outcomes(passed=8)
+    project.run("-p", "no:randomly").assert_outcomes(passed=12, skipped=2)
 
 
 @pytest.mark.parametrize("library", ["httpx", "httpx2"])

@@ -6,8 +6,10 @@ import pytest
 
 from conftest import ITEMS_APP, Project
 
-WS_APP = '''
+WS_APP = """
 import json
+
+import anyio
 from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Header, WebSocket, WebSocketDisconnect, WebSocketException
 
@@ -83,7 +85,15 @@ async def silent(websocket: WebSocket):
     try:
         await websocket.receive_text()
     except WebSocketDisconnect as disconnect:
+        await anyio.sleep(0.01)  # cleaning up takes a moment: cancelling now would lose it
         seen.append(("silent saw the close", disconnect.code))
+
+
+@app.websocket("/skips")
+async def skips(websocket: WebSocket):
+    import pytest
+
+    pytest.skip("skipped by the app")
 
 
 @app.websocket("/crash")
@@ -91,7 +101,7 @@ async def crash(websocket: WebSocket):
     await websocket.accept()
     await websocket.receive_text()
     raise ValueError("the app crashed")
-'''
+"""
 
 
 def ws_project(project: Project) -> None:
@@ -200,18 +210,22 @@ def test_rejections_errors_timeouts_and_overrides(project: Project) -> None:
                         await ws.receive_text()
             assert ws_app.seen == [("silent saw the close", 1000)]
 
+        async def test_pytest_skip_in_the_app_skips_the_test(websocket_connect):
+            async with websocket_connect("/skips"):
+                pass
+
         async def test_dependency_override_applies(websocket_connect, dependency_overrides):
             dependency_overrides[ws_app.current_user] = lambda: "fake user"
             async with websocket_connect("/chat") as ws:
                 assert (await ws.receive_json())["user"] == "fake user"
         """,
     )
-    project.run("-p", "no:randomly").assert_outcomes(passed=10)
+    project.run("-p", "no:randomly").assert_outcomes(passed=10, skipped=2)
 
 
 ITEMS_WS_APP = (
     ITEMS_APP
-    + '''
+    + """
 
 from fastapi import WebSocket
 
@@ -223,7 +237,7 @@ async def items_ws(websocket: WebSocket, session: AsyncSession = Depends(get_ses
     await session.flush()
     await websocket.send_json(list(await session.scalars(select(Item.name).order_by(Item.name))))
     await websocket.close()
-'''
+"""
 )
 
 

@@ -9,6 +9,7 @@ from types import ModuleType
 from typing import Any
 
 from ._errors import ConfigError
+from ._streaming import streaming_transport
 
 BASE_URL = "http://testserver"
 HTTP_LIBRARIES = ("httpx2", "httpx")
@@ -40,7 +41,9 @@ def http_library(preferred: str | None) -> ModuleType:
 
 def make_client(library: ModuleType, app: Any, **kwargs: Any) -> Any:
     """An AsyncClient sending requests in-process to ``app`` (no sockets)."""
-    transport = library.ASGITransport(app=app)
+    # The kit's transport streams responses as the app sends them (httpx's ASGITransport
+    # reads a response to its end first, so endless streams would hang the test).
+    transport = streaming_transport(library, app)
     kwargs.setdefault("base_url", BASE_URL)
     return library.AsyncClient(transport=transport, **kwargs)
 

@@ -80,10 +80,11 @@ class _Exchange:
         self.started = anyio.Event()  # the response started, or the app returned without it
         self._disconnected = anyio.Event()  # from now on, receive() says http.disconnect
         self._finished = anyio.Event()
-        self._cancel_scope = anyio.CancelScope()
+        # Shielded: only closing the response cancels the app, not a scope around the client.
+        self._cancel_scope = anyio.CancelScope(shield=True)
         self.complete = False
         self.closed = False
-        self._error: Exception | None = None
+        self._error: BaseException | None = None
 
     @property
     def finished(self) -> bool:
@@ -98,7 +99,11 @@ class _Exchange:
             with self._cancel_scope:
                 try:
                     await self._app(self.scope, self._receive, self._send)
-                except Exception as exc:
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except BaseException as exc:
+                    # Also pytest.skip() and pytest.fail() from the app (or a dependency
+                    # override): the test must see them as when the app ran in its own task.
                     self._error = exc
         finally:
             self._body_in.close()
@@ -151,7 +156,7 @@ class _Exchange:
     def failed(self) -> bool:
         return self._error is not None
 
-    def take_error(self) -> Exception | None:
+    def take_error(self) -> BaseException | None:
         """The app's exception, once (None if it raised nothing, or it is not to be raised)."""
         error, self._error = self._error, None
         return error if self._raise_app_exceptions else None
@@ -297,11 +302,11 @@ class StreamingASGITransport:
 
     async def _close_exchanges(self) -> None:
         """Close the responses nobody closed; raise the first app error among them."""
-        first_error: Exception | None = None
+        first_error: BaseException | None = None
         for exchange in list(self._exchanges):
             try:
                 await exchange.close()
-            except Exception as exc:
+            except BaseException as exc:  # every app task must end before the task group
                 first_error = first_error or exc
         self._exchanges.clear()
         if first_error is not None:

@@ -130,9 +130,11 @@ class WebSocketSession:
         self._entered = False
         self._closed_by_test = False
         self._close_code_sent = 1000
-        self._cancel_scope = anyio.CancelScope()
+        # Shielded: a timeout around the block must not cancel the app before it sees the
+        # close, as a timeout in a real client would not reach into the server.
+        self._cancel_scope = anyio.CancelScope(shield=True)
         self._finished = anyio.Event()
-        self._error: Exception | None = None
+        self._error: BaseException | None = None
 
     # --- the app's side ---------------------------------------------------------------------
 
@@ -141,7 +143,9 @@ class WebSocketSession:
             with self._cancel_scope:
                 try:
                     await self._app(self.scope, self._app_receive, self._app_send)
-                except Exception as exc:
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except BaseException as exc:  # pytest.skip() and co. included
                     # Raising WebSocketDisconnect after the test closed is the app's way of
                     # ending, not a failure (uvicorn would log it, the test cannot fix it).
                     if not (self._closed_by_test and _is_disconnect(exc)):

@@ -33,6 +33,7 @@ from ._transaction import (
     is_async_dependency,
     session_options,
 )
+from ._websocket import WebSocketConnect, websocket_connector
 
 __all__ = [
     "anyio_backend",
@@ -46,6 +47,7 @@ __all__ = [
     "db_session_sync",
     "dependency_overrides",
     "live_server",
+    "websocket_connect",
 ]
 
 
@@ -136,6 +138,21 @@ async def client(
     library = http_library(get_settings(request.config).http_client)
     async with make_client(library, app_lifespan) as http_client:
         yield http_client
+
+
+@pytest.fixture
+async def websocket_connect(
+    app_lifespan: ASGIApp, anyio_backend: object, _testkit_transaction: TestTransaction
+) -> WebSocketConnect:
+    """``websocket_connect(path, **headers)``: an async websocket client on the started app.
+
+    ``async with websocket_connect("/ws") as ws:`` then ``send_text/send_bytes/send_json``,
+    ``receive_text/receive_bytes/receive_json`` and ``close(code)``, in-process on the test's
+    own loop; a rejected handshake raises with the app's close code. Dependency overrides and
+    the session dependency (``db_session``) apply as with ``client``. Cost: nothing until a
+    connection is opened.
+    """
+    return websocket_connector(app_lifespan)
 
 
 @pytest.fixture(scope="session")
