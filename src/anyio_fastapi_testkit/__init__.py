@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from ._client import override_dependencies
 from ._errors import AppError, ConfigError, DatabaseError, TestkitError
+from ._websocket import WebSocketClosed, WebSocketRejected
 
 __all__ = [
     "AppError",
     "ConfigError",
     "DatabaseError",
     "TestkitError",
+    "WebSocketClosed",
+    "WebSocketRejected",
     "override_dependencies",
 ]
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from .db import dispose_engine, get_session
+from .live import router as live_router
 from .models import Author, Book, Review
 from .schemas import (
     AuthorCreate,
@@ -62,6 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
 
 
 app = FastAPI(title="Bookshelf", lifespan=lifespan)
+app.include_router(live_router)
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
