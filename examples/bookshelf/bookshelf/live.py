@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
@@ -15,12 +16,11 @@ from .db import get_session
 from .models import Book
 
 router = APIRouter()
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
 @router.get("/books/feed")
-async def book_feed(
-    session: AsyncSession = Depends(get_session), interval: float = 0.05
-) -> StreamingResponse:
+async def book_feed(session: SessionDep, interval: float = 0.05) -> StreamingResponse:
     """Server-sent events: every book's title, then a heartbeat for ever (until the client goes)."""
     titles = list(await session.scalars(select(Book.title).order_by(Book.id)))
 
@@ -35,7 +35,7 @@ async def book_feed(
 
 
 @router.websocket("/ws/reading-room")
-async def reading_room(websocket: WebSocket, session: AsyncSession = Depends(get_session)) -> None:
+async def reading_room(websocket: WebSocket, session: SessionDep) -> None:
     """Echo chat that also answers "count" with the number of books."""
     if websocket.headers.get("x-reader") is None:
         await websocket.close(code=4401)
