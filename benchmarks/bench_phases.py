@@ -2,9 +2,10 @@
 
 Loaded with ``-p bench_phases``; writes JSON to $BENCH_PHASES_FILE at the end:
 
-* ``phases``: total wall seconds of the setup, call and teardown phases and of the whole
-  per-test protocol (``protocol``, which also covers reporting hooks), and the same in CPU
-  seconds of this process (``cpu_setup`` ...);
+* ``phases``: total wall seconds of collection, of the test loop (``runtestloop``), of the
+  setup, call and teardown phases and of the whole per-test protocol (``protocol``, which
+  also covers reporting hooks), and the same in CPU seconds of this process (``cpu_setup``
+  ...);
 * ``fixtures``: per fixture name, its own (exclusive) setup and teardown seconds, wall and
   CPU, summed over the session, and how many times it was set up. Nested work, such as a
   fixture body calling ``request.getfixturevalue()``, is charged to the inner fixture.
@@ -93,6 +94,24 @@ def _phase(name: str, start: tuple[float, float]) -> None:
 
 def _now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection(session: pytest.Session) -> Any:
+    start = _now()
+    try:
+        return (yield)
+    finally:
+        _phase("collection", start)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> Any:
+    start = _now()
+    try:
+        return (yield)
+    finally:
+        _phase("runtestloop", start)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
