@@ -83,6 +83,7 @@ class _Exchange:
         # Shielded: only closing the response cancels the app, not a scope around the client.
         self._cancel_scope = anyio.CancelScope(shield=True)
         self.complete = False
+        self.tail = b""  # the last chunk, read after the streamed ones
         self.closed = False
         self._error: BaseException | None = None
 
@@ -143,11 +144,18 @@ class _Exchange:
                 f"{self.describe()}."
             )
         body = message.get("body", b"")
+        more_body = message.get("more_body", False)
         if body and self._keep_body:
-            # A closed response drops the chunk; receive() tells the app, as a server would.
-            with contextlib.suppress(anyio.BrokenResourceError):
-                await self._body_in.send(bytes(body))
-        if not message.get("more_body", False):
+            if not more_body:
+                # The last chunk is kept rather than handed over: the app may then return
+                # without waiting for the reader, as it would after writing to a socket. For
+                # the usual one-chunk response that saves the task switches of a hand-over.
+                self.tail = bytes(body)
+            else:
+                # A closed response drops the chunk; receive() tells the app, as a server would.
+                with contextlib.suppress(anyio.BrokenResourceError):
+                    await self._body_in.send(bytes(body))
+        if not more_body:
             self.complete = True
             self._body_in.close()
             self._disconnected.set()
@@ -161,9 +169,15 @@ class _Exchange:
         error, self._error = self._error, None
         return error if self._raise_app_exceptions else None
 
+    async def _wait_finished(self) -> None:
+        # Event.wait() yields to the loop even when the event is set: most apps have returned
+        # by the time their response is read, and each needless yield is a loop iteration.
+        if not self._finished.is_set():
+            await self._finished.wait()
+
     async def end_of_body(self) -> None:
         """After the last chunk: wait for the app to return, then raise what went wrong."""
-        await self._finished.wait()
+        await self._wait_finished()
         error = self.take_error()
         if error is not None:
             raise error
@@ -182,7 +196,7 @@ class _Exchange:
             if self.complete:
                 # As with httpx's ASGITransport, the request ends when the app returns
                 # (background tasks included).
-                await self._finished.wait()
+                await self._wait_finished()
             else:
                 # Shielded, so that a test leaving by cancellation (a timeout) still lets the
                 # app see the disconnect and end its own way, as it would with a server.
@@ -197,6 +211,8 @@ class _Exchange:
     async def abort(self) -> None:
         """Cancel the app call now and wait for it to end; its error stays for take_error()."""
         self._disconnect()
+        if self._finished.is_set():
+            return
         with anyio.CancelScope(shield=True):
             self._cancel_scope.cancel()
             await self._finished.wait()
@@ -221,10 +237,14 @@ class AppResponseStream:
         return self
 
     async def __anext__(self) -> bytes:
+        exchange = self._exchange
         try:
-            return await self._exchange.body.receive()
+            return await exchange.body.receive()
         except anyio.EndOfStream:
-            await self._exchange.end_of_body()
+            if exchange.tail and not exchange.closed:
+                tail, exchange.tail = exchange.tail, b""
+                return tail
+            await exchange.end_of_body()
             raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
