@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._client import override_dependencies
 from ._errors import AppError, ConfigError, DatabaseError, TestkitError
+from ._factories import persist_with
 from ._websocket import WebSocketClosed, WebSocketRejected
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "WebSocketClosed",
     "WebSocketRejected",
     "override_dependencies",
+    "persist_with",
 ]
 __version__ = "0.1.0"

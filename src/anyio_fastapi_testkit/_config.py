@@ -108,6 +108,14 @@ _INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (
         "",
     ),
     (
+        "testkit_factories",
+        "linelist",
+        "Test-data factories that persist through the test's db_session during each test: "
+        'modules ("pkg.factories": every polyfactory/factory-boy SQLAlchemy factory in it) or '
+        '"pkg.factories:BookFactory". Space separated, a TOML list, or one per line.',
+        [],
+    ),
+    (
         "testkit_timeout",
         "string",
         "Seconds after which a hung async test or fixture is cancelled and failed. "
@@ -167,6 +175,7 @@ class Settings:
     http_client: str | None
     server_tcp: bool
     leak_check: str
+    factories: tuple[str, ...] = ()
 
 
 def _ini_str(config: pytest.Config, name: str) -> str | None:
@@ -263,6 +272,7 @@ def read_settings(config: pytest.Config) -> Settings:
         http_client=_ini_str(config, "testkit_http_client"),
         server_tcp=bool(config.getini("testkit_server_tcp")),
         leak_check=_choice(config, "testkit_leak_check", ("fail", "warn", "off")),
+        factories=split_env_entries(list(config.getini("testkit_factories"))),
     )
     _check_backends(settings.backends, backend_setting)
     return settings

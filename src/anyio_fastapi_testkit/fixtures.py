@@ -20,6 +20,7 @@ from ._backends import backend_name, check_backend
 from ._client import http_library, make_client, override_dependencies
 from ._config import get_settings
 from ._errors import AppError, ConfigError
+from ._factories import bound_factories, load_factories
 from ._imports import import_from_path
 from ._live_server import live_server as serve_live
 from ._provision import DatabaseURL, TestDatabases
@@ -242,6 +243,11 @@ def _testkit_session_options(_testkit_sessionmaker: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def _testkit_factories(request: pytest.FixtureRequest) -> list[type]:
+    return load_factories(get_settings(request.config).factories)
+
+
+@pytest.fixture(scope="session")
 def _testkit_session_dependency(request: pytest.FixtureRequest) -> Callable[..., Any] | None:
     path = get_settings(request.config).session_dependency
     if path is None:
@@ -300,6 +306,7 @@ async def _testkit_transaction(
     _testkit_session_options: dict[str, Any],
     _testkit_session_dependency: Callable[..., Any] | None,
     _testkit_sessionmaker: Any,
+    _testkit_factories: list[type],
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[TestTransaction]:
     transaction = TestTransaction(_testkit_async_database, _testkit_session_options)
@@ -314,7 +321,10 @@ async def _testkit_transaction(
             else _testkit_sync_transaction.dependency()
         )
     try:
-        async with bound_sessionmaker(_testkit_sessionmaker, transaction):
+        async with (
+            bound_sessionmaker(_testkit_sessionmaker, transaction),
+            bound_factories(_testkit_factories, transaction),
+        ):
             if overrides:
                 with override_dependencies(request.getfixturevalue("app"), overrides):
                     yield transaction
