@@ -14,6 +14,7 @@ from sqlalchemy.pool import NullPool
 
 from ._errors import ConfigError, DatabaseError
 from ._imports import import_from_path
+from ._queries import NOT_COUNTED
 from ._urls import mask_secrets, mask_url
 
 ALEMBIC_PREFIX = "alembic:"
@@ -65,7 +66,11 @@ def build_schema(
         _alembic_upgrade(rootdir / source[len(ALEMBIC_PREFIX) :].strip(), sync_url, env)
         return
     metadata = load_metadata(source)
-    engine = create_engine(sync_url.set(drivername="postgresql+psycopg"), poolclass=NullPool)
+    engine = create_engine(
+        sync_url.set(drivername="postgresql+psycopg"),
+        poolclass=NullPool,
+        execution_options=NOT_COUNTED,  # the kit's plumbing, not the app's queries
+    )
     try:
         with engine.begin() as connection:
             metadata.create_all(connection)

@@ -24,6 +24,7 @@ from ._factories import bound_factories, load_factories
 from ._imports import import_from_path
 from ._live_server import live_server as serve_live
 from ._provision import DatabaseURL, TestDatabases
+from ._queries import QueryCounter, QueryLimit
 from ._transaction import (
     AsyncDatabase,
     SyncDatabase,
@@ -40,7 +41,10 @@ __all__ = [
     "anyio_backend",
     "app",
     "app_lifespan",
+    "assert_max_queries",
+    "assert_num_queries",
     "client",
+    "count_queries",
     "database_url",
     "db_connection",
     "db_engine",
@@ -384,3 +388,55 @@ def db_session_sync(_testkit_sync_transaction: SyncTestTransaction) -> Session:
     other's uncommitted data. Cost: one connection per test.
     """
     return _testkit_sync_transaction.session()
+
+
+@pytest.fixture
+def count_queries() -> Iterator[QueryCounter]:
+    """``with count_queries() as queries:`` (or ``async with``): the SQL statements the block ran.
+
+    ``len(queries)`` is the count, ``queries.statements`` the SQL texts, in order. Counted:
+    every statement any SQLAlchemy engine of the process sends during the block: the app's
+    requests through ``client``, ``db_session``, ``db_connection``, ``db_session_sync``, the
+    app's own sessionmakers and engines. Not counted: SAVEPOINT / RELEASE SAVEPOINT / ROLLBACK
+    TO SAVEPOINT, which are the test's isolation and what the app's ``commit()`` becomes
+    inside it (production sends no statement for COMMIT either), hence also the app's own
+    ``begin_nested()``; and the kit's schema build and leak check. Bound values are kept only
+    with ``count_queries(show_parameters=True)``. Works on every backend; needs no database.
+    Cost: nothing outside blocks; inside, a listener call per statement.
+    """
+    counter = QueryCounter()
+    try:
+        yield counter
+    finally:
+        counter.close()
+
+
+@pytest.fixture
+def assert_max_queries(request: pytest.FixtureRequest) -> Iterator[QueryLimit]:
+    """``with assert_max_queries(3):`` fails the test if the block ran more than 3 statements.
+
+    The failure names the test and lists the statements, numbered, without their bound values
+    (``show_parameters=True`` adds them), and says how to fix it or raise the limit: the
+    guard against N+1 queries in endpoints called through ``client``. Counts what
+    ``count_queries`` counts; ``as queries`` gives the same list. A block that raises is not
+    checked. Cost: ``count_queries``'s.
+    """
+    limit = QueryLimit(exact=False, fixture="assert_max_queries", test=request.node.nodeid)
+    try:
+        yield limit
+    finally:
+        limit.close()
+
+
+@pytest.fixture
+def assert_num_queries(request: pytest.FixtureRequest) -> Iterator[QueryLimit]:
+    """``with assert_num_queries(3):`` fails the test unless the block ran exactly 3 statements.
+
+    As ``assert_max_queries``, and also fails when fewer ran, so that an improvement is
+    noticed and the number kept tight. Cost: ``count_queries``'s.
+    """
+    limit = QueryLimit(exact=True, fixture="assert_num_queries", test=request.node.nodeid)
+    try:
+        yield limit
+    finally:
+        limit.close()
