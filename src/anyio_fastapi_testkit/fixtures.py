@@ -311,11 +311,10 @@ async def _testkit_transaction(
     _testkit_session_dependency: Callable[..., Any] | None,
     _testkit_sessionmaker: Any,
     _testkit_factories: list[type],
+    # The leak check is _testkit_sync_transaction's, whose teardown runs after this one's.
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[TestTransaction]:
     transaction = TestTransaction(_testkit_async_database, _testkit_session_options)
-    databases = _testkit_async_database.databases
-    databases.take_leak_baseline()
     overrides: dict[Callable[..., Any], Callable[..., Any]] = {}
     if _testkit_session_dependency is not None:
         dependency = _testkit_session_dependency
@@ -336,7 +335,6 @@ async def _testkit_transaction(
                 yield transaction
     finally:
         await transaction.close()
-    databases.check_leaks()
 
 
 @pytest.fixture(scope="session")
