@@ -199,6 +199,10 @@ class TestTransaction:
             )
         return self._session
 
+    def open_session(self) -> AsyncSession | None:
+        """The test's session if it was made already (sync code cannot make it)."""
+        return self._session
+
     def dependency(self) -> Callable[[], AsyncIterator[AsyncSession]]:
         """A FastAPI dependency yielding the test's session, one request at a time."""
 
