@@ -37,9 +37,12 @@ class Project:
 
     def __init__(self, pytester: pytest.Pytester) -> None:
         self.pytester = pytester
+        self.driver: str | None = None  # set by the db_driver fixture
 
     def ini(self, **settings: str) -> None:
         lines = ["[pytest]", "pythonpath = .", "asyncio_default_fixture_loop_scope = function"]
+        if self.driver is not None and "testkit_database_driver" not in settings:
+            lines.append(f"testkit_database_driver = {self.driver}")
         lines += [f"{name} = {value}" for name, value in settings.items()]
         self.pytester.makefile(".ini", pytest="\n".join(lines) + "\n")
 
@@ -58,6 +61,19 @@ def project(pytester: pytest.Pytester) -> Project:
     proj = Project(pytester)
     proj.module("simple_app", SIMPLE_APP)
     return proj
+
+
+DB_DRIVERS = ("psycopg", "asyncpg")
+
+
+@pytest.fixture(params=DB_DRIVERS)
+def db_driver(request: pytest.FixtureRequest, project: Project) -> str:
+    """Runs the test once per async driver: the sub-session's ini gets
+    ``testkit_database_driver``. For the tests whose outcome depends on the driver (how it
+    reports errors, savepoints, prepared statements); use with ``usefixtures``."""
+    driver: str = request.param
+    project.driver = driver
+    return driver
 
 
 # --- database helpers (test_db_fixtures.py, test_db_errors.py) ----------------------------

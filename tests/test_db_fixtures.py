@@ -58,7 +58,7 @@ def items_project(project: Project, **settings: str) -> Project:
 # --- isolation -----------------------------------------------------------------------------
 
 
-def test_each_test_starts_from_an_empty_database(project: Project) -> None:
+def test_each_test_starts_from_an_empty_database(project: Project, db_driver: str) -> None:
     items_project(project)
     project.module(
         "test_isolation",
@@ -69,6 +69,7 @@ def test_each_test_starts_from_an_empty_database(project: Project) -> None:
         from items_app import Item
 
         async def test_a_writes_every_way(client, db_session, db_connection):
+            assert db_connection.dialect.driver == "DRIVER"
             db_session.add(Item(name="by-session"))
             await db_session.commit()
             assert (await client.post("/items", json={"name": "by-app"})).status_code == 201
@@ -90,7 +91,7 @@ def test_each_test_starts_from_an_empty_database(project: Project) -> None:
             db_session.add(Item(name="by-session"))
             await db_session.commit()
             assert await names(db_session) == ["by-app", "by-session"]
-        """,
+        """.replace("DRIVER", db_driver),
     )
     result = project.run("-v")
     result.stdout.fnmatch_lines(
@@ -103,6 +104,7 @@ def test_each_test_starts_from_an_empty_database(project: Project) -> None:
     result.assert_outcomes(passed=3)
 
 
+@pytest.mark.usefixtures("db_driver")
 def test_the_app_can_roll_back_and_the_test_goes_on(project: Project) -> None:
     items_project(project)
     project.module(
@@ -138,6 +140,7 @@ def test_the_app_can_roll_back_and_the_test_goes_on(project: Project) -> None:
     project.run().assert_outcomes(passed=2)
 
 
+@pytest.mark.usefixtures("db_driver")
 def test_savepoints_in_the_test_and_in_the_app(project: Project) -> None:
     items_project(project)
     project.module(
@@ -179,6 +182,7 @@ def test_savepoints_in_the_test_and_in_the_app(project: Project) -> None:
     project.run().assert_outcomes(passed=2)
 
 
+@pytest.mark.usefixtures("db_driver")
 def test_the_app_and_the_test_share_one_session(project: Project) -> None:
     items_project(project)
     project.module(
@@ -202,6 +206,7 @@ def test_the_app_and_the_test_share_one_session(project: Project) -> None:
     project.run().assert_outcomes(passed=2)
 
 
+@pytest.mark.usefixtures("db_driver")
 def test_concurrent_requests_in_one_test(project: Project) -> None:
     items_project(project)
     project.module(

@@ -81,6 +81,7 @@ def _service_project(project: Project, **settings: str) -> None:
     project.module("test_service", TESTS)
 
 
+@pytest.mark.usefixtures("db_driver")
 def test_sessionmaker_hands_out_sessions_joined_to_the_test(project: Project) -> None:
     _service_project(project, testkit_sessionmaker="service_app:SessionLocal")
     project.run("-p", "no:randomly").assert_outcomes(passed=2)
@@ -104,6 +105,7 @@ def test_sessionmaker_on_trio_skips_with_reason(project: Project) -> None:
     result.stdout.fnmatch_lines(["*SKIPPED*runs on asyncio only*"])
 
 
+@pytest.mark.usefixtures("db_driver")
 def test_commit_outside_the_test_transaction_is_reported(project: Project) -> None:
     _service_project(project)  # no testkit_sessionmaker: the service commits for real
     result = project.run("-p", "no:randomly")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import Project
 
 MODELS = """
@@ -20,6 +21,7 @@ class Thing(Base):
 """
 
 
+@pytest.mark.usefixtures("db_driver")
 def test_next_test_is_clean_whatever_the_previous_did(project: Project) -> None:
     project.ini(testkit_schema="things_models:Base.metadata")
     project.module("things_models", MODELS)
@@ -72,6 +74,7 @@ def test_next_test_is_clean_whatever_the_previous_did(project: Project) -> None:
     result.stdout.fnmatch_lines(["*test_5_fails_midway*", "*AssertionError: the test failed*"])
 
 
+@pytest.mark.usefixtures("db_driver")
 def test_commit_on_the_connection_is_real_and_reported(project: Project) -> None:
     project.ini(testkit_schema="things_models:Base.metadata")
     project.module("things_models", MODELS)
