@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
-from conftest import Project
+from anyio_fastapi_testkit._server import RunningServer
+from conftest import Project, database_names
 
 HANGING = """
     import anyio
@@ -119,3 +123,201 @@ def test_bad_marker_value(project: Project) -> None:
     )
     result = project.run()
     result.stdout.fnmatch_lines(["*testkit_timeout needs a positive number of seconds*'soon'*"])
+
+
+HANGING_FIXTURES = """
+    import anyio
+    import pytest
+
+    async def wait_for_ever():
+        await anyio.Event().wait()
+
+    @pytest.fixture
+    async def stuck_setup():
+        await wait_for_ever()
+        yield
+
+    @pytest.fixture
+    async def stuck_teardown():
+        yield "value"
+        await wait_for_ever()
+
+    @pytest.fixture
+    async def stuck_coroutine():
+        await wait_for_ever()
+
+    @pytest.mark.testkit_timeout(0.5)
+    async def test_setup(stuck_setup):
+        pass
+
+    @pytest.mark.testkit_timeout(0.5)
+    async def test_teardown(stuck_teardown):
+        assert stuck_teardown == "value"
+
+    @pytest.mark.testkit_timeout(0.5)
+    async def test_coroutine(stuck_coroutine):
+        pass
+"""
+
+
+def test_hung_fixture_setup_and_teardown_fail_with_name_phase_and_stack(
+    project: Project,
+) -> None:
+    project.ini(testkit_backends="asyncio trio")
+    project.module("test_fixture_hang", HANGING_FIXTURES)
+    result = project.run("-p", "no:randomly")
+    # test_teardown passes, then its fixture's teardown errors: one pass and one error each.
+    result.assert_outcomes(passed=2, errors=6)
+    for backend in ("asyncio", "trio"):
+        for name, phase in [
+            ("stuck_setup", "setup"),
+            ("stuck_teardown", "teardown"),
+            ("stuck_coroutine", "setup"),
+        ]:
+            result.stdout.fnmatch_lines(
+                [
+                    f"*ERROR at {phase} of test_*[[]{backend}[]]*",
+                    f"*The {phase} of fixture '{name}' (function-scoped) did not finish within "
+                    "0.5 s (@pytest.mark.testkit_timeout) and was cancelled*",
+                    f"*in {name}",
+                    "*await wait_for_ever()",
+                    "*in wait_for_ever",
+                ]
+            )
+
+
+def test_session_fixture_takes_the_setting_not_the_marker(project: Project) -> None:
+    project.ini(testkit_timeout="0.5")
+    project.module(
+        "test_session_hang",
+        """
+        import anyio
+        import pytest
+
+        @pytest.fixture(scope="session")
+        async def slow_resource(anyio_backend):
+            await anyio.sleep(30)
+            yield
+
+        @pytest.mark.testkit_timeout(60)
+        async def test_uses_it(slow_resource):
+            pass
+        """,
+    )
+    result = project.run()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*The setup of fixture 'slow_resource' (session-scoped) did not finish within 0.5 s "
+            "(testkit_timeout / --testkit-timeout)*",
+            "*await anyio.sleep(30)",
+        ]
+    )
+    assert result.duration < 20
+
+
+def test_hung_lifespan_startup_is_reported_with_the_apps_stack(project: Project) -> None:
+    project.ini(testkit_app="slow_start:app", testkit_timeout="0.5")
+    project.module(
+        "slow_start",
+        """
+        from contextlib import asynccontextmanager
+
+        import anyio
+        from fastapi import FastAPI
+
+        @asynccontextmanager
+        async def lifespan(app):
+            await anyio.Event().wait()
+            yield
+
+        app = FastAPI(lifespan=lifespan)
+        """,
+    )
+    project.module(
+        "test_slow_start",
+        """
+        async def test_needs_client(client):
+            pass
+        """,
+    )
+    result = project.run()
+    # (asyncio also reports, at the end, the app's lifespan generator that asgi-lifespan
+    # abandoned when it was cancelled: "aclose(): asynchronous generator is already running".)
+    assert result.parseoutcomes().get("errors", 0) >= 1
+    result.stdout.fnmatch_lines(
+        [
+            "*The setup of fixture 'app_lifespan' (session-scoped) did not finish within 0.5 s*",
+            "*slow_start.py*in lifespan",
+            "*await anyio.Event().wait()",
+        ]
+    )
+
+
+def test_fixtures_under_their_limit_pass(project: Project) -> None:
+    project.ini(testkit_backends="asyncio trio", testkit_timeout="5", testkit_app="simple_app:app")
+    project.module(
+        "test_quick_fixtures",
+        """
+        import anyio
+        import pytest
+
+        @pytest.fixture
+        async def quick():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.sleep, 0.01)
+                yield "ready"
+                tg.cancel_scope.cancel()
+
+        class TestInAClass:
+            @pytest.fixture
+            async def method_fixture(self):
+                return self
+
+            async def test_method(self, method_fixture, quick, client):
+                assert method_fixture is self
+                assert quick == "ready"
+                assert (await client.get("/hello")).json() == {"greeting": "hello"}
+        """,
+    )
+    project.run().assert_outcomes(passed=2)
+
+
+def test_hung_database_provisioning_fails_the_test_instead_of_hanging_it(
+    project: Project, pg_server: RunningServer, private_tmpdir: Path
+) -> None:
+    # The schema source is imported while the test database is built, in a worker thread.
+    project.ini(testkit_schema="slow_schema:metadata", testkit_timeout="1")
+    project.module(
+        "slow_schema",
+        """
+        import time
+
+        from sqlalchemy import MetaData
+
+        time.sleep(6)
+        metadata = MetaData()
+        """,
+    )
+    project.module(
+        "test_needs_db",
+        """
+        async def test_queries(db_connection):
+            pass
+        """,
+    )
+    started = time.monotonic()
+    result = project.run(f"--testkit-db-url={pg_server.info.admin_url.render_as_string(False)}")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*The setup of fixture '*' (*-scoped) did not finish within 1 s*",
+            "*thread *, running:",
+            "*slow_schema.py*",
+            "*time.sleep(6)",
+        ]
+    )
+    # The abandoned thread finishes its work, and the session's end waits for it to drop the
+    # database it made: no hang for ever, nothing left behind.
+    assert time.monotonic() - started < 60
+    assert not [name for name in database_names(pg_server.info.admin_url) if "test_" in name]

@@ -14,6 +14,7 @@ from asgi_lifespan._exceptions import LifespanNotSupported
 
 from ._errors import AppError, ConfigError
 from ._imports import import_from_path
+from ._timeouts import real_move_on_after
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
@@ -122,7 +123,7 @@ async def running_lifespan(
     try:
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(serve)
-            with anyio.move_on_after(startup_timeout) as startup_wait:
+            with real_move_on_after(startup_timeout) as startup_wait:
                 await started.wait()
             if startup_wait.cancelled_caught:
                 timed_out = "startup"
@@ -132,7 +133,7 @@ async def running_lifespan(
                     yield _with_state_copy(app, state) if supported else app
                 finally:
                     stop.set()
-                    with anyio.move_on_after(shutdown_timeout) as shutdown_wait:
+                    with real_move_on_after(shutdown_timeout) as shutdown_wait:
                         await finished.wait()
                     if shutdown_wait.cancelled_caught:
                         timed_out = "shutdown"

@@ -1,18 +1,27 @@
-"""Per-test timeouts enforced inside the event loop, failing with every task's await stack."""
+"""Per-test and per-fixture timeouts inside the event loop, failing with every task's stack.
+
+The time is kept by the kit's watchdog thread, so tests that freeze time do not stop it."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import gc
+import inspect
 import os
 import sys
+import sysconfig
+import threading
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import pytest
+
+from ._watchdog import Timer, call_later, loop_poster
 
 MARKER = "testkit_timeout"
 
@@ -45,12 +54,26 @@ def _await_frames(awaitable: Any) -> Iterator[FrameType]:
             getattr(awaitable, "cr_await", None)
             or getattr(awaitable, "gi_yieldfrom", None)
             or getattr(awaitable, "ag_await", None)
+            or _generator_of_step(awaitable)
         )
 
 
+def _generator_of_step(awaitable: object) -> object:
+    """The async generator behind an ``asend()``/``athrow()`` awaitable (how generator
+    fixtures are driven), which offers no attribute leading to it."""
+    if awaitable is None or inspect.isawaitable(awaitable) is False:
+        return None
+    return next((ref for ref in gc.get_referents(awaitable) if inspect.isasyncgen(ref)), None)
+
+
+@functools.cache
 def _library_dirs() -> tuple[str, ...]:
-    modules = [anyio, asyncio, sys.modules[__name__.rpartition(".")[0]], sys.modules.get("trio")]
-    return tuple(os.path.dirname(m.__file__) + os.sep for m in modules if m and m.__file__)
+    names = ("anyio", "asyncio", __name__.rpartition(".")[0], "trio", "_pytest", "pluggy")
+    modules = [sys.modules.get(name) for name in names]
+    folders = [os.path.dirname(m.__file__) + os.sep for m in modules if m and m.__file__]
+    # The standard library's own frames (threading, queue, contextlib, selectors) are noise too.
+    folders.append(os.path.join(sysconfig.get_paths()["stdlib"], ""))
+    return tuple(folders)
 
 
 def _user_frames(frames: list[FrameType]) -> list[FrameType]:
@@ -59,9 +82,9 @@ def _user_frames(frames: list[FrameType]) -> list[FrameType]:
     return [f for f in frames if not f.f_code.co_filename.startswith(library)]
 
 
-def _format(name: str, frames: list[FrameType]) -> str:
+def _format(title: str, frames: list[FrameType]) -> str:
     lines = traceback.format_list(traceback.StackSummary.extract((f, f.f_lineno) for f in frames))
-    return f"task {name}, awaiting at:\n" + "".join(lines).rstrip()
+    return f"{title}:\n" + "".join(lines).rstrip()
 
 
 def _running_tasks() -> list[tuple[str, list[FrameType]]]:
@@ -87,21 +110,83 @@ def _running_tasks() -> list[tuple[str, list[FrameType]]]:
     ]
 
 
-def task_report() -> str:
-    """Where every task of the running loop is waiting, for the timeout failure."""
-    reports = [
-        _format(name, user_frames)
-        for name, frames in _running_tasks()
-        if (user_frames := _user_frames(frames)) and not name.endswith(_watch.__name__)
+def _thread_frames(frame: FrameType | None) -> list[FrameType]:
+    frames = []
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    return frames[::-1]
+
+
+def _busy_threads() -> list[tuple[str, list[FrameType]]]:
+    """Other threads running code of the test or the app (e.g. a worker thread the loop
+    waits for), with their stacks."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    here = threading.get_ident()
+    return [
+        (names.get(ident, str(ident)), user_frames)
+        for ident, frame in sys._current_frames().items()
+        if ident != here and (user_frames := _user_frames(_thread_frames(frame)))
     ]
-    return "\n\n".join(reports) or "(no task was running code of the test or the app)"
 
 
-async def _watch(seconds: float, scope: anyio.CancelScope, report: list[str]) -> None:
-    await anyio.sleep(seconds)
-    # Taken before cancelling: afterwards every stack has unwound.
-    report.append(task_report())
-    scope.cancel()
+def task_report() -> str:
+    """Where every task of the running loop is waiting (and where busy threads are), for the
+    timeout failure."""
+    reports = [
+        _format(f"task {name}, awaiting at", user_frames)
+        for name, frames in _running_tasks()
+        if (user_frames := _user_frames(frames))
+    ]
+    reports += [_format(f"thread {name}, running", frames) for name, frames in _busy_threads()]
+    return "\n\n".join(reports) or "(no task or thread was running code of the test or the app)"
+
+
+class Limit:
+    """A cancel scope cancelled after ``seconds`` of real time, stacks taken just before.
+
+    The watchdog thread keeps the time (loop clocks may be frozen) and posts the expiry to the
+    loop, so the stacks are those of the moment the limit was reached. ``start()`` and
+    ``stop()`` may alternate, e.g. around a generator fixture's setup and its teardown.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.scope = anyio.CancelScope()
+        self.report: str | None = None
+        self._timer: Timer | None = None
+
+    def start(self) -> None:
+        post = loop_poster()
+
+        def expire_on_loop() -> None:
+            if timer is self._timer and not timer.cancelled:
+                self.report = task_report()
+                self.scope.cancel()
+
+        timer = call_later(self.seconds, lambda: post(expire_on_loop))
+        self._timer = timer
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    @property
+    def expired(self) -> bool:
+        return self.report is not None
+
+
+@contextmanager
+def real_move_on_after(seconds: float) -> Iterator[anyio.CancelScope]:
+    """``anyio.move_on_after`` timed by the watchdog thread: frozen loop clocks cannot stop it."""
+    limit = Limit(seconds)
+    with limit.scope:
+        limit.start()
+        try:
+            yield limit.scope
+        finally:
+            limit.stop()
 
 
 def with_timeout(
@@ -111,19 +196,138 @@ def with_timeout(
 
     @functools.wraps(test)
     async def timed_test(*args: Any, **kwargs: Any) -> Any:
-        report: list[str] = []
+        limit = Limit(seconds)
         result: Any = None
-        async with anyio.create_task_group() as watchdog:
-            with anyio.CancelScope() as test_scope:
-                watchdog.start_soon(_watch, seconds, test_scope, report)
-                result = await test(*args, **kwargs)
-            watchdog.cancel_scope.cancel()
-        if test_scope.cancelled_caught and report:
-            pytest.fail(
-                f"{nodeid} did not finish within {seconds:g} s ({setting}) and was cancelled. "
-                f"Where each task was waiting when the limit was reached:\n\n{report[0]}",
-                pytrace=False,
-            )
+        try:
+            with limit.scope:
+                limit.start()
+                try:
+                    result = await test(*args, **kwargs)
+                finally:
+                    limit.stop()
+        except BaseException as exc:
+            if limit.report is None:
+                raise
+            _fail(f"{nodeid} did not finish within {seconds:g} s ({setting})", limit.report, exc)
+        if limit.report is not None:
+            _fail(f"{nodeid} did not finish within {seconds:g} s ({setting})", limit.report)
         return result
 
     return timed_test
+
+
+def _fail(what: str, report: str, cause: BaseException | None = None) -> NoReturn:
+    message = (
+        f"{what} and was cancelled. Where each task was waiting when the limit was reached:"
+        f"\n\n{report}"
+    )
+    if cause is None:
+        pytest.fail(message, pytrace=False)
+    raise pytest.fail.Exception(message, pytrace=False) from cause
+
+
+def _bound(func: Callable[..., Any], request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """The fixture function bound to the test's instance, as pytest and anyio bind it."""
+    instance = request.instance
+    if instance is not None and inspect.ismethod(func) and type(func.__self__) is type(instance):
+        bound: Callable[..., Any] = func.__func__.__get__(instance)
+        return bound
+    return func
+
+
+def _timed_fixture(
+    func: Callable[..., Any], seconds: float, what: str, setting: str
+) -> Callable[..., Any]:
+    """The fixture function with its setup and its teardown (after the yield) each limited."""
+
+    def failure(phase: str) -> str:
+        return f"The {phase} of {what} did not finish within {seconds:g} s ({setting})"
+
+    if inspect.isasyncgenfunction(func):
+
+        @functools.wraps(func)
+        async def timed_generator(**kwargs: Any) -> AsyncIterator[Any]:
+            limit = Limit(seconds)
+            phase = "setup"
+            generator = func(**kwargs)
+            try:
+                # One scope from setup to teardown: the fixture's own scopes and task groups
+                # opened before its yield nest inside it, and close before it does.
+                with limit.scope:
+                    limit.start()
+                    try:
+                        value = await generator.asend(None)
+                    finally:
+                        limit.stop()
+                    yield value
+                    phase = "teardown"
+                    limit.start()
+                    try:
+                        await generator.asend(None)
+                    except StopAsyncIteration:
+                        pass
+                    else:
+                        await generator.aclose()
+                        raise RuntimeError(f"{what} yielded more than once")
+                    finally:
+                        limit.stop()
+            except GeneratorExit:
+                raise
+            except BaseException as exc:
+                if limit.report is None:
+                    raise
+                _fail(failure(phase), limit.report, exc)
+            if limit.report is not None:
+                _fail(failure(phase), limit.report)
+
+        return timed_generator
+
+    @functools.wraps(func)
+    async def timed_coroutine(**kwargs: Any) -> Any:
+        limit = Limit(seconds)
+        try:
+            with limit.scope:
+                limit.start()
+                try:
+                    return await func(**kwargs)
+                finally:
+                    limit.stop()
+        except BaseException as exc:
+            if limit.report is None:
+                raise
+            _fail(failure("setup"), limit.report, exc)
+        _fail(failure("setup"), limit.report or "")
+
+    return timed_coroutine
+
+
+@contextmanager
+def timed_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest, default: float | None
+) -> Iterator[None]:
+    """While pytest sets up an async fixture that anyio runs, give it the timed function.
+
+    anyio's own ``pytest_fixture_setup`` wrapper runs ``fixturedef.func`` on the test's loop;
+    running inside it (this wrapper is entered first), the timed function is what it runs.
+    A function-scoped fixture takes the test's marker; wider scopes take the setting.
+    """
+    func = fixturedef.func
+    is_async = inspect.isasyncgenfunction(func) or inspect.iscoroutinefunction(func)
+    if not is_async or "anyio_backend" not in request.fixturenames:
+        yield
+        return
+    marked = fixturedef.scope == "function" and request.node.get_closest_marker(MARKER)
+    seconds = timeout_for(request.node, default) if marked else default
+    if seconds is None:
+        yield
+        return
+    setting = f"@pytest.mark.{MARKER}" if marked else "testkit_timeout / --testkit-timeout"
+    what = f"fixture {fixturedef.argname!r} ({fixturedef.scope}-scoped)"
+    # Swapped only for this call, as anyio swaps it: public attribute, typed Final.
+    fixturedef.func = _timed_fixture(  # type: ignore[misc]
+        _bound(func, request), seconds, what, setting
+    )
+    try:
+        yield
+    finally:
+        fixturedef.func = func  # type: ignore[misc]

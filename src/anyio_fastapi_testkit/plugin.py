@@ -17,7 +17,7 @@ from . import fixtures
 from ._config import add_options, get_settings, read_settings, store_settings
 from ._diagnostics import explain
 from ._errors import ConfigError, TestkitError
-from ._timeouts import MARKER, timeout_for, with_timeout
+from ._timeouts import MARKER, timed_fixture_setup, timeout_for, with_timeout
 from ._urls import SecretURL, mask_url
 
 PLUGIN_NAME = "anyio_fastapi_testkit.plugin"
@@ -138,6 +138,15 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
         return (yield)
     finally:
         pyfuncitem.obj = original
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> Generator[None, object, object]:
+    # First, so that anyio's own wrapper (which runs async fixtures) runs the timed function.
+    with timed_fixture_setup(fixturedef, request, get_settings(request.config).timeout):
+        return (yield)
 
 
 def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
