@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -44,8 +45,15 @@ def make_client(library: ModuleType, app: Any, **kwargs: Any) -> Any:
     # The kit's transport streams responses as the app sends them (httpx's ASGITransport
     # reads a response to its end first, so endless streams would hang the test).
     transport = streaming_transport(library, app)
-    kwargs.setdefault("base_url", BASE_URL)
+    kwargs.setdefault("base_url", _parsed_base_url(library))
     return library.AsyncClient(transport=transport, **kwargs)
+
+
+@functools.cache
+def _parsed_base_url(library: ModuleType) -> Any:
+    # Parsing the base URL is most of what building a client costs; a parsed URL (whose
+    # path is "/" already) is taken as it is.
+    return library.URL(BASE_URL)
 
 
 def overridable(app: object) -> dict[Callable[..., Any], Callable[..., Any]]:
