@@ -162,6 +162,16 @@ async def running_lifespan(
         )
 
 
+def check_uses_dependency(app: object, dependency: object, path: str) -> None:
+    """Raise ConfigError unless the app uses the dependency ``testkit_session_dependency`` names."""
+    if not uses_dependency(app, dependency):
+        raise ConfigError(
+            f"testkit_session_dependency = {path!r} is not a dependency of any route of the app, "
+            "so overriding it would change nothing. Name the function your routes pass to "
+            'Depends() (e.g. "myproject.db:get_session"), or unset the option.'
+        )
+
+
 def uses_dependency(app: object, dependency: object) -> bool:
     """Whether any route of the app (at any depth of its dependency tree) uses ``dependency``."""
     router = getattr(app, "router", None)

@@ -155,6 +155,14 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         help="Cancel and fail an async test or fixture that runs longer than this.",
     )
+    group.addoption(
+        "--testkit-doctor",
+        dest="testkit_doctor",
+        action="store_true",
+        default=False,
+        help="Check the kit's set-up without running tests: backends, plugins, the database "
+        "server and schema, the app and its lifespan, the session dependency; exit 1 on a problem.",
+    )
 
 
 @dataclass(frozen=True)
@@ -226,8 +234,11 @@ def split_env_entries(lines: list[str]) -> tuple[str, ...]:
     return tuple(entries)
 
 
-def read_settings(config: pytest.Config) -> Settings:
-    """Resolve the settings; raises ConfigError naming the setting at fault."""
+def read_settings(config: pytest.Config, *, check_backends: bool = True) -> Settings:
+    """Resolve the settings; raises ConfigError naming the setting at fault.
+
+    ``check_backends=False`` leaves the backends unchecked (the doctor reports them itself).
+    """
     flag_backends = config.getoption("testkit_backends")
     if flag_backends:
         backends = parse_backends(flag_backends)
@@ -274,7 +285,8 @@ def read_settings(config: pytest.Config) -> Settings:
         leak_check=_choice(config, "testkit_leak_check", ("fail", "warn", "off")),
         factories=split_env_entries(list(config.getini("testkit_factories"))),
     )
-    _check_backends(settings.backends, backend_setting)
+    if check_backends:
+        _check_backends(settings.backends, backend_setting)
     return settings
 
 

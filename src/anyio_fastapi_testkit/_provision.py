@@ -158,6 +158,7 @@ class TestDatabases:
 
     def _build(self) -> DatabaseURL:
         self._server = start_server(self.settings.database_url, tcp=self.settings.server_tcp)
+        self.description = self._server.info.description  # also after a failed schema build
         try:
             admin = self._server.info.admin_url
             base = (

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from ._app import ASGIApp, load_app, running_lifespan, uses_dependency
+from ._app import ASGIApp, check_uses_dependency, load_app, running_lifespan
 from ._backends import backend_name, check_backend
 from ._client import http_library, make_client, override_dependencies
 from ._config import get_settings
@@ -259,13 +259,7 @@ def _testkit_session_dependency(request: pytest.FixtureRequest) -> Callable[...,
     dependency: Callable[..., Any] = import_from_path(
         path, "testkit_session_dependency", what="the session dependency"
     )
-    app_object = request.getfixturevalue("app")
-    if not uses_dependency(app_object, dependency):
-        raise ConfigError(
-            f"testkit_session_dependency = {path!r} is not a dependency of any route of the app, "
-            "so overriding it would change nothing. Name the function your routes pass to "
-            'Depends() (e.g. "myproject.db:get_session"), or unset the option.'
-        )
+    check_uses_dependency(request.getfixturevalue("app"), dependency, path)
     return dependency
 
 

@@ -16,6 +16,7 @@ import pytest
 from . import fixtures
 from ._config import add_options, get_settings, read_settings, store_settings
 from ._diagnostics import explain
+from ._doctor import run_doctor
 from ._errors import ConfigError, TestkitError
 from ._timeouts import MARKER, timed_fixture_setup, timeout_for, with_timeout
 from ._urls import SecretURL, mask_url
@@ -92,6 +93,14 @@ def pytest_configure(config: pytest.Config) -> None:
                 "The test database is prepared before collection (testkit_database_env is "
                 f"set, and apps read it at import), and that failed: {exc}"
             ) from exc
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    # As pytest's own --fixtures and --markers: report instead of running the session.
+    if not config.getoption("testkit_doctor"):
+        return None
+    return run_doctor(config, _check_pytest_asyncio)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

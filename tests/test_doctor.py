@@ -1,0 +1,267 @@
+"""``pytest --testkit-doctor`` in real sub-sessions: each broken setting is named with its fix.
+
+Every project also holds a test that would leave a file behind if it ran: the doctor must
+report without running a test, and without leaving a server or a state folder behind.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ITEMS_APP, Project, leftovers
+
+ITEMS_SETTINGS = {
+    "testkit_app": "items_app:app",
+    "testkit_schema": "items_app:Base.metadata",
+    "testkit_session_dependency": "items_app:get_session",
+    "testkit_sessionmaker": "items_app:SessionLocal",
+}
+
+WOULD_RUN = """
+from pathlib import Path
+
+
+def test_must_not_run():
+    Path("a-test-ran").write_text("the doctor ran a test")
+"""
+
+FAILING_LIFESPAN_APP = """
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+
+@asynccontextmanager
+async def lifespan(app):
+    raise RuntimeError("the cache server is not reachable")
+    yield
+
+
+app = FastAPI(title="boom", lifespan=lifespan)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _no_developer_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)
+
+
+def doctor(project: Project, *args: str) -> pytest.RunResult:
+    project.module("test_would_run", WOULD_RUN)
+    result = project.run("--testkit-doctor", *args)
+    assert not (project.pytester.path / "a-test-ran").exists()
+    result.stdout.fnmatch_lines(["testkit doctor: * No test was run."])
+    result.stdout.no_fnmatch_line("*collected*")
+    result.stdout.no_fnmatch_line("*passed*")
+    return result
+
+
+def test_a_clean_project_is_all_ok_on_both_backends(project: Project, private_tmpdir: Path) -> None:
+    project.module("items_app", ITEMS_APP)
+    project.ini(**ITEMS_SETTINGS, testkit_backends="asyncio trio")
+    result = doctor(project)
+    result.stdout.fnmatch_lines(
+        [
+            "anyio-fastapi-testkit doctor, rootdir *",
+            "OK       backend asyncio: *(from testkit_backends)",
+            "OK       backend trio: trio * (from testkit_backends)",
+            "OK       plugin anyio: *",
+            "OK       plugin pytest-asyncio: pytest-asyncio * in strict mode is fine*",
+            "OK       database server: embedded PostgreSQL * database test_app (ready in *",
+            "OK       schema: testkit_schema = 'items_app:Base.metadata' built into the template "
+            "(1 tables: public.items)",
+            "OK       database driver: psycopg * ran SELECT 1 on postgresql+psycopg://*:***@*",
+            "OK       app: testkit_app = 'items_app:app' imported: FastAPI 'items'",
+            "OK       lifespan on asyncio: startup and shutdown ran in *",
+            "OK       lifespan on trio: startup and shutdown ran in *",
+            "OK       session dependency: testkit_session_dependency = 'items_app:get_session' is "
+            "used by the app's routes; during each test it yields db_session",
+            "OK       sessionmaker: testkit_sessionmaker = 'items_app:SessionLocal' is an "
+            "async_sessionmaker; * (autoflush=True, expire_on_commit=False)",
+            "testkit doctor: 12 OK, 0 PROBLEM, 0 SKIP; set-up looks right. No test was run.",
+        ]
+    )
+    assert result.ret == 0
+    assert leftovers(private_tmpdir) == []
+
+
+def test_an_app_without_database_settings_skips_the_database(
+    project: Project, private_tmpdir: Path
+) -> None:
+    project.ini(testkit_app="simple_app:app")
+    result = doctor(project)
+    result.stdout.fnmatch_lines(
+        [
+            "SKIP     database: none of testkit_database_url, testkit_schema, * is set; the db "
+            "fixtures would start an embedded server (binaries in *",
+            "OK       app: testkit_app = 'simple_app:app' imported: FastAPI 'simple'",
+            "OK       lifespan on asyncio: *",
+            "SKIP     session dependency: testkit_session_dependency is unset*",
+            "testkit doctor: *, 0 PROBLEM, *",
+        ]
+    )
+    assert result.ret == 0
+    assert leftovers(private_tmpdir) == []  # nothing was started for it
+
+
+@pytest.mark.parametrize(
+    ("setting", "problem"),
+    [
+        (
+            "missing_module:app",
+            "PROBLEM  app: testkit_app = 'missing_module:app': module 'missing_module' cannot be "
+            "imported *Check the spelling*`pythonpath` ini option.",
+        ),
+        (
+            "broken_app:app",
+            "PROBLEM  app: testkit_app = 'broken_app:app': importing 'broken_app' failed because "
+            "it imports a missing module: No module named 'not_installed_anywhere'. Install it, "
+            "or fix that import. (raised at */broken_app.py:3, in <module>)",
+        ),
+        (
+            "simple_app:events",
+            "PROBLEM  app: testkit_app = 'simple_app:events' is a list, not an ASGI app*",
+        ),
+    ],
+)
+def test_a_bad_app_setting_is_named_with_its_fix(
+    project: Project, private_tmpdir: Path, setting: str, problem: str
+) -> None:
+    project.module("broken_app", "import os\n\nimport not_installed_anywhere\n")
+    project.ini(testkit_app=setting)
+    result = doctor(project)
+    result.stdout.fnmatch_lines([problem, "SKIP     lifespan on asyncio: needs the app"])
+    assert result.ret == 1
+    assert leftovers(private_tmpdir) == []
+
+
+def test_the_doctor_also_runs_as_a_module(project: Project) -> None:
+    project.ini(testkit_app="missing_module:app")
+    result = project.pytester.run(
+        sys.executable, "-m", "anyio_fastapi_testkit", "doctor", "-p", "no:cacheprovider"
+    )
+    result.stdout.fnmatch_lines(["PROBLEM  app: testkit_app = 'missing_module:app': *"])
+    assert result.ret == 1
+    usage = project.pytester.run(sys.executable, "-m", "anyio_fastapi_testkit")
+    usage.stderr.fnmatch_lines(["usage: python -m anyio_fastapi_testkit doctor *"])
+    assert usage.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_a_failing_lifespan_is_named_on_each_backend(
+    project: Project, private_tmpdir: Path
+) -> None:
+    project.module("boom_app", FAILING_LIFESPAN_APP)
+    project.ini(testkit_app="boom_app:app", testkit_backends="asyncio trio")
+    result = doctor(project)
+    for backend in ("asyncio", "trio"):
+        result.stdout.fnmatch_lines(
+            [
+                f"PROBLEM  lifespan on {backend}: The lifespan startup of the app (FastAPI 'boom') "
+                "raised RuntimeError: the cache server is not reachable. No test can run until "
+                "startup works. (raised at */boom_app.py:8, in lifespan)"
+            ]
+        )
+    result.stdout.fnmatch_lines(["testkit doctor: * 2 PROBLEM*"])
+    assert result.ret == 1
+
+
+def test_a_missing_schema_module_is_named_and_the_server_is_stopped(
+    project: Project, private_tmpdir: Path
+) -> None:
+    project.module("items_app", ITEMS_APP)
+    project.ini(**{**ITEMS_SETTINGS, "testkit_schema": "missing_models:Base.metadata"})
+    result = doctor(project)
+    result.stdout.fnmatch_lines(
+        [
+            "OK       database server: embedded PostgreSQL *",
+            "PROBLEM  schema: testkit_schema = 'missing_models:Base.metadata': module "
+            "'missing_models' cannot be imported *Check the spelling*",
+            "SKIP     database driver: needs the test database",
+            "OK       app: *",
+        ]
+    )
+    assert result.ret == 1
+    assert leftovers(private_tmpdir) == []
+
+
+def test_session_settings_the_app_does_not_use_are_named(
+    project: Project, private_tmpdir: Path
+) -> None:
+    project.module("items_app", ITEMS_APP)
+    project.ini(
+        **{
+            **ITEMS_SETTINGS,
+            "testkit_session_dependency": "items_app:unused_dependency",
+            "testkit_sessionmaker": "items_app:get_session",
+        }
+    )
+    result = doctor(project)
+    result.stdout.fnmatch_lines(
+        [
+            "PROBLEM  session dependency: testkit_session_dependency = "
+            "'items_app:unused_dependency' is not a dependency of any route of the app, so "
+            "overriding it would change nothing. Name the function your routes pass to "
+            "Depends()*or unset the option.",
+            "PROBLEM  sessionmaker: testkit_sessionmaker = 'items_app:get_session' is a "
+            "function, not a SQLAlchemy async_sessionmaker. *",
+            "testkit doctor: * 2 PROBLEM*",
+        ]
+    )
+    assert result.ret == 1
+    assert leftovers(private_tmpdir) == []
+
+
+def test_an_unreachable_database_url_is_named_without_its_password(
+    project: Project, private_tmpdir: Path
+) -> None:
+    project.module("items_app", ITEMS_APP)
+    project.ini(**ITEMS_SETTINGS)
+    result = doctor(project, "--testkit-db-url", "postgresql://tester:s3cret-pw@127.0.0.1:1/db")
+    result.stdout.fnmatch_lines(
+        [
+            "PROBLEM  database server: Could not connect to PostgreSQL at "
+            "postgresql://tester:***@127.0.0.1:1/db: *Connection refused",
+            "*Fix: start that server; or correct the URL * in --testkit-db-url, *",
+            "SKIP     schema: needs the database server",
+            "SKIP     database driver: needs the database server",
+        ]
+    )
+    assert "s3cret-pw" not in result.stdout.str() + result.stderr.str()
+    assert result.ret == 1
+    assert leftovers(private_tmpdir) == []
+
+
+def test_trio_asked_but_not_importable(project: Project, private_tmpdir: Path) -> None:
+    # A module of the project shadows the installed trio, as if it were not installed.
+    project.module("trio", "raise ImportError(\"No module named 'trio' (hidden by the test)\")")
+    project.ini(testkit_app="simple_app:app")
+    result = doctor(project, "--testkit-backends", "asyncio,trio")
+    result.stdout.fnmatch_lines(
+        [
+            "OK       backend asyncio: *",
+            "PROBLEM  backend trio: --testkit-backends asks for the trio backend, but trio cannot "
+            "be imported (No module named 'trio' (hidden by the test)). Install it with "
+            "`pip install anyio-fastapi-testkit[trio]`, or remove trio from --testkit-backends.",
+            "OK       lifespan on asyncio: *",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*lifespan on trio*")
+    assert result.ret == 1
+
+
+def test_pytest_asyncio_in_auto_mode_is_shown_instead_of_refused(
+    project: Project, private_tmpdir: Path
+) -> None:
+    project.ini(testkit_app="simple_app:app", asyncio_mode="auto")
+    result = doctor(project)
+    result.stdout.fnmatch_lines(
+        [
+            "PROBLEM  plugin pytest-asyncio: pytest-asyncio is active in auto mode (asyncio_mode "
+            "= auto) beside anyio-fastapi-testkit*Fix one of: remove asyncio_mode = auto*"
+            "`-p no:asyncio`*",
+            "OK       app: *",
+        ]
+    )
+    assert result.ret == 1
