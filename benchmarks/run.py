@@ -412,14 +412,21 @@ def machine(server: Server) -> str:
 # --- smoke --------------------------------------------------------------------------------------
 
 
-def smoke(setups: list[Setup], server: Server, base: Path, driver: str) -> int:
+def smoke(
+    setups: list[Setup], server: Server, base: Path, driver: str, seed: int | None = None
+) -> int:
     projects = [
         Project(setup, SMOKE_N, generate(setup, SMOKE_N, base / f"{setup.key}-n{SMOKE_N}"))
         for setup in setups
     ]
+    # pytest-randomly shuffles modules and tests with this seed: isolation must not depend
+    # on the order (-p after -p no: unblocks the plugin).
+    extra = ("-p", "randomly", f"--randomly-seed={seed}") if seed is not None else ()
+    if seed is not None:
+        print(f"random order: --randomly-seed={seed}")
     failures = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        for run in pool.map(lambda p: run_pytest(p, server, driver), projects):
+        for run in pool.map(lambda p: run_pytest(p, server, driver, *extra), projects):
             status = "ok" if run.ok else "FAILED"
             print(f"{run.setup:<11} {SMOKE_N} tests {status} ({run.seconds:.1f} s)")
             if not run.ok:
@@ -465,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"every set-up once with {SMOKE_N} tests; only check that they pass",
     )
+    parser.add_argument(
+        "--randomly-seed",
+        type=int,
+        help="with --smoke: run the tests in pytest-randomly's order for this seed",
+    )
     parser.add_argument("--driver", choices=("psycopg", "asyncpg"), default="psycopg")
     parser.add_argument("--json", type=Path, help="also write the raw timings here")
     parser.add_argument("--keep", action="store_true", help="keep the generated projects")
@@ -479,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.prepare(setups)
         if args.smoke:
-            code = smoke(setups, server, base, args.driver)
+            code = smoke(setups, server, base, args.driver, args.randomly_seed)
             print(f"smoke: {'passed' if code == 0 else 'FAILED'} in "
                   f"{time.perf_counter() - started:.1f} s")
             return code
