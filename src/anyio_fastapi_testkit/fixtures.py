@@ -347,11 +347,11 @@ async def db_engine(_testkit_async_database: AsyncDatabase) -> AsyncEngine:
 async def db_connection(_testkit_transaction: TestTransaction) -> AsyncConnection:
     """``AsyncConnection`` whose work during the test is rolled back after it.
 
-    One connection serves the whole session (per backend), inside an outer transaction; each
-    test runs inside a savepoint of it, rolled back at teardown. Shared by ``db_session`` and,
-    through ``testkit_session_dependency``, by the app's requests. Calling ``commit()`` on it
-    commits for real (the leak check reports it). asyncio only (skipped on trio). Cost: a
-    SAVEPOINT on first use and a ROLLBACK TO SAVEPOINT at teardown.
+    One connection serves the whole session (per backend), inside an outer transaction and a
+    savepoint that every test runs in and is rolled back to at teardown. Shared by
+    ``db_session`` and, through ``testkit_session_dependency``, by the app's requests. Calling
+    ``commit()`` on it commits for real (the leak check reports it). asyncio only (skipped on
+    trio). Cost: one ROLLBACK TO SAVEPOINT at teardown.
     """
     return await _testkit_transaction.connection()
 
