@@ -24,7 +24,8 @@ from sqlalchemy.sql.elements import (
     SavepointClause,
 )
 
-# Engines of the kit's own plumbing (the schema build) carry this execution option.
+# The kit's own plumbing carries this execution option: the schema build's engine, and the
+# statements of the per-test isolation that are not SQLAlchemy savepoint constructs.
 NOT_COUNTED_OPTION: Final = "testkit_not_counted"
 NOT_COUNTED: Final = {NOT_COUNTED_OPTION: True}
 
@@ -102,7 +103,9 @@ class QueryLog(Sequence[Query]):
 
 
 def _counted(conn: Connection, context: Any) -> bool:
-    if conn.get_execution_options().get(NOT_COUNTED_OPTION):
+    # The context's options include the statement's own, on top of the connection's.
+    options = getattr(context, "execution_options", None) or conn.get_execution_options()
+    if options.get(NOT_COUNTED_OPTION):
         return False
     compiled = getattr(context, "compiled", None)
     return not isinstance(getattr(compiled, "statement", None), _TRANSACTION_CONTROL)

@@ -30,6 +30,7 @@ from sqlalchemy.pool import NullPool
 from ._backends import ASYNC_DRIVERS_ASYNCIO_ONLY
 from ._errors import ConfigError
 from ._provision import TestDatabases
+from ._queries import NOT_COUNTED
 
 SAVEPOINT_MODE: Final = "create_savepoint"
 TEST_SAVEPOINT: Final = "testkit_test"  # the savepoint every test runs in
@@ -119,7 +120,9 @@ class AsyncDatabase:
         if not self._outer_is_current(connection):
             await self.end_outer_transaction()
             self._outer = await connection.begin()
-            await connection.exec_driver_sql(f"SAVEPOINT {TEST_SAVEPOINT}")
+            await connection.exec_driver_sql(
+                f"SAVEPOINT {TEST_SAVEPOINT}", execution_options=NOT_COUNTED
+            )
         return connection
 
     def _outer_is_current(self, connection: AsyncConnection) -> bool:
@@ -149,7 +152,9 @@ class AsyncDatabase:
         while nested is not None and nested.is_active:
             await nested.rollback()
             nested = connection.get_nested_transaction()
-        await connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {TEST_SAVEPOINT}")
+        await connection.exec_driver_sql(
+            f"ROLLBACK TO SAVEPOINT {TEST_SAVEPOINT}", execution_options=NOT_COUNTED
+        )
 
     async def end_outer_transaction(self) -> None:
         """Roll back whatever transaction is open on the shared connection."""
