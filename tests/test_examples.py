@@ -55,3 +55,37 @@ def test_bookshelf_suite_on_trio_skips_only_database_tests_and_says_why() -> Non
     # The tests that never reach the database ran, and passed, on trio too.
     assert re.search(r"test_no_database.py::test_health\S*\[trio\] PASSED", output), output
     assert not re.search(r"test_authors.py::\S*\[trio\] PASSED", output), output
+
+
+@pytest.mark.parametrize(
+    "driver_args",
+    [
+        pytest.param((), id="asyncpg"),
+        # The kit's sessions on psycopg; the app's own engine stays on asyncpg, unused.
+        pytest.param(("-o", "testkit_database_driver=psycopg"), id="psycopg"),
+    ],
+)
+def test_taskboard_suite_passes_on_the_embedded_server(driver_args: tuple[str, ...]) -> None:
+    code, counts, output = run_example("taskboard", *driver_args)
+    assert code == 0, output
+    assert counts.get("passed", 0) >= 30, output
+    assert "failed" not in counts and "error" not in counts and "skipped" not in counts, output
+
+
+def test_taskboard_suite_fails_without_the_sessionmaker_setting() -> None:
+    # The service and the background job commit through the app's import-time engine: the
+    # leak check names the tables, and the isolation tests see the leaked rows.
+    code, counts, output = run_example("taskboard", "-o", "testkit_sessionmaker=")
+    assert code == 1, output
+    assert counts.get("failed", 0) > 0 and counts.get("error", 0) > 0, output
+    assert "public.audit_log (0 -> 1 rows)" in output, output
+    assert "test_isolation.py::test_2_nothing_survived[asyncio] - " in output, output
+
+
+def test_taskboard_health_runs_on_trio_and_database_tests_skip() -> None:
+    code, counts, output = run_example("taskboard", "--testkit-backends=asyncio trio", "-rs", "-v")
+    assert code == 0, output
+    assert counts.get("skipped", 0) >= 25, output
+    assert re.search(r"test_health.py::test_health\[trio\] PASSED", output), output
+    assert "async driver (asyncpg) runs on asyncio only" in output, output
+    assert not re.search(r"test_projects.py::\S*\[trio\] PASSED", output), output

@@ -9,13 +9,17 @@ from __future__ import annotations
 from ._client import override_dependencies
 from ._errors import AppError, ConfigError, DatabaseError, TestkitError
 from ._factories import persist_with
+from ._warnings import BlockedLoopWarning, LeakedTaskWarning, TestkitWarning
 from ._websocket import WebSocketClosed, WebSocketRejected
 
 __all__ = [
     "AppError",
+    "BlockedLoopWarning",
     "ConfigError",
     "DatabaseError",
+    "LeakedTaskWarning",
     "TestkitError",
+    "TestkitWarning",
     "WebSocketClosed",
     "WebSocketRejected",
     "override_dependencies",

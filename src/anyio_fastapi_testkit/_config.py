@@ -14,6 +14,7 @@ from ._urls import SecretURL
 DEFAULT_BACKENDS = ("asyncio",)
 DEFAULT_LIFESPAN_TIMEOUT = 10.0
 DATABASE_URL_ENV = "TESTKIT_DATABASE_URL"
+DEFAULT_BLOCKED_LOOP = 0.5
 
 # (ini name, type, help, default); flags are registered separately below.
 _INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (
@@ -122,6 +123,20 @@ _INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (
         "Also --testkit-timeout. Unset: no limit.",
         "",
     ),
+    (
+        "testkit_leaked_tasks",
+        "string",
+        "Tasks a test started (asyncio.create_task) that still run after it: warn (default), "
+        "fail or off. They are cancelled in every case.",
+        "",
+    ),
+    (
+        "testkit_blocked_loop",
+        "string",
+        "Seconds code may hold the event loop during a test before it is reported with its "
+        "stack (a BlockedLoopWarning); off or 0 disables. Default: 0.5.",
+        "",
+    ),
 )
 
 KNOWN_BACKENDS = ("asyncio", "trio")
@@ -183,6 +198,8 @@ class Settings:
     http_client: str | None
     server_tcp: bool
     leak_check: str
+    leaked_tasks: str = "warn"
+    blocked_loop: float | None = DEFAULT_BLOCKED_LOOP
     factories: tuple[str, ...] = ()
 
 
@@ -204,6 +221,12 @@ def _seconds(raw: str | None, setting: str, default: float | None) -> float | No
     if seconds <= 0:
         raise ConfigError(f"{setting} = {raw!r} must be a positive number of seconds.")
     return seconds
+
+
+def _threshold(raw: str | None, setting: str) -> float | None:
+    if raw is not None and raw.lower() in ("off", "0", "0.0", "false", "no"):
+        return None
+    return _seconds(raw, setting, DEFAULT_BLOCKED_LOOP)
 
 
 def _choice(config: pytest.Config, name: str, choices: tuple[str, ...]) -> str:
@@ -283,6 +306,8 @@ def read_settings(config: pytest.Config, *, check_backends: bool = True) -> Sett
         http_client=_ini_str(config, "testkit_http_client"),
         server_tcp=bool(config.getini("testkit_server_tcp")),
         leak_check=_choice(config, "testkit_leak_check", ("fail", "warn", "off")),
+        leaked_tasks=_choice(config, "testkit_leaked_tasks", ("warn", "fail", "off")),
+        blocked_loop=_threshold(_ini_str(config, "testkit_blocked_loop"), "testkit_blocked_loop"),
         factories=split_env_entries(list(config.getini("testkit_factories"))),
     )
     if check_backends:

@@ -10,6 +10,7 @@ own, started once per process, and acts on a loop only by posting a callback to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import sys
@@ -39,19 +40,16 @@ def loop_poster() -> Post:
         token = trio.lowlevel.current_trio_token()
 
         def post_to_trio(callback: Callable[[], object]) -> None:
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(callback)
-            except trio.RunFinishedError:
-                pass
 
         return post_to_trio
     loop = asyncio.get_running_loop()
 
     def post_to_asyncio(callback: Callable[[], object]) -> None:
-        try:
+        # A loop closed meanwhile (RuntimeError) has nothing left to act on.
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(callback)
-        except RuntimeError:  # the loop was closed meanwhile: nothing left to act on
-            pass
 
     return post_to_asyncio
 
@@ -136,10 +134,9 @@ class _Watchdog:
                     self._wakes_at = float("-inf")
                     continue
             for timer in due:
-                try:
+                # A dying watchdog would hang every later test: its callbacks must not kill it.
+                with contextlib.suppress(Exception):
                     timer.callback()
-                except Exception:  # noqa: S110 - a dying watchdog would hang every later test
-                    pass
 
 
 _WATCHDOG = _Watchdog()

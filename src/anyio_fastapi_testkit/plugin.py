@@ -18,8 +18,9 @@ from ._config import add_options, get_settings, read_settings, store_settings
 from ._diagnostics import explain
 from ._doctor import run_doctor
 from ._errors import ConfigError, TestkitError
-from ._timeouts import MARKER, timed_fixture_setup, timeout_for, with_timeout
+from ._timeouts import MARKER, timed_fixture_setup
 from ._urls import SecretURL, mask_url
+from ._watched import watched_test
 
 PLUGIN_NAME = "anyio_fastapi_testkit.plugin"
 FIXTURES_PLUGIN_NAME = "anyio_fastapi_testkit.fixtures"
@@ -133,16 +134,12 @@ def _left_to_pytest_asyncio(collector: pytest.Module | pytest.Class, obj: object
 
 @pytest.hookimpl(wrapper=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
-    seconds = timeout_for(pyfuncitem, get_settings(pyfuncitem.config).timeout)
     original = pyfuncitem.obj
-    if seconds is None or not inspect.iscoroutinefunction(original):
+    watched = watched_test(pyfuncitem, get_settings(pyfuncitem.config))
+    if watched is None:
         return (yield)
-    if pyfuncitem.get_closest_marker(MARKER) is not None:
-        setting = f"@pytest.mark.{MARKER}"
-    else:
-        setting = "testkit_timeout / --testkit-timeout"
-    # anyio runs whatever coroutine function the item holds: hand it the timed wrapper.
-    pyfuncitem.obj = with_timeout(original, seconds, pyfuncitem.nodeid, setting)
+    # anyio runs whatever coroutine function the item holds: hand it the watched wrapper.
+    pyfuncitem.obj = watched
     try:
         return (yield)
     finally:

@@ -1,0 +1,1 @@
+"""taskboard: projects, their tasks, and an audit log written by a service."""

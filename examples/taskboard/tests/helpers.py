@@ -1,0 +1,28 @@
+"""Small helpers shared by the test modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskboard.models import Base
+
+
+async def count(session: AsyncSession, model: type[Base]) -> int:
+    """Rows in the model's table, asked of the database (not the session's identity map)."""
+    return await session.scalar(select(func.count()).select_from(model)) or 0
+
+
+async def api_project(client: httpx.AsyncClient, name: str, *tasks: str) -> dict[str, Any]:
+    body = {"name": name, "tasks": [{"title": title} for title in tasks]}
+    response = await client.post("/projects", json=body)
+    assert response.status_code == 201, response.text
+    project: dict[str, Any] = response.json()
+    return project
+
+
+async def audit_actions(client: httpx.AsyncClient) -> list[tuple[str, str]]:
+    return [(entry["action"], entry["detail"]) for entry in (await client.get("/audit")).json()]

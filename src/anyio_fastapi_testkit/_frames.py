@@ -1,0 +1,54 @@
+"""Stacks for the diagnostics' reports: which frames are the test's and the app's own code."""
+
+from __future__ import annotations
+
+import functools
+import linecache
+import os
+import sys
+import sysconfig
+from collections.abc import Iterable
+from types import CodeType
+
+# (code, line) pairs, innermost last: cheap to take, formatted only when something is reported.
+Stack = list[tuple[CodeType, int]]
+
+
+@functools.cache
+def _library_dirs() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    folders = {paths["stdlib"], paths["purelib"], paths["platlib"]}
+    package = sys.modules[__name__.rpartition(".")[0]]
+    if package.__file__:
+        folders.add(os.path.dirname(package.__file__))
+    return tuple(os.path.join(folder, "") for folder in folders)
+
+
+def is_user_code(code: CodeType) -> bool:
+    """Code of the test or the app: not the standard library, an installed package or the kit."""
+    filename = code.co_filename
+    return not filename.startswith(_library_dirs()) and not filename.startswith("<")
+
+
+def innermost_user_frame(stack: Stack) -> tuple[CodeType, int] | None:
+    return next((entry for entry in reversed(stack) if is_user_code(entry[0])), None)
+
+
+def format_stack(stack: Iterable[tuple[CodeType, int]]) -> str:
+    lines = []
+    for code, lineno in stack:
+        lines.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}')
+        source = linecache.getline(code.co_filename, lineno).strip()
+        if source:
+            lines.append(f"    {source}")
+    return "\n".join(lines)
+
+
+def location(entry: tuple[CodeType, int] | None) -> str:
+    return "(unknown place)" if entry is None else f"{entry[0].co_filename}:{entry[1]}"
+
+
+def user_part(stack: Stack) -> Stack:
+    """The stack from the first to the last frame of user code (all of it if there is none)."""
+    marks = [i for i, (code, _) in enumerate(stack) if is_user_code(code)]
+    return stack[marks[0] : marks[-1] + 1] if marks else stack
