@@ -265,3 +265,38 @@ def test_pytest_asyncio_in_auto_mode_is_shown_instead_of_refused(
         ]
     )
     assert result.ret == 1
+
+
+# pytest-trio is not installed here (autoloaded, it would change every other suite): a
+# conftest registers what the check looks at, as pytest-trio does: a plugin named "trio" and
+# its trio_mode ini option.
+PYTEST_TRIO_STAND_IN = """
+import types
+
+
+def pytest_addoption(parser, pluginmanager):
+    parser.addini("trio_mode", "stand-in for pytest-trio's option", type="bool", default=False)
+    pluginmanager.register(types.ModuleType("pytest_trio_stand_in"), "trio")
+"""
+
+
+@pytest.mark.parametrize(
+    ("trio_mode", "line", "ret"),
+    [
+        (
+            "true",
+            "PROBLEM  plugin pytest-trio: pytest-trio is in trio mode (trio_mode = true)*Fix one "
+            "of: remove trio_mode*`-p no:trio`*",
+            1,
+        ),
+        ("false", "OK       plugin pytest-trio: pytest-trio without trio_mode is fine*", 0),
+    ],
+)
+def test_pytest_trio_in_trio_mode_is_a_problem_and_without_it_is_not(
+    project: Project, private_tmpdir: Path, trio_mode: str, line: str, ret: int
+) -> None:
+    project.pytester.makeconftest(PYTEST_TRIO_STAND_IN)
+    project.ini(testkit_app="simple_app:app", trio_mode=trio_mode)
+    result = doctor(project)
+    result.stdout.fnmatch_lines([line])
+    assert result.ret == ret

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import Project, leftovers
 
 LIBRARY_APP = """
@@ -204,10 +205,11 @@ def test_the_limit_passes_under_it_and_fails_over_it_listing_the_statements(
     assert leftovers(private_tmpdir) == []
 
 
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
 def test_the_kits_plumbing_is_not_counted(
-    project: Project, private_tmpdir: Path
+    project: Project, private_tmpdir: Path, driver: str
 ) -> None:
-    library_project(project)
+    library_project(project, testkit_database_driver=driver)
     project.module(
         "test_plumbing",
         """
