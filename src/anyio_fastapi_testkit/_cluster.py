@@ -127,6 +127,15 @@ class Cluster:
         shutdown(self.data_dir, self.bin_dir, modes=("fast", "immediate"))
         remove_state(self.state_dir, self.socket_dir)
 
+    def stop(self) -> None:
+        """Stop the server and keep its data (a cached cluster); idempotent."""
+        if self.destroyed:
+            return
+        self.destroyed = True
+        shutdown(self.data_dir, self.bin_dir, modes=("fast", "immediate"))
+        if not self.socket_dir.is_relative_to(self.state_dir):
+            remove_state(self.socket_dir, None)  # a short one elsewhere, made for this start
+
     def _tool(
         self, name: str, args: Sequence[str], timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
@@ -140,9 +149,13 @@ def new_cluster(
     user: str | None,
     tcp: bool,
     settings: dict[str, str],
+    owner_pid: int | None = None,
 ) -> Cluster:
-    """A cluster in a new state folder in ``base``, not yet initialised."""
-    state_dir, socket_dir = new_state_dir(base, bin_dir, user)
+    """A cluster in a new state folder in ``base``, not yet initialised.
+
+    ``owner_pid``: the pytest process it belongs to (default: this one), for ``_orphans``.
+    """
+    state_dir, socket_dir = new_state_dir(base, bin_dir, user, owner_pid)
     # hex: safe in URLs without escaping, and free of "%" that libpq would decode.
     password = secrets.token_hex(16)
     return Cluster(source, bin_dir, state_dir, socket_dir, user, password, tcp, settings)

@@ -15,6 +15,7 @@ DEFAULT_BACKENDS = ("asyncio",)
 DEFAULT_LIFESPAN_TIMEOUT = 10.0
 DATABASE_URL_ENV = "TESTKIT_DATABASE_URL"
 DEFAULT_BLOCKED_LOOP = 0.5
+FRESH_DB_ENV = "TESTKIT_FRESH_DB"
 
 # (ini name, type, help, default); flags are registered separately below.
 _INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (
@@ -137,6 +138,14 @@ _INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (
         "stack (a BlockedLoopWarning); off or 0 disables. Default: 0.5.",
         "",
     ),
+    (
+        "testkit_fresh_db",
+        "bool",
+        "Always start the kit's own server as a throwaway cluster (initdb and schema every "
+        "run) instead of reusing the cluster and template cached between runs. Also "
+        f"--testkit-fresh-db and ${FRESH_DB_ENV}=1. Default: false.",
+        False,
+    ),
 )
 
 KNOWN_BACKENDS = ("asyncio", "trio")
@@ -178,6 +187,14 @@ def add_options(parser: pytest.Parser) -> None:
         help="Check the kit's set-up without running tests: backends, plugins, the database "
         "server and schema, the app and its lifespan, the session dependency; exit 1 on a problem.",
     )
+    group.addoption(
+        "--testkit-fresh-db",
+        dest="testkit_fresh_db",
+        action="store_true",
+        default=False,
+        help="Use a throwaway cluster (initdb and schema) instead of the cluster and template "
+        "cached between runs.",
+    )
 
 
 @dataclass(frozen=True)
@@ -201,6 +218,7 @@ class Settings:
     leaked_tasks: str = "warn"
     blocked_loop: float | None = DEFAULT_BLOCKED_LOOP
     factories: tuple[str, ...] = ()
+    fresh_db: bool = False
 
 
 def _ini_str(config: pytest.Config, name: str) -> str | None:
@@ -309,6 +327,9 @@ def read_settings(config: pytest.Config, *, check_backends: bool = True) -> Sett
         leaked_tasks=_choice(config, "testkit_leaked_tasks", ("warn", "fail", "off")),
         blocked_loop=_threshold(_ini_str(config, "testkit_blocked_loop"), "testkit_blocked_loop"),
         factories=split_env_entries(list(config.getini("testkit_factories"))),
+        fresh_db=bool(config.getoption("testkit_fresh_db"))
+        or os.environ.get(FRESH_DB_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+        or bool(config.getini("testkit_fresh_db")),
     )
     if check_backends:
         _check_backends(settings.backends, backend_setting)

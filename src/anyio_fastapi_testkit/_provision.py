@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,13 +12,32 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
+from ._cache import TEMPLATE_RUN_ID, template_key
 from ._config import Settings
-from ._databases import create_database, database_url, drop_database, test_database_names
+from ._databases import (
+    RUN_ID,
+    TEMPLATE_SUFFIX,
+    create_database,
+    database_url,
+    drop_database,
+    is_ours,
+    test_database_names,
+)
 from ._errors import ConfigError, TestkitError
+from ._fingerprint import schema_fingerprint
 from ._leaks import LeakDetector
+from ._owned import drop_databases_except
 from ._schema import build_schema
-from ._server import RunningServer, start_server
+from ._server import RunningServer, connect_admin, start_server
+from ._spares import SpareMaker, claim_spare, spare_name, spares_of
 from ._urls import SecretURL
+from ._xdist import (
+    ServerPlan,
+    failure_record,
+    recorded_server,
+    recorded_template_key,
+    server_record,
+)
 
 DEFAULT_BASE_NAME = "app"  # test_app, test_app_template for the kit's own server
 
@@ -70,10 +90,18 @@ class TestDatabases:
 
     __test__ = False
 
-    def __init__(self, settings: Settings, *, rootdir: Path, worker_id: str | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        rootdir: Path,
+        worker_id: str | None,
+        plan: ServerPlan | None = None,
+    ) -> None:
         self.settings = settings
         self.rootdir = rootdir
         self.worker_id = worker_id
+        self.plan = plan or ServerPlan()
         self._lock = threading.RLock()
         self._server: RunningServer | None = None
         self._created: list[str] = []
@@ -82,6 +110,10 @@ class TestDatabases:
         self.description = "not started"
         self.leaks: LeakDetector | None = None
         self._failure: TestkitError | None = None
+        # How the database came to be, for reports and tests: "cold", "warm", "shared", ...
+        self.provenance: dict[str, object] = {}
+        self._template_key: str | None = None  # of a cached template: its spares' key
+        self._spare_maker: SpareMaker | None = None
 
     @property
     def ready(self) -> bool:
@@ -135,6 +167,9 @@ class TestDatabases:
                 if self.leaks is not None:
                     self.leaks.close()
                     self.leaks = None
+                if self._spare_maker is not None:
+                    self._spare_maker.join()  # before the server stops under it
+                    self._spare_maker = None
                 if self._server is not None:
                     admin = self._server.info.admin_url
                     for name in reversed(self._created):
@@ -157,34 +192,22 @@ class TestDatabases:
         return render_env(self.settings.database_env, url, driver_url)
 
     def _build(self) -> DatabaseURL:
-        self._server = start_server(self.settings.database_url, tcp=self.settings.server_tcp)
-        self.description = self._server.info.description  # also after a failed schema build
+        started = time.monotonic()
+        shared = self.plan.shared
+        run_id = shared.run_id if shared is not None else RUN_ID
         try:
-            admin = self._server.info.admin_url
-            base = (
-                admin.database
-                if self._server.info.source == "url" and admin.database
-                else DEFAULT_BASE_NAME
-            )
-            template, working = test_database_names(base, self.worker_id)
-            if self.worker_id:
-                # Until one server serves all xdist workers, each worker builds its own template.
-                template = f"{working}{template[len(f'test_{base}') :]}"
-            # Before the schema source is imported: models modules often import the app's
-            # settings, which read these variables once.
-            self._set_env(database_url(admin, working, None))
-            create_database(admin, template)
-            self._created.append(template)
-            template_url = database_url(admin, template, None)
-            build_schema(
-                self.settings.schema,
-                template_url,
-                rootdir=self.rootdir,
-                env=self._env_for(template_url),
-            )
-            create_database(admin, working, template=template)
-            self._created.append(working)
-            self.description = f"{self._server.info.description}, database {working}"
+            if shared is None:
+                server = self._server = self._start_server(None)
+                self.description = server.info.description  # also after a failed schema build
+                template, working = self._names(server)
+                self._template(server, template, working, run_id)
+            else:
+                server, template, working = self._shared_template()
+            admin = server.info.admin_url
+            self._set_env(database_url(admin, working, None))  # again: a reader of the record
+            self._working_database(admin, template, working, run_id)
+            self.description = f"{server.info.description}, database {working}"
+            self.provenance["seconds"] = round(time.monotonic() - started, 3)
             driver = self.settings.database_driver
             url = database_url(admin, working, "asyncpg" if driver == "asyncpg" else "psycopg")
             rendered = url.render_as_string(hide_password=False)
@@ -194,3 +217,113 @@ class TestDatabases:
         except BaseException:
             self.close()
             raise
+
+    def _working_database(self, admin: URL, template: str, working: str, run_id: str) -> None:
+        """Clone the template, or claim the cached template's spare clone and make the next."""
+        key = self._template_key
+        spare = spare_name(template, working) if key is not None else None
+        if (
+            key is not None
+            and spare is not None
+            and claim_spare(admin, spare, working, key, run_id)
+        ):
+            self.provenance["database"] = "spare"
+        else:
+            create_database(admin, working, template=template, run_id=run_id)
+            self.provenance["database"] = "cloned"
+        self._created.append(working)
+        if key is not None and spare is not None:
+            self._spare_maker = SpareMaker(admin, template, spare, key)
+
+    def _start_server(self, owner_pid: int | None) -> RunningServer:
+        return start_server(
+            self.settings.database_url,
+            tcp=self.settings.server_tcp,
+            cache=self.plan.cache,
+            owner_pid=owner_pid,
+        )
+
+    def _names(self, server: RunningServer) -> tuple[str, str]:
+        admin = server.info.admin_url
+        base = admin.database if server.info.source == "url" and admin.database else None
+        template, working = test_database_names(base or DEFAULT_BASE_NAME, self.worker_id)
+        if self.worker_id and self.plan.shared is None:
+            # xdist without the kit's hand-over (e.g. --tx without -n): a template per worker.
+            template = f"{working}{TEMPLATE_SUFFIX}"
+        return template, working
+
+    def _shared_template(self) -> tuple[RunningServer, str, str]:
+        """Under xdist: the run's server and template, set up by the first worker to ask."""
+        shared = self.plan.shared
+        assert shared is not None
+        with shared.locked():
+            record = shared.read()
+            if record is not None:
+                attached, template = recorded_server(record)
+                self._template_key = recorded_template_key(record)
+                self._server = attached
+                self.description = attached.info.description
+                self.provenance["shared"] = "attached"
+                return attached, template, self._names(attached)[1]
+            try:
+                server = self._start_server(shared.owner_pid)
+            except TestkitError as exc:
+                shared.write(failure_record(str(exc)))
+                raise
+            self._server = server
+            self.description = server.info.description
+            try:
+                template, working = self._names(server)
+                self._template(server, template, working, shared.run_id)
+            except TestkitError as exc:
+                shared.write(failure_record(str(exc)))
+                raise
+            # From now on the controller drops the run's databases and stops the server.
+            shared.write(server_record(server, template, self._template_key))
+            self._server = RunningServer(server.info)
+            self._created.clear()
+            self.provenance["shared"] = "started"
+            return server, template, working
+
+    def _template(self, server: RunningServer, template: str, working: str, run_id: str) -> None:
+        """Make the template hold the schema: reuse a cached one built for the same schema."""
+        admin = server.info.admin_url
+        # Before the schema source is imported: models modules often import the app's
+        # settings, which read these variables once.
+        self._set_env(database_url(admin, working, None))
+        cache = self.plan.cache if server.keep else None
+        key = None
+        if cache is not None:
+            self.provenance["cluster"] = "reused" if cache.reused_cluster else "initdb"
+            fingerprint = schema_fingerprint(self.settings.schema, self.rootdir)
+            key = template_key(fingerprint, server.info.version_num) if fingerprint else None
+            ready = key is not None and cache.template_ready(key)
+            if ready and key is not None and self._exists(admin, template):
+                # Left by killed runs: every database of the kit's but the template and spares.
+                drop_databases_except(admin, {template, *spares_of(admin, key)})
+                self.provenance["template"] = "reused"
+                self._template_key = key
+                return
+            cache.set_template(None)  # a rebuild killed half-way must not count as complete
+            drop_databases_except(admin, set())  # the old template, its spares, leftovers
+        create_database(admin, template, run_id=TEMPLATE_RUN_ID if cache else run_id)
+        if cache is None:
+            self._created.append(template)
+        template_url = database_url(admin, template, None)
+        build_schema(
+            self.settings.schema,
+            template_url,
+            rootdir=self.rootdir,
+            env=self._env_for(template_url),
+        )
+        self.provenance["template"] = "built"
+        if cache is not None:
+            cache.set_template(key)
+            self._template_key = key
+            if self.plan.store is not None:
+                self.plan.store.set_pointer(cache.folder)
+
+    @staticmethod
+    def _exists(admin: URL, name: str) -> bool:
+        with connect_admin(admin) as conn:
+            return is_ours(conn, name)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -33,6 +33,9 @@ from ._orphans import cleanup_orphans
 from ._state_folder import default_base_dir, prepare_base_dir
 from ._sysuser import open_install_tree, server_user
 from ._urls import mask_secrets, mask_url
+
+if TYPE_CHECKING:
+    from ._cache import ClusterCache
 
 Source = Literal["url", "embedded", "system"]
 
@@ -65,10 +68,16 @@ class RunningServer:
     """A server the kit creates its databases on; ``stop()`` ends a cluster the kit started."""
 
     def __init__(
-        self, info: ServerInfo, cluster: Cluster | None = None, startup_seconds: float = 0.0
+        self,
+        info: ServerInfo,
+        cluster: Cluster | None = None,
+        startup_seconds: float = 0.0,
+        *,
+        keep: bool = False,
     ) -> None:
         self.info = info
         self.startup_seconds = startup_seconds  # initdb and start; 0 for a configured URL
+        self.keep = keep  # a cached cluster: stop() keeps its data for the next run
         self._cluster = cluster
 
     @property
@@ -81,9 +90,19 @@ class RunningServer:
         """The binaries the cluster runs on (None for a configured URL)."""
         return self._cluster.bin_dir if self._cluster else None
 
+    @property
+    def socket_dir(self) -> Path | None:
+        """The cluster's unix socket folder (None for a configured URL)."""
+        return self._cluster.socket_dir if self._cluster else None
+
     def stop(self) -> None:
-        """Stop the kit's cluster and delete its folder (nothing for a URL). Idempotent."""
-        if self._cluster is not None:
+        """Stop the kit's cluster and delete its folder, or keep it if cached (nothing for a
+        URL). Idempotent."""
+        if self._cluster is None:
+            return
+        if self.keep:
+            self._cluster.stop()
+        else:
             self._cluster.destroy()
 
     def __enter__(self) -> RunningServer:
@@ -105,8 +124,10 @@ def start_server(
     base_dir: Path | None = None,
     prefer: LocalSource | None = None,
     server_settings: Mapping[str, str] | None = None,
+    cache: ClusterCache | None = None,
+    owner_pid: int | None = None,
 ) -> RunningServer:
-    """Provide a PostgreSQL server: the configured one, else a throwaway local cluster.
+    """Provide a PostgreSQL server: the configured one, else a local cluster.
 
     ``tcp``: the cluster listens on 127.0.0.1 (password auth) besides its unix socket.
     ``base_dir``: where state folders go (default: a per-user folder in the temp dir). As
@@ -115,6 +136,9 @@ def start_server(
     (each new pytest session resets /tmp/pytest-of-root to 0700).
     ``prefer``: use only the embedded or only the system binaries (default: embedded first).
     ``server_settings``: extra settings of the cluster, e.g. ``{"max_connections": "200"}``.
+    ``cache``: use (or make) the cached cluster of that locked cache folder, kept at ``stop()``;
+    default: a throwaway cluster. ``owner_pid``: the pytest process a throwaway cluster
+    belongs to, for orphan cleanup (default: this one).
     """
     if configured_url:
         cleanup_orphans(base_dir or default_base_dir())  # left by earlier runs without a URL
@@ -122,7 +146,15 @@ def start_server(
     base = prepare_base_dir(base_dir)
     cleanup_orphans(base)
     source, bin_dir = _find_binaries(prefer)
-    return _start_cluster(source, bin_dir, base, tcp=tcp, settings=dict(server_settings or {}))
+    return _start_cluster(
+        source,
+        bin_dir,
+        base,
+        tcp=tcp,
+        settings=dict(server_settings or {}),
+        cache=cache,
+        owner_pid=owner_pid,
+    )
 
 
 def connect_admin(
@@ -257,7 +289,14 @@ def _no_server_message(prefer: LocalSource | None) -> str:
 
 
 def _start_cluster(
-    source: LocalSource, bin_dir: Path, base: Path, *, tcp: bool, settings: dict[str, str]
+    source: LocalSource,
+    bin_dir: Path,
+    base: Path,
+    *,
+    tcp: bool,
+    settings: dict[str, str],
+    cache: ClusterCache | None,
+    owner_pid: int | None,
 ) -> RunningServer:
     version_num = binaries_version(bin_dir)
     check_server_version(version_num, f"The binaries in {bin_dir}")
@@ -265,7 +304,9 @@ def _start_cluster(
     if user is not None and source == "embedded":
         open_install_tree(bin_dir.parent)
     started = time.monotonic()
-    cluster = new_cluster(source, bin_dir, base, user, tcp, settings)
+    if cache is not None:
+        return _start_cached(cache, source, bin_dir, version_num, user, tcp, settings, owner_pid)
+    cluster = new_cluster(source, bin_dir, base, user, tcp, settings, owner_pid)
     try:
         cluster.init(version_num)
         cluster.start()
@@ -275,6 +316,35 @@ def _start_cluster(
         cluster.destroy()
         raise
     return RunningServer(info, cluster, startup_seconds)
+
+
+def _start_cached(
+    cache: ClusterCache,
+    source: LocalSource,
+    bin_dir: Path,
+    version_num: int,
+    user: str | None,
+    tcp: bool,
+    settings: dict[str, str],
+    owner_pid: int | None,
+) -> RunningServer:
+    started = time.monotonic()
+    for attempt in range(2):
+        cluster = cache.start_cluster(source, bin_dir, version_num, user, tcp, settings, owner_pid)
+        try:
+            info = _cluster_info(cluster)
+        except DatabaseError:
+            cluster.stop()
+            if attempt or not cache.reused_cluster:
+                cache.wipe()
+                raise
+            cache.rebuild = True  # it started but does not answer as recorded: rebuild it
+            continue
+        except BaseException:
+            cluster.stop()
+            raise
+        return RunningServer(info, cluster, time.monotonic() - started, keep=True)
+    raise AssertionError("unreachable")
 
 
 def _cluster_info(cluster: Cluster) -> ServerInfo:

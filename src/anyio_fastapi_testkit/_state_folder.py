@@ -71,22 +71,42 @@ def _check_base_dir(base: Path) -> None:
     )
 
 
-def new_state_dir(base: Path, bin_dir: Path, user: str | None) -> tuple[Path, Path]:
+def new_state_dir(
+    base: Path, bin_dir: Path, user: str | None, owner_pid: int | None = None
+) -> tuple[Path, Path]:
     """Make a state folder in ``base`` and its socket folder, owned by ``user``.
 
-    Returns both; ``owner.json`` in the state folder records this process and ``bin_dir``.
+    Returns both; ``owner.json`` in the state folder records ``owner_pid`` (default: this
+    process; an xdist worker names its controller, which outlives it) and ``bin_dir``.
     """
     state_dir = Path(tempfile.mkdtemp(prefix=STATE_PREFIX, dir=base))
     socket_dir = None
     try:
         socket_dir = _make_socket_dir(state_dir)
-        _write_owner(state_dir, bin_dir, socket_dir)
+        write_owner(state_dir, bin_dir, socket_dir, owner_pid)
         for path in {state_dir, socket_dir}:
             give_to(path, user)
     except BaseException:
         remove_state(state_dir, socket_dir)
         raise
     return state_dir, socket_dir
+
+
+def fixed_state_dir(
+    state_dir: Path, bin_dir: Path, user: str | None, owner_pid: int | None = None
+) -> Path:
+    """Prepare the state folder at ``state_dir`` (kept between runs) for a start; its socket folder.
+
+    The folder is made if missing; a socket folder inside it is reused, one outside (for a
+    long path) is made anew for each start and removed at the stop.
+    """
+    state_dir.mkdir(mode=0o700, exist_ok=True)
+    inside = state_dir / "s"
+    socket_dir = inside if inside.is_dir() else _make_socket_dir(state_dir)
+    write_owner(state_dir, bin_dir, socket_dir, owner_pid)
+    for path in {state_dir, socket_dir}:
+        give_to(path, user)
+    return socket_dir
 
 
 def _make_socket_dir(state_dir: Path) -> Path:
@@ -117,15 +137,18 @@ def _socket_dir_ok(socket_dir: Path) -> bool:
     )
 
 
-def _write_owner(state_dir: Path, bin_dir: Path, socket_dir: Path) -> None:
-    pid = os.getpid()
+def write_owner(
+    state_dir: Path, bin_dir: Path | None, socket_dir: Path | None, owner_pid: int | None = None
+) -> None:
+    """Write ``owner.json``: the pytest process the folder belongs to, its binaries and socket."""
+    pid = owner_pid or os.getpid()
     clock, started = process_start(pid)
     owner = {
         "pid": pid,
         "clock": clock,
         "started": started,
-        "bin_dir": str(bin_dir),
-        "socket_dir": str(socket_dir),
+        "bin_dir": str(bin_dir) if bin_dir else None,
+        "socket_dir": str(socket_dir) if socket_dir else None,
     }
     temporary = state_dir / f".{OWNER_FILE}.tmp"
     temporary.write_text(json.dumps(owner))

@@ -36,6 +36,7 @@ from ._transaction import (
     session_options,
 )
 from ._websocket import WebSocketConnect, websocket_connector
+from ._xdist import server_plan
 
 __all__ = [
     "anyio_backend",
@@ -204,6 +205,7 @@ def test_databases(config: pytest.Config) -> TestDatabases:
             get_settings(config),
             rootdir=config.rootpath,
             worker_id=workerinput["workerid"] if workerinput else None,
+            plan=server_plan(config),
         )
         config.stash[_DATABASES_KEY] = databases
     return databases

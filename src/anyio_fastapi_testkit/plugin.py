@@ -21,6 +21,7 @@ from ._errors import ConfigError, TestkitError
 from ._timeouts import MARKER, timed_fixture_setup
 from ._urls import SecretURL, mask_url
 from ._watched import watched_test
+from ._xdist import finish_run, hand_to_worker, plan_run
 
 PLUGIN_NAME = "anyio_fastapi_testkit.plugin"
 FIXTURES_PLUGIN_NAME = "anyio_fastapi_testkit.fixtures"
@@ -85,6 +86,7 @@ def pytest_configure(config: pytest.Config) -> None:
         manager.register(fixtures, FIXTURES_PLUGIN_NAME)
     if not manager.has_plugin(BACKENDS_PLUGIN_NAME):
         manager.register(_backend_parameters(settings.backends), BACKENDS_PLUGIN_NAME)
+    plan_run(config, settings)  # where the server comes from; nothing is started yet
     if settings.database_env and not _is_xdist_controller(config):
         # Apps read these at import, which happens during collection: set them before it.
         try:
@@ -107,7 +109,16 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     # Here rather than in a fixture finalizer, so that a session that failed or was
     # interrupted still drops its databases and stops its server.
-    fixtures.close_test_databases(config)
+    try:
+        fixtures.close_test_databases(config)
+    finally:
+        finish_run(config)  # the xdist controller stops the workers' shared server
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    # pytest-xdist's controller, for each worker it starts: hand over the shared run.
+    hand_to_worker(node.config, node.workerinput)
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:

@@ -1,0 +1,88 @@
+"""Spare clones of a cached template: a warm run renames one into its working database.
+
+``CREATE DATABASE ... TEMPLATE`` copies every file of the template (0.3 s here, most of a warm
+start); a rename is a catalog update. So a cached cluster keeps, per working database name, one
+clone made in advance, marked as a spare of the template's key; a run claims it and makes the
+next one in a background thread while its tests run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import URL
+
+from ._databases import OWNERSHIP_MARK, create_database
+from ._errors import DatabaseError
+from ._owned import marked_databases
+from ._server import connect_admin
+
+SPARE_PREFIX = "test_spare_"
+
+
+def spare_name(template: str, working: str) -> str:
+    """The spare of ``working`` (short, whatever the length of the names)."""
+    digest = hashlib.sha256(f"{template}\x00{working}".encode()).hexdigest()[:16]
+    return f"{SPARE_PREFIX}{digest}"
+
+
+def spare_run_id(key: str) -> str:
+    return f"spare {key}"
+
+
+def spares_of(admin_url: URL, key: str) -> set[str]:
+    """The spares on the server cloned from the template with schema key ``key``."""
+    comment = f"{OWNERSHIP_MARK}; run {spare_run_id(key)}"
+    return {name for name, found in marked_databases(admin_url).items() if found == comment}
+
+
+def claim_spare(admin_url: URL, spare: str, working: str, key: str, run_id: str) -> bool:
+    """Rename the spare of ``key`` to ``working`` and mark it as this run's; False if none."""
+    expected = f"{OWNERSHIP_MARK}; run {spare_run_id(key)}"
+    with connect_admin(admin_url) as conn:
+        row = conn.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (spare,),
+        ).fetchone()
+        if row is None or row[0] != expected:
+            return False
+        try:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(spare), sql.Identifier(working)
+                )
+            )
+            conn.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                    sql.Identifier(working), sql.Literal(f"{OWNERSHIP_MARK}; run {run_id}")
+                )
+            )
+        except psycopg.Error:
+            return False  # e.g. a session connected to it: clone instead
+    return True
+
+
+class SpareMaker:
+    """Makes the next spare in a thread, so that the copy overlaps the run's tests."""
+
+    def __init__(self, admin_url: URL, template: str, spare: str, key: str) -> None:
+        self.error: Exception | None = None
+        self._thread = threading.Thread(
+            target=self._make,
+            args=(admin_url, template, spare, key),
+            name="testkit-spare-database",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _make(self, admin_url: URL, template: str, spare: str, key: str) -> None:
+        try:
+            create_database(admin_url, spare, template=template, run_id=spare_run_id(key))
+        except (DatabaseError, psycopg.Error) as exc:
+            self.error = exc  # no spare: the next run clones, as without one
+
+    def join(self) -> None:
+        self._thread.join()

@@ -1,0 +1,268 @@
+"""Where this process's server comes from: one server and template for all pytest-xdist workers,
+the cache folder a run may use, and what the run must stop at the end.
+
+Lazy: nothing starts until a test needs the database. Under xdist the controller decides at
+configure time (it takes the cache lock, which must outlive every worker, and makes a shared
+run folder) and hands both to each worker through ``workerinput``. The first worker that needs
+the database starts the server and builds the template under the run folder's lock, and
+records them there; the others read the record and only clone their own database. The
+controller, which outlives the workers, drops every database of the run and stops the server
+at unconfigure, also when the run failed or was interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from ._cache import CacheLock, CacheStore, ClusterCache, make_cache_folder, try_lock
+from ._cluster import shutdown
+from ._config import Settings
+from ._errors import DatabaseError
+from ._owned import drop_run_databases
+from ._server import RunningServer, ServerInfo
+from ._state_folder import STATE_PREFIX, prepare_base_dir, remove_state, write_owner
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: every worker starts its own server, as without xdist
+    fcntl = None  # type: ignore[assignment]
+
+WORKERINPUT_KEY = "anyio_fastapi_testkit"
+RECORD_FILE = "server.json"
+LOCK_FILE = "lock"
+
+
+@dataclass
+class SharedRun:
+    """The run folder all workers share: the server record, and the lock of its creation."""
+
+    folder: Path
+    run_id: str  # in the ownership comment of every database of the run
+    owner_pid: int  # the controller: servers started by workers are recorded as its own
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with (self.folder / LOCK_FILE).open("ab") as handle:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            yield  # closing the file releases the lock
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            record = json.loads((self.folder / RECORD_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def write(self, record: dict[str, Any]) -> None:
+        temporary = self.folder / f".{RECORD_FILE}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(record, handle)
+        temporary.replace(self.folder / RECORD_FILE)
+
+
+def server_record(server: RunningServer, template: str, template_key: str | None) -> dict[str, Any]:
+    """What workers and the controller need to know of a server another worker started."""
+    info = server.info
+    return {
+        "source": info.source,
+        "admin_url": info.admin_url.render_as_string(hide_password=False),
+        "version_num": info.version_num,
+        "description": info.description,
+        "template": template,
+        "template_key": template_key,  # of a cached template: workers claim its spares
+        "state_dir": str(server.state_dir) if server.state_dir else None,
+        "bin_dir": str(server.bin_dir) if server.bin_dir else None,
+        "socket_dir": str(server.socket_dir) if server.socket_dir else None,
+        "keep": server.keep,
+    }
+
+
+def recorded_template_key(record: dict[str, Any]) -> str | None:
+    key = record.get("template_key")
+    return key if isinstance(key, str) else None
+
+
+def failure_record(message: str) -> dict[str, Any]:
+    return {"failure": message}
+
+
+def recorded_server(record: dict[str, Any]) -> tuple[RunningServer, str]:
+    """A handle on the recorded server (its ``stop()`` does nothing) and the template's name."""
+    failure = record.get("failure")
+    if isinstance(failure, str):
+        # Another worker failed to set it up: report its error rather than retry N times.
+        raise DatabaseError(f"{failure}\n(reported by the xdist worker that set up the server)")
+    info = ServerInfo(
+        record["source"],
+        make_url(record["admin_url"]),
+        int(record["version_num"]),
+        str(record["description"]),
+    )
+    return RunningServer(info), str(record["template"])
+
+
+@dataclass
+class ServerPlan:
+    """How this process gets its server: the cache it may use, the run it shares."""
+
+    cache: ClusterCache | None = None
+    store: CacheStore | None = None  # pytest's cache, for the pointer to the cache folder
+    shared: SharedRun | None = None
+
+
+@dataclass
+class _RunState:
+    """What this process holds for the whole run (configure to unconfigure)."""
+
+    plan: ServerPlan
+    lock: CacheLock | None = None
+    controller_input: dict[str, Any] | None = None  # handed to each xdist worker
+
+
+_STATE_KEY = pytest.StashKey[_RunState]()
+
+
+def is_xdist_controller(config: pytest.Config) -> bool:
+    """True in the process that only distributes tests to pytest-xdist workers."""
+    if hasattr(config, "workerinput"):
+        return False
+    return (
+        bool(config.getoption("numprocesses", default=None))
+        and config.getoption("dist", default="no") != "no"
+    )
+
+
+def plan_run(config: pytest.Config, settings: Settings) -> None:
+    """At configure: decide where this process's server comes from (nothing is started)."""
+    workerinput = getattr(config, "workerinput", None)
+    store = _store(config)
+    if workerinput is not None:
+        given = workerinput.get(WORKERINPUT_KEY)
+        plan = _worker_plan(given, store) if isinstance(given, dict) else ServerPlan()
+        config.stash[_STATE_KEY] = _RunState(plan)
+        return
+    lock = _lock_cache(config, settings, store)
+    cache = ClusterCache(lock.folder, rebuild=_needs_rebuild(store, lock.folder)) if lock else None
+    state = _RunState(ServerPlan(cache, store), lock)
+    if is_xdist_controller(config):
+        state.controller_input = _start_shared_run(cache)
+    config.stash[_STATE_KEY] = state
+
+
+def server_plan(config: pytest.Config) -> ServerPlan | None:
+    """The plan ``plan_run`` made for this process (None if it did not run)."""
+    state = config.stash.get(_STATE_KEY, None)
+    return state.plan if state is not None else None
+
+
+def hand_to_worker(config: pytest.Config, workerinput: dict[str, Any]) -> None:
+    """xdist's ``pytest_configure_node``: give the worker the shared run."""
+    state = config.stash.get(_STATE_KEY, None)
+    if state is not None and state.controller_input is not None:
+        workerinput[WORKERINPUT_KEY] = state.controller_input
+
+
+def finish_run(config: pytest.Config) -> None:
+    """At unconfigure: the controller drops the run's databases and stops the shared server;
+    every process releases the cache lock."""
+    state = config.stash.get(_STATE_KEY, None)
+    if state is None:
+        return
+    try:
+        if state.controller_input is not None:
+            _finish_shared_run(state.controller_input)
+    finally:
+        if state.lock is not None:
+            state.lock.release()
+
+
+def _store(config: pytest.Config) -> CacheStore | None:
+    pytest_cache = getattr(config, "cache", None)  # absent with -p no:cacheprovider
+    return CacheStore(pytest_cache) if pytest_cache is not None else None
+
+
+def _lock_cache(
+    config: pytest.Config, settings: Settings, store: CacheStore | None
+) -> CacheLock | None:
+    if store is None or settings.fresh_db or settings.database_url:
+        return None
+    try:
+        folder = make_cache_folder(None, store.folder())
+    except (OSError, DatabaseError):
+        return None  # no cache is no failure: a throwaway cluster works as before
+    # Taken: another run (or a run's xdist workers) uses it; this one uses a throwaway.
+    return try_lock(folder)
+
+
+def _needs_rebuild(store: CacheStore | None, folder: Path) -> bool:
+    return store is None or store.pointer() != store.expected_pointer(folder)
+
+
+def _worker_plan(given: dict[str, Any], store: CacheStore | None) -> ServerPlan:
+    folder = given.get("cache_folder")
+    cache = (
+        ClusterCache(Path(folder), rebuild=bool(given.get("rebuild")))
+        if isinstance(folder, str)
+        else None
+    )
+    shared = SharedRun(Path(given["shared_dir"]), str(given["run_id"]), int(given["owner_pid"]))
+    return ServerPlan(cache, store, shared)
+
+
+def _start_shared_run(cache: ClusterCache | None) -> dict[str, Any]:
+    base = prepare_base_dir(None)
+    # Named like a state folder, with owner.json: a killed controller's is an orphan the next
+    # run removes (stopping the server recorded in it, see _orphans).
+    folder = Path(tempfile.mkdtemp(prefix=f"{STATE_PREFIX}xdist-", dir=base))
+    write_owner(folder, None, None)
+    return {
+        "shared_dir": str(folder),
+        "run_id": f"{os.getpid()}-{secrets.token_hex(4)}",
+        "owner_pid": os.getpid(),
+        "cache_folder": str(cache.folder) if cache else None,
+        "rebuild": cache.rebuild if cache else False,
+    }
+
+
+def _finish_shared_run(given: dict[str, Any]) -> None:
+    folder = Path(given["shared_dir"])
+    shared = SharedRun(folder, str(given["run_id"]), int(given["owner_pid"]))
+    try:
+        with shared.locked():
+            record = shared.read()
+            if record is not None and "failure" not in record:
+                stop_recorded_server(record, shared.run_id)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def stop_recorded_server(record: dict[str, Any], run_id: str) -> None:
+    """Drop every database of the run on the recorded server, then stop it (keep a cached one)."""
+    try:
+        drop_run_databases(make_url(record["admin_url"]), run_id)
+    finally:
+        state_dir, bin_dir = record.get("state_dir"), record.get("bin_dir")
+        if isinstance(state_dir, str):
+            state = Path(state_dir)
+            recorded_bin = Path(bin_dir) if isinstance(bin_dir, str) else None
+            shutdown(state / "data", recorded_bin, modes=("fast", "immediate"))
+            socket_dir = record.get("socket_dir")
+            socket = Path(socket_dir) if isinstance(socket_dir, str) else None
+            if not record.get("keep"):
+                remove_state(state, socket)
+            elif socket is not None and not socket.is_relative_to(state):
+                remove_state(socket, None)
