@@ -71,7 +71,7 @@ def test_a_clean_project_is_all_ok_on_both_backends(project: Project, private_tm
             "OK       plugin pytest-asyncio: pytest-asyncio * in strict mode is fine*",
             "OK       database server: embedded PostgreSQL * database test_app (ready in *",
             "OK       schema: testkit_schema = 'items_app:Base.metadata' built into the template "
-            "(1 tables: public.items)",
+            "(1 table: public.items)",
             "OK       database driver: psycopg * ran SELECT 1 on postgresql+psycopg://*:***@*",
             "OK       app: testkit_app = 'items_app:app' imported: FastAPI 'items'",
             "OK       lifespan on asyncio: startup and shutdown ran in *",

@@ -106,6 +106,14 @@ def _where(exc: BaseException) -> str:
     return f" (raised at {frame.filename}:{frame.lineno}, in {frame.name})"
 
 
+def _describe(exc: BaseException, settings: Settings) -> str:
+    """The kit's own messages as they are; anything else with its type, passwords masked."""
+    if isinstance(exc, TestkitError):
+        return str(exc)
+    password = _password(settings.database_url) if settings.database_url else ""
+    return mask_secrets(f"{type(exc).__name__}: {exc}", [password])
+
+
 def _is_installed(filename: str) -> bool:
     """Whether a file belongs to Python itself or an installed package, not the project."""
     path = Path(filename)
@@ -250,27 +258,28 @@ def check_database(settings: Settings, databases: TestDatabases, report: Report)
     started = time.monotonic()
     try:
         url = databases.working_url()
-    except TestkitError as exc:
+    except Exception as exc:
         if not _failed_in_schema(exc):
-            report.line("PROBLEM", "database server", str(exc))
+            report.line("PROBLEM", "database server", _describe(exc, settings))
             report.line("SKIP", "schema", "needs the database server")
             report.line("SKIP", "database driver", "needs the database server")
             return
         report.line("OK", "database server", databases.description)
-        report.line("PROBLEM", "schema", f"{exc}{_where(exc)}")
+        report.line("PROBLEM", "schema", f"{_describe(exc, settings)}{_where(exc)}")
         report.line("SKIP", "database driver", "needs the test database")
         return
     seconds = time.monotonic() - started
     report.line("OK", "database server", f"{databases.description} (ready in {seconds:.1f} s)")
-    tables = _tables(str(url))
     if settings.schema is None:
         report.line("SKIP", "schema", "testkit_schema is unset: the test databases start empty")
     else:
+        tables = _tables(str(url))
+        noun = "table" if len(tables) == 1 else "tables"
         report.line(
             "OK",
             "schema",
             f"testkit_schema = {settings.schema!r} built into the template "
-            f"({len(tables)} tables: {', '.join(tables) or 'none'})",
+            f"({len(tables)} {noun}: {', '.join(tables) or 'none'})",
         )
     check_driver(settings, str(url), report)
 
@@ -326,7 +335,10 @@ def check_driver(settings: Settings, url: str, report: Report) -> None:
 
 
 def _password(url: str) -> str:
-    return make_url(url).password or ""
+    try:
+        return str(make_url(url).password or "")
+    except Exception:  # an unparseable URL: the kit's own error reports it
+        return ""
 
 
 def check_app(settings: Settings, report: Report) -> ASGIApp | None:
@@ -367,10 +379,10 @@ def check_lifespan(
         started = time.monotonic()
         try:
             anyio.run(start_and_stop, backend=backend)
-        except TestkitError as exc:
+        except Exception as exc:
             # There is no traceback above in this report: point at the app's line instead.
             message = (
-                str(exc)
+                _describe(exc, settings)
                 .replace(" The app's own traceback is above; no", " No")
                 .replace(" The app's own traceback is above.", "")
             )
