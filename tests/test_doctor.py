@@ -6,11 +6,13 @@ report without running a test, and without leaving a server or a state folder be
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ITEMS_APP, Project, leftovers
+from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, leftovers
 
 ITEMS_SETTINGS = {
     "testkit_app": "items_app:app",
@@ -300,3 +302,27 @@ def test_pytest_trio_in_trio_mode_is_a_problem_and_without_it_is_not(
     result = doctor(project)
     result.stdout.fnmatch_lines([line])
     assert result.ret == ret
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.parametrize("example", ["bookshelf", "taskboard"])
+def test_no_false_alarm_on_the_example_projects(private_tmpdir: Path, example: str) -> None:
+    # Real projects as their users run them: create_all and Alembic, psycopg and asyncpg,
+    # testkit_database_env read by pydantic settings, a sessionmaker; both backends.
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--testkit-doctor"]
+    completed = subprocess.run(
+        [*command, "--testkit-backends", "asyncio trio"],
+        cwd=EXAMPLES / example,
+        capture_output=True,
+        text=True,
+        timeout=SUBSESSION_TIMEOUT,
+        check=False,
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output
+    assert "PROBLEM " not in output, output
+    assert "OK       lifespan on trio: " in output, output
+    assert re.search(r"testkit doctor: \d+ OK, 0 PROBLEM", output), output
+    assert leftovers(private_tmpdir) == []
