@@ -229,16 +229,11 @@ class LimitBlock(CountingBlock):
         self.__exit__(exc_type, exc, tb)
 
 
-class QueryCounter:
-    """The object ``count_queries`` gives: call it to open a counting block."""
+class _Blocks:
+    """The blocks a fixture handed out, so that teardown can stop any a test left open."""
 
     def __init__(self) -> None:
         self._blocks: list[CountingBlock] = []
-
-    def __call__(self, *, show_parameters: bool = False) -> CountingBlock:
-        block = CountingBlock(QueryLog(show_parameters=show_parameters))
-        self._blocks.append(block)
-        return block
 
     def close(self) -> None:
         """Remove the listener of any block a test left open (an exception, a bare start())."""
@@ -247,7 +242,16 @@ class QueryCounter:
         self._blocks.clear()
 
 
-class QueryLimit(QueryCounter):
+class QueryCounter(_Blocks):
+    """The object ``count_queries`` gives: call it to open a counting block."""
+
+    def __call__(self, *, show_parameters: bool = False) -> CountingBlock:
+        block = CountingBlock(QueryLog(show_parameters=show_parameters))
+        self._blocks.append(block)
+        return block
+
+
+class QueryLimit(_Blocks):
     """The object ``assert_max_queries`` / ``assert_num_queries`` give."""
 
     def __init__(self, *, exact: bool, fixture: str, test: str) -> None:
@@ -256,9 +260,7 @@ class QueryLimit(QueryCounter):
         self._fixture = fixture
         self._test = test
 
-    def __call__(  # type: ignore[override]
-        self, limit: int, *, show_parameters: bool = False
-    ) -> LimitBlock:
+    def __call__(self, limit: int, *, show_parameters: bool = False) -> LimitBlock:
         block = LimitBlock(
             QueryLog(show_parameters=show_parameters),
             limit,
