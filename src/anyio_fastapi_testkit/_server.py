@@ -23,8 +23,10 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL, make_url
 
-# Names other modules and the tests reach through this module are imported "as" themselves.
 from ._binaries import REQUIRED_BINARIES, binaries_version, embedded_bin_dir, find_bin_dir
+
+# Names other modules and the tests reach through this module are imported "as" themselves.
+from ._cache import stop_abandoned
 from ._cluster import ADMIN_DATABASE, LOCALHOST, Cluster, LocalSource, new_cluster
 from ._errors import DatabaseError
 from ._fixes import LOCAL_FIXES, URL_FIXES
@@ -145,6 +147,7 @@ def start_server(
         return _use_configured(configured_url)
     base = prepare_base_dir(base_dir)
     cleanup_orphans(base)
+    stop_abandoned(base)  # cached servers of killed runs; their clusters are kept
     source, bin_dir = _find_binaries(prefer)
     return _start_cluster(
         source,

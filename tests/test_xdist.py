@@ -1,0 +1,207 @@
+"""pytest-xdist: one server and one template for the whole run, a database per worker, all of it
+dropped and stopped at the end; on the kit's own server, the cached one and a configured URL.
+
+Each worker's tests record what they saw (the server's system identifier, their database, the
+server processes running, the databases present) in a file per worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import (
+    ITEMS_APP,
+    SUBSESSION_TIMEOUT,
+    Project,
+    database_names,
+    drop_by_hand,
+    leftovers,
+    sql_rows,
+)
+from sqlalchemy.engine import URL
+
+from anyio_fastapi_testkit._server import RunningServer
+
+TESTS_PER_MODULE = 6
+
+RECORDING_MODULE = """
+import json
+import os
+import time
+from pathlib import Path
+
+import psycopg
+import psutil
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from items_app import Item
+
+TMPDIR = Path(os.environ["TMPDIR"])
+
+
+def rows(url, statement):
+    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
+        return conn.execute(statement).fetchall()
+
+
+def postmasters():
+    # A postmaster's command line names its data folder; its children's do not.
+    found = set()
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if (process.info["name"] or "").startswith("postgres") and "-D" in cmdline:
+            data = cmdline[cmdline.index("-D") + 1]
+            if os.environ.get("TESTKIT_DATABASE_URL") or data.startswith(str(TMPDIR)):
+                found.add(process.pid)
+    return sorted(found)
+
+
+def record(database_url):
+    url = make_url(str(database_url)).set(drivername="postgresql")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "none")
+    entry = {
+        "worker": worker,
+        "system": str(rows(url, "SELECT system_identifier FROM pg_control_system()")[0][0]),
+        "database": rows(url, "SELECT current_database()")[0][0],
+        "databases": [name for (name,) in rows(url, "SELECT datname FROM pg_database")],
+        "postmasters": postmasters(),
+        "env": os.environ.get("DATABASE_URL"),
+    }
+    with Path(f"seen-{worker}.jsonl").open("a") as handle:
+        handle.write(json.dumps(entry) + "\\n")
+
+
+"""
+
+DB_TEST = """
+
+async def test_db_{n}(db_session, database_url):
+    assert await db_session.scalar(select(func.count(Item.id))) == 0
+    db_session.add(Item(name="pen"))
+    await db_session.flush()
+    time.sleep(0.05)  # so that both workers are busy at the same time
+    record(database_url)
+"""
+
+FAILING_TEST = """
+
+def test_fails():
+    assert False, "a failing test must not keep the run from cleaning up"
+"""
+
+
+def write_project(project: Project, *, failing: bool = False, **settings: str) -> None:
+    project.module("items_app", ITEMS_APP)
+    project.ini(testkit_app="items_app:app", testkit_schema="items_app:Base.metadata", **settings)
+    for module in ("a", "b"):
+        tests = "".join(DB_TEST.format(n=n) for n in range(TESTS_PER_MODULE))
+        extra = FAILING_TEST if failing and module == "a" else ""
+        project.module(f"test_{module}", RECORDING_MODULE + tests + extra)
+
+
+def seen(project: Project) -> list[dict[str, Any]]:
+    entries = []
+    for path in sorted(project.pytester.path.glob("seen-*.jsonl")):
+        entries += [json.loads(line) for line in path.read_text().splitlines()]
+        path.unlink()
+    return entries
+
+
+def run(project: Project, *args: str, cache: bool = False) -> pytest.RunResult:
+    if cache:
+        return project.pytester.runpytest_subprocess(
+            "-p", "no:randomly", *args, timeout=SUBSESSION_TIMEOUT
+        )
+    return project.run(*args)
+
+
+def check_one_server(entries: list[dict[str, Any]], workers: set[str]) -> None:
+    assert {entry["worker"] for entry in entries} == workers, "every worker ran tests"
+    assert len({entry["system"] for entry in entries}) == 1, "one server for all workers"
+    for entry in entries:
+        assert entry["database"] == f"test_app_{entry['worker']}"
+        assert len(entry["postmasters"]) == 1, entry["postmasters"]
+        templates = [name for name in entry["databases"] if name.endswith("_template")]
+        assert templates == ["test_app_template"], "one template, not one per worker"
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["throwaway", "cached"])
+def test_two_workers_share_one_server_and_template(
+    project: Project, private_tmpdir: Path, cache: bool
+) -> None:
+    write_project(project)
+    serial = run(project, "-n", "0", cache=cache)
+    serial.assert_outcomes(passed=2 * TESTS_PER_MODULE)
+    assert {entry["database"] for entry in seen(project)} == {"test_app"}
+
+    for _round in range(2 if cache else 1):
+        result = run(project, "-n", "2", cache=cache)
+        result.assert_outcomes(passed=2 * TESTS_PER_MODULE)  # the same counts as -n 0
+        entries = seen(project)
+        check_one_server(entries, {"gw0", "gw1"})
+        assert leftovers(private_tmpdir) == []
+    if cache:
+        base = private_tmpdir / f"anyio-fastapi-testkit-{os.getuid()}"
+        assert len(list(base.glob("cache-*"))) == 1
+
+
+@pytest.mark.parametrize("stop_early", [False, True], ids=["all-tests", "exitfirst"])
+def test_a_failing_run_with_workers_still_stops_everything(
+    project: Project, private_tmpdir: Path, stop_early: bool
+) -> None:
+    write_project(project, failing=True)
+    result = run(project, "-n", "2", *(["-x"] if stop_early else []))
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed") == 1
+    if not stop_early:
+        assert outcomes.get("passed") == 2 * TESTS_PER_MODULE
+        check_one_server(seen(project), {"gw0", "gw1"})
+    assert leftovers(private_tmpdir) == []
+
+
+def test_each_worker_gets_its_own_database_in_the_environment(
+    project: Project, private_tmpdir: Path
+) -> None:
+    write_project(project, testkit_database_env="DATABASE_URL")
+    result = run(project, "-n", "2")
+    result.assert_outcomes(passed=2 * TESTS_PER_MODULE)
+    entries = seen(project)
+    check_one_server(entries, {"gw0", "gw1"})
+    for entry in entries:
+        assert entry["env"].endswith(f"/{entry['database']}")
+    assert leftovers(private_tmpdir) == []
+
+
+@pytest.fixture
+def appdb(pg_server: RunningServer) -> Iterator[URL]:
+    admin = pg_server.info.admin_url
+    drop_by_hand(admin, "xdistdb")
+    sql_rows(admin, "CREATE DATABASE xdistdb")
+    yield admin.set(database="xdistdb")
+    for name in database_names(admin):
+        if "xdistdb" in name:
+            drop_by_hand(admin, name)
+
+
+def test_two_workers_on_a_configured_server(
+    project: Project, private_tmpdir: Path, appdb: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_project(project)
+    monkeypatch.setenv("TESTKIT_DATABASE_URL", appdb.render_as_string(hide_password=False))
+    result = run(project, "-n", "2")
+    result.assert_outcomes(passed=2 * TESTS_PER_MODULE)
+    entries = seen(project)
+    assert {entry["worker"] for entry in entries} == {"gw0", "gw1"}
+    for entry in entries:
+        assert entry["database"] == f"test_xdistdb_{entry['worker']}"
+        templates = [name for name in entry["databases"] if name.endswith("_template")]
+        assert templates == ["test_xdistdb_template"]
+    assert [name for name in database_names(appdb) if name.startswith("test_")] == []
+    assert "xdistdb" in database_names(appdb)  # the configured database itself is left alone
+    assert leftovers(private_tmpdir) == []
