@@ -182,7 +182,6 @@ def test_savepoints_in_the_test_and_in_the_app(project: Project) -> None:
     project.run().assert_outcomes(passed=2)
 
 
-@pytest.mark.usefixtures("db_driver")
 def test_the_app_and_the_test_share_one_session(project: Project) -> None:
     items_project(project)
     project.module(

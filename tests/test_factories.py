@@ -79,7 +79,6 @@ def factories_project(project: Project, **settings: str) -> Project:
     return project
 
 
-@pytest.mark.usefixtures("db_driver")
 def test_polyfactory_rows_reach_the_app_and_are_rolled_back(project: Project) -> None:
     factories_project(project)
     project.module(

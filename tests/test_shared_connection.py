@@ -74,7 +74,6 @@ def test_next_test_is_clean_whatever_the_previous_did(project: Project) -> None:
     result.stdout.fnmatch_lines(["*test_5_fails_midway*", "*AssertionError: the test failed*"])
 
 
-@pytest.mark.usefixtures("db_driver")
 def test_commit_on_the_connection_is_real_and_reported(project: Project) -> None:
     project.ini(testkit_schema="things_models:Base.metadata")
     project.module("things_models", MODELS)
