@@ -69,6 +69,9 @@ def _subclasses(cls: type) -> Iterator[type]:
 def collect_factories(targets: Iterable[object], what: str) -> list[type]:
     """The concrete factory classes named by ``targets``: factory classes, base factory
     classes (with every subclass) and modules (every factory class in them)."""
+    targets = list(targets)
+    if not targets:
+        return []  # without importing either library (polyfactory brings Faker: slow)
     polyfactory, factory_boy = _polyfactory_base(), _factory_boy_base()
     bases = tuple(base for base in (polyfactory, factory_boy) if base is not None)
     found: list[type] = []
@@ -109,8 +112,12 @@ def _kinds(polyfactory: type | None, factory_boy: type | None) -> str:
 
 
 def _is_polyfactory(cls: type) -> bool:
-    base = _polyfactory_base()
-    return base is not None and issubclass(cls, base)
+    # By name, so that telling the two kinds apart never imports (or looks for) polyfactory.
+    return any(
+        base.__name__ == "SQLAlchemyFactory"
+        and base.__module__ == "polyfactory.factories.sqlalchemy_factory"
+        for base in cls.__mro__
+    )
 
 
 @contextmanager
