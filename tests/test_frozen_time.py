@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from conftest import Project
+import pytest
+from conftest import ITEMS_APP, Project
+
+from anyio_fastapi_testkit._server import RunningServer
 
 FREEZERS = {
     "freezegun": ("from freezegun import freeze_time", 'freeze_time("2001-02-03 04:05:06")'),
-    "time-machine": ("import time_machine", 'time_machine.travel("2001-02-03 04:05:06", tick=False)'),
+    "time-machine": (
+        "import time_machine",
+        'time_machine.travel("2001-02-03 04:05:06", tick=False)',
+    ),
 }
 
 
@@ -41,9 +47,7 @@ def frozen_module(freezer: str) -> str:
 def test_timeouts_fire_on_time_and_lifespan_waits_work_while_time_is_frozen(
     project: Project, freezer: str
 ) -> None:
-    project.ini(
-        testkit_app="simple_app:app", testkit_backends="asyncio trio", testkit_timeout="1"
-    )
+    project.ini(testkit_app="simple_app:app", testkit_backends="asyncio trio", testkit_timeout="1")
     project.module("test_frozen", frozen_module(freezer))
     result = project.run("-p", "no:randomly", "-W", "error::anyio_fastapi_testkit.TestkitWarning")
     # The hung test fails after its second (not never, not at once); the others pass, and the
@@ -83,3 +87,61 @@ def test_lifespan_startup_timeout_fires_while_time_is_frozen(project: Project) -
     result = project.run()
     result.stdout.fnmatch_lines(["*lifespan startup*did not finish within 1 s*"])
     assert result.duration < 30
+
+
+FROZEN_FIXTURE_TESTS = """
+import httpx
+import pytest
+from freezegun import freeze_time
+from sqlalchemy import text
+
+import items_app  # imported at collection, as test suites do, before any freeze
+
+
+@pytest.fixture
+async def frozen():
+    with freeze_time("2001-02-03 04:05:06"):
+        yield
+
+
+@pytest.fixture(scope="session")
+def frozen_session():
+    # Set up before the session-scoped live server: it starts, and stops, while time is frozen.
+    with freeze_time("2001-02-03 04:05:06"):
+        yield
+
+
+async def test_live_server_started_while_frozen(frozen_session, live_server):
+    async with httpx.AsyncClient(verify=False) as outside:
+        assert (await outside.get(f"{live_server}/health")).status_code == 200
+
+
+async def test_stream_left_early_while_frozen(frozen, client):
+    async with client.stream("GET", "/health") as response:
+        assert response.status_code == 200
+
+
+async def test_database_provisioned_while_frozen(frozen, db_session, anyio_backend):
+    if anyio_backend == "trio":
+        pytest.skip("the async drivers run on asyncio only")
+    assert await db_session.scalar(text("SELECT 1")) == 1
+"""
+
+
+def test_kit_waits_work_under_a_frozen_fixture(
+    project: Project, pg_server: RunningServer, private_tmpdir: Path
+) -> None:
+    project.module("items_app", ITEMS_APP)
+    project.ini(
+        testkit_app="items_app:app",
+        testkit_schema="items_app:Base.metadata",
+        testkit_session_dependency="items_app:get_session",
+        testkit_backends="asyncio trio",
+        testkit_timeout="20",
+    )
+    project.module("test_frozen_fixture", FROZEN_FIXTURE_TESTS)
+    url = pg_server.info.admin_url.render_as_string(hide_password=False)
+    result = project.run(
+        f"--testkit-db-url={url}", "-W", "error::anyio_fastapi_testkit.TestkitWarning"
+    )
+    result.assert_outcomes(passed=5, skipped=1)

@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import Project, database_names
 
 from anyio_fastapi_testkit._server import RunningServer
-from conftest import Project, database_names
 
 HANGING = """
     import anyio

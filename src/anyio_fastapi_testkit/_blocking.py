@@ -81,12 +81,13 @@ class LoopMonitor(Watcher):
 
 def block_report(nodeid: str, block: Block, threshold: float) -> tuple[str, str, int]:
     """The warning text for a block, and the file and line of the user's code to show."""
-    place = innermost_user_frame(block.stack)
+    # Without code of the test or the app on the stack, the innermost library frame says most.
+    place = innermost_user_frame(block.stack) or (block.stack[-1] if block.stack else None)
     text = (
         f"{nodeid}: the event loop was blocked for at least {block.seconds:.2f} s "
         f"(testkit_blocked_loop = {threshold:g}) at {location(place)}; no other task, request "
         "or timeout could run meanwhile. The code holding the loop:\n"
-        f"{format_stack(user_part(block.stack))}\n"
+        f"{format_stack(user_part(block.stack, keep_inner=True))}\n"
         "Fix one of: run blocking work in a thread (`await anyio.to_thread.run_sync(func, "
         "*args)`); use an async driver or client instead of a sync one; `await "
         "anyio.sleep(...)` instead of `time.sleep(...)`; or raise testkit_blocked_loop "

@@ -23,6 +23,7 @@ from ._fixes import LOCAL_FIXES
 from ._processes import pid_running, process_cwd
 from ._state_folder import new_state_dir, remove_state
 from ._sysuser import run, write_private
+from ._watchdog import now
 
 LocalSource = Literal["embedded", "system"]
 
@@ -240,6 +241,6 @@ def _kill_postmaster(data_dir: Path) -> None:
         return
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while pid_running(pid) and time.monotonic() < deadline:
+    deadline = now() + 5
+    while pid_running(pid) and now() < deadline:
         time.sleep(0.05)

@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL
 from ._errors import DatabaseError
 from ._server import URL_SETTINGS, check_server_version, connect_admin
 from ._urls import mask_url
+from ._watchdog import now
 
 Driver = Literal["psycopg", "asyncpg"]
 AdminConnection = psycopg.Connection[tuple[Any, ...]]
@@ -166,7 +167,7 @@ def _create(conn: AdminConnection, name: str, template: str | None, busy_timeout
     if template is not None:
         statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
     source = template or "template1"
-    started = time.monotonic()
+    started = now()
     while True:
         # PostgreSQL itself waits 5 s before refusing a template in use: poll instead, so
         # sessions that are just closing cost little and a busy template fails in time.
@@ -176,7 +177,7 @@ def _create(conn: AdminConnection, name: str, template: str | None, busy_timeout
             conn.execute(statement)
             return
         except psycopg.errors.ObjectInUse:
-            if time.monotonic() - started >= busy_timeout:
+            if now() - started >= busy_timeout:
                 raise DatabaseError(_busy_message(conn, name, source, started)) from None
         except psycopg.Error as exc:
             raise DatabaseError(_failed_message("create", name, template, exc)) from None
@@ -186,7 +187,7 @@ def _wait_until_unused(conn: AdminConnection, database: str, deadline: float) ->
     """Wait until no other session uses ``database``; False if some still do at the deadline."""
     delay = 0.02
     while _sessions(conn, database):
-        if time.monotonic() >= deadline:
+        if now() >= deadline:
             return False
         time.sleep(delay)
         delay = min(delay * 2, 0.25)
@@ -209,7 +210,7 @@ def _busy_message(conn: AdminConnection, name: str, source: str, started: float)
     return (
         f"Could not create database {name!r} from template {source!r}: PostgreSQL copies a "
         "template only while no other session is connected to it, and sessions stayed "
-        f"connected for {time.monotonic() - started:.1f}s: {sessions or 'they left just now'}. "
+        f"connected for {now() - started:.1f}s: {sessions or 'they left just now'}. "
         f"Fix: close every connection to {source!r} before the copy: dispose the engines "
         "bound to it (engine.dispose() / await engine.dispose()), close its sessions and "
         "pools, and run no tests against the template database itself."

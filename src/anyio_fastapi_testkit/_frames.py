@@ -48,7 +48,10 @@ def location(entry: tuple[CodeType, int] | None) -> str:
     return "(unknown place)" if entry is None else f"{entry[0].co_filename}:{entry[1]}"
 
 
-def user_part(stack: Stack) -> Stack:
-    """The stack from the first to the last frame of user code (all of it if there is none)."""
+def user_part(stack: Stack, *, keep_inner: bool = False) -> Stack:
+    """The stack from the first to the last frame of user code (all of it if there is none);
+    ``keep_inner`` keeps the library frames below the last one too (where a call blocks)."""
     marks = [i for i, (code, _) in enumerate(stack) if is_user_code(code)]
-    return stack[marks[0] : marks[-1] + 1] if marks else stack
+    if not marks:
+        return stack
+    return stack[marks[0] :] if keep_inner else stack[marks[0] : marks[-1] + 1]

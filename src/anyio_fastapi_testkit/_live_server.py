@@ -12,8 +12,10 @@ import anyio
 
 from ._app import ASGIApp, Receive, Scope, Send
 from ._errors import ConfigError
+from ._timeouts import real_move_on_after, real_sleep
 
 HOST = "127.0.0.1"
+_UVICORN_EXIT_WAIT = 2.0  # seconds; uvicorn needs one 0.1 s tick to see should_exit
 _SERVERS = {"asyncio": "uvicorn", "trio": "hypercorn"}
 
 
@@ -64,14 +66,27 @@ async def _uvicorn(app: ASGIApp) -> AsyncIterator[str]:
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
     server = uvicorn.Server(config)
+    stopped = anyio.Event()
+
+    async def serve() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            stopped.set()
+
     async with anyio.create_task_group() as task_group:
-        task_group.start_soon(partial(server.serve, sockets=[sock]))
+        task_group.start_soon(serve)
         while not server.started:
-            await anyio.sleep(0.005)
+            await real_sleep(0.005)
         try:
             yield f"http://{HOST}:{port}"
         finally:
             server.should_exit = True
+            # uvicorn sees should_exit on its next 0.1 s tick; a tick scheduled while a test
+            # froze time (freezegun moves asyncio's clock ahead) may never come: then cancel.
+            with real_move_on_after(_UVICORN_EXIT_WAIT):
+                await stopped.wait()
+            task_group.cancel_scope.cancel()
     sock.close()
 
 

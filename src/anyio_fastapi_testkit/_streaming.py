@@ -31,6 +31,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._app import ASGIApp, Message, Scope
+from ._timeouts import real_move_on_after
 
 DISCONNECT_TIMEOUT = 1.0
 
@@ -200,7 +201,7 @@ class _Exchange:
             else:
                 # Shielded, so that a test leaving by cancellation (a timeout) still lets the
                 # app see the disconnect and end its own way, as it would with a server.
-                with anyio.move_on_after(self._disconnect_timeout, shield=True):
+                with real_move_on_after(self._disconnect_timeout, shield=True):
                     await self._finished.wait()
         finally:
             await self.abort()

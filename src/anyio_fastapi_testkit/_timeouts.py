@@ -150,9 +150,9 @@ class Limit:
     ``stop()`` may alternate, e.g. around a generator fixture's setup and its teardown.
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, *, shield: bool = False) -> None:
         self.seconds = seconds
-        self.scope = anyio.CancelScope()
+        self.scope = anyio.CancelScope(shield=shield)
         self.report: str | None = None
         self._timer: Timer | None = None
 
@@ -178,15 +178,21 @@ class Limit:
 
 
 @contextmanager
-def real_move_on_after(seconds: float) -> Iterator[anyio.CancelScope]:
+def real_move_on_after(seconds: float, *, shield: bool = False) -> Iterator[anyio.CancelScope]:
     """``anyio.move_on_after`` timed by the watchdog thread: frozen loop clocks cannot stop it."""
-    limit = Limit(seconds)
+    limit = Limit(seconds, shield=shield)
     with limit.scope:
         limit.start()
         try:
             yield limit.scope
         finally:
             limit.stop()
+
+
+async def real_sleep(seconds: float) -> None:
+    """``anyio.sleep`` timed by the watchdog thread, for the kit's own polling."""
+    with real_move_on_after(seconds):
+        await anyio.sleep_forever()
 
 
 def with_timeout(

@@ -27,6 +27,7 @@ from anyio.abc import TaskGroup
 from starlette.websockets import WebSocketDisconnect
 
 from ._app import ASGIApp, Message, Scope
+from ._timeouts import real_move_on_after
 
 CLOSE_TIMEOUT = 1.0
 ABNORMAL_CLOSURE = 1006  # the code a client sees when the connection ends without a close
@@ -235,7 +236,7 @@ class WebSocketSession:
         try:
             # Shielded, so that a test leaving by cancellation still lets the app see the
             # disconnect and end its own way.
-            with anyio.move_on_after(self._close_timeout, shield=True):
+            with real_move_on_after(self._close_timeout, shield=True):
                 await self._finished.wait()
         finally:
             with anyio.CancelScope(shield=True):
