@@ -21,6 +21,8 @@ FREEZERS = {
 def frozen_module(freezer: str) -> str:
     imports, freeze = FREEZERS[freezer]
     return f"""
+    import time
+
     import anyio
     import pytest
     {imports}
@@ -34,12 +36,15 @@ def frozen_module(freezer: str) -> str:
         with {freeze}:
             await anyio.Event().wait()
 
-    async def test_quick_while_frozen():
+    async def test_half_a_second_while_frozen():
+        # Real time passes (in a thread) while the clocks stand still or jump: a limit that
+        # fired at once would fail this test.
         with {freeze}:
-            await anyio.lowlevel.checkpoint()
+            await anyio.to_thread.run_sync(time.sleep, 0.5)
 
     async def test_client_started_under_a_frozen_fixture(frozen, client):
         assert (await client.get("/hello")).json() == {{"greeting": "hello"}}
+        await anyio.to_thread.run_sync(time.sleep, 0.5)
     """
 
 
@@ -63,11 +68,13 @@ def test_timeouts_fire_on_time_and_lifespan_waits_work_while_time_is_frozen(
     assert result.duration < 30
 
 
-def test_lifespan_startup_timeout_fires_while_time_is_frozen(project: Project) -> None:
+@pytest.mark.parametrize("startup", ["hangs", "takes_half_a_second"])
+def test_lifespan_startup_limit_while_time_is_frozen(project: Project, startup: str) -> None:
     project.ini(testkit_app="frozen_start:app", testkit_startup_timeout="1")
     project.module(
         "frozen_start",
-        """
+        f"""
+        import time
         from contextlib import asynccontextmanager
 
         import anyio
@@ -77,7 +84,9 @@ def test_lifespan_startup_timeout_fires_while_time_is_frozen(project: Project) -
         @asynccontextmanager
         async def lifespan(app):
             with freeze_time("2001-02-03"):
-                await anyio.Event().wait()
+                if {startup == "hangs"}:
+                    await anyio.Event().wait()
+                await anyio.to_thread.run_sync(time.sleep, 0.5)
             yield
 
         app = FastAPI(lifespan=lifespan)
@@ -85,8 +94,13 @@ def test_lifespan_startup_timeout_fires_while_time_is_frozen(project: Project) -
     )
     project.module("test_start", "async def test_start(client):\n    pass\n")
     result = project.run()
-    result.stdout.fnmatch_lines(["*lifespan startup*did not finish within 1 s*"])
-    assert result.duration < 30
+    if startup == "hangs":
+        # Fired after its second of real time, though the loop's clock stands still.
+        result.stdout.fnmatch_lines(["*lifespan startup*did not finish within 1 s*"])
+        assert result.duration < 30
+    else:
+        # Not at once, though freezing moved the loop's clock decades ahead.
+        result.assert_outcomes(passed=1)
 
 
 FROZEN_FIXTURE_TESTS = """
