@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import subprocess
 import sys
@@ -89,3 +90,16 @@ def test_taskboard_health_runs_on_trio_and_database_tests_skip() -> None:
     assert re.search(r"test_health.py::test_health\[trio\] PASSED", output), output
     assert "async driver (asyncpg) runs on asyncio only" in output, output
     assert not re.search(r"test_projects.py::\S*\[trio\] PASSED", output), output
+
+
+@pytest.mark.parametrize("seed", [4242, random.randrange(1, 2**31)], ids=["fixed", "fresh"])
+@pytest.mark.parametrize("example", ["bookshelf", "taskboard"])
+def test_example_suites_pass_in_random_order_on_both_backends(example: str, seed: int) -> None:
+    # pytest-randomly shuffles modules and tests; pytest still groups them by backend, so
+    # each backend's loop is made once, and isolation must not depend on which test ran first.
+    code, counts, output = run_example(
+        example, "-p", "randomly", f"--randomly-seed={seed}", "--testkit-backends=asyncio trio"
+    )
+    assert code == 0, f"--randomly-seed={seed}\n{output}"
+    assert counts.get("passed", 0) >= 30, output
+    assert "failed" not in counts and "error" not in counts, output
