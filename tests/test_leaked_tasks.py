@@ -122,3 +122,27 @@ def test_trio_needs_no_tracking(project: Project, backend: str) -> None:
         """,
     )
     project.run("-W", "error").assert_outcomes(passed=1)
+
+
+def test_a_failing_test_still_loses_its_tasks_and_keeps_the_clients(project: Project) -> None:
+    project.ini(testkit_app="simple_app:app", testkit_leaked_tasks="fail")
+    project.module(
+        "test_failing",
+        """
+        import asyncio
+
+        async def test_fails_leaving_a_task_and_an_open_response(client):
+            asyncio.create_task(asyncio.Event().wait(), name="the-leak")
+            response = await client.send(client.build_request("GET", "/hello"), stream=True)
+            assert response.status_code == 500  # fails; the response is still open
+
+        async def test_next(client):
+            assert [t for t in asyncio.all_tasks() if t.get_name() == "the-leak"] == []
+            assert (await client.get("/hello")).status_code == 200
+        """,
+    )
+    result = project.run("-p", "no:randomly")
+    # Only the test's own failure: no leak report on top of it, no error at the client's
+    # teardown (its task group still owns the open response's task).
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.no_fnmatch_line("*left 1 task running*")

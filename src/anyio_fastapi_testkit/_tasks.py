@@ -69,11 +69,7 @@ class TaskTracker:
         """
         self._stop()
         await _iterate_while(self._pending)
-        pending = self._pending()
-        if not pending:
-            return []
-        structured = {info.id for info in anyio.get_running_tasks() if info.parent_id is not None}
-        leaked = [(task, stack) for task, stack in pending if id(task) not in structured]
+        leaked = self._unowned()
         for task, _ in leaked:
             task.cancel()
         await _iterate_while(lambda: [task for task, _ in leaked if not task.done()])
@@ -83,9 +79,17 @@ class TaskTracker:
     def discard(self) -> None:
         """Stop recording after a failed test: cancel what it left, report nothing."""
         self._stop()
-        for task, _ in self._pending():
+        for task, _ in self._unowned():
             task.cancel()
         self._created.clear()
+
+    def _unowned(self) -> list[tuple[asyncio.Task[Any], Stack]]:
+        """The recorded tasks still running that no anyio task group waits for."""
+        pending = self._pending()
+        if not pending:
+            return []
+        structured = {info.id for info in anyio.get_running_tasks() if info.parent_id is not None}
+        return [(task, stack) for task, stack in pending if id(task) not in structured]
 
 
 async def _iterate_while(pending: Callable[[], list[Any]]) -> None:
