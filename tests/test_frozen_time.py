@@ -68,9 +68,14 @@ def test_timeouts_fire_on_time_and_lifespan_waits_work_while_time_is_frozen(
     assert result.duration < 30
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize("startup", ["hangs", "takes_half_a_second"])
-def test_lifespan_startup_limit_while_time_is_frozen(project: Project, startup: str) -> None:
-    project.ini(testkit_app="frozen_start:app", testkit_startup_timeout="1")
+def test_lifespan_startup_limit_while_time_is_frozen(
+    project: Project, startup: str, backend: str
+) -> None:
+    project.ini(
+        testkit_app="frozen_start:app", testkit_startup_timeout="1", testkit_backends=backend
+    )
     project.module(
         "frozen_start",
         f"""
