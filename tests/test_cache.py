@@ -29,6 +29,7 @@ from anyio_fastapi_testkit._orphans import cleanup_orphans
 RECORDING_TESTS = """
 import json
 import os
+import time
 from pathlib import Path
 
 import psycopg
@@ -48,11 +49,18 @@ def test_record_the_server(database_url):
     system = rows(url, "SELECT system_identifier FROM pg_control_system()")[0][0]
     template = rows(url, "SELECT oid FROM pg_database WHERE datname = 'test_app_template'")
     working = rows(url, "SELECT oid FROM pg_database WHERE datname = current_database()")
-    names = rows(url, "SELECT datname FROM pg_database ORDER BY datname")
     columns = rows(url, "SELECT column_name FROM information_schema.columns "
                         "WHERE table_name = 'items' ORDER BY column_name")
+    spare = None
+    deadline = time.monotonic() + 30
+    while os.environ.get("WAIT_FOR_SPARE") and spare is None and time.monotonic() < deadline:
+        found = rows(url, "SELECT oid FROM pg_database WHERE datname LIKE 'test_spare_%' "
+                          "AND shobj_description(oid, 'pg_database') IS NOT NULL")
+        spare = found[0][0] if found else time.sleep(0.05)
+    names = rows(url, "SELECT datname FROM pg_database ORDER BY datname")
     record = {
         "system": str(system),
+        "spare": spare,
         "template": template[0][0] if template else None,
         "working": working[0][0],
         "database": url.database,
@@ -163,19 +171,20 @@ def test_a_warm_run_reuses_the_cached_cluster_and_template(cached: CachedProject
 
 
 def test_a_warm_run_gets_its_database_from_the_spare_made_by_the_run_before(
-    cached: CachedProject,
+    cached: CachedProject, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cached.run()
-    # The first run made a spare clone in the background; the second renames it.
+    monkeypatch.setenv("WAIT_FOR_SPARE", "1")  # each run records the spare it made
+    first = cached.run()
+    assert first["spare"] is not None, "the cold run made a spare in the background"
     second = cached.run()
+    assert second["working"] == first["spare"], "the warm run renamed the spare"
+    assert second["spare"] is not None and second["spare"] != first["spare"]
     third = cached.run()
-    spares = [name for name in third["databases"] if name.startswith("test_spare_")]
-    assert "test_app" in third["databases"]
-    assert second["working"] != third["working"]  # each run its own fresh copy
-    assert len(spares) <= 1
-    assert sorted(n for n in third["databases"] if n.startswith("test_")) == sorted(
-        ["test_app", "test_app_template", *spares]
-    )
+    assert third["working"] == second["spare"]
+    kit_databases = sorted(name for name in third["databases"] if name.startswith("test_"))
+    spares = [name for name in kit_databases if name.startswith("test_spare_")]
+    assert kit_databases == sorted(["test_app", "test_app_template", *spares])
+    assert len(spares) == 1
 
 
 def test_the_warm_run_drops_what_a_killed_run_left_and_restarts_its_server(
