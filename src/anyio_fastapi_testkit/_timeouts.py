@@ -61,7 +61,7 @@ def _await_frames(awaitable: Any) -> Iterator[FrameType]:
 def _generator_of_step(awaitable: object) -> object:
     """The async generator behind an ``asend()``/``athrow()`` awaitable (how generator
     fixtures are driven), which offers no attribute leading to it."""
-    if awaitable is None or inspect.isawaitable(awaitable) is False:
+    if awaitable is None or not inspect.isawaitable(awaitable):
         return None
     return next((ref for ref in gc.get_referents(awaitable) if inspect.isasyncgen(ref)), None)
 
@@ -171,10 +171,6 @@ class Limit:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-    @property
-    def expired(self) -> bool:
-        return self.report is not None
 
 
 @contextmanager
