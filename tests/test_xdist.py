@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import (
     ITEMS_APP,
@@ -204,4 +205,36 @@ def test_two_workers_on_a_configured_server(
         assert templates == ["test_xdistdb_template"]
     assert [name for name in database_names(appdb) if name.startswith("test_")] == []
     assert "xdistdb" in database_names(appdb)  # the configured database itself is left alone
+    assert leftovers(private_tmpdir) == []
+
+
+KILLING_TEST = """
+import os
+import signal
+
+
+def test_kill_the_controller(database_url):
+    os.kill(os.getppid(), signal.SIGKILL)  # the xdist controller: its unconfigure never runs
+"""
+
+
+def test_a_killed_controller_leaves_orphans_that_the_next_run_removes(
+    project: Project, private_tmpdir: Path
+) -> None:
+    write_project(project)
+    project.module("test_kill", KILLING_TEST)
+    killed = run(project, "-n", "2", "-k", "kill")
+    assert killed.ret not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
+    workers = [
+        process
+        for process in psutil.process_iter(["cmdline", "cwd"])
+        if process.info["cwd"] == str(project.pytester.path)
+    ]
+    psutil.wait_procs(workers, timeout=30)  # they exit once their controller is gone
+    left = leftovers(private_tmpdir)
+    assert any(item.startswith("run-xdist-") for item in left), left
+    assert any(item.startswith("pid ") for item in left), "the workers' server still runs"
+
+    result = run(project, "-n", "0", "-k", "not kill")
+    result.assert_outcomes(passed=2 * TESTS_PER_MODULE)
     assert leftovers(private_tmpdir) == []

@@ -226,7 +226,8 @@ def _worker_plan(given: dict[str, Any], store: CacheStore | None) -> ServerPlan:
 def _start_shared_run(cache: ClusterCache | None) -> dict[str, Any]:
     base = prepare_base_dir(None)
     # Named like a state folder, with owner.json: a killed controller's is an orphan the next
-    # run removes (stopping the server recorded in it, see _orphans).
+    # run removes (see _orphans), as it removes the throwaway cluster a worker started in the
+    # controller's name; a cached one is stopped by _cache.stop_abandoned.
     folder = Path(tempfile.mkdtemp(prefix=f"{STATE_PREFIX}xdist-", dir=base))
     write_owner(folder, None, None)
     return {
