@@ -418,3 +418,24 @@ def test_the_fingerprint_follows_the_ddl_and_the_migration_files(
     assert schema_fingerprint("alembic:alembic.ini", tmp_path) not in (None, before)
     (tmp_path / "alembic.ini").write_text("[alembic]\nscript_location = pkg:migrations\n")
     assert schema_fingerprint("alembic:alembic.ini", tmp_path) is None  # not followed: no reuse
+
+
+def test_the_cache_of_a_moved_project_replaces_the_old_one(cached: CachedProject) -> None:
+    first = cached.run()
+    old = cached.cache_folder()
+    moved = cached.path.parent / f"{cached.path.name}-moved"
+    shutil.copytree(cached.path, moved)  # with its .pytest_cache, whose pointer names `old`
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:randomly", "-q"],
+        cwd=moved,
+        capture_output=True,
+        text=True,
+        timeout=SUBSESSION_TIMEOUT,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    moved_run = json.loads((moved / "runs.jsonl").read_text().splitlines()[-1])
+    assert moved_run["system"] != first["system"]  # its own cluster, keyed by its new path
+    assert not old.exists(), "the old cache folder was left behind"
+    assert len(cached.cache_folders()) == 1
+    assert leftovers(cached.tmpdir) == []

@@ -63,11 +63,6 @@ class CacheStore:
     def expected_pointer(folder: Path) -> dict[str, object]:
         return {"format": CACHE_FORMAT, "folder": str(folder)}
 
-    def folder(self) -> Path:
-        """A folder inside pytest's cache folder: the project's cache is keyed by its path."""
-        path: Path = self._cache.mkdir("anyio_fastapi_testkit")
-        return path
-
 
 @dataclass
 class CacheLock:
@@ -288,6 +283,28 @@ def _recorded_bin_dir(cluster_dir: Path) -> Path | None:
         if isinstance(recorded, str):
             return Path(recorded)
     return None
+
+
+def remove_replaced(pointer: object, folder: Path) -> bool:
+    """Delete the cache folder an old pointer names instead of ``folder`` (the project moved,
+    or its cache_dir changed), if it is a kit's cache folder beside it that no run holds."""
+    recorded = pointer.get("folder") if isinstance(pointer, dict) else None
+    if not isinstance(recorded, str):
+        return False
+    old = Path(recorded)
+    if old == folder or old.parent != folder.parent or not old.name.startswith(FOLDER_PREFIX):
+        return False
+    if old.is_symlink() or not (old / LOCK_FILE).is_file():
+        return False
+    lock = try_lock(old)
+    if lock is None:
+        return False
+    try:
+        ClusterCache(old, rebuild=True).wipe()
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        lock.release()
+    return True
 
 
 def stop_abandoned(base_dir: Path) -> list[Path]:

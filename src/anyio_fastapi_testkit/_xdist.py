@@ -26,7 +26,14 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from ._cache import CacheLock, CacheStore, ClusterCache, make_cache_folder, try_lock
+from ._cache import (
+    CacheLock,
+    CacheStore,
+    ClusterCache,
+    make_cache_folder,
+    remove_replaced,
+    try_lock,
+)
 from ._cluster import shutdown
 from ._config import Settings
 from ._errors import DatabaseError
@@ -201,11 +208,20 @@ def _lock_cache(
     if store is None or settings.fresh_db or settings.database_url:
         return None
     try:
-        folder = make_cache_folder(None, store.folder())
+        folder = make_cache_folder(None, _pytest_cache_dir(config))
     except (OSError, DatabaseError):
         return None  # no cache is no failure: a throwaway cluster works as before
     # Taken: another run (or a run's xdist workers) uses it; this one uses a throwaway.
-    return try_lock(folder)
+    lock = try_lock(folder)
+    if lock is not None:
+        remove_replaced(store.pointer(), folder)
+    return lock
+
+
+def _pytest_cache_dir(config: pytest.Config) -> Path:
+    # As pytest resolves its cache_dir option, without making the folder.
+    setting = os.path.expandvars(os.path.expanduser(str(config.getini("cache_dir"))))
+    return config.rootpath / setting  # an absolute setting replaces the rootpath
 
 
 def _needs_rebuild(store: CacheStore | None, folder: Path) -> bool:
