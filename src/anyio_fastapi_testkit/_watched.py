@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import sniffio
 
+from ._backends import backend_name, check_backend
 from ._blocking import LoopMonitor, block_report
 from ._config import Settings
 from ._frames import innermost_user_frame
@@ -21,15 +22,18 @@ from ._warnings import BlockedLoopWarning, LeakedTaskWarning
 
 
 def watched_test(item: pytest.Function, settings: Settings) -> Callable[..., Awaitable[Any]] | None:
-    """The item's async test wrapped with the configured checks, or None when none applies."""
+    """The item's async test wrapped with the backend guard and the configured checks, or None
+    for a test that is not async or not run by the kit (no ``anyio_backend``)."""
     test: Callable[..., Awaitable[Any]] = item.obj
-    if not inspect.iscoroutinefunction(test):
+    requested = item.funcargs.get("anyio_backend")
+    if not inspect.iscoroutinefunction(test) or requested is None:
         return None
+    test = _guarded(test, backend_name(requested), item.nodeid)
     seconds = timeout_for(item, settings.timeout)
     leaks, threshold = settings.leaked_tasks, settings.blocked_loop
     if seconds is None and leaks == "off" and threshold is None:
-        return None
-    original = test
+        return test
+    original = item.obj
     if seconds is not None:
         marked = item.get_closest_marker(MARKER) is not None
         setting = f"@pytest.mark.{MARKER}" if marked else "testkit_timeout / --testkit-timeout"
@@ -64,6 +68,19 @@ def watched_test(item: pytest.Function, settings: Settings) -> Callable[..., Awa
         return result
 
     return watched
+
+
+def _guarded(
+    test: Callable[..., Awaitable[Any]], backend: str, nodeid: str
+) -> Callable[..., Awaitable[Any]]:
+    # In the test's own coroutine rather than in a fixture: it costs no fixture set-up, and
+    # it asks the library that really runs the test.
+    @functools.wraps(test)
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        check_backend(backend, nodeid)
+        return await test(*args, **kwargs)
+
+    return guarded
 
 
 def _report_blocks(nodeid: str, monitor: LoopMonitor) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from ._app import ASGIApp, check_uses_dependency, load_app, running_lifespan
-from ._backends import backend_name, check_backend
+from ._backends import backend_name
 from ._client import http_library, make_client, override_dependencies
 from ._config import get_settings
 from ._errors import AppError, ConfigError
@@ -74,11 +74,6 @@ async def _testkit_loop(anyio_backend: object) -> AsyncIterator[None]:
     # Holding a runner lease for the whole session keeps one event loop per backend alive
     # between tests; it is released when pytest moves on to the next backend.
     yield
-
-
-@pytest.fixture
-async def _testkit_backend_guard(anyio_backend: object, request: pytest.FixtureRequest) -> None:
-    check_backend(backend_name(anyio_backend), request.node.nodeid)
 
 
 @pytest.fixture(scope="session")
@@ -297,6 +292,8 @@ def _testkit_sync_transaction(
         yield transaction
     finally:
         transaction.close()
+    # Once per test, for the async fixtures too: they depend on this one, so their
+    # transaction has been rolled back by now.
     databases.check_leaks()
 
 
@@ -308,9 +305,9 @@ async def _testkit_transaction(
     _testkit_session_dependency: Callable[..., Any] | None,
     _testkit_sessionmaker: Any,
     _testkit_factories: list[type],
-    # The leak check is _testkit_sync_transaction's, whose teardown runs after this one's.
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[TestTransaction]:
+    # The leak check is _testkit_sync_transaction's, whose teardown runs after this one's.
     transaction = TestTransaction(_testkit_async_database, _testkit_session_options)
     overrides: dict[Callable[..., Any], Callable[..., Any]] = {}
     if _testkit_session_dependency is not None:

@@ -26,8 +26,9 @@ from ._xdist import finish_run, hand_to_worker, plan_run
 PLUGIN_NAME = "anyio_fastapi_testkit.plugin"
 FIXTURES_PLUGIN_NAME = "anyio_fastapi_testkit.fixtures"
 BACKENDS_PLUGIN_NAME = "anyio_fastapi_testkit.backends"
-# What every async test uses: the backend, the shared loop, and the guard that checks them.
-ASYNC_TEST_FIXTURES = ("anyio_backend", "_testkit_loop", "_testkit_backend_guard")
+# What every async test uses: the backend and the shared loop. The guard that checks that the
+# test really runs on its backend is part of the test's wrapper (see _watched).
+ASYNC_TEST_FIXTURES = ("anyio_backend", "_testkit_loop")
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
