@@ -287,7 +287,7 @@ class TestDatabases:
             # From now on the controller drops the run's databases and stops the server.
             shared.write(server_record(server, template, self._template_key))
             self._server = RunningServer(server.info)
-            self._created.clear()
+            self._created = [name for name in self._created if name != template]
             self.provenance["shared"] = "started"
             return server, template, working
 
