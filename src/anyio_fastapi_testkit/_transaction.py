@@ -58,7 +58,8 @@ class TaskLock:
     test connection must not wait for itself."""
 
     def __init__(self) -> None:
-        self._lock = anyio.Lock()
+        # Uncontended (one request at a time, the usual case) it costs no trip through the loop.
+        self._lock = anyio.Lock(fast_acquire=True)
         self._owner: object = None
         self._depth = 0
 
