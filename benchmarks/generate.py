@@ -89,6 +89,16 @@ SETUPS: tuple[Setup, ...] = (
         True,
     ),
     Setup(
+        "K-nodiag",
+        "kit_nodiag",
+        "api",
+        "kit",
+        True,
+        False,
+        "diagnostic: K with testkit_leaked_tasks and testkit_blocked_loop off",
+        True,
+    ),
+    Setup(
         "B-lifespan",
         "b_lifespan",
         "api",
