@@ -599,6 +599,34 @@ def test_a_configured_server_gets_test_databases_that_are_dropped_after(
     assert leftovers(private_tmpdir) == []  # no embedded server was started
 
 
+@pytest.mark.parametrize(
+    ("scheme", "setting", "expected"),
+    [
+        ("postgresql+asyncpg", None, "asyncpg"),
+        ("postgresql+psycopg", None, "psycopg"),
+        ("postgresql", None, "psycopg"),
+        ("postgresql+psycopg2", None, "psycopg"),  # a sync driver names only the server
+        ("postgresql+asyncpg", "psycopg", "psycopg"),  # the setting wins
+    ],
+)
+def test_the_driver_comes_from_the_setting_else_from_the_url(
+    project: Project, appdb: URL, scheme: str, setting: str | None, expected: str
+) -> None:
+    settings = {"testkit_database_driver": setting} if setting else {}
+    items_project(project, **settings)
+    project.module(
+        "test_driver",
+        f"""
+        async def test_driver(db_engine, db_session, database_url):
+            assert db_engine.dialect.driver == {expected!r}
+            assert database_url.startswith("postgresql+{expected}://")
+            assert (await db_session.execute(__import__("sqlalchemy").text("SELECT 1"))).scalar() == 1
+        """,
+    )
+    url = appdb.set(drivername=scheme).render_as_string(hide_password=False)
+    project.run(f"--testkit-db-url={url}").assert_outcomes(passed=1)
+
+
 def test_a_database_the_kit_did_not_create_is_refused_and_left_alone(
     project: Project, appdb: URL
 ) -> None:

@@ -76,7 +76,8 @@ _INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (
     (
         "testkit_database_driver",
         "string",
-        "Async driver of the kit's engine and sessions: psycopg or asyncpg. Default: psycopg.",
+        "Async driver of the kit's engine and sessions: psycopg or asyncpg. Default: the "
+        "driver named in the database URL (postgresql+asyncpg://...), else psycopg.",
         "",
     ),
     (
@@ -292,7 +293,9 @@ def read_settings(config: pytest.Config, *, check_backends: bool = True) -> Sett
         or os.environ.get(DATABASE_URL_ENV)
         or _ini_str(config, "testkit_database_url")
     )
-    driver = _ini_str(config, "testkit_database_driver") or "psycopg"
+    driver = (
+        _ini_str(config, "testkit_database_driver") or url_driver(database_url) or "psycopg"
+    )
     if driver not in ("psycopg", "asyncpg"):
         raise ConfigError(
             f"testkit_database_driver = {driver!r} is not a supported driver; "
@@ -334,6 +337,17 @@ def read_settings(config: pytest.Config, *, check_backends: bool = True) -> Sett
     if check_backends:
         _check_backends(settings.backends, backend_setting)
     return settings
+
+
+def url_driver(url: str | None) -> str | None:
+    """The async driver a database URL names (``postgresql+asyncpg://...``), if the kit has it.
+
+    Any other driver in the URL (psycopg2, pg8000: sync ones) names only the server; the kit's
+    engine then takes its default driver.
+    """
+    scheme = (url or "").partition("://")[0]
+    name = scheme.partition("+")[2]
+    return name if name in ("psycopg", "asyncpg") else None
 
 
 def _check_backends(backends: tuple[str, ...], setting: str) -> None:
