@@ -617,10 +617,12 @@ def test_the_driver_comes_from_the_setting_else_from_the_url(
     project.module(
         "test_driver",
         f"""
+        from sqlalchemy import text
+
         async def test_driver(db_engine, db_session, database_url):
             assert db_engine.dialect.driver == {expected!r}
             assert database_url.startswith("postgresql+{expected}://")
-            assert (await db_session.execute(__import__("sqlalchemy").text("SELECT 1"))).scalar() == 1
+            assert (await db_session.execute(text("SELECT 1"))).scalar() == 1
         """,
     )
     url = appdb.set(drivername=scheme).render_as_string(hide_password=False)

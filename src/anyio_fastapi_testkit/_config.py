@@ -293,9 +293,7 @@ def read_settings(config: pytest.Config, *, check_backends: bool = True) -> Sett
         or os.environ.get(DATABASE_URL_ENV)
         or _ini_str(config, "testkit_database_url")
     )
-    driver = (
-        _ini_str(config, "testkit_database_driver") or url_driver(database_url) or "psycopg"
-    )
+    driver = _ini_str(config, "testkit_database_driver") or url_driver(database_url) or "psycopg"
     if driver not in ("psycopg", "asyncpg"):
         raise ConfigError(
             f"testkit_database_driver = {driver!r} is not a supported driver; "

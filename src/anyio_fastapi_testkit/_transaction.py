@@ -103,9 +103,7 @@ class AsyncDatabase:
             # Provisioning runs initdb, migrations, CREATE DATABASE: keep them off the loop.
             # Abandoned on cancel, so a hung provisioning fails the test (testkit_timeout)
             # instead of hanging it; the thread goes on, and the session's end waits for it.
-            url = await anyio.to_thread.run_sync(
-                self.databases.working_url, abandon_on_cancel=True
-            )
+            url = await anyio.to_thread.run_sync(self.databases.working_url, abandon_on_cancel=True)
             self._engine = create_async_engine(str(url))
             self.databases.take_leak_baseline()
         return self._engine
