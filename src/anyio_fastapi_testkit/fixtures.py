@@ -9,6 +9,7 @@ exactly the fixtures below and no hooks.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -229,36 +230,40 @@ def database_url(request: pytest.FixtureRequest) -> DatabaseURL:
     return test_databases(request.config).working_url()
 
 
-@pytest.fixture(scope="session")
-def _testkit_sessionmaker(request: pytest.FixtureRequest) -> Any:
-    path = get_settings(request.config).sessionmaker
-    if path is None:
-        return None
-    return check_sessionmaker(
-        import_from_path(path, "testkit_sessionmaker", what="the app's async_sessionmaker"), path
-    )
+@dataclass(frozen=True)
+class _AppBindings:
+    """What the test's transaction binds into the app, loaded once from the settings."""
+
+    sessionmaker: Any  # the app's async_sessionmaker (testkit_sessionmaker), or None
+    session_options: dict[str, Any]
+    dependency: Callable[..., Any] | None  # testkit_session_dependency
+    app: ASGIApp | None  # whose dependency_overrides get the dependency
+    factories: list[type]
 
 
 @pytest.fixture(scope="session")
-def _testkit_session_options(_testkit_sessionmaker: Any) -> dict[str, Any]:
-    return session_options(_testkit_sessionmaker)
-
-
-@pytest.fixture(scope="session")
-def _testkit_factories(request: pytest.FixtureRequest) -> list[type]:
-    return load_factories(get_settings(request.config).factories)
-
-
-@pytest.fixture(scope="session")
-def _testkit_session_dependency(request: pytest.FixtureRequest) -> Callable[..., Any] | None:
-    path = get_settings(request.config).session_dependency
-    if path is None:
-        return None
-    dependency: Callable[..., Any] = import_from_path(
-        path, "testkit_session_dependency", what="the session dependency"
-    )
-    check_uses_dependency(request.getfixturevalue("app"), dependency, path)
-    return dependency
+def _testkit_bindings(request: pytest.FixtureRequest) -> _AppBindings:
+    # One session fixture rather than one per setting: pytest keeps a finalizer for every
+    # session fixture a test requests until the session ends, and resolves each every test.
+    settings = get_settings(request.config)
+    maker = None
+    if settings.sessionmaker is not None:
+        maker = check_sessionmaker(
+            import_from_path(
+                settings.sessionmaker, "testkit_sessionmaker", what="the app's async_sessionmaker"
+            ),
+            settings.sessionmaker,
+        )
+    factories = load_factories(settings.factories)
+    dependency: Callable[..., Any] | None = None
+    app_object: ASGIApp | None = None
+    if settings.session_dependency is not None:
+        dependency = import_from_path(
+            settings.session_dependency, "testkit_session_dependency", what="the session dependency"
+        )
+        app_object = request.getfixturevalue("app")
+        check_uses_dependency(app_object, dependency, settings.session_dependency)
+    return _AppBindings(maker, session_options(maker), dependency, app_object, factories)
 
 
 @pytest.fixture(scope="session")
@@ -283,9 +288,9 @@ def _testkit_sync_database(request: pytest.FixtureRequest) -> Iterator[SyncDatab
 
 @pytest.fixture
 def _testkit_sync_transaction(
-    _testkit_sync_database: SyncDatabase, _testkit_session_options: dict[str, Any]
+    _testkit_sync_database: SyncDatabase, _testkit_bindings: _AppBindings
 ) -> Iterator[SyncTestTransaction]:
-    transaction = SyncTestTransaction(_testkit_sync_database, _testkit_session_options)
+    transaction = SyncTestTransaction(_testkit_sync_database, _testkit_bindings.session_options)
     databases = _testkit_sync_database.databases
     databases.take_leak_baseline()
     try:
@@ -301,29 +306,25 @@ def _testkit_sync_transaction(
 async def _testkit_transaction(
     _testkit_async_database: AsyncDatabase,
     _testkit_sync_transaction: SyncTestTransaction,
-    _testkit_session_options: dict[str, Any],
-    _testkit_session_dependency: Callable[..., Any] | None,
-    _testkit_sessionmaker: Any,
-    _testkit_factories: list[type],
-    request: pytest.FixtureRequest,
+    _testkit_bindings: _AppBindings,
 ) -> AsyncIterator[TestTransaction]:
     # The leak check is _testkit_sync_transaction's, whose teardown runs after this one's.
-    transaction = TestTransaction(_testkit_async_database, _testkit_session_options)
+    bindings = _testkit_bindings
+    transaction = TestTransaction(_testkit_async_database, bindings.session_options)
     overrides: dict[Callable[..., Any], Callable[..., Any]] = {}
-    if _testkit_session_dependency is not None:
-        dependency = _testkit_session_dependency
-        overrides[dependency] = (
+    if bindings.dependency is not None:
+        overrides[bindings.dependency] = (
             transaction.dependency()
-            if is_async_dependency(dependency)
+            if is_async_dependency(bindings.dependency)
             else _testkit_sync_transaction.dependency()
         )
     try:
         async with (
-            bound_sessionmaker(_testkit_sessionmaker, transaction),
-            bound_factories(_testkit_factories, transaction),
+            bound_sessionmaker(bindings.sessionmaker, transaction),
+            bound_factories(bindings.factories, transaction),
         ):
             if overrides:
-                with override_dependencies(request.getfixturevalue("app"), overrides):
+                with override_dependencies(bindings.app, overrides):
                     yield transaction
             else:
                 yield transaction
