@@ -145,8 +145,8 @@ class AsyncDatabase:
         if not self._outer_is_current(connection):
             await self.end_outer_transaction()
             return
-        # Savepoints the test left open: SQLAlchemy must forget them, and rolling back to
-        # the outermost one of them first is what it takes to do so.
+        # Savepoints the test left open (its own, or its session's): SQLAlchemy forgets them
+        # only when they are rolled back through it, innermost first, one round trip each.
         nested = connection.get_nested_transaction()
         while nested is not None and nested.is_active:
             await nested.rollback()

@@ -243,8 +243,8 @@ class _AppBindings:
 
 @pytest.fixture(scope="session")
 def _testkit_bindings(request: pytest.FixtureRequest) -> _AppBindings:
-    # One session fixture rather than one per setting: pytest keeps a finalizer for every
-    # session fixture a test requests until the session ends, and resolves each every test.
+    # One session fixture rather than one per setting: pytest resolves every session fixture
+    # of a test's closure again for each test (and keeps a finalizer for it).
     settings = get_settings(request.config)
     maker = None
     if settings.sessionmaker is not None:
