@@ -194,6 +194,39 @@ def test_pytest_asyncio_strict_mode_tests_stay_with_pytest_asyncio(project: Proj
     result.stdout.fnmatch_lines(["*test_pytest_asyncio_runs_me PASSED*"])
 
 
+def test_async_tests_keep_their_own_marks(project: Project) -> None:
+    project.ini(testkit_backends="asyncio trio", markers="slow: a slow test")
+    project.module(
+        "test_marks",
+        """
+        import pytest
+
+        from anyio_fastapi_testkit._backends import running_library
+
+        @pytest.mark.slow
+        @pytest.mark.parametrize("n", [1, 2])
+        async def test_marked(n, anyio_backend):
+            assert running_library() == anyio_backend
+
+        async def test_single_mark_attribute(anyio_backend):
+            assert running_library() == anyio_backend
+
+        test_single_mark_attribute.pytestmark = pytest.mark.slow
+
+        class TestInClass:
+            @pytest.mark.slow
+            async def test_method(self, anyio_backend):
+                assert running_library() == anyio_backend
+
+            async def test_unmarked(self):
+                assert running_library() is not None
+        """,
+    )
+    result = project.run("-v", "-m", "slow", "--strict-markers")
+    result.assert_outcomes(passed=8, deselected=2)
+    result.stdout.fnmatch_lines(["*test_marked[[]asyncio-1[]] PASSED*"])
+
+
 BACKEND_PROBE = """
     from anyio_fastapi_testkit._backends import running_library
 

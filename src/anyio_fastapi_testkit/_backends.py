@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 from typing import Any
 
@@ -20,6 +21,23 @@ def backend_name(anyio_backend: Any) -> str:
     )
 
 
+@functools.cache
+def _usefixtures_mark(names: tuple[str, ...]) -> pytest.Mark:
+    return pytest.mark.usefixtures(*names).mark
+
+
+def use_fixtures(test: object, names: tuple[str, ...]) -> None:
+    """What ``@pytest.mark.usefixtures(*names)`` does to a test function, with one mark object
+    for all tests: building the marker per test was most of the cost of the kit's collection
+    hook."""
+    marks = getattr(test, "pytestmark", [])
+    # As pytest reads it: a list of marks, or a single one.
+    test.pytestmark = [  # type: ignore[attr-defined]
+        *(marks if isinstance(marks, list) else [marks]),
+        _usefixtures_mark(names),
+    ]
+
+
 def running_library() -> str | None:
     """The async library actually running the current code, asked of the libraries themselves.
 
@@ -27,13 +45,8 @@ def running_library() -> str | None:
     created for, which is exactly what is wrong when a runner is reused for another backend.
     """
     trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_task()
-        except RuntimeError:
-            pass
-        else:
-            return "trio"
+    if trio is not None and trio.lowlevel.in_trio_run():
+        return "trio"
     try:
         asyncio.get_running_loop()
     except RuntimeError:

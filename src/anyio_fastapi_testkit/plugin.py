@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from . import fixtures
+from ._backends import use_fixtures
 from ._config import add_options, get_settings, read_settings, store_settings
 from ._diagnostics import explain
 from ._doctor import run_doctor
@@ -138,9 +139,12 @@ def _is_async_test(obj: object) -> bool:
 
 
 def _left_to_pytest_asyncio(collector: pytest.Module | pytest.Class, obj: object) -> bool:
-    own_marks = getattr(obj, "pytestmark", ())
-    return collector.get_closest_marker("asyncio") is not None or any(
-        getattr(mark, "name", None) == "asyncio" for mark in own_marks
+    own_marks = getattr(obj, "pytestmark", [])
+    if not isinstance(own_marks, list):
+        own_marks = [own_marks]
+    return (
+        any(getattr(mark, "name", None) == "asyncio" for mark in own_marks)
+        or collector.get_closest_marker("asyncio") is not None
     )
 
 
@@ -198,4 +202,4 @@ def pytest_pycollect_makeitem(
         and _is_async_test(obj)
         and not _left_to_pytest_asyncio(collector, obj)
     ):
-        pytest.mark.usefixtures(*ASYNC_TEST_FIXTURES)(obj)
+        use_fixtures(obj, ASYNC_TEST_FIXTURES)
