@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from typing import Any
 
+import anyio
+import httpx2
+import pytest
 from conftest import Project
+
+from anyio_fastapi_testkit._client import client_class, make_client
+from anyio_fastapi_testkit._streaming import streaming_transport
 
 COOKIE_APP = """
 from fastapi import Depends, FastAPI, Request, Response
@@ -121,3 +130,243 @@ def test_sync_test_can_use_the_async_client_fixture(project: Project) -> None:
         """,
     )
     project.run().assert_outcomes(passed=1)
+
+
+# --- the client on a task group someone else owns (direct tests, no sub-session) ----------
+
+BACKENDS = ["asyncio", "trio"]
+Message = dict[str, Any]
+
+
+class RawApp:
+    """A plain ASGI app (no framework in between): endless events, disconnects, failures."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        path = scope["path"]
+        if path == "/raw-failure":
+            raise LookupError("failed before the response started")
+        if path == "/body-before-start":
+            await send({"type": "http.response.body", "body": b"x"})
+        if path == "/sleeps":
+            try:
+                await anyio.sleep(3600)
+            finally:
+                self.seen.append("sleep ended")
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if path == "/json":
+            answer = {"body": body.decode(), "tasks": len(app_tasks())}
+            await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
+        elif path == "/events":
+            n = 0
+            try:
+                while True:
+                    chunk = f"data: event {n}\n\n".encode()
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    n += 1
+                    await anyio.sleep(0.001)
+            finally:
+                self.seen.append("events closed")
+        else:  # until the client goes away
+            await send({"type": "http.response.body", "body": b"first", "more_body": True})
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.seen.append(f"{path} disconnected")
+            if path == "/fails-on-disconnect":
+                raise KeyError("failed on disconnect")
+
+
+def app_tasks() -> list[str]:
+    names = [task.name or "" for task in anyio.get_running_tasks()]
+    return [name for name in names if name.startswith("ASGI app")]
+
+
+async def three_events(response: Any) -> list[str]:
+    events: list[str] = []
+    async with aclosing(response.aiter_lines()) as lines:
+        async for line in lines:
+            if line.startswith("data:"):
+                events.append(line)
+            if len(events) == 3:
+                break
+    return events
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_client_on_an_outside_task_group_needs_no_async_with(backend: str) -> None:
+    app = RawApp()
+
+    async def main() -> None:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as task_group:
+                client = make_client(httpx2, app, task_group=task_group)
+                assert isinstance(client, httpx2.AsyncClient)
+                response = await client.post("/json", content=b"hello")
+                assert response.json() == {"body": "hello", "tasks": 0}  # inline, no task
+                async with client.stream("GET", "/events") as streamed:
+                    assert app_tasks() == ["ASGI app: GET /events"]
+                    assert await three_events(streamed) == [
+                        "data: event 0",
+                        "data: event 1",
+                        "data: event 2",
+                    ]
+                    assert app.seen == []
+                assert app.seen == ["events closed"]
+                assert app_tasks() == []
+                await client.aclose()
+                assert task_group.cancel_scope.cancel_called is False  # left alone
+
+    anyio.run(main, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_close_exchanges_ends_the_streams_nobody_closed(backend: str) -> None:
+    app = RawApp()
+
+    async def main() -> None:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as task_group:
+                client = make_client(httpx2, app, task_group=task_group)
+                for url in ("/events", "/until-disconnect"):  # started, never read or closed
+                    await client.send(client.build_request("GET", url), stream=True)
+                assert sorted(app_tasks()) == [
+                    "ASGI app: GET /events",
+                    "ASGI app: GET /until-disconnect",
+                ]
+                await client.streaming_transport.close_exchanges()
+                assert sorted(app.seen) == ["/until-disconnect disconnected", "events closed"]
+                assert app_tasks() == []
+                # The client is still open, and the task group still serves it.
+                async with client.stream("GET", "/events") as response:
+                    assert len(await three_events(response)) == 3
+                assert (await client.post("/json", content=b"again")).status_code == 200
+                await client.aclose()
+
+    anyio.run(main, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_app_error_surfaces_from_closing_the_client_not_the_task_group(backend: str) -> None:
+    app = RawApp()
+
+    async def main() -> None:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as task_group:
+                for close in ("close_exchanges", "aclose"):
+                    client = make_client(httpx2, app, task_group=task_group)
+                    for url in ("/fails-on-disconnect", "/until-disconnect"):
+                        await client.send(client.build_request("GET", url), stream=True)
+                    closing = (
+                        client.streaming_transport.close_exchanges
+                        if close == "close_exchanges"
+                        else client.aclose
+                    )
+                    with pytest.raises(KeyError, match="failed on disconnect"):
+                        await closing()
+                    assert app_tasks() == []  # both ended, the failing one and the other
+                    assert sorted(app.seen) == [
+                        "/fails-on-disconnect disconnected",
+                        "/until-disconnect disconnected",
+                    ]
+                    app.seen.clear()
+                    await client.aclose()  # nothing left to close, nothing raised
+
+    anyio.run(main, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_async_with_on_an_outside_task_group_opens_none_and_closes_the_streams(
+    backend: str,
+) -> None:
+    app = RawApp()
+
+    async def main() -> None:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as task_group:
+                async with make_client(httpx2, app, task_group=task_group) as client:
+                    await client.send(client.build_request("GET", "/events"), stream=True)
+                assert app.seen == ["events closed"]
+                # The group is still open: the next test's client can use it.
+                async with (
+                    make_client(httpx2, app, task_group=task_group) as client,
+                    client.stream("GET", "/events") as response,
+                ):
+                    assert len(await three_events(response)) == 3
+
+    anyio.run(main, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_without_a_task_group_streams_need_async_with_but_buffered_sends_do_not(
+    backend: str,
+) -> None:
+    app = RawApp()
+
+    async def main() -> None:
+        client = make_client(httpx2, app)
+        assert (await client.post("/json", content=b"x")).json() == {"body": "x", "tasks": 0}
+        with pytest.raises(RuntimeError, match="StreamingASGITransport is not open"):
+            async with client.stream("GET", "/events"):
+                pass
+        await client.aclose()
+        with anyio.fail_after(10):
+            async with (
+                make_client(httpx2, app) as client,
+                client.stream("GET", "/events") as response,
+            ):
+                assert len(await three_events(response)) == 3
+
+    anyio.run(main, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_raw_app_failing_before_its_response_gives_an_empty_500_when_not_raising(
+    backend: str,
+) -> None:
+    app = RawApp()
+
+    async def main() -> None:
+        def transport() -> Any:
+            return streaming_transport(httpx2, app, raise_app_exceptions=False)
+
+        options = {"base_url": "http://testserver"}
+        async with (
+            client_class(httpx2)(transport=transport(), **options) as inline,
+            httpx2.AsyncClient(transport=transport(), **options) as in_a_task,
+        ):
+            for url in ("/raw-failure", "/body-before-start"):
+                for client in (inline, in_a_task):
+                    response = await client.get(url)
+                    assert (response.status_code, response.content) == (500, b""), url
+                    assert response.headers.multi_items() == []
+
+    anyio.run(main, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cancelling_a_buffered_request_cancels_the_app_in_the_calling_task(backend: str) -> None:
+    app = RawApp()
+
+    async def main() -> None:
+        client = make_client(httpx2, app)
+        with anyio.move_on_after(0.1) as scope:
+            await client.get("/sleeps")
+        assert scope.cancelled_caught
+        assert app.seen == ["sleep ended"]
+        assert (await client.post("/json", content=b"after")).json()["body"] == "after"
+        await client.aclose()
+
+    anyio.run(main, backend=backend)

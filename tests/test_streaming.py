@@ -1,4 +1,5 @@
-"""Streaming responses through the client fixture: endless SSE, timeouts, chunks, errors.
+"""Streaming responses through the client fixture: endless SSE, timeouts, chunks, errors;
+and buffered requests, which run the app inline, answered as the streamed path answers them.
 
 httpx's own ASGITransport reads the whole response before returning it (encode/httpx#2186),
 so most tests here would hang or fail with it; each sub-session runs on asyncio and trio.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-
 from conftest import Project
 
 # Warnings are errors in the sub-sessions, except trio's note about an async generator of
@@ -412,3 +412,374 @@ def test_the_transport_must_be_opened_with_the_client(project: Project) -> None:
         """,
     )
     project.run("-p", "no:randomly").assert_outcomes(passed=2)
+
+
+# Routes for the inline path: redirects, context variables, several chunks, the app's tasks,
+# and raw ASGI apps that break the protocol (or wait for the disconnect while sending).
+INLINE_APP = '''
+import contextvars
+
+import anyio
+from fastapi import Depends, Request
+from fastapi.responses import RedirectResponse, StreamingResponse
+
+from stream_app import app, seen
+
+request_var = contextvars.ContextVar("request_var", default=None)
+
+
+@app.get("/tasks")
+async def tasks():
+    names = [task.name or "" for task in anyio.get_running_tasks()]
+    return {
+        "current": anyio.get_current_task().name,
+        "app_tasks": sum(name.startswith("ASGI app") for name in names),
+    }
+
+
+@app.api_route("/redirect", methods=["GET", "POST"])
+async def redirect():
+    return RedirectResponse("/echo/redirected?from=redirect", status_code=307)
+
+
+@app.get("/context")
+async def context():
+    before = request_var.get()
+    request_var.set("set by the app")
+    return {"before": before}
+
+
+@app.get("/chunks")
+async def chunks():
+    async def stream():
+        for n in range(3):
+            yield f"chunk {n};".encode()
+            await anyio.sleep(0)
+
+    return StreamingResponse(stream(), headers={"x-chunks": "3"})
+
+
+def current_user():
+    return "real user"
+
+
+@app.get("/user")
+async def user(name: str = Depends(current_user)):
+    return {"user": name}
+
+
+def raw(path):
+    def register(func):
+        app.mount(f"/raw/{path}", func)
+        return func
+
+    return register
+
+
+def start(status=200, headers=()):
+    return {"type": "http.response.start", "status": status, "headers": list(headers)}
+
+
+def body(data, more=False):
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+@raw("chunked")
+async def chunked(scope, receive, send):
+    await send(start(201, [(b"x-raw", b"1"), (b"x-raw", b"2")]))
+    for data in (b"a", b"b", bytearray(b"c")):
+        await send(body(data, more=True))
+    await send(body(b""))
+    seen.append((await receive())["type"])  # the response is complete: a disconnect
+
+
+@raw("waits-for-disconnect")
+async def waits_for_disconnect(scope, receive, send):
+    while (await receive()).get("more_body"):
+        pass
+
+    async def listen():
+        seen.append((await receive())["type"])
+
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(listen)
+        await anyio.sleep(0.01)
+        assert seen == []  # still sending: receive() waits
+        await send(start())
+        await send(body(b"a", more=True))
+        await anyio.sleep(0.01)
+        await send(body(b"b"))
+
+
+@raw("start-twice")
+async def start_twice(scope, receive, send):
+    await send(start())
+    await send(start(201))
+
+
+@raw("body-before-start")
+async def body_before_start(scope, receive, send):
+    await send(body(b"x"))
+
+
+@raw("body-after-last")
+async def body_after_last(scope, receive, send):
+    await send(start())
+    await send(body(b"x"))
+    await send(body(b"y"))
+
+
+@raw("no-start")
+async def no_start(scope, receive, send):
+    pass
+
+
+@raw("unfinished")
+async def unfinished(scope, receive, send):
+    await send(start())
+    await send(body(b"part", more=True))
+'''
+
+
+def inline_project(project: Project, library: str = "httpx2") -> None:
+    stream_project(project, library=library)
+    project.ini(
+        testkit_app="inline_app:app",
+        testkit_backends="asyncio trio",
+        testkit_http_client=library,
+        filterwarnings=STRICT_WARNINGS,
+    )
+    project.module("inline_app", INLINE_APP)
+
+
+# In the sub-sessions: the kit's client (buffered sends inline) beside a plain AsyncClient on
+# the kit's transport (every send in a task, as before the inline path), both lenient or not.
+INLINE_HELPERS = """
+import builtins
+
+import anyio
+import pytest
+import {library} as library
+import inline_app
+from anyio_fastapi_testkit._client import client_class
+from anyio_fastapi_testkit._streaming import streaming_transport
+
+BASE = "http://testserver"
+
+
+def summary(response):
+    history = [(r.status_code, r.headers.get("location")) for r in response.history]
+    return response.status_code, response.headers.multi_items(), response.content, history
+
+
+def inline_client(app, **options):
+    transport = streaming_transport(library, app, **options)
+    return client_class(library)(transport=transport, base_url=BASE)
+
+
+def task_client(app, **options):
+    transport = streaming_transport(library, app, **options)
+    return library.AsyncClient(transport=transport, base_url=BASE)
+
+
+async def streamed(client, method, url, **options):
+    async with client.stream(method, url, **options) as response:
+        await response.aread()
+    return response
+"""
+
+
+@pytest.mark.parametrize("library", ["httpx", "httpx2"])
+def test_buffered_requests_run_inline_and_answer_as_in_a_task(
+    project: Project, library: str
+) -> None:
+    inline_project(project, library)
+    project.module(
+        "test_inline",
+        INLINE_HELPERS.format(library=library)
+        + '''
+
+async def request_body():
+    yield b"abc"
+    yield b"defgh"
+
+
+REQUESTS = [
+    ("GET", "/echo/1?q=x&q=y", lambda: {}),
+    ("POST", "/echo/2", lambda: {"json": {"name": "n"}, "headers": {"x-token": "t"}}),
+    ("PUT", "/echo/3", lambda: {"content": b"raw bytes"}),
+    ("POST", "/echo/4", lambda: {"content": request_body()}),
+    ("HEAD", "/echo/5", lambda: {}),
+    ("HEAD", "/raw/chunked/", lambda: {}),
+    ("GET", "/missing", lambda: {}),
+    ("POST", "/echo/6", lambda: {"data": {"a": "1"}}),
+    ("GET", "/redirect", lambda: {"follow_redirects": True}),
+    ("POST", "/redirect", lambda: {"follow_redirects": True, "content": request_body()}),
+    ("GET", "/redirect", lambda: {}),
+    ("GET", "/chunks", lambda: {}),
+    ("GET", "/raw/chunked/", lambda: {}),
+    ("POST", "/background", lambda: {}),
+]
+
+
+async def test_same_answers_inline_streamed_and_in_a_task(client, app_lifespan):
+    async with task_client(app_lifespan) as in_a_task:
+        for method, url, options in REQUESTS:
+            expected = summary(await in_a_task.request(method, url, **options()))
+            assert summary(await client.request(method, url, **options())) == expected, url
+            assert summary(await streamed(client, method, url, **options())) == expected, url
+    echoed = (await client.post("/echo/7", content=request_body())).json()
+    assert echoed["chunks"] == [3, 5]  # the request body reached the app chunk by chunk
+    assert echoed["greeting"] == "hello"  # the lifespan state
+    assert (await client.head("/echo/8")).content == b""
+
+
+async def test_a_buffered_request_runs_in_the_calling_task(client):
+    answer = (await client.get("/tasks")).json()
+    assert answer == {"current": anyio.get_current_task().name, "app_tasks": 0}
+    response = await streamed(client, "GET", "/tasks")
+    assert response.json()["app_tasks"] == 1  # a streamed one has its task
+    assert response.json()["current"].startswith("ASGI app: GET /tasks")
+
+
+async def test_receive_says_disconnect_once_the_response_is_complete(client):
+    inline_app.seen.clear()
+    response = await client.get("/raw/chunked/")
+    assert (response.status_code, response.content) == (201, b"abc")
+    assert inline_app.seen == ["http.disconnect"]
+    inline_app.seen.clear()
+    with anyio.fail_after(5):
+        response = await client.post("/raw/waits-for-disconnect/", content=request_body())
+    assert response.content == b"ab"
+    assert inline_app.seen == ["http.disconnect"]
+
+
+async def test_context_variables_the_app_sets_stay_in_its_request(client):
+    for _ in range(2):
+        assert (await client.get("/context")).json() == {"before": None}
+    assert inline_app.request_var.get() is None
+    token = inline_app.request_var.set("the test's")
+    try:
+        assert (await client.get("/context")).json() == {"before": "the test's"}
+        assert inline_app.request_var.get() == "the test's"
+    finally:
+        inline_app.request_var.reset(token)
+''',
+    )
+    project.run("-p", "no:randomly").assert_outcomes(passed=8)
+
+
+# Where the app fails, and how each path reports it: the exception, or with
+# raise_app_exceptions=False the response the app got to send (a 500 before it started one).
+APP_ERRORS = [
+    (
+        "/raw/failure/",
+        "LookupError",
+        "failed before the response started",
+        (500, b"Internal Server Error"),  # FastAPI's outermost middleware sends it
+    ),
+    (
+        "/fails-before-start",
+        "ValueError",
+        "failed before the response started",
+        (500, b"Internal Server Error"),
+    ),
+    ("/fails-mid-stream", "KeyError", "failed mid-stream", (200, b"partial")),
+    ("/raw/start-twice/", "RuntimeError", "sent http.response.start twice", (200, b"")),
+    (
+        "/raw/body-before-start/",
+        "RuntimeError",
+        "sent http.response.body before http.response.start",
+        (500, b"Internal Server Error"),
+    ),
+    (
+        "/raw/body-after-last/",
+        "RuntimeError",
+        "sent http.response.body after the last one .more_body=False.",
+        (200, b"x"),
+    ),
+    (
+        "/raw/unfinished/",
+        "RuntimeError",
+        "returned without finishing the response body of GET /raw/unfinished/",
+        (200, b"part"),
+    ),
+]
+
+
+def test_app_errors_and_protocol_errors_inline_as_in_a_task(project: Project) -> None:
+    inline_project(project)
+    project.module(
+        "test_inline_errors",
+        INLINE_HELPERS.format(library="httpx2")
+        + f"""
+
+APP_ERRORS = {APP_ERRORS!r}
+"""
+        + '''
+
+def raises(name, pattern):
+    return pytest.raises(getattr(builtins, name), match=pattern)
+
+
+@pytest.mark.parametrize(("url", "error", "pattern", "lenient"), APP_ERRORS)
+async def test_the_same_error(client, app_lifespan, url, error, pattern, lenient):
+    with raises(error, pattern) as inline:
+        await client.get(url)
+    with raises(error, pattern) as as_streamed:
+        await streamed(client, "GET", url)
+    async with task_client(app_lifespan) as in_a_task:
+        with raises(error, pattern) as in_task:
+            await in_a_task.get(url)
+    assert str(inline.value) == str(as_streamed.value) == str(in_task.value)
+    assert inline.value.__traceback__ is not None
+
+
+@pytest.mark.parametrize(("url", "error", "pattern", "lenient"), APP_ERRORS)
+async def test_the_same_response_when_not_raising(app_lifespan, url, error, pattern, lenient):
+    async with (
+        inline_client(app_lifespan, raise_app_exceptions=False) as inline,
+        task_client(app_lifespan, raise_app_exceptions=False) as in_a_task,
+    ):
+        response = await inline.get(url)
+        assert (response.status_code, response.content) == lenient
+        assert summary(response) == summary(await in_a_task.get(url))
+        assert summary(response) == summary(await streamed(inline, "GET", url))
+
+
+async def test_an_app_returning_without_a_response_start_always_raises(app_lifespan):
+    pattern = "returned without sending http.response.start for GET /raw/no-start/"
+    for raise_app_exceptions in (True, False):
+        async with (
+            inline_client(app_lifespan, raise_app_exceptions=raise_app_exceptions) as inline,
+            task_client(app_lifespan, raise_app_exceptions=raise_app_exceptions) as in_a_task,
+        ):
+            for client in (inline, in_a_task):
+                with pytest.raises(RuntimeError, match=pattern):
+                    await client.get("/raw/no-start/")
+
+
+async def test_pytest_skip_from_a_dependency_override(client, dependency_overrides):
+    async def skipping():
+        pytest.skip("skipped by the override")
+
+    dependency_overrides[inline_app.current_user] = skipping
+    await client.get("/user")
+
+
+async def test_pytest_fail_from_a_dependency_override(client, dependency_overrides):
+    def failing():  # a sync dependency: FastAPI runs it in a worker thread
+        pytest.fail("failed by the override")
+
+    dependency_overrides[inline_app.current_user] = failing
+    await client.get("/user")
+
+
+async def test_the_app_still_answers(client):
+    assert (await client.get("/user")).json() == {"user": "real user"}
+''',
+    )
+    result = project.run("-p", "no:randomly")
+    count = len(APP_ERRORS)
+    result.assert_outcomes(passed=2 * (2 * count + 2), skipped=2, failed=2)
+    result.stdout.fnmatch_lines(["*Failed: failed by the override*"])

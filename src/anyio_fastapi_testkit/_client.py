@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
+from anyio.abc import TaskGroup
+
 from ._errors import ConfigError
-from ._streaming import streaming_transport
+from ._streaming import StreamingASGITransport, buffered_send, streaming_transport
 
 BASE_URL = "http://testserver"
 HTTP_LIBRARIES = ("httpx2", "httpx")
@@ -40,13 +42,59 @@ def http_library(preferred: str | None) -> ModuleType:
     )
 
 
-def make_client(library: ModuleType, app: Any, **kwargs: Any) -> Any:
-    """An AsyncClient sending requests in-process to ``app`` (no sockets)."""
+def make_client(
+    library: ModuleType, app: Any, *, task_group: TaskGroup | None = None, **kwargs: Any
+) -> Any:
+    """An AsyncClient of ``library`` (:func:`client_class`) sending requests in-process to
+    ``app`` (no sockets); ``kwargs`` go to the client (``base_url`` defaults to the kit's).
+
+    Plain requests run the app inline; ``client.stream(...)`` runs it in a task, in
+    ``task_group`` when given, else in the group ``async with client:`` opens (see
+    :class:`StreamingASGITransport`). With ``task_group`` the client needs no ``async with``:
+    its owner awaits ``client.aclose()`` before leaving the group, which closes the responses
+    left open and raises the first error of their app calls. To close those responses but
+    keep the client, await ``client.streaming_transport.close_exchanges()``.
+    """
     # The kit's transport streams responses as the app sends them (httpx's ASGITransport
     # reads a response to its end first, so endless streams would hang the test).
-    transport = streaming_transport(library, app)
+    transport = streaming_transport(library, app, task_group=task_group)
     kwargs.setdefault("base_url", _parsed_base_url(library))
-    return library.AsyncClient(transport=transport, **kwargs)
+    return client_class(library)(transport=transport, **kwargs)
+
+
+@functools.cache
+def client_class(library: ModuleType) -> type[Any]:
+    """The kit's subclass of ``library.AsyncClient``, made once per library.
+
+    Its ``send()`` tells its transport, a :class:`StreamingASGITransport`, whether the request
+    is streamed: a buffered send (``stream=False``: ``get``, ``post``, ``request``...) runs
+    the app inline, which costs a request less than a task does. ``streaming_transport`` is
+    that transport (for ``close_exchanges()``).
+    """
+    base = library.AsyncClient
+
+    async def send(self: Any, request: Any, *, stream: bool = False, **kwargs: Any) -> Any:
+        # Around the whole send: the redirects and auth retries it follows are buffered too.
+        # Only this client's own transport takes the mark (not a mounted one).
+        token = buffered_send.set(None if stream else self._transport)
+        try:
+            return await base.send(self, request, stream=stream, **kwargs)
+        finally:
+            buffered_send.reset(token)
+
+    def streaming_transport(self: Any) -> StreamingASGITransport:
+        transport: StreamingASGITransport = self._transport
+        return transport
+
+    send.__doc__ = base.send.__doc__
+    streaming_transport.__doc__ = "The client's StreamingASGITransport."
+    namespace = {
+        "__module__": __name__,
+        "__doc__": f"{base.__doc__}\n\nThe kit's subclass: buffered sends run the app inline.",
+        "send": send,
+        "streaming_transport": property(streaming_transport),
+    }
+    return type("AsyncClient", (base,), namespace)
 
 
 @functools.cache

@@ -2,28 +2,40 @@
 
 httpx's own ``ASGITransport`` runs the app to its end before it returns the response, so an
 endless stream (server-sent events, a long ``StreamingResponse``) hangs the test
-(encode/httpx#2186). This transport runs each request's app call in a task of its own and
-returns the response at ``http.response.start``; the body arrives chunk by chunk as the app
-sends it.
+(encode/httpx#2186). This transport runs each streamed request's app call in a task of its own
+and returns the response at ``http.response.start``; the body arrives chunk by chunk as the
+app sends it.
 
-Where the tasks live. The transport owns one anyio task group, opened by ``async with client:``
-(httpx enters the transport with the client) and closed with the client, in the same task,
-so cancel scopes nest correctly on asyncio and on trio. A response cannot own a task group
-of its own: its ``aclose()`` may run in another task, or after other cancel scopes were
-entered and left, and trio requires cancel scopes to be exited in the task, and the order,
-in which they were entered. Each app task still ends with its response: closing the response
-(or leaving ``client.stream(...)``) tells the app ``http.disconnect``, gives it
-``disconnect_timeout`` seconds to return, cancels it and waits for it. The app task never
-raises into the task group (that would cancel the test); its exception is handed to the test
-instead: from the request before the response started, else from reading the body or from
-closing the response.
+Buffered requests run inline. A request sent without ``stream=True`` (``client.get``,
+``client.post``...: httpx reads the whole body before it returns) needs none of that, so when
+the kit's client (:func:`client_class`) marks a send as buffered, the app runs in the calling
+task, as with httpx's ``ASGITransport``: no task, no events, the body collected in a list. It
+runs in a copy of the caller's context all the same, as a task would: context variables the
+app sets stay in its request, as with a server. The errors, the 500 of
+``raise_app_exceptions=False`` and the checks of the app's messages are the streamed path's.
+
+Where the tasks of streamed requests live. Either a task group the caller owns, passed as
+``task_group`` (the transport never enters or exits it; its owner must close the exchanges,
+``close_exchanges()`` or the client's ``aclose()``, before leaving it), or one the transport
+opens itself in ``async with client:`` (httpx enters the transport with the client) and closes
+with the client, in the same task, so cancel scopes nest correctly on asyncio and on trio. A
+response cannot own a task group of its own: its ``aclose()`` may run in another task, or
+after other cancel scopes were entered and left, and trio requires cancel scopes to be exited
+in the task, and the order, in which they were entered. Each app task still ends with its
+response: closing the response (or leaving ``client.stream(...)``) tells the app
+``http.disconnect``, gives it ``disconnect_timeout`` seconds to return, cancels it and waits
+for it. The app task never raises into the task group (that would cancel the test); its
+exception is handed to the test instead: from the request before the response started, else
+from reading the body or from closing the response.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from contextvars import ContextVar
 from types import ModuleType, TracebackType
 from typing import Any, cast
 
@@ -34,6 +46,10 @@ from ._app import ASGIApp, Message, Scope
 from ._timeouts import real_move_on_after
 
 DISCONNECT_TIMEOUT = 1.0
+
+# The transport whose request is being sent buffered (stream=False) by the kit's client, in
+# the task sending it. Set around the whole send, so redirects and auth retries are covered.
+buffered_send: ContextVar[object] = ContextVar("anyio_fastapi_testkit_buffered_send", default=None)
 
 
 def _scope(request: Any, root_path: str, client: tuple[str, int]) -> Scope:
@@ -53,6 +69,25 @@ def _scope(request: Any, root_path: str, client: tuple[str, int]) -> Scope:
         "client": client,
         "root_path": root_path,
     }
+
+
+# How an app broke the ASGI protocol: the same errors on the inline and on the task path.
+_PROTOCOL_ERRORS = {
+    "start twice": "The app sent http.response.start twice for {what}.",
+    "body before start": "The app sent http.response.body before http.response.start for {what}.",
+    "body after last": (
+        "The app sent http.response.body after the last one (more_body=False) for {what}."
+    ),
+    "no start": "The app returned without sending http.response.start for {what}.",
+    "unfinished": (
+        "The app returned without finishing the response body of {what} "
+        "(it never sent http.response.body with more_body=False)."
+    ),
+}
+
+
+def _protocol_error(problem: str, what: str) -> RuntimeError:
+    return RuntimeError(_PROTOCOL_ERRORS[problem].format(what=what))
 
 
 class _Exchange:
@@ -127,7 +162,7 @@ class _Exchange:
         kind = message["type"]
         if kind == "http.response.start":
             if self.status is not None:
-                raise RuntimeError(f"The app sent http.response.start twice for {self.describe()}.")
+                raise _protocol_error("start twice", self.describe())
             self.status = message["status"]
             self.headers = list(message.get("headers", []))
             self.started.set()
@@ -136,14 +171,9 @@ class _Exchange:
 
     async def _send_body(self, message: Message) -> None:
         if self.status is None:
-            raise RuntimeError(
-                f"The app sent http.response.body before http.response.start for {self.describe()}."
-            )
+            raise _protocol_error("body before start", self.describe())
         if self.complete:
-            raise RuntimeError(
-                f"The app sent http.response.body after the last one (more_body=False) for "
-                f"{self.describe()}."
-            )
+            raise _protocol_error("body after last", self.describe())
         body = message.get("body", b"")
         more_body = message.get("more_body", False)
         if body and self._keep_body:
@@ -183,10 +213,7 @@ class _Exchange:
         if error is not None:
             raise error
         if not self.complete and self._raise_app_exceptions:
-            raise RuntimeError(
-                f"The app returned without finishing the response body of {self.describe()} "
-                "(it never sent http.response.body with more_body=False)."
-            )
+            raise _protocol_error("unfinished", self.describe())
 
     async def close(self) -> None:
         """Disconnect the app if it is still sending, wait for it to end, raise its error."""
@@ -224,6 +251,117 @@ class _Exchange:
         self._disconnected.set()
 
 
+class _BufferedExchange:
+    """One buffered request, the app called inline: collects the response in plain fields."""
+
+    __slots__ = (
+        "_disconnected",
+        "_keep_body",
+        "_request_body",
+        "_request_complete",
+        "chunks",
+        "complete",
+        "headers",
+        "scope",
+        "status",
+    )
+
+    def __init__(self, scope: Scope, request_body: AsyncIterator[bytes]) -> None:
+        self.scope = scope
+        self._request_body = request_body
+        self._request_complete = False
+        self._keep_body = scope["method"] != "HEAD"
+        self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.complete = False
+        # Made only for an app that waits in receive() for the disconnect while it is still
+        # sending (Starlette's StreamingResponse does, from a second task).
+        self._disconnected: anyio.Event | None = None
+
+    def describe(self) -> str:
+        return f"{self.scope['method']} {self.scope['path']}"
+
+    async def receive(self) -> Message:
+        if not self._request_complete and not self.complete:
+            try:
+                chunk = await self._request_body.__anext__()
+            except StopAsyncIteration:
+                self._request_complete = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.request", "body": chunk, "more_body": True}
+        if not self.complete:
+            if self._disconnected is None:
+                self._disconnected = anyio.Event()
+            await self._disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.status is not None:
+                raise _protocol_error("start twice", self.describe())
+            self.status = message["status"]
+            self.headers = list(message.get("headers", []))
+        elif kind == "http.response.body":
+            if self.status is None:
+                raise _protocol_error("body before start", self.describe())
+            if self.complete:
+                raise _protocol_error("body after last", self.describe())
+            body = message.get("body", b"")
+            if body and self._keep_body:
+                self.chunks.append(bytes(body))
+            if not message.get("more_body", False):
+                self.complete = True
+                if self._disconnected is not None:
+                    self._disconnected.set()
+
+
+class _InContext(Generator[Any, Any, Any]):
+    """Awaiting it runs ``awaitable`` in the calling task, but in ``context``, not the task's.
+
+    Every step runs in ``context.run``, the way a task steps its coroutine, so the context
+    variables the awaitable sets stay in ``context``.
+    """
+
+    __slots__ = ("_awaitable", "_context", "_steps")
+
+    def __init__(self, awaitable: Awaitable[Any], context: contextvars.Context) -> None:
+        self._awaitable = awaitable
+        self._steps = awaitable.__await__()
+        self._context = context
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return self
+
+    def __next__(self) -> Any:
+        return self._context.run(self._steps.send, None)
+
+    def send(self, value: Any) -> Any:
+        return self._context.run(self._steps.send, value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        # Python hands a delegated iterator the three-argument form; coroutines want the
+        # exception alone since 3.12.
+        if isinstance(typ, BaseException):
+            exc = typ
+        elif isinstance(val, BaseException):
+            exc = val
+        else:
+            exc = typ() if val is None else typ(val)
+        if tb is not None:
+            exc = exc.with_traceback(tb)
+        return self._context.run(self._steps.throw, exc)
+
+    def close(self) -> None:
+        self._context.run(self._steps.close)
+
+    @property
+    def gi_yieldfrom(self) -> Awaitable[Any]:
+        """What is being awaited, for the await-stack walkers (the kit's timeout report)."""
+        return self._awaitable
+
+
 class AppResponseStream:
     """The body of a response, chunk by chunk as the app sends it; closing it ends the app call.
 
@@ -255,18 +393,45 @@ class AppResponseStream:
             self._on_close(self._exchange)
 
 
+class BufferedBody:
+    """The body of a buffered response, complete before the response is returned.
+
+    Combined with the library's ``AsyncByteStream`` by :func:`streaming_transport_class`.
+    """
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._body = b"".join(chunks)
+
+    def __aiter__(self) -> BufferedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        body, self._body = self._body, b""
+        if not body:
+            raise StopAsyncIteration
+        return body
+
+
 class StreamingASGITransport:
     """Sends requests to an ASGI app in-process and returns responses as they start.
 
     Same arguments as httpx's ``ASGITransport``, plus ``disconnect_timeout``: how long the app
     gets to return after the client closed a response it was still sending, before its task is
-    cancelled. Use the class that :func:`streaming_transport_class` builds for the library (or
-    :func:`streaming_transport`), inside ``async with AsyncClient(transport=...)``: that block
-    opens the task group the app calls run in (see the module docstring).
+    cancelled; and ``task_group``: where the app calls of streamed requests run. Use the class
+    that :func:`streaming_transport_class` builds for the library (or
+    :func:`streaming_transport`).
+
+    Without ``task_group``, the transport opens a task group of its own in
+    ``async with AsyncClient(transport=...)`` and streamed requests must be sent inside that
+    block. With one, the transport uses it and never enters or exits it; the client then works
+    without ``async with``, and the group's owner must call :meth:`close_exchanges` (or
+    ``aclose()`` on the client) before leaving the group. Buffered sends of the kit's client
+    (:func:`client_class`) run the app inline and need neither (see the module docstring).
     """
 
     # Set on the per-library subclasses.
     _stream_class: type[AppResponseStream] = AppResponseStream
+    _buffered_class: type[BufferedBody] = BufferedBody
     _response_class: Any = None
 
     def __init__(
@@ -276,6 +441,7 @@ class StreamingASGITransport:
         root_path: str = "",
         client: tuple[str, int] = ("127.0.0.1", 123),
         disconnect_timeout: float = DISCONNECT_TIMEOUT,
+        task_group: TaskGroup | None = None,
     ) -> None:
         if self._response_class is None:
             raise TypeError(
@@ -287,10 +453,13 @@ class StreamingASGITransport:
         self.root_path = root_path
         self.client = client
         self.disconnect_timeout = disconnect_timeout
-        self._task_group: TaskGroup | None = None
+        self._task_group: TaskGroup | None = task_group
+        self._owns_task_group = task_group is None
         self._exchanges: set[_Exchange] = set()
 
     async def __aenter__(self) -> StreamingASGITransport:
+        if not self._owns_task_group:
+            return self
         if self._task_group is not None:
             raise RuntimeError("This StreamingASGITransport is already open.")
         task_group = anyio.create_task_group()
@@ -304,11 +473,14 @@ class StreamingASGITransport:
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
+        if not self._owns_task_group:
+            await self.close_exchanges()
+            return
         task_group, self._task_group = self._task_group, None
         if task_group is None:
             return
         try:
-            await self._close_exchanges()
+            await self.close_exchanges()
         finally:
             # Only a cancellation goes into the task group: any other exception would come
             # out of it wrapped in an ExceptionGroup instead of propagating as itself.
@@ -319,10 +491,15 @@ class StreamingASGITransport:
                 await task_group.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
+        """Close the responses nobody closed, then the task group if it is the transport's."""
         await self.__aexit__()
 
-    async def _close_exchanges(self) -> None:
-        """Close the responses nobody closed; raise the first app error among them."""
+    async def close_exchanges(self) -> None:
+        """Close the streamed responses nobody closed; raise the first app error among them.
+
+        Each app still sending is told ``http.disconnect``, given ``disconnect_timeout``
+        seconds to return, then cancelled; all of them have ended when this returns.
+        """
         first_error: BaseException | None = None
         for exchange in list(self._exchanges):
             try:
@@ -343,7 +520,10 @@ class StreamingASGITransport:
         return self._task_group
 
     async def handle_async_request(self, request: Any) -> Any:
-        """Start the app call in the task group; return the response once the app starts it."""
+        """Run the app: inline for a buffered send of the kit's client, else in a task,
+        returning the response once the app starts it."""
+        if buffered_send.get() is self:
+            return await self._handle_buffered(request)
         task_group = self._open_task_group()
         exchange = _Exchange(
             self.app,
@@ -365,6 +545,31 @@ class StreamingASGITransport:
         stream = self._stream_class(exchange, self._exchanges.discard)
         return self._response_class(exchange.status, headers=exchange.headers, stream=stream)
 
+    async def _handle_buffered(self, request: Any) -> Any:
+        """Call the app inline and return its complete response (as the task path would)."""
+        exchange = _BufferedExchange(
+            _scope(request, self.root_path, self.client), request.stream.__aiter__()
+        )
+        context = contextvars.copy_context()
+        # A client inside the app, on this transport, is not sending the caller's request.
+        context.run(buffered_send.set, None)
+        try:
+            await _InContext(self.app(exchange.scope, exchange.receive, exchange.send), context)
+        except BaseException as exc:
+            # Also pytest.skip() and pytest.fail() from the app (or a dependency override);
+            # a cancellation is the caller's own.
+            if self.raise_app_exceptions or isinstance(exc, anyio.get_cancelled_exc_class()):
+                raise
+            if exchange.status is None:
+                return self._response_class(500, headers=[], content=b"")
+        else:
+            if exchange.status is None:
+                raise _protocol_error("no start", exchange.describe())
+            if not exchange.complete and self.raise_app_exceptions:
+                raise _protocol_error("unfinished", exchange.describe())
+        stream = self._buffered_class(exchange.chunks)
+        return self._response_class(exchange.status, headers=exchange.headers, stream=stream)
+
     async def _response_without_start(self, exchange: _Exchange) -> Any:
         """The app returned before starting a response: its error, or a 500 when not raising."""
         await exchange.abort()
@@ -373,9 +578,7 @@ class StreamingASGITransport:
         if error is not None:
             raise error
         if not failed:
-            raise RuntimeError(
-                f"The app returned without sending http.response.start for {exchange.describe()}."
-            )
+            raise _protocol_error("no start", exchange.describe())
         return self._response_class(500, headers=[], content=b"")
 
 
@@ -391,9 +594,15 @@ def streaming_transport_class(library: ModuleType) -> type[StreamingASGITranspor
         (AppResponseStream, library.AsyncByteStream),
         {"__module__": __name__},
     )
+    buffered_class = type(
+        "BufferedBody",
+        (BufferedBody, library.AsyncByteStream),
+        {"__module__": __name__},
+    )
     namespace = {
         "__module__": __name__,
         "_stream_class": stream_class,
+        "_buffered_class": buffered_class,
         "_response_class": library.Response,
     }
     bases = (StreamingASGITransport, library.AsyncBaseTransport)
