@@ -65,6 +65,45 @@ def test_filterwarnings_error_turns_it_into_a_failure(project: Project) -> None:
     result.stdout.fnmatch_lines(["*BlockedLoopWarning*test_blocking.py:4*"])
 
 
+def test_each_test_reports_its_own_blocks_also_after_a_pause(project: Project) -> None:
+    # The watchdog thread stops pinging after a while without a running async test (here a
+    # fixture's set-up); the next test that blocks is still seen. A ping left over from a
+    # test that ended blocked is not counted against the next test.
+    project.ini(testkit_backends="asyncio trio", testkit_blocked_loop="0.1")
+    project.module(
+        "test_pause",
+        """
+        import time
+
+        import pytest
+
+        @pytest.fixture
+        def pause():
+            time.sleep(1.5)
+
+        async def test_blocks_at_its_end():
+            time.sleep(0.4)
+
+        async def test_quick():
+            pass
+
+        async def test_blocks_after_a_pause(pause):
+            time.sleep(0.4)
+
+        async def test_quick_again():
+            pass
+        """,
+    )
+    result = project.run("-W", "always")
+    result.assert_outcomes(passed=8, warnings=4)
+    for backend in ("asyncio", "trio"):
+        for test in ("test_blocks_at_its_end", "test_blocks_after_a_pause"):
+            result.stdout.fnmatch_lines(
+                [f"*BlockedLoopWarning: test_pause.py::{test}[[]{backend}[]]: the event loop*"]
+            )
+    result.stdout.no_fnmatch_line("*BlockedLoopWarning: test_pause.py::test_quick*")
+
+
 def test_no_false_alarm_for_short_steps_and_awaited_sleeps(project: Project) -> None:
     project.ini(
         testkit_app="simple_app:app", testkit_backends="asyncio trio", testkit_blocked_loop="0.1"

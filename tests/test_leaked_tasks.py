@@ -52,6 +52,31 @@ def test_leaked_task_warns_with_its_creation_place_and_is_cancelled(project: Pro
     )
 
 
+def test_tasks_that_end_just_after_the_test_are_not_leaks(project: Project) -> None:
+    project.ini(testkit_leaked_tasks="fail")
+    project.module(
+        "test_ending",
+        """
+        import asyncio
+
+        async def test_cancelled_not_awaited():
+            task = asyncio.create_task(asyncio.Event().wait())
+            await asyncio.sleep(0)
+            task.cancel()  # ends at the loop's next iteration, after the test
+
+        async def test_done_on_the_next_iteration():
+            async def step():
+                await asyncio.sleep(0)
+
+            asyncio.create_task(step())
+
+        async def test_many_finished_tasks():
+            await asyncio.gather(*(asyncio.sleep(0) for _ in range(50)))
+        """,
+    )
+    project.run("-W", "error").assert_outcomes(passed=3)
+
+
 def test_fail_mode_fails_the_test(project: Project) -> None:
     project.ini(testkit_leaked_tasks="fail")
     project.module("test_leaky", LEAKY)

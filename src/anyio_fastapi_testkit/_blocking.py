@@ -14,10 +14,14 @@ from dataclasses import dataclass
 from types import FrameType
 
 from ._frames import Stack, format_stack, innermost_user_frame, location, user_part
-from ._watchdog import Watcher, loop_poster, now, unwatch, watch
+from ._watchdog import Post, Watcher, loop_poster, now, wake
 
 # Pings per threshold: a block is seen once it lasts about 1.25 thresholds.
 _PINGS_PER_THRESHOLD = 4
+# Seconds without a watched test after which the watchdog thread stops pinging until the next
+# one: between tests it goes on at the same pace, so that a test's start wakes nothing.
+_IDLE_BEFORE_SLEEP = 1.0
+_NEVER = float("inf")
 
 
 @dataclass(frozen=True)
@@ -37,46 +41,102 @@ def _task_stack(frame: FrameType | None) -> Stack:
     return [(f.f_code, f.f_lineno) for f in frames[start:]]
 
 
-class LoopMonitor(Watcher):
-    """Watches the running loop from the watchdog thread until ``stop()``."""
+class WatchedTest:
+    """One test's share of the watch: its pings and the blocks they found.
 
-    def __init__(self, threshold: float) -> None:
+    Written by the loop thread and the watchdog thread without a lock: each field has one
+    writer at a time, and a ping of a test that has ended is dropped.
+    """
+
+    __slots__ = ("blocks", "ended", "interval", "post", "sample", "sent", "thread", "threshold")
+
+    def __init__(self, threshold: float, post: Post) -> None:
         self.threshold = threshold
+        self.interval = threshold / _PINGS_PER_THRESHOLD
+        self.post = post
+        self.thread = threading.get_ident()
         self.blocks: list[Block] = []
-        self._post = loop_poster()
-        self._loop_thread = threading.get_ident()
-        self._interval = threshold / _PINGS_PER_THRESHOLD
-        self._sent: float | None = None
-        self._sample: Stack | None = None
-        self._stopped = False
-        watch(self)
+        self.sent: float | None = None
+        self.sample: Stack | None = None
+        self.ended = False
 
-    def check(self, at: float) -> float:
-        # In the watchdog thread, under its lock.
-        sent = self._sent
-        if sent is None:
-            self._sent, self._sample = at, None
-            self._post(self._answer)
-        elif at - sent >= self.threshold and self._sample is None:
-            self._sample = _task_stack(sys._current_frames().get(self._loop_thread))
-        return at + self._interval
-
-    def _answer(self) -> None:
+    def answer(self) -> None:
         # On the loop, once it got round to the ping.
-        sent, sample = self._sent, self._sample
-        if sent is None or self._stopped:
+        sent, sample = self.sent, self.sample
+        if sent is None or self.ended:
             return
         waited = now() - sent
         if waited >= self.threshold and sample is not None:
             self.blocks.append(Block(waited, sample))
-        self._sent = None
+        self.sent = None
 
-    def stop(self) -> list[Block]:
-        unwatch(self)
+
+class LoopMonitor(Watcher):
+    """Watches the loop of the test that is running, from the watchdog thread.
+
+    One for the process, registered once: a test starts and stops being watched by setting
+    ``current``, without the thread's lock or a wake-up; the thread pings only while a test
+    is watched.
+    """
+
+    def __init__(self) -> None:
+        self.current: WatchedTest | None = None
+        # Written under the watchdog's lock: not registered yet, or stopped pinging when idle.
+        self._asleep = True
+        self._interval = _NEVER
+        self._idle_since: float | None = None
+
+    def start(self, threshold: float) -> WatchedTest:
+        test = WatchedTest(threshold, loop_poster())
+        self.current = test
+        # Read after `current` is set: see check() for why no wake-up can be missed.
+        if self._asleep or test.interval < self._interval:
+            wake(self)
+        return test
+
+    def woken(self) -> None:
+        self._asleep = False
+        self._idle_since = None
+        # Also the pace between tests, which then wake nothing.
+        test = self.current
+        if test is not None:
+            self._interval = test.interval
+
+    def stop(self, test: WatchedTest) -> list[Block]:
+        if self.current is test:
+            self.current = None
         # A test that blocks until its very end returns before the loop runs the ping.
-        self._answer()
-        self._stopped = True
-        return self.blocks
+        test.answer()
+        test.ended = True
+        return test.blocks
+
+    def check(self, at: float) -> float:
+        # In the watchdog thread, under its lock.
+        test = self.current
+        if test is None:
+            if self._idle_since is None:
+                self._idle_since = at
+            if at - self._idle_since < _IDLE_BEFORE_SLEEP:
+                return at + self._interval
+            # Announced before `current` is read again: a test that starts after this read
+            # sees _asleep and wakes the thread (start() sets `current` before it reads it).
+            self._asleep = True
+            test = self.current
+            if test is None:
+                return _NEVER
+            self._asleep = False
+        self._idle_since = None
+        self._interval = test.interval
+        sent = test.sent
+        if sent is None:
+            test.sent, test.sample = at, None
+            test.post(test.answer)
+        elif at - sent >= test.threshold and test.sample is None:
+            test.sample = _task_stack(sys._current_frames().get(test.thread))
+        return at + test.interval
+
+
+MONITOR = LoopMonitor()
 
 
 def block_report(nodeid: str, block: Block, threshold: float) -> tuple[str, str, int]:

@@ -36,15 +36,19 @@ def _creation_stack() -> Stack:
 
 
 class TaskTracker:
-    """Records the tasks created on the running loop until ``leftovers()``."""
+    """Records the tasks created on the running loop until ``stop()``."""
+
+    __slots__ = ("_created", "_factory", "_loop", "_previous")
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._previous: TaskFactory = self._loop.get_task_factory()
         self._created: list[tuple[asyncio.Task[Any], Stack]] = []
+        # Kept: a bound method is a new object each time it is read, and stop() compares.
+        self._factory = self._record
         self._loop.set_task_factory(self._factory)  # type: ignore[arg-type]
 
-    def _factory(
+    def _record(
         self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
     ) -> asyncio.Future[Any]:
         if self._previous is not None:
@@ -54,20 +58,25 @@ class TaskTracker:
         self._created.append((task, _creation_stack()))
         return task  # type: ignore[no-any-return]
 
-    def _stop(self) -> None:
-        if self._loop.get_task_factory() == self._factory:
+    def stop(self) -> bool:
+        """Stop recording; whether a recorded task is still running (then see leftovers())."""
+        if self._loop.get_task_factory() is self._factory:
             self._loop.set_task_factory(self._previous)
+        if any(not task.done() for task, _ in self._created):
+            return True
+        self._created.clear()
+        return False
 
     def _pending(self) -> list[tuple[asyncio.Task[Any], Stack]]:
         return [(task, stack) for task, stack in self._created if not task.done()]
 
     async def leftovers(self) -> list[tuple[asyncio.Task[Any], Stack]]:
-        """Stop recording; the recorded tasks still running after a short grace, cancelled.
+        """After ``stop()`` found a task running: the recorded tasks still running after a
+        short grace, cancelled.
 
         Tasks started in an anyio task group are left alone: the group waits for them (a
         session-scoped group, like the client's, owns them beyond the test).
         """
-        self._stop()
         await _iterate_while(self._pending)
         leaked = self._unowned()
         for task, _ in leaked:
@@ -78,7 +87,7 @@ class TaskTracker:
 
     def discard(self) -> None:
         """Stop recording after a failed test: cancel what it left, report nothing."""
-        self._stop()
+        self.stop()
         for task, _ in self._unowned():
             task.cancel()
         self._created.clear()

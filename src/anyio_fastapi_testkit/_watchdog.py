@@ -33,24 +33,37 @@ def now() -> float:
 Post = Callable[[Callable[[], object]], None]
 
 
+# The last loop (asyncio loop or trio token) asked about and its poster: every test of a
+# session runs on the same one.
+_last_poster: tuple[object, Post] | None = None
+
+
 def loop_poster() -> Post:
     """A thread-safe ``post(callback)`` onto the running event loop (asyncio or trio)."""
+    global _last_poster
+    last = _last_poster  # read once: other threads (a live server's loop) may replace it
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_run():
         token = trio.lowlevel.current_trio_token()
+        if last is not None and last[0] is token:
+            return last[1]
 
         def post_to_trio(callback: Callable[[], object]) -> None:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(callback)
 
+        _last_poster = token, post_to_trio
         return post_to_trio
     loop = asyncio.get_running_loop()
+    if last is not None and last[0] is loop:
+        return last[1]
 
     def post_to_asyncio(callback: Callable[[], object]) -> None:
         # A loop closed meanwhile (RuntimeError) has nothing left to act on.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(callback)
 
+    _last_poster = loop, post_to_asyncio
     return post_to_asyncio
 
 
@@ -73,6 +86,9 @@ class Watcher:
 
     def check(self, at: float) -> float:
         raise NotImplementedError
+
+    def woken(self) -> None:
+        """Called under the thread's lock by ``wake(watcher)``, before the thread checks it."""
 
 
 class _Watchdog:
@@ -102,16 +118,13 @@ class _Watchdog:
                 self._condition.notify()
         return timer
 
-    def watch(self, watcher: Watcher) -> None:
+    def wake(self, watcher: Watcher) -> None:
         with self._condition:
+            if watcher not in self._watchers:
+                self._watchers.append(watcher)
+            watcher.woken()
             self._start()
-            self._watchers.append(watcher)
             self._condition.notify()
-
-    def unwatch(self, watcher: Watcher) -> None:
-        with self._condition:
-            if watcher in self._watchers:
-                self._watchers.remove(watcher)
 
     def _run(self) -> None:
         while True:
@@ -147,9 +160,6 @@ def call_later(seconds: float, callback: Callable[[], object]) -> Timer:
     return _WATCHDOG.call_later(seconds, callback)
 
 
-def watch(watcher: Watcher) -> None:
-    _WATCHDOG.watch(watcher)
-
-
-def unwatch(watcher: Watcher) -> None:
-    _WATCHDOG.unwatch(watcher)
+def wake(watcher: Watcher) -> None:
+    """Watch ``watcher`` (if not yet) and have the thread check it at once."""
+    _WATCHDOG.wake(watcher)

@@ -1,5 +1,10 @@
-"""What the kit watches while an async test runs: its time limit, the tasks it leaves behind,
-and the code that blocks its loop. One wrapper around the test, installed only when needed."""
+"""What the kit watches while an async test runs: its backend, its time limit, the tasks it
+leaves behind and the code that blocks its loop. One wrapper around the test.
+
+The wrapper is a ``functools.partial`` of one coroutine function rather than a closure made
+per test (and dressed with ``functools.wraps``); the checks cost plain attribute writes while
+the test runs, and a loop iteration only when a task was really left behind.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import sniffio
 
 from ._backends import backend_name, check_backend
-from ._blocking import LoopMonitor, block_report
+from ._blocking import MONITOR, WatchedTest, block_report
 from ._config import Settings
 from ._frames import innermost_user_frame
 from ._tasks import TaskTracker, leak_report
@@ -26,64 +30,63 @@ def watched_test(item: pytest.Function, settings: Settings) -> Callable[..., Awa
     for a test that is not async or not run by the kit (no ``anyio_backend``)."""
     test: Callable[..., Awaitable[Any]] = item.obj
     requested = item.funcargs.get("anyio_backend")
-    if not inspect.iscoroutinefunction(test) or requested is None:
+    if requested is None or not inspect.iscoroutinefunction(test):
         return None
-    test = _guarded(test, backend_name(requested), item.nodeid)
     seconds = timeout_for(item, settings.timeout)
-    leaks, threshold = settings.leaked_tasks, settings.blocked_loop
-    if seconds is None and leaks == "off" and threshold is None:
-        return test
-    original = item.obj
     if seconds is not None:
         marked = item.get_closest_marker(MARKER) is not None
         setting = f"@pytest.mark.{MARKER}" if marked else "testkit_timeout / --testkit-timeout"
         test = with_timeout(test, seconds, item.nodeid, setting)
-    if leaks == "off" and threshold is None:
-        return test
-    nodeid = item.nodeid
-
-    @functools.wraps(original)
-    async def watched(*args: Any, **kwargs: Any) -> Any:
-        # trio needs no tracker: a nursery cannot be left before its tasks end.
-        on_asyncio = sniffio.current_async_library() == "asyncio"
-        tracker = TaskTracker() if leaks != "off" and on_asyncio else None
-        monitor = LoopMonitor(threshold) if threshold is not None else None
-        try:
-            result = await test(*args, **kwargs)
-        except BaseException:
-            if tracker is not None:
-                tracker.discard()
-            if monitor is not None:
-                _report_blocks(nodeid, monitor)
-            raise
-        if monitor is not None:
-            _report_blocks(nodeid, monitor)
-        if tracker is not None and (leaked := await tracker.leftovers()):
-            message = leak_report(nodeid, leaked, leaks)
-            if leaks == "fail":
-                pytest.fail(message, pytrace=False)
-            place = innermost_user_frame(leaked[0][1])
-            filename, lineno = (place[0].co_filename, place[1]) if place else ("<unknown>", 0)
-            warnings.warn_explicit(message, LeakedTaskWarning, filename, lineno)
-        return result
-
-    return watched
+    backend = backend_name(requested)
+    # trio needs no tracker: a nursery cannot be left before its tasks end.
+    track = settings.leaked_tasks != "off" and backend == "asyncio"
+    return functools.partial(
+        _run_watched,
+        test,
+        backend,
+        item.nodeid,
+        track,
+        settings.leaked_tasks,
+        settings.blocked_loop,
+    )
 
 
-def _guarded(
-    test: Callable[..., Awaitable[Any]], backend: str, nodeid: str
-) -> Callable[..., Awaitable[Any]]:
-    # In the test's own coroutine rather than in a fixture: it costs no fixture set-up, and
-    # it asks the library that really runs the test.
-    @functools.wraps(test)
-    async def guarded(*args: Any, **kwargs: Any) -> Any:
-        check_backend(backend, nodeid)
-        return await test(*args, **kwargs)
+async def _run_watched(
+    test: Callable[..., Awaitable[Any]],
+    backend: str,
+    nodeid: str,
+    track: bool,
+    leaks: str,
+    threshold: float | None,
+    /,
+    **kwargs: Any,
+) -> Any:
+    # The guard is here rather than in a fixture: it costs no fixture set-up, and it asks the
+    # library that really runs the test.
+    check_backend(backend, nodeid)
+    tracker = TaskTracker() if track else None
+    watch = MONITOR.start(threshold) if threshold is not None else None
+    try:
+        result = await test(**kwargs)
+    except BaseException:
+        if tracker is not None:
+            tracker.discard()
+        if watch is not None:
+            _report_blocks(nodeid, watch)
+        raise
+    if watch is not None:
+        _report_blocks(nodeid, watch)
+    if tracker is not None and tracker.stop() and (leaked := await tracker.leftovers()):
+        message = leak_report(nodeid, leaked, leaks)
+        if leaks == "fail":
+            pytest.fail(message, pytrace=False)
+        place = innermost_user_frame(leaked[0][1])
+        filename, lineno = (place[0].co_filename, place[1]) if place else ("<unknown>", 0)
+        warnings.warn_explicit(message, LeakedTaskWarning, filename, lineno)
+    return result
 
-    return guarded
 
-
-def _report_blocks(nodeid: str, monitor: LoopMonitor) -> None:
-    for block in monitor.stop():
-        message, filename, lineno = block_report(nodeid, block, monitor.threshold)
+def _report_blocks(nodeid: str, watch: WatchedTest) -> None:
+    for block in MONITOR.stop(watch):
+        message, filename, lineno = block_report(nodeid, block, watch.threshold)
         warnings.warn_explicit(message, BlockedLoopWarning, filename, lineno)
