@@ -303,33 +303,28 @@ def _timed_fixture(
     return timed_coroutine
 
 
-@contextmanager
 def timed_fixture_setup(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest, default: float | None
-) -> Iterator[None]:
-    """While pytest sets up an async fixture that anyio runs, give it the timed function.
+) -> Callable[..., Any] | None:
+    """The timed stand-in for an async fixture's function, or None if it has no limit.
 
     anyio's own ``pytest_fixture_setup`` wrapper runs ``fixturedef.func`` on the test's loop;
-    running inside it (this wrapper is entered first), the timed function is what it runs.
-    A function-scoped fixture takes the test's marker; wider scopes take the setting.
+    put there by a wrapper entered before anyio's, the timed function is what it runs.
+    A function-scoped fixture takes the test's marker; wider scopes take the setting. A
+    wider-scoped fixture without a setting is answered without looking further.
     """
+    function_scoped = fixturedef.scope == "function"
+    if default is None and not function_scoped:
+        return None
     func = fixturedef.func
-    is_async = inspect.isasyncgenfunction(func) or inspect.iscoroutinefunction(func)
-    if not is_async or "anyio_backend" not in request.fixturenames:
-        yield
-        return
-    marked = fixturedef.scope == "function" and request.node.get_closest_marker(MARKER)
+    if not (inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)):
+        return None
+    if "anyio_backend" not in request.fixturenames:
+        return None
+    marked = function_scoped and request.node.get_closest_marker(MARKER) is not None
     seconds = timeout_for(request.node, default) if marked else default
     if seconds is None:
-        yield
-        return
+        return None
     setting = f"@pytest.mark.{MARKER}" if marked else "testkit_timeout / --testkit-timeout"
     what = f"fixture {fixturedef.argname!r} ({fixturedef.scope}-scoped)"
-    # Swapped only for this call, as anyio swaps it: public attribute, typed Final.
-    fixturedef.func = _timed_fixture(  # type: ignore[misc]
-        _bound(func, request), seconds, what, setting
-    )
-    try:
-        yield
-    finally:
-        fixturedef.func = func  # type: ignore[misc]
+    return _timed_fixture(_bound(func, request), seconds, what, setting)

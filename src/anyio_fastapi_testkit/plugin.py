@@ -167,8 +167,16 @@ def pytest_fixture_setup(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
 ) -> Generator[None, object, object]:
     # First, so that anyio's own wrapper (which runs async fixtures) runs the timed function.
-    with timed_fixture_setup(fixturedef, request, get_settings(request.config).timeout):
+    timed = timed_fixture_setup(fixturedef, request, get_settings(request.config).timeout)
+    if timed is None:
         return (yield)
+    func = fixturedef.func
+    # Swapped only for this call, as anyio swaps it: public attribute, typed Final.
+    fixturedef.func = timed  # type: ignore[misc]
+    try:
+        return (yield)
+    finally:
+        fixturedef.func = func  # type: ignore[misc]
 
 
 def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
