@@ -93,3 +93,106 @@ def test_commit_on_the_connection_is_real_and_reported(project: Project) -> None
     result = project.run("-p", "no:randomly")
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*public.things (0 -> 1 rows)*"])
+
+
+SESSION_TESTS = """
+import pytest
+from sqlalchemy import event, select, text
+from sqlalchemy.exc import IntegrityError
+
+from things_models import Thing
+
+STATEMENTS = []
+COUNT = text("SELECT count(*) FROM things")
+
+
+@pytest.fixture
+def statements(db_connection):
+    # What SQLAlchemy sends on the shared connection during the test (the kit's own
+    # rollback goes through the driver and is not seen here).
+    STATEMENTS.clear()
+    listener = lambda conn, cursor, statement, *args: STATEMENTS.append(statement)
+    event.listen(db_connection.sync_connection, "before_cursor_execute", listener)
+    yield STATEMENTS
+    event.remove(db_connection.sync_connection, "before_cursor_execute", listener)
+
+
+async def test_01_commits_and_leaves_its_savepoint_open(db_session):
+    db_session.add(Thing(name="a"))
+    await db_session.commit()
+    assert await db_session.scalar(COUNT) == 1  # begins the session's next savepoint
+    db_session.info["mine"] = True
+    db_session.autoflush = False
+
+
+async def test_02_same_session_clean_and_reset(db_session, statements):
+    assert db_session.info == {} and db_session.autoflush is True
+    assert len(db_session.identity_map) == 0
+    assert await db_session.scalar(COUNT) == 0
+    db_session.add(Thing(name="a"))  # the same unique name: the first test's row is gone
+    await db_session.commit()
+    # The kept session went on inside its savepoint, begun again after the rollback:
+    # no SAVEPOINT before its first statement.
+    assert not statements[0].startswith("SAVEPOINT"), statements
+
+
+async def test_03_leaves_begin_nested_open(db_session):
+    await db_session.begin_nested()
+    db_session.add(Thing(name="b"))
+    await db_session.flush()
+
+
+async def test_04_clean(db_session):
+    assert await db_session.scalar(COUNT) == 0
+    assert not db_session.in_nested_transaction()
+
+
+async def test_05_leaves_a_failed_flush(db_session):
+    db_session.add_all([Thing(name="c"), Thing(name="c")])
+    with pytest.raises(IntegrityError):
+        await db_session.flush()
+
+
+async def test_06_clean_and_usable(db_session):
+    assert db_session.is_active
+    assert await db_session.scalar(COUNT) == 0
+    db_session.add(Thing(name="c"))
+    await db_session.commit()
+
+
+async def test_07_closes_its_session(db_session):
+    db_session.add(Thing(name="d"))
+    await db_session.commit()
+    await db_session.close()
+
+
+async def test_08_leaves_a_connection_savepoint_open(db_session, db_connection):
+    await db_session.scalar(COUNT)
+    await db_connection.begin_nested()
+    await db_connection.execute(text("INSERT INTO things (name) VALUES ('e')"))
+
+
+async def test_09_clean(db_session, db_connection):
+    assert not db_connection.in_nested_transaction()  # the left-open savepoint is gone
+    assert (await db_session.scalars(select(Thing.name))).all() == []
+
+
+async def test_10_rolls_back_the_session(db_session):
+    db_session.add(Thing(name="f"))
+    await db_session.commit()
+    await db_session.rollback()
+    db_session.add(Thing(name="g"))
+    await db_session.commit()
+
+
+async def test_11_clean(db_session):
+    assert await db_session.scalar(COUNT) == 0
+"""
+
+
+@pytest.mark.usefixtures("db_driver")
+def test_the_session_kept_between_tests_starts_each_test_clean(project: Project) -> None:
+    project.ini(testkit_schema="things_models:Base.metadata", testkit_leak_check="fail")
+    project.module("things_models", MODELS)
+    project.module("test_session", SESSION_TESTS)
+    project.run("-p", "no:randomly").assert_outcomes(passed=11)

@@ -1,12 +1,16 @@
 """Find data committed outside the test's transaction, so isolation never fails silently.
 
-After each test that used the database, one query on a connection of the kit's own counts the
-rows of every table of the test database and compares them with the counts before. Rows that
-survive the test's rollback were committed by something the kit does not control.
+After each test that used the database, one query counts the rows of every table of the test
+database and compares them with the counts before. Rows that survive the test's rollback were
+committed by something the kit does not control. The query runs on the tests' shared
+connection, sent with the test's rollback in the same round trip (it sees what others
+committed, as any READ COMMITTED statement does), or on a connection of the detector's own
+when no shared connection is open (trio, sync-only tests).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -37,25 +41,39 @@ class LeakDetector:
     def __init__(self, url: str) -> None:
         self._url = make_url(url).set(drivername="postgresql")
         self._connection: psycopg.Connection[tuple[Any, ...]] | None = None
-        self._query: sql.Composed | None = None
+        self._query: str | None = None
         self._tables: list[str] = []
         self._baseline: list[int] | None = None
 
-    def _counts(self) -> list[int]:
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._connection is None or self._connection.closed:
-            self._connection = connect_admin(self._url)
-            self._tables = [row[0] for row in self._connection.execute(_TABLES).fetchall()]
-            # One round trip for all tables: a UNION of count(*) queries.
-            self._query = sql.SQL(" UNION ALL ").join(
-                sql.SQL("SELECT {}::text, count(*) FROM {}").format(
-                    sql.Literal(table), sql.SQL(table)
-                )
-                for table in self._tables
-            )
-        if not self._tables or self._query is None:
+            self._connection = connection = connect_admin(self._url)
+            if self._query is None:
+                self._tables = [row[0] for row in connection.execute(_TABLES).fetchall()]
+                # One round trip for all tables: a UNION of count(*) queries.
+                self._query = sql.SQL(" UNION ALL ").join(
+                    sql.SQL("SELECT {}::text, count(*) FROM {}").format(
+                        sql.Literal(table), sql.SQL(table)
+                    )
+                    for table in self._tables
+                ).as_string(connection)
+        return self._connection
+
+    @property
+    def query(self) -> str | None:
+        """The counting query (plain SQL, no parameters), or None when there are no tables."""
+        self._connect()
+        return self._query if self._tables else None
+
+    def _counts(self) -> list[int]:
+        query = self.query
+        if query is None:
             return []
-        rows = dict(self._connection.execute(self._query).fetchall())
-        return [int(rows[table]) for table in self._tables]
+        return self._ordered(self._connect().execute(query).fetchall())
+
+    def _ordered(self, rows: Iterable[Sequence[Any]]) -> list[int]:
+        counts = {row[0]: row[1] for row in rows}
+        return [int(counts[table]) for table in self._tables]
 
     def take_baseline(self) -> None:
         if self._baseline is None:
@@ -65,7 +83,16 @@ class LeakDetector:
         """Tables whose row count changed since the baseline; the baseline moves on."""
         if self._baseline is None:
             return []
-        after = self._counts()
+        return self._compare(self._counts())
+
+    def check_rows(self, rows: Iterable[Sequence[Any]]) -> LeakReport:
+        """As ``check()``, from the rows of ``query`` run elsewhere (on the shared connection)."""
+        if self._baseline is None:
+            return []
+        return self._compare(self._ordered(rows))
+
+    def _compare(self, after: list[int]) -> LeakReport:
+        assert self._baseline is not None
         report = [
             (table, before, now)
             for table, before, now in zip(self._tables, self._baseline, after, strict=True)

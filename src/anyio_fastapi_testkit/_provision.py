@@ -6,9 +6,10 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import URL
@@ -149,11 +150,21 @@ class TestDatabases:
         if self.leaks is not None and self.ready:
             self.leaks.take_baseline()
 
-    def check_leaks(self) -> None:
-        """Fail (or warn, per testkit_leak_check) if rows were committed outside the test."""
+    def leak_query(self) -> str | None:
+        """The leak check's counting query, for the shared connection (None: no check)."""
+        if self.leaks is None or not self.ready:
+            return None
+        return self.leaks.query
+
+    def check_leaks(self, rows: Iterable[Sequence[Any]] | None = None) -> None:
+        """Fail (or warn, per testkit_leak_check) if rows were committed outside the test.
+
+        ``rows``: the result of ``leak_query()`` run elsewhere; without it the detector counts
+        on its own connection.
+        """
         if self.leaks is None or not self.ready:
             return
-        report = self.leaks.check()
+        report = self.leaks.check() if rows is None else self.leaks.check_rows(rows)
         if not report:
             return
         message = self.leaks.describe(report)

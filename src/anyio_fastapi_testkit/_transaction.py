@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import anyio
 import pytest
-from sqlalchemy import Connection, create_engine
+from anyio.abc import TaskGroup
+from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -96,6 +97,18 @@ class AsyncDatabase:
         self._engine: AsyncEngine | None = None
         self._connection: AsyncConnection | None = None
         self._outer: AsyncTransaction | None = None
+        # The driver's own connection under the shared one: the kit's statements between
+        # tests go through it, skipping SQLAlchemy's per-statement work.
+        self._raw: Any = None
+        # Savepoints SQLAlchemy holds open on the shared connection (names, oldest first),
+        # from its public savepoint events.
+        self._savepoints: list[str] = []
+        self._savepoints_known = True
+        # The tests' session, kept from test to test while it is in a state to be (see
+        # end_test): a new one per test would cost a SAVEPOINT at its first statement and a
+        # ROLLBACK TO SAVEPOINT at its close, two round trips per test.
+        self._session: AsyncSession | None = None
+        self._session_options: dict[str, Any] = {}
 
     async def engine(self) -> AsyncEngine:
         require_asyncio(self.backend, self.driver)
@@ -115,14 +128,90 @@ class AsyncDatabase:
         if connection is None or connection.closed or connection.invalidated:
             engine = await self.engine()
             connection = self._connection = await engine.connect()
+            self._raw = (await connection.get_raw_connection()).driver_connection
+            self._watch_savepoints(connection)
             self._outer = None
         if not self._outer_is_current(connection):
+            await self.forget_session()
             await self.end_outer_transaction()
             self._outer = await connection.begin()
             await connection.exec_driver_sql(
                 f"SAVEPOINT {TEST_SAVEPOINT}", execution_options=NOT_COUNTED
             )
         return connection
+
+    def _watch_savepoints(self, connection: AsyncConnection) -> None:
+        savepoints = self._savepoints
+        savepoints.clear()
+        self._savepoints_known = True
+        begun_count = 0
+
+        def begun(conn: Connection, name: str | None) -> None:
+            # The event comes before SQLAlchemy names the savepoint: it numbers them per
+            # connection, "sa_savepoint_1" first. The names in the end events confirm it.
+            nonlocal begun_count
+            begun_count += 1
+            savepoints.append(name or f"sa_savepoint_{begun_count}")
+
+        def ended(conn: Connection, name: str, context: object) -> None:
+            # Releasing or rolling back to a savepoint ends it and those begun after it.
+            if name in savepoints:
+                del savepoints[savepoints.index(name) :]
+            else:
+                self._savepoints_known = False  # never keep the session on a guess
+
+        sync = connection.sync_connection
+        assert sync is not None
+        event.listen(sync, "savepoint", begun)
+        event.listen(sync, "release_savepoint", ended)
+        event.listen(sync, "rollback_savepoint", ended)
+
+    def test_session(self, options: dict[str, Any]) -> AsyncSession:
+        """The session for a test on the shared connection (which must be open): the one
+        kept from the last test if its options are the same, else a new one."""
+        session = self._session
+        if session is None or options != self._session_options:
+            assert self._connection is not None
+            session = AsyncSession(
+                bind=self._connection, join_transaction_mode=SAVEPOINT_MODE, **options
+            )
+            self._session, self._session_options = session, dict(options)
+        return session
+
+    async def forget_session(self) -> None:
+        """Close the kept session (through SQLAlchemy); the next test gets a new one."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _kept_savepoints(self) -> list[str] | None:
+        """The savepoints to begin again after the rollback, for the kept session to stay
+        as it is; None when the session (or a savepoint the test left open) must be closed
+        through SQLAlchemy instead."""
+        savepoints, session = self._savepoints, self._session
+        if not self._savepoints_known:
+            return None
+        if session is None:
+            return [] if not savepoints else None
+        sync = session.sync_session
+        if not sync.is_active or sync.in_nested_transaction():
+            return None  # a failed flush, or begin_nested() left open
+        if not sync.in_transaction():
+            return [] if not savepoints else None
+        # Only the session's own savepoint, with a name SQLAlchemy made.
+        if len(savepoints) == 1 and savepoints[0].isidentifier():
+            return list(savepoints)
+        return None
+
+    def _reset_session(self, session: AsyncSession) -> None:
+        """What a test may have changed on the kept session, as a new session would have it."""
+        session.expunge_all()
+        sync = session.sync_session
+        options = self._session_options
+        sync.autoflush = options.get("autoflush", True)
+        sync.expire_on_commit = options.get("expire_on_commit", True)
+        sync.info.clear()
+        sync.info.update(options.get("info") or {})
 
     def _outer_is_current(self, connection: AsyncConnection) -> bool:
         outer = self._outer
@@ -133,27 +222,66 @@ class AsyncDatabase:
             and connection.sync_connection.get_transaction() is outer.sync_transaction
         )
 
-    async def rollback_test(self) -> None:
-        """Undo everything since the tests' savepoint, keeping the savepoint for the next test.
+    async def end_test(self, used: bool) -> Any:
+        """After a test: undo its work on the shared connection, and count its tables' rows
+        for the leak check (``TestDatabases.check_leaks``), which this returns.
 
-        When the test ended the outer transaction itself (``db_connection.commit()`` or
-        ``.rollback()``), whatever it began since is rolled back instead.
+        Everything since the tests' savepoint is rolled back, keeping the savepoint for the
+        next test. The test's session is kept for the next test when it is only inside its
+        own savepoint, or in no transaction: its savepoint is begun again, empty, right after
+        the rollback, so SQLAlchemy's view of the connection stays true, and the session's
+        objects are expunged. Rollback, savepoint and the leak check's count go to the server
+        in one round trip with psycopg (two with asyncpg). Otherwise the session and the
+        savepoints the test left open are rolled back through SQLAlchemy first. When the test
+        ended the outer transaction itself (``db_connection.commit()`` or ``.rollback()``),
+        whatever it began since is rolled back instead, and None is returned: the leak check
+        then counts on the detector's own connection.
         """
         connection = self._connection
-        if connection is None:
-            return
-        if not self._outer_is_current(connection):
-            await self.end_outer_transaction()
-            return
-        # Savepoints the test left open (its own, or its session's): SQLAlchemy forgets them
-        # only when they are rolled back through it, innermost first, one round trip each.
-        nested = connection.get_nested_transaction()
-        while nested is not None and nested.is_active:
-            await nested.rollback()
-            nested = connection.get_nested_transaction()
-        await connection.exec_driver_sql(
-            f"ROLLBACK TO SAVEPOINT {TEST_SAVEPOINT}", execution_options=NOT_COUNTED
+        if connection is None or not self._outer_is_current(connection):
+            await self.forget_session()
+            if used:
+                await self.end_outer_transaction()
+            return None
+        kept: list[str] = []
+        if used:
+            kept_savepoints = self._kept_savepoints()
+            if kept_savepoints is None:
+                # Savepoints the test left open (its own, or its session's): SQLAlchemy
+                # forgets them only when they are rolled back through it, innermost first;
+                # then the session, whose savepoint is gone by then, closes without SQL.
+                nested = connection.get_nested_transaction()
+                while nested is not None and nested.is_active:
+                    await nested.rollback()
+                    nested = connection.get_nested_transaction()
+                await self.forget_session()
+            else:
+                kept = kept_savepoints
+                if self._session is not None:
+                    self._reset_session(self._session)
+        query = self.databases.leak_query()
+        return await self._rollback_and_count(used, kept, query) or []
+
+    async def _rollback_and_count(self, rollback: bool, kept: list[str], query: str | None) -> Any:
+        raw = self._raw
+        script = "; ".join(
+            [f"ROLLBACK TO SAVEPOINT {TEST_SAVEPOINT}"] + [f"SAVEPOINT {name}" for name in kept]
+            if rollback
+            else []
         )
+        if type(raw).__module__.startswith("asyncpg"):
+            # asyncpg returns no rows from a script of several statements.
+            if script:
+                await raw.execute(script)
+            return None if query is None else await raw.fetch(query)
+        if query is None:
+            if script:
+                await raw.execute(script)
+            return None
+        cursor = await raw.execute(f"{script}; {query}" if script else query)
+        while cursor.description is None and cursor.nextset():
+            pass  # to the result of the count
+        return await cursor.fetchall()
 
     async def end_outer_transaction(self) -> None:
         """Roll back whatever transaction is open on the shared connection."""
@@ -164,6 +292,7 @@ class AsyncDatabase:
     async def discard_connection(self) -> None:
         """Forget a shared connection in an unknown state; the next test opens a new one."""
         connection, self._connection, self._outer = self._connection, None, None
+        self._raw, self._session = None, None
         if connection is not None:
             with anyio.CancelScope(shield=True):
                 try:
@@ -174,9 +303,10 @@ class AsyncDatabase:
     async def dispose(self) -> None:
         try:
             if self._connection is not None:
+                await self.forget_session()
                 await self.end_outer_transaction()
                 await self._connection.close()
-                self._connection = None
+                self._connection = self._raw = None
         finally:
             if self._engine is not None:
                 await self._engine.dispose()
@@ -188,12 +318,42 @@ class TestTransaction:
 
     __test__ = False
 
-    def __init__(self, database: AsyncDatabase, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        database: AsyncDatabase,
+        options: dict[str, Any],
+        task_group: TaskGroup | None = None,
+    ) -> None:
         self.database = database
         self.options = options
         self.lock = TaskLock()
+        # Where the test's clients run the app calls of streamed responses.
+        self.task_group = task_group
         self._connection: AsyncConnection | None = None
         self._session: AsyncSession | None = None
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Await ``closer`` first when the test ends (a client's open responses, say)."""
+        self._closers.append(closer)
+
+    def connection_now(self) -> AsyncConnection:
+        """The test's connection, once ``connection()`` has been awaited."""
+        if self._connection is None:
+            raise RuntimeError(
+                "The test's database connection is opened when the test's fixtures are set "
+                "up, for the tests whose fixtures name db_session or db_connection; it was "
+                "asked for later (request.getfixturevalue?). Name db_session or db_connection "
+                "as an argument of the test or of one of its fixtures."
+            )
+        return self._connection
+
+    def session_now(self) -> AsyncSession:
+        """The test's session, once ``connection()`` has been awaited."""
+        if self._session is None:
+            self.connection_now()
+            self._session = self.database.test_session(self.options)
+        return self._session
 
     async def connection(self) -> AsyncConnection:
         if self._connection is None:
@@ -202,10 +362,8 @@ class TestTransaction:
 
     async def session(self) -> AsyncSession:
         if self._session is None:
-            self._session = AsyncSession(
-                bind=await self.connection(), join_transaction_mode=SAVEPOINT_MODE, **self.options
-            )
-        return self._session
+            await self.connection()
+        return self.session_now()
 
     def open_session(self) -> AsyncSession | None:
         """The test's session if it was made already (sync code cannot make it)."""
@@ -222,18 +380,30 @@ class TestTransaction:
 
         return test_session_dependency
 
+    async def close_clients(self) -> BaseException | None:
+        """Close what was registered with ``on_close`` (the clients and their open
+        responses); return the first error, for the test to see after the database's cleanup."""
+        closers, self._closers = self._closers, []
+        first_error: BaseException | None = None
+        for closer in closers:
+            try:
+                await closer()
+            except BaseException as exc:  # every closer runs, and the database is cleaned up
+                first_error = first_error or exc
+        return first_error
+
     async def close(self) -> None:
-        session, used = self._session, self._connection is not None
+        """End the test's database work: roll back (keeping or closing the session, see
+        ``AsyncDatabase.end_test``), then check for leaks."""
+        used = self._connection is not None
         self._session = self._connection = None
         try:
-            if session is not None:
-                await session.close()
-            if used:
-                await self.database.rollback_test()
+            rows = await self.database.end_test(used)
         except BaseException:
             # A connection whose state is unknown must not carry into the next test.
             await self.database.discard_connection()
             raise
+        self.database.databases.check_leaks(rows)
 
 
 class SyncDatabase:

@@ -8,10 +8,13 @@ exactly the fixtures below and no hooks.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
@@ -77,13 +80,34 @@ async def _testkit_loop(anyio_backend: object) -> AsyncIterator[None]:
     yield
 
 
+_APP_KEY = pytest.StashKey["ASGIApp | ConfigError"]()
+
+
+def preload_app(config: pytest.Config) -> None:
+    """Import ``testkit_app`` (and the HTTP library) now, once the tests are collected.
+
+    So that the first test does not pay for the app's import, as with a conftest.py that
+    imports the app. A failure is kept for the ``app`` fixture to report, as if it had
+    imported the app itself.
+    """
+    settings = get_settings(config)
+    if settings.app is None or _APP_KEY in config.stash:
+        return
+    try:
+        config.stash[_APP_KEY] = load_app(settings.app)
+    except ConfigError as exc:
+        config.stash[_APP_KEY] = exc
+    with contextlib.suppress(ConfigError):  # reported by the client fixture, if it is used
+        http_library(settings.http_client)
+
+
 @pytest.fixture(scope="session")
 def app(request: pytest.FixtureRequest) -> ASGIApp:
     """The app under test, imported from the ``testkit_app`` ini option (session-scoped).
 
     ``"pkg.module:app"`` names an app; ``"pkg.module:create_app()"`` calls a factory once per
     session. Override this fixture in conftest.py to build the app yourself. Cost: one import
-    per session.
+    per session, done when the tests have been collected (before the first test runs).
     """
     settings = get_settings(request.config)
     if settings.app is None:
@@ -92,8 +116,11 @@ def app(request: pytest.FixtureRequest) -> ASGIApp:
             '(e.g. testkit_app = "myproject.main:app"), or override the `app` fixture in '
             "conftest.py."
         )
+    loaded = request.config.stash.get(_APP_KEY, None)
     try:
-        return load_app(settings.app)
+        if isinstance(loaded, ConfigError):
+            raise loaded
+        return loaded if loaded is not None else load_app(settings.app)
     except ConfigError:
         request.session.shouldstop = "testkit_app could not be loaded (see the first error)"
         raise
@@ -124,26 +151,31 @@ async def app_lifespan(
 
 
 @pytest.fixture
-async def client(
+def client(
     app_lifespan: ASGIApp,
     anyio_backend: object,
     _testkit_transaction: TestTransaction,
     request: pytest.FixtureRequest,
-) -> AsyncIterator[Any]:
+) -> Any:
     """An ``httpx.AsyncClient`` (or ``httpx2.AsyncClient``) on the started app.
 
     Requests go in-process through an ASGI transport to ``http://testserver``, on the test's
     own event loop. A new client per test, so cookies and headers never leak between tests,
-    while the app, its lifespan and its pools are shared. The library is httpx2 when installed,
-    else httpx (``testkit_http_client`` chooses). Cost: building one client, well under 1 ms.
+    while the app, its lifespan and its pools are shared. Plain requests run the app inline,
+    as httpx's ``ASGITransport`` does; ``client.stream(...)`` runs it in a task and returns
+    the response as soon as it starts, so endless streams can be read piece by piece. The
+    library is httpx2 when installed, else httpx (``testkit_http_client`` chooses). No
+    ``async with`` needed: the kit closes the client, and any response left open, after the
+    test. Cost: building one client (tens of microseconds).
     """
     library = http_library(get_settings(request.config).http_client)
-    async with make_client(library, app_lifespan) as http_client:
-        yield http_client
+    http_client = make_client(library, app_lifespan, task_group=_testkit_transaction.task_group)
+    _testkit_transaction.on_close(http_client.aclose)
+    return http_client
 
 
 @pytest.fixture
-async def websocket_connect(
+def websocket_connect(
     app_lifespan: ASGIApp, anyio_backend: object, _testkit_transaction: TestTransaction
 ) -> WebSocketConnect:
     """``websocket_connect(path, **headers)``: an async websocket client on the started app.
@@ -288,7 +320,9 @@ def _testkit_sync_database(request: pytest.FixtureRequest) -> Iterator[SyncDatab
 
 @pytest.fixture
 def _testkit_sync_transaction(
-    _testkit_sync_database: SyncDatabase, _testkit_bindings: _AppBindings
+    _testkit_sync_database: SyncDatabase,
+    _testkit_bindings: _AppBindings,
+    request: pytest.FixtureRequest,
 ) -> Iterator[SyncTestTransaction]:
     transaction = SyncTestTransaction(_testkit_sync_database, _testkit_bindings.session_options)
     databases = _testkit_sync_database.databases
@@ -297,39 +331,56 @@ def _testkit_sync_transaction(
         yield transaction
     finally:
         transaction.close()
-    # Once per test, for the async fixtures too: they depend on this one, so their
-    # transaction has been rolled back by now.
-    databases.check_leaks()
+    # The async transaction, when the test has one, checks for both.
+    if ASYNC_TRANSACTION not in request.fixturenames:
+        databases.check_leaks()
+
+
+ASYNC_TRANSACTION = "_testkit_transaction"
+# Fixtures that need the shared connection at once: the transaction opens it in its own setup,
+# so that they can be plain fixtures, which cost a test less than async ones.
+_NEEDS_CONNECTION = frozenset({"db_session", "db_connection"})
 
 
 @pytest.fixture
 async def _testkit_transaction(
     _testkit_async_database: AsyncDatabase,
-    _testkit_sync_transaction: SyncTestTransaction,
     _testkit_bindings: _AppBindings,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[TestTransaction]:
-    # The leak check is _testkit_sync_transaction's, whose teardown runs after this one's.
+    # The only async fixture a test of the kit sets up: everything per test that needs the
+    # loop happens here (each async fixture costs the test two trips into the loop).
     bindings = _testkit_bindings
     transaction = TestTransaction(_testkit_async_database, bindings.session_options)
+    _testkit_async_database.databases.take_leak_baseline()  # once, if the database is ready
     overrides: dict[Callable[..., Any], Callable[..., Any]] = {}
     if bindings.dependency is not None:
-        overrides[bindings.dependency] = (
-            transaction.dependency()
-            if is_async_dependency(bindings.dependency)
-            else _testkit_sync_transaction.dependency()
-        )
+        if is_async_dependency(bindings.dependency):
+            overrides[bindings.dependency] = transaction.dependency()
+        else:
+            sync_transaction = request.getfixturevalue("_testkit_sync_transaction")
+            overrides[bindings.dependency] = sync_transaction.dependency()
+    # What can fail or skip (on trio) happens outside the task group, which would wrap it in
+    # an exception group.
+    if not _NEEDS_CONNECTION.isdisjoint(request.fixturenames):
+        await transaction.connection()
+    client_error: BaseException | None = None
     try:
         async with (
             bound_sessionmaker(bindings.sessionmaker, transaction),
             bound_factories(bindings.factories, transaction),
         ):
-            if overrides:
-                with override_dependencies(bindings.app, overrides):
-                    yield transaction
-            else:
-                yield transaction
+            with override_dependencies(bindings.app, overrides) if overrides else nullcontext():
+                async with anyio.create_task_group() as task_group:
+                    transaction.task_group = task_group
+                    try:
+                        yield transaction
+                    finally:
+                        client_error = await transaction.close_clients()
     finally:
         await transaction.close()
+    if client_error is not None:
+        raise client_error
 
 
 @pytest.fixture(scope="session")
@@ -345,20 +396,20 @@ async def db_engine(_testkit_async_database: AsyncDatabase) -> AsyncEngine:
 
 
 @pytest.fixture
-async def db_connection(_testkit_transaction: TestTransaction) -> AsyncConnection:
+def db_connection(_testkit_transaction: TestTransaction) -> AsyncConnection:
     """``AsyncConnection`` whose work during the test is rolled back after it.
 
     One connection serves the whole session (per backend), inside an outer transaction and a
     savepoint that every test runs in and is rolled back to at teardown. Shared by
     ``db_session`` and, through ``testkit_session_dependency``, by the app's requests. Calling
     ``commit()`` on it commits for real (the leak check reports it). asyncio only (skipped on
-    trio). Cost: one ROLLBACK TO SAVEPOINT at teardown.
+    trio). Cost: one ROLLBACK TO SAVEPOINT at teardown, sent with the leak check.
     """
-    return await _testkit_transaction.connection()
+    return _testkit_transaction.connection_now()
 
 
 @pytest.fixture
-async def db_session(_testkit_transaction: TestTransaction) -> AsyncSession:
+def db_session(_testkit_transaction: TestTransaction) -> AsyncSession:
     """``AsyncSession`` on ``db_connection``, ``join_transaction_mode="create_savepoint"``.
 
     ``commit()``, ``rollback()``, ``begin_nested()`` and ``refresh()`` behave as in
@@ -366,9 +417,12 @@ async def db_session(_testkit_transaction: TestTransaction) -> AsyncSession:
     test: the next test sees an empty database again. Options come from ``testkit_sessionmaker``
     (else ``expire_on_commit=False``). The app's session dependency yields this same session
     during the test, so a rollback in the app also expires the test's objects (re-read them).
-    asyncio only (skipped on trio). Cost: ``db_connection``'s, plus one session.
+    The session object is kept for the next test when the test leaves it in its own
+    savepoint or in no transaction (its objects are then expunged, and ``autoflush``,
+    ``expire_on_commit`` and ``info`` reset); otherwise it is closed and the next test gets a
+    new one. asyncio only (skipped on trio). Cost: nothing beyond ``db_connection``'s.
     """
-    return await _testkit_transaction.session()
+    return _testkit_transaction.session_now()
 
 
 @pytest.fixture

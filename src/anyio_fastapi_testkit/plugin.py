@@ -211,3 +211,10 @@ def pytest_pycollect_makeitem(
         and not _left_to_pytest_asyncio(collector, obj)
     ):
         use_fixtures(obj, ASYNC_TEST_FIXTURES)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The app is imported before the first test rather than in it (see preload_app).
+    config = session.config
+    if not config.option.collectonly and not _is_xdist_controller(config):
+        fixtures.preload_app(config)
