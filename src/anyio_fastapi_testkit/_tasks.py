@@ -62,6 +62,8 @@ class TaskTracker:
         """Stop recording; whether a recorded task is still running (then see leftovers())."""
         if self._loop.get_task_factory() is self._factory:
             self._loop.set_task_factory(self._previous)
+        if not self._created:
+            return False
         if any(not task.done() for task, _ in self._created):
             return True
         self._created.clear()
