@@ -18,6 +18,7 @@ BASE_URL = "http://testserver"
 HTTP_LIBRARIES = ("httpx2", "httpx")
 
 
+@functools.cache  # a failure is not cached: it is raised again on the next call
 def http_library(preferred: str | None) -> ModuleType:
     """The httpx-compatible library to build clients with.
 

@@ -152,10 +152,7 @@ async def app_lifespan(
 
 @pytest.fixture
 def client(
-    app_lifespan: ASGIApp,
-    anyio_backend: object,
-    _testkit_transaction: TestTransaction,
-    request: pytest.FixtureRequest,
+    app_lifespan: ASGIApp, anyio_backend: object, _testkit_transaction: TestTransaction
 ) -> Any:
     """An ``httpx.AsyncClient`` (or ``httpx2.AsyncClient``) on the started app.
 
@@ -168,7 +165,9 @@ def client(
     ``async with`` needed: the kit closes the client, and any response left open, after the
     test. Cost: building one client (tens of microseconds).
     """
-    library = http_library(get_settings(request.config).http_client)
+    # The library comes through the transaction: a `request` argument would cost every test
+    # a lookup of it by pytest.
+    library = http_library(_testkit_transaction.database.databases.settings.http_client)
     http_client = make_client(library, app_lifespan, task_group=_testkit_transaction.task_group)
     _testkit_transaction.on_close(http_client.aclose)
     return http_client
