@@ -196,3 +196,51 @@ def test_the_session_kept_between_tests_starts_each_test_clean(project: Project)
     project.module("things_models", MODELS)
     project.module("test_session", SESSION_TESTS)
     project.run("-p", "no:randomly").assert_outcomes(passed=11)
+
+
+def test_prepared_statements_outlive_the_tests_rollback(project: Project) -> None:
+    # psycopg prepares a query from its fifth run on, and drops every prepared statement
+    # when it sees a ROLLBACK: the kit's rollback between tests must not be seen by it.
+    project.ini(testkit_schema="things_models:Base.metadata", testkit_database_driver="psycopg")
+    project.module("things_models", MODELS)
+    project.module(
+        "test_prepared",
+        """
+        from sqlalchemy import select, text
+
+        from things_models import Thing
+
+        PREPARED = text("SELECT statement FROM pg_prepared_statements")
+
+        async def test_1_runs_a_query_often(db_session):
+            for _ in range(6):
+                await db_session.scalars(select(Thing).where(Thing.name == "x"))
+
+        async def test_2_it_is_still_prepared(db_connection):
+            statements = (await db_connection.scalars(PREPARED)).all()
+            assert any("FROM things" in statement for statement in statements), statements
+        """,
+    )
+    project.run("-p", "no:randomly").assert_outcomes(passed=2)
+
+
+@pytest.mark.usefixtures("db_driver")
+def test_a_test_that_breaks_the_kits_savepoint_gets_a_clear_error(project: Project) -> None:
+    project.ini(testkit_schema="things_models:Base.metadata")
+    project.module("things_models", MODELS)
+    project.module(
+        "test_break",
+        """
+        from sqlalchemy import text
+
+        async def test_1_releases_the_kits_savepoint(db_connection):
+            await db_connection.exec_driver_sql("RELEASE SAVEPOINT testkit_test")
+            await db_connection.execute(text("INSERT INTO things (name) VALUES ('x')"))
+
+        async def test_2_starts_clean(db_connection):
+            assert await db_connection.scalar(text("SELECT count(*) FROM things")) == 0
+        """,
+    )
+    result = project.run("-p", "no:randomly")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*testkit_test*does not exist*"])

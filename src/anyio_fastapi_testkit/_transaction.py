@@ -85,8 +85,8 @@ class AsyncDatabase:
     savepoint, ``testkit_test``, set right after BEGIN. Each test works inside that savepoint
     and is undone by ``ROLLBACK TO SAVEPOINT testkit_test``, which also keeps the savepoint
     for the next test: one round trip per test, where a connection per test costs a pool
-    checkout, BEGIN, ROLLBACK and the pool's reset, and loses the driver's prepared statements
-    at every ROLLBACK. (SQLAlchemy's ``begin_nested()`` per test would cost a SAVEPOINT more
+    checkout, BEGIN, ROLLBACK and the pool's reset. The driver keeps its prepared statements
+    (see ``_run_script``). (SQLAlchemy's ``begin_nested()`` per test would cost a SAVEPOINT more
     per test, and nest one level deeper on the server with every test.)
     """
 
@@ -298,14 +298,9 @@ class AsyncDatabase:
             if script:
                 await raw.execute(script)
             return None if query is None else await raw.fetch(query)
-        if query is None:
-            if script:
-                await raw.execute(script)
-            return None
-        cursor = await raw.execute(f"{script}; {query}" if script else query)
-        while cursor.description is None and cursor.nextset():
-            pass  # to the result of the count
-        return await cursor.fetchall()
+        if query is not None:
+            script = f"{script}; {query}" if script else query
+        return await _run_script(raw, script) if script else None
 
     async def end_outer_transaction(self) -> None:
         """Roll back whatever transaction is open on the shared connection."""
@@ -335,6 +330,46 @@ class AsyncDatabase:
             if self._engine is not None:
                 await self._engine.dispose()
                 self._engine = None
+
+
+async def _run_script(connection: Any, script: str) -> list[tuple[Any, ...]]:
+    """Run a script of statements on a psycopg connection, through libpq (``psycopg.pq``);
+    return the rows of its last result that has rows, as text.
+
+    Not through ``connection.execute()``: psycopg drops its whole cache of prepared statements
+    whenever a command's status is ROLLBACK, which ``ROLLBACK TO SAVEPOINT`` is, so every test
+    would start with no prepared statement (the app's queries are prepared from their fifth
+    run on). Undoing a test does not invalidate them: a plan whose tables changed is planned
+    again by the server itself. Nothing else uses the connection meanwhile: the test is over.
+    """
+    from psycopg import pq
+
+    pgconn = connection.pgconn
+    pgconn.send_query(script.encode())
+    while pgconn.flush():
+        await anyio.wait_writable(pgconn.socket)
+    rows: list[tuple[Any, ...]] = []
+    error: str | None = None
+    while True:
+        while pgconn.is_busy():
+            await anyio.wait_readable(pgconn.socket)
+            pgconn.consume_input()
+        result = pgconn.get_result()
+        if result is None:
+            break
+        if result.status == pq.ExecStatus.TUPLES_OK:
+            rows = [
+                tuple(
+                    (value or b"").decode()
+                    for value in (result.get_value(row, column) for column in range(result.nfields))
+                )
+                for row in range(result.ntuples)
+            ]
+        elif result.status != pq.ExecStatus.COMMAND_OK and error is None:
+            error = (result.error_message or b"").decode(errors="replace").strip()
+    if error is not None:
+        raise RuntimeError(f"The kit's statements between two tests failed: {error}")
+    return rows
 
 
 class TestTransaction:
