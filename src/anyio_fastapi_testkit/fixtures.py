@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -361,23 +360,29 @@ async def _testkit_transaction(
             overrides[bindings.dependency] = sync_transaction.dependency()
     # What can fail or skip (on trio) happens outside the task group, which would wrap it in
     # an exception group.
-    if not _NEEDS_CONNECTION.isdisjoint(request.fixturenames):
+    if not _NEEDS_CONNECTION.isdisjoint(request.node.fixturenames):
         await transaction.connection()
     client_error: BaseException | None = None
+    # Only what is configured is entered: every context costs the test its enter and exit.
+    bound = contextlib.AsyncExitStack()
     try:
-        async with (
-            bound_sessionmaker(bindings.sessionmaker, transaction),
-            bound_factories(bindings.factories, transaction),
-        ):
-            with override_dependencies(bindings.app, overrides) if overrides else nullcontext():
-                async with anyio.create_task_group() as task_group:
-                    transaction.task_group = task_group
-                    try:
-                        yield transaction
-                    finally:
-                        client_error = await transaction.close_clients()
+        if bindings.sessionmaker is not None:
+            await bound.enter_async_context(bound_sessionmaker(bindings.sessionmaker, transaction))
+        if bindings.factories:
+            await bound.enter_async_context(bound_factories(bindings.factories, transaction))
+        if overrides:
+            bound.enter_context(override_dependencies(bindings.app, overrides))
+        async with anyio.create_task_group() as task_group:
+            transaction.task_group = task_group
+            try:
+                yield transaction
+            finally:
+                client_error = await transaction.close_clients()
     finally:
-        await transaction.close()
+        try:
+            await bound.aclose()
+        finally:
+            await transaction.close()
     if client_error is not None:
         raise client_error
 
