@@ -745,3 +745,31 @@ def test_the_schema_comes_from_alembic_migrations(project: Project) -> None:
         """,
     )
     project.run().assert_outcomes(passed=2)
+
+
+def test_nothing_of_a_test_outlives_it(project: Project) -> None:
+    # FastAPI caches what it learns of a dependency by the function, for good: an override
+    # made per test would keep every test's transaction (and its task group, lock, client)
+    # alive until the end of the session.
+    items_project(project)
+    project.module(
+        "test_memory",
+        """
+        import gc
+
+        import pytest
+
+        from anyio_fastapi_testkit._transaction import TestTransaction
+
+        @pytest.mark.parametrize("n", range(5))
+        async def test_requests(client, n):
+            assert (await client.post("/items", json={"name": f"x{n}"})).status_code == 201
+
+        def test_none_of_them_is_kept():
+            gc.collect()
+            alive = [o for o in gc.get_objects() if isinstance(o, TestTransaction)]
+            # (The last test's may still be referenced from this one's set-up.)
+            assert len(alive) <= 1, f"{len(alive)} transactions of the 5 tests are alive"
+        """,
+    )
+    project.run("-p", "no:randomly").assert_outcomes(passed=6)

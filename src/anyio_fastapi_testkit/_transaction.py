@@ -119,6 +119,11 @@ class AsyncDatabase:
         # ROLLBACK TO SAVEPOINT at its close, two round trips per test.
         self._session: AsyncSession | None = None
         self._session_options: dict[str, Any] = {}
+        # The test running now, for the one dependency override of the session: FastAPI
+        # caches what it learns of a dependency by the function, for good, so a function per
+        # test would keep every test's transaction alive (and miss that cache every test).
+        self.current: TestTransaction | None = None
+        self.dependency = _async_dependency(self)
 
     async def engine(self) -> AsyncEngine:
         require_asyncio(self.backend, self.driver)
@@ -438,17 +443,6 @@ class TestTransaction:
         """The test's session if it was made already (sync code cannot make it)."""
         return self._session
 
-    def dependency(self) -> Callable[[], AsyncIterator[AsyncSession]]:
-        """A FastAPI dependency yielding the test's session, one request at a time."""
-
-        async def test_session_dependency() -> AsyncIterator[AsyncSession]:
-            # Concurrent requests share one session, which allows no concurrent operations:
-            # they take turns, each holding the lock for its whole request.
-            async with self.lock:
-                yield await self.session()
-
-        return test_session_dependency
-
     async def close_clients(self) -> BaseException | None:
         """Close what was registered with ``on_close`` (the clients and their open
         responses); return the first error, for the test to see after the database's cleanup."""
@@ -475,12 +469,50 @@ class TestTransaction:
         self.database.databases.check_leaks(rows)
 
 
+_OUTSIDE_A_TEST = (
+    "The app's session dependency was called outside a test: the kit overrides it with the "
+    "test's session only while a test that uses client, websocket_connect, live_server, "
+    "db_session or db_connection runs."
+)
+
+
+def _async_dependency(database: AsyncDatabase) -> Callable[[], AsyncIterator[AsyncSession]]:
+    """The FastAPI dependency yielding the running test's session, one request at a time."""
+
+    async def test_session_dependency() -> AsyncIterator[AsyncSession]:
+        transaction = database.current
+        if transaction is None:
+            raise RuntimeError(_OUTSIDE_A_TEST)
+        # Concurrent requests share one session, which allows no concurrent operations:
+        # they take turns, each holding the lock for its whole request.
+        async with transaction.lock:
+            yield await transaction.session()
+
+    return test_session_dependency
+
+
+def _sync_dependency(database: SyncDatabase) -> Callable[[], Iterator[Session]]:
+    """The sync twin of ``_async_dependency``, for sync (``def``) dependencies."""
+
+    def test_session_dependency() -> Iterator[Session]:
+        transaction = database.current
+        if transaction is None:
+            raise RuntimeError(_OUTSIDE_A_TEST)
+        # FastAPI runs sync dependencies in worker threads: take turns, as the async one.
+        with transaction.lock:
+            yield transaction.session()
+
+    return test_session_dependency
+
+
 class SyncDatabase:
     """The sync (psycopg) engine for ``db_session_sync``; usable on every backend."""
 
     def __init__(self, databases: TestDatabases) -> None:
         self.databases = databases
         self._engine: Engine | None = None
+        self.current: SyncTestTransaction | None = None  # as AsyncDatabase.current
+        self.dependency = _sync_dependency(self)
 
     def engine(self) -> Engine:
         if self._engine is None:
@@ -516,14 +548,6 @@ class SyncTestTransaction:
                 bind=connection, join_transaction_mode=SAVEPOINT_MODE, **self.options
             )
         return self._session
-
-    def dependency(self) -> Callable[[], Iterator[Session]]:
-        def test_session_dependency() -> Iterator[Session]:
-            # FastAPI runs sync dependencies in worker threads: take turns, as the async one.
-            with self.lock:
-                yield self.session()
-
-        return test_session_dependency
 
     def close(self) -> None:
         session, connection = self._session, self._connection

@@ -325,9 +325,11 @@ def _testkit_sync_transaction(
     transaction = SyncTestTransaction(_testkit_sync_database, _testkit_bindings.session_options)
     databases = _testkit_sync_database.databases
     databases.take_leak_baseline()
+    _testkit_sync_database.current = transaction
     try:
         yield transaction
     finally:
+        _testkit_sync_database.current = None
         transaction.close()
     # The async transaction, when the test has one, checks for both.
     if ASYNC_TRANSACTION not in request.fixturenames:
@@ -354,10 +356,10 @@ async def _testkit_transaction(
     overrides: dict[Callable[..., Any], Callable[..., Any]] = {}
     if bindings.dependency is not None:
         if is_async_dependency(bindings.dependency):
-            overrides[bindings.dependency] = transaction.dependency()
+            overrides[bindings.dependency] = _testkit_async_database.dependency
         else:
             sync_transaction = request.getfixturevalue("_testkit_sync_transaction")
-            overrides[bindings.dependency] = sync_transaction.dependency()
+            overrides[bindings.dependency] = sync_transaction.database.dependency
     # What can fail or skip (on trio) happens outside the task group, which would wrap it in
     # an exception group.
     if not _NEEDS_CONNECTION.isdisjoint(request.node.fixturenames):
@@ -365,6 +367,7 @@ async def _testkit_transaction(
     client_error: BaseException | None = None
     # Only what is configured is entered: every context costs the test its enter and exit.
     bound = contextlib.AsyncExitStack()
+    _testkit_async_database.current = transaction
     try:
         if bindings.sessionmaker is not None:
             await bound.enter_async_context(bound_sessionmaker(bindings.sessionmaker, transaction))
@@ -382,6 +385,7 @@ async def _testkit_transaction(
         try:
             await bound.aclose()
         finally:
+            _testkit_async_database.current = None
             await transaction.close()
     if client_error is not None:
         raise client_error
