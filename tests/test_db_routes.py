@@ -4,7 +4,6 @@ data committed outside the test's transaction (reported, never silent)."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import Project
 
 SERVICE_APP = """
@@ -144,4 +143,6 @@ def test_not_a_sessionmaker_is_a_clear_error(project: Project) -> None:
 def test_bad_leak_check_value(project: Project, value: str) -> None:
     _service_project(project, testkit_leak_check=value)
     result = project.run()
-    result.stderr.fnmatch_lines(["*testkit_leak_check = 'sometimes' must be one of: fail, warn, off*"])
+    result.stderr.fnmatch_lines(
+        ["*testkit_leak_check = 'sometimes' must be one of: fail, warn, off*"]
+    )

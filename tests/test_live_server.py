@@ -52,7 +52,9 @@ def test_live_server_answers_a_real_http_request(project: Project) -> None:
             async with httpx.AsyncClient() as outside:
                 response = await outside.get(f"{live_server}/hello")
             assert response.json() == {
-                "greeting": "hello from the lifespan", "who": "overridden", "starts": 1 if anyio_backend == "asyncio" else 2
+                "greeting": "hello from the lifespan",
+                "who": "overridden",
+                "starts": 1 if anyio_backend == "asyncio" else 2,
             }
 
         async def test_same_server_for_the_backend(live_server, client):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import ITEMS_APP, Project
 
 WS_APP = """
