@@ -90,7 +90,32 @@ def _protocol_error(problem: str, what: str) -> RuntimeError:
     return RuntimeError(_PROTOCOL_ERRORS[problem].format(what=what))
 
 
-class _Exchange:
+class _ResponseRecord:
+    """What both kinds of exchange keep of the app's response, and the protocol checks they
+    share, so that the inline path and the task path fail alike."""
+
+    scope: Scope
+    status: int | None
+    headers: list[tuple[bytes, bytes]]
+    complete: bool
+
+    def describe(self) -> str:
+        return f"{self.scope['method']} {self.scope['path']}"
+
+    def _start(self, message: Message) -> None:
+        if self.status is not None:
+            raise _protocol_error("start twice", self.describe())
+        self.status = message["status"]
+        self.headers = list(message.get("headers", []))
+
+    def _check_body(self) -> None:
+        if self.status is None:
+            raise _protocol_error("body before start", self.describe())
+        if self.complete:
+            raise _protocol_error("body after last", self.describe())
+
+
+class _Exchange(_ResponseRecord):
     """One request to the app: runs the app call and relays its messages to the response."""
 
     def __init__(
@@ -127,9 +152,6 @@ class _Exchange:
     def finished(self) -> bool:
         return self._finished.is_set()
 
-    def describe(self) -> str:
-        return f"{self.scope['method']} {self.scope['path']}"
-
     async def run(self) -> None:
         """Call the app (in the transport's task group); keep its exception for the test."""
         try:
@@ -161,19 +183,13 @@ class _Exchange:
     async def _send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
-            if self.status is not None:
-                raise _protocol_error("start twice", self.describe())
-            self.status = message["status"]
-            self.headers = list(message.get("headers", []))
+            self._start(message)
             self.started.set()
         elif kind == "http.response.body":
             await self._send_body(message)
 
     async def _send_body(self, message: Message) -> None:
-        if self.status is None:
-            raise _protocol_error("body before start", self.describe())
-        if self.complete:
-            raise _protocol_error("body after last", self.describe())
+        self._check_body()
         body = message.get("body", b"")
         more_body = message.get("more_body", False)
         if body and self._keep_body:
@@ -251,7 +267,7 @@ class _Exchange:
         self._disconnected.set()
 
 
-class _BufferedExchange:
+class _BufferedExchange(_ResponseRecord):
     """One buffered request, the app called inline: collects the response in plain fields."""
 
     __slots__ = (
@@ -279,9 +295,6 @@ class _BufferedExchange:
         # sending (Starlette's StreamingResponse does, from a second task).
         self._disconnected: anyio.Event | None = None
 
-    def describe(self) -> str:
-        return f"{self.scope['method']} {self.scope['path']}"
-
     async def receive(self) -> Message:
         if not self._request_complete and not self.complete:
             try:
@@ -299,15 +312,9 @@ class _BufferedExchange:
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
-            if self.status is not None:
-                raise _protocol_error("start twice", self.describe())
-            self.status = message["status"]
-            self.headers = list(message.get("headers", []))
+            self._start(message)
         elif kind == "http.response.body":
-            if self.status is None:
-                raise _protocol_error("body before start", self.describe())
-            if self.complete:
-                raise _protocol_error("body after last", self.describe())
+            self._check_body()
             body = message.get("body", b"")
             if body and self._keep_body:
                 self.chunks.append(bytes(body))

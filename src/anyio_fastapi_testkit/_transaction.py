@@ -63,7 +63,7 @@ class TaskLock:
     """A lock its owning task may take again: a request that opens a second session on the
     test connection must not wait for itself."""
 
-    def __init__(self, backend: str = "") -> None:
+    def __init__(self, backend: str) -> None:
         # Uncontended (one request at a time, the usual case) it costs no trip through the loop.
         self._lock = anyio.Lock(fast_acquire=True)
         self._owner: object = None
@@ -111,7 +111,7 @@ class AsyncDatabase:
         # tests go through it, skipping SQLAlchemy's per-statement work.
         self._raw: Any = None
         # Savepoints SQLAlchemy holds open on the shared connection (names, oldest first),
-        # from its public savepoint events.
+        # recorded by the engine's dialect (see _follow_savepoints).
         self._savepoints: list[str] = []
         self._savepoints_known = True
         # The tests' session, kept from test to test while it is in a state to be (see
@@ -145,9 +145,7 @@ class AsyncDatabase:
             engine = await self.engine()
             connection = self._connection = await engine.connect()
             self._raw = (await connection.get_raw_connection()).driver_connection
-            self._savepoints.clear()
-            self._savepoints_known = True
-            self._outer = None
+            self._outer = None  # so the savepoint list is reset below
         if not self._outer_is_current(connection):
             await self.forget_session()
             await self.end_outer_transaction()
@@ -392,17 +390,13 @@ class TestTransaction:
 
     __test__ = False
 
-    def __init__(
-        self,
-        database: AsyncDatabase,
-        options: dict[str, Any],
-        task_group: TaskGroup | None = None,
-    ) -> None:
+    def __init__(self, database: AsyncDatabase, options: dict[str, Any]) -> None:
         self.database = database
         self.options = options
         self.lock = TaskLock(database.backend)
-        # Where the test's clients run the app calls of streamed responses.
-        self.task_group = task_group
+        # Where the test's clients run the app calls of streamed responses (set by the
+        # fixture that opens it).
+        self.task_group: TaskGroup | None = None
         self._connection: AsyncConnection | None = None
         self._session: AsyncSession | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []

@@ -316,6 +316,12 @@ def _testkit_sync_database(request: pytest.FixtureRequest) -> Iterator[SyncDatab
         database.dispose()
 
 
+_ASYNC_TRANSACTION = "_testkit_transaction"
+# Fixtures that need the shared connection at once: the transaction opens it in its own setup,
+# so that they can be plain fixtures, which cost a test less than async ones.
+_NEEDS_CONNECTION = frozenset({"db_session", "db_connection"})
+
+
 @pytest.fixture
 def _testkit_sync_transaction(
     _testkit_sync_database: SyncDatabase,
@@ -332,14 +338,8 @@ def _testkit_sync_transaction(
         _testkit_sync_database.current = None
         transaction.close()
     # The async transaction, when the test has one, checks for both.
-    if ASYNC_TRANSACTION not in request.fixturenames:
+    if _ASYNC_TRANSACTION not in request.fixturenames:
         databases.check_leaks()
-
-
-ASYNC_TRANSACTION = "_testkit_transaction"
-# Fixtures that need the shared connection at once: the transaction opens it in its own setup,
-# so that they can be plain fixtures, which cost a test less than async ones.
-_NEEDS_CONNECTION = frozenset({"db_session", "db_connection"})
 
 
 @pytest.fixture
