@@ -100,34 +100,52 @@ def preload_app(config: pytest.Config) -> None:
         http_library(settings.http_client)
 
 
+_SESSION_KEY = pytest.StashKey[pytest.Session]()
+
+
+def remember_session(session: pytest.Session) -> None:
+    """Keep the session for the session fixtures that stop it on a fatal error.
+
+    So that they need no ``request`` argument: pytest builds a fixture definition for
+    ``request`` anew for every test whose closure holds a fixture asking for it.
+    """
+    session.config.stash[_SESSION_KEY] = session
+
+
+def _stop_session(config: pytest.Config, reason: str) -> None:
+    session = config.stash.get(_SESSION_KEY, None)
+    if session is not None:
+        session.shouldstop = reason
+
+
 @pytest.fixture(scope="session")
-def app(request: pytest.FixtureRequest) -> ASGIApp:
+def app(pytestconfig: pytest.Config) -> ASGIApp:
     """The app under test, imported from the ``testkit_app`` ini option (session-scoped).
 
     ``"pkg.module:app"`` names an app; ``"pkg.module:create_app()"`` calls a factory once per
     session. Override this fixture in conftest.py to build the app yourself. Cost: one import
     per session, done when the tests have been collected (before the first test runs).
     """
-    settings = get_settings(request.config)
+    settings = get_settings(pytestconfig)
     if settings.app is None:
         raise ConfigError(
             "No app to test: set testkit_app in [tool.pytest.ini_options] "
             '(e.g. testkit_app = "myproject.main:app"), or override the `app` fixture in '
             "conftest.py."
         )
-    loaded = request.config.stash.get(_APP_KEY, None)
+    loaded = pytestconfig.stash.get(_APP_KEY, None)
     try:
         if isinstance(loaded, ConfigError):
             raise loaded
         return loaded if loaded is not None else load_app(settings.app)
     except ConfigError:
-        request.session.shouldstop = "testkit_app could not be loaded (see the first error)"
+        _stop_session(pytestconfig, "testkit_app could not be loaded (see the first error)")
         raise
 
 
 @pytest.fixture(scope="session")
 async def app_lifespan(
-    app: ASGIApp, anyio_backend: object, request: pytest.FixtureRequest
+    app: ASGIApp, anyio_backend: object, pytestconfig: pytest.Config
 ) -> AsyncIterator[ASGIApp]:
     """The app after its lifespan startup, ready for requests (session-scoped, per backend).
 
@@ -136,7 +154,7 @@ async def app_lifespan(
     Limits: ``testkit_startup_timeout`` / ``testkit_shutdown_timeout``. Cost: one startup and
     one shutdown of the app per backend.
     """
-    settings = get_settings(request.config)
+    settings = get_settings(pytestconfig)
     try:
         async with running_lifespan(
             app,
@@ -145,7 +163,7 @@ async def app_lifespan(
         ) as started:
             yield started
     except AppError:
-        request.session.shouldstop = "the app's lifespan failed (see the first error)"
+        _stop_session(pytestconfig, "the app's lifespan failed (see the first error)")
         raise
 
 
@@ -247,7 +265,7 @@ test_databases.__test__ = False  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
-def database_url(request: pytest.FixtureRequest) -> DatabaseURL:
+def database_url(pytestconfig: pytest.Config) -> DatabaseURL:
     """URL of this worker's test database (a ``str``; its repr hides the password).
 
     The database is the kit's own ``test_...`` clone of a template holding the schema from
@@ -257,25 +275,39 @@ def database_url(request: pytest.FixtureRequest) -> DatabaseURL:
     the embedded server; about 0.3 s when the cluster and template cached by an earlier run
     are reused, see ``--testkit-fresh-db``); later uses are free.
     """
-    return test_databases(request.config).working_url()
+    return test_databases(pytestconfig).working_url()
 
 
-@dataclass(frozen=True)
+@dataclass
 class _AppBindings:
     """What the test's transaction binds into the app, loaded once from the settings."""
 
     sessionmaker: Any  # the app's async_sessionmaker (testkit_sessionmaker), or None
     session_options: dict[str, Any]
     dependency: Callable[..., Any] | None  # testkit_session_dependency
-    app: ASGIApp | None  # whose dependency_overrides get the dependency
+    dependency_path: str | None
     factories: list[type]
+    _app: ASGIApp | None = None  # whose dependency_overrides get the dependency
+
+    def app(self, request: pytest.FixtureRequest) -> ASGIApp:
+        """The app whose session dependency is overridden, checked to use it, looked up once.
+
+        Looked up by the first test that needs it rather than by the session fixture, which
+        would need a ``request`` argument (a cost pytest charges every test).
+        """
+        if self._app is None:
+            app_object = request.getfixturevalue("app")
+            assert self.dependency is not None and self.dependency_path is not None
+            check_uses_dependency(app_object, self.dependency, self.dependency_path)
+            self._app = app_object
+        return self._app
 
 
 @pytest.fixture(scope="session")
-def _testkit_bindings(request: pytest.FixtureRequest) -> _AppBindings:
+def _testkit_bindings(pytestconfig: pytest.Config) -> _AppBindings:
     # One session fixture rather than one per setting: pytest resolves every session fixture
     # of a test's closure again for each test (and keeps a finalizer for it).
-    settings = get_settings(request.config)
+    settings = get_settings(pytestconfig)
     maker = None
     if settings.sessionmaker is not None:
         maker = check_sessionmaker(
@@ -286,21 +318,20 @@ def _testkit_bindings(request: pytest.FixtureRequest) -> _AppBindings:
         )
     factories = load_factories(settings.factories)
     dependency: Callable[..., Any] | None = None
-    app_object: ASGIApp | None = None
     if settings.session_dependency is not None:
         dependency = import_from_path(
             settings.session_dependency, "testkit_session_dependency", what="the session dependency"
         )
-        app_object = request.getfixturevalue("app")
-        check_uses_dependency(app_object, dependency, settings.session_dependency)
-    return _AppBindings(maker, session_options(maker), dependency, app_object, factories)
+    return _AppBindings(
+        maker, session_options(maker), dependency, settings.session_dependency, factories
+    )
 
 
 @pytest.fixture(scope="session")
 async def _testkit_async_database(
-    anyio_backend: object, request: pytest.FixtureRequest
+    anyio_backend: object, pytestconfig: pytest.Config
 ) -> AsyncIterator[AsyncDatabase]:
-    database = AsyncDatabase(test_databases(request.config), backend_name(anyio_backend))
+    database = AsyncDatabase(test_databases(pytestconfig), backend_name(anyio_backend))
     try:
         yield database
     finally:
@@ -308,8 +339,8 @@ async def _testkit_async_database(
 
 
 @pytest.fixture(scope="session")
-def _testkit_sync_database(request: pytest.FixtureRequest) -> Iterator[SyncDatabase]:
-    database = SyncDatabase(test_databases(request.config))
+def _testkit_sync_database(pytestconfig: pytest.Config) -> Iterator[SyncDatabase]:
+    database = SyncDatabase(test_databases(pytestconfig))
     try:
         yield database
     finally:
@@ -354,7 +385,9 @@ async def _testkit_transaction(
     transaction = TestTransaction(_testkit_async_database, bindings.session_options)
     _testkit_async_database.databases.take_leak_baseline()  # once, if the database is ready
     overrides: dict[Callable[..., Any], Callable[..., Any]] = {}
+    app_object: ASGIApp | None = None
     if bindings.dependency is not None:
+        app_object = bindings.app(request)
         if is_async_dependency(bindings.dependency):
             overrides[bindings.dependency] = _testkit_async_database.dependency
         else:
@@ -374,7 +407,7 @@ async def _testkit_transaction(
         if bindings.factories:
             await bound.enter_async_context(bound_factories(bindings.factories, transaction))
         if overrides:
-            bound.enter_context(override_dependencies(bindings.app, overrides))
+            bound.enter_context(override_dependencies(app_object, overrides))
         async with anyio.create_task_group() as task_group:
             transaction.task_group = task_group
             try:

@@ -216,5 +216,6 @@ def pytest_pycollect_makeitem(
 def pytest_collection_finish(session: pytest.Session) -> None:
     # The app is imported before the first test rather than in it (see preload_app).
     config = session.config
+    fixtures.remember_session(session)
     if not config.option.collectonly and not _is_xdist_controller(config):
         fixtures.preload_app(config)
