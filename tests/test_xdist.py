@@ -52,15 +52,17 @@ def rows(url, statement):
 
 
 def postmasters():
-    # A postmaster's command line names its data folder; its children's do not.
-    found = set()
-    for process in psutil.process_iter(["name", "cmdline"]):
+    # A postmaster's command line names its data folder; its children's do not, once they
+    # have set their title: a backend caught just after its fork still shows the postmaster's
+    # command line, so a process whose parent is one of those found is not counted.
+    found = {}
+    for process in psutil.process_iter(["name", "cmdline", "ppid"]):
         cmdline = process.info["cmdline"] or []
         if (process.info["name"] or "").startswith("postgres") and "-D" in cmdline:
             data = cmdline[cmdline.index("-D") + 1]
             if os.environ.get("TESTKIT_DATABASE_URL") or data.startswith(str(TMPDIR)):
-                found.add(process.pid)
-    return sorted(found)
+                found[process.pid] = process.info["ppid"]
+    return sorted(pid for pid, parent in found.items() if parent not in found)
 
 
 def record(database_url):
