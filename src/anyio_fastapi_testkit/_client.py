@@ -44,13 +44,18 @@ def http_library(preferred: str | None) -> ModuleType:
 
 
 def make_client(
-    library: ModuleType, app: Any, *, task_group: TaskGroup | None = None, **kwargs: Any
+    library: ModuleType,
+    app: Any,
+    *,
+    task_group: TaskGroup | Callable[[], TaskGroup | None] | None = None,
+    **kwargs: Any,
 ) -> Any:
     """An AsyncClient of ``library`` (:func:`client_class`) sending requests in-process to
     ``app`` (no sockets); ``kwargs`` go to the client (``base_url`` defaults to the kit's).
 
     Plain requests run the app inline; ``client.stream(...)`` runs it in a task, in
-    ``task_group`` when given, else in the group ``async with client:`` opens (see
+    ``task_group`` when given (or in the group it returns, when it is a function), else in the
+    group ``async with client:`` opens (see
     :class:`StreamingASGITransport`). With ``task_group`` the client needs no ``async with``:
     its owner awaits ``client.aclose()`` before leaving the group, which closes the responses
     left open and raises the first error of their app calls. To close those responses but

@@ -11,8 +11,8 @@ from __future__ import annotations
 import inspect
 import sys
 import types
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -258,10 +258,8 @@ class _TestSyncPersistence:
         return list(self._handler().save_many(data))
 
 
-@asynccontextmanager
-async def bound_factories(
-    factories: list[type], transaction: TestTransaction
-) -> AsyncIterator[None]:
+@contextmanager
+def bound_factories(factories: list[type], transaction: TestTransaction) -> Iterator[None]:
     """For one test, make the ``testkit_factories`` persist through the test's session.
 
     Nothing is opened here: the session is made when a factory first saves, so a test that

@@ -424,7 +424,8 @@ class StreamingASGITransport:
 
     Same arguments as httpx's ``ASGITransport``, plus ``disconnect_timeout``: how long the app
     gets to return after the client closed a response it was still sending, before its task is
-    cancelled; and ``task_group``: where the app calls of streamed requests run. Use the class
+    cancelled; and ``task_group``: where the app calls of streamed requests run (the group, or
+    a function returning the group open at the time of the request). Use the class
     that :func:`streaming_transport_class` builds for the library (or
     :func:`streaming_transport`).
 
@@ -448,7 +449,7 @@ class StreamingASGITransport:
         root_path: str = "",
         client: tuple[str, int] = ("127.0.0.1", 123),
         disconnect_timeout: float = DISCONNECT_TIMEOUT,
-        task_group: TaskGroup | None = None,
+        task_group: TaskGroup | Callable[[], TaskGroup | None] | None = None,
     ) -> None:
         if self._response_class is None:
             raise TypeError(
@@ -460,7 +461,12 @@ class StreamingASGITransport:
         self.root_path = root_path
         self.client = client
         self.disconnect_timeout = disconnect_timeout
-        self._task_group: TaskGroup | None = task_group
+        self._task_group: TaskGroup | None = None
+        self._task_group_of: Callable[[], TaskGroup | None] | None = None
+        if callable(task_group):
+            self._task_group_of = task_group
+        else:
+            self._task_group = task_group
         self._owns_task_group = task_group is None
         self._exchanges: set[_Exchange] = set()
 
@@ -518,6 +524,15 @@ class StreamingASGITransport:
             raise first_error
 
     def _open_task_group(self) -> TaskGroup:
+        if self._task_group_of is not None:
+            task_group = self._task_group_of()
+            if task_group is None:
+                raise RuntimeError(
+                    "A streamed request was sent outside of the async test that owns the "
+                    "client: the app calls of streamed responses run in a task group that is "
+                    "open only while the test (or an async fixture of it) runs."
+                )
+            return task_group
         if self._task_group is None:
             raise RuntimeError(
                 "The StreamingASGITransport is not open. It runs the app in a task group that "

@@ -45,7 +45,7 @@ class TaskTracker:
         self._previous: TaskFactory = self._loop.get_task_factory()
         self._created: list[tuple[asyncio.Task[Any], Stack]] = []
         # Kept: a bound method is a new object each time it is read, and stop() compares.
-        self._factory = self._record
+        self._factory: TaskFactory | None = self._record
         self._loop.set_task_factory(self._factory)  # type: ignore[arg-type]
 
     def _record(
@@ -60,7 +60,10 @@ class TaskTracker:
 
     def stop(self) -> bool:
         """Stop recording; whether a recorded task is still running (then see leftovers())."""
-        if self._loop.get_task_factory() is self._factory:
+        # Dropped, not only unset: the bound method refers to the tracker, a cycle that only the
+        # garbage collector would free.
+        factory, self._factory = self._factory, None
+        if factory is not None and self._loop.get_task_factory() is factory:
             self._loop.set_task_factory(self._previous)
         if not self._created:
             return False

@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import contextmanager
 from typing import Any, Final
 
 import anyio
@@ -35,6 +35,9 @@ from ._provision import TestDatabases
 from ._queries import NOT_COUNTED
 
 SAVEPOINT_MODE: Final = "create_savepoint"
+# The running test's transaction, on its item, from the transaction fixture's set-up to its
+# teardown.
+TRANSACTION_KEY = pytest.StashKey["TestTransaction"]()
 TEST_SAVEPOINT: Final = "testkit_test"  # the savepoint every test runs in
 # The app's objects must stay readable after its commit(): FastAPI serialises responses
 # outside of an await, where an expired attribute cannot be loaded (MissingGreenlet).
@@ -157,6 +160,17 @@ class AsyncDatabase:
             )
         return connection
 
+    def connection_ready(self) -> bool:
+        """Whether the shared connection is open and in its transaction and savepoint, so that a
+        test can take it without a trip through the loop (see ``TestTransaction.take_ready``)."""
+        connection = self._connection
+        return (
+            connection is not None
+            and not connection.closed
+            and not connection.invalidated
+            and self._outer_is_current(connection)
+        )
+
     def _follow_savepoints(self, engine: AsyncEngine) -> None:
         """Record the savepoints SQLAlchemy begins and ends on the shared connection.
 
@@ -220,6 +234,13 @@ class AsyncDatabase:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+    def drop_pending_changes(self) -> None:
+        """Forget what sync code added to the kept session without a trip to the database
+        (``db_session.add()`` in a fixture of a test that then never ran)."""
+        session = self._session
+        if session is not None and (session.new or session.dirty or session.deleted):
+            session.expunge_all()
 
     def _kept_savepoints(self) -> list[str] | None:
         """The savepoints to begin again after the rollback, for the kept session to stay
@@ -386,7 +407,17 @@ async def _run_script(connection: Any, script: str) -> list[tuple[Any, ...]]:
 
 
 class TestTransaction:
-    """One test's use of the shared connection, and its session; rolled back by ``close()``."""
+    """One test's use of the shared connection, and its session; rolled back by ``end()``.
+
+    Ended in one of two ways. In the test's own call (``in_call``, see ``run_in_transaction``):
+    the kit's wrapper of the async test opens the task group before the test body and ends the
+    transaction right after it, on the same trip through the loop; what that finds (the leak
+    check's rows, an error) waits for ``finish_after_call()`` in the fixture's teardown, where
+    pytest reports it. Otherwise by the closer fixture, whose set-up opens the task group and
+    whose teardown ends the transaction: for tests the kit does not run itself, and for tests
+    with async fixtures of their own after the kit's, which may use the transaction in their
+    teardown, after the test's call.
+    """
 
     __test__ = False
 
@@ -394,16 +425,28 @@ class TestTransaction:
         self.database = database
         self.options = options
         self.lock = TaskLock(database.backend)
-        # Where the test's clients run the app calls of streamed responses (set by the
-        # fixture that opens it).
+        # Where the test's clients run the app calls of streamed responses (set while the
+        # test runs by whichever opens it; read by the transport when a stream starts).
         self.task_group: TaskGroup | None = None
+        self.in_call = False
         self._connection: AsyncConnection | None = None
         self._session: AsyncSession | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._ended = False
+        self._leak_rows: Any = None
+        self._end_error: Exception | None = None
+        self._client_error: BaseException | None = None
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Await ``closer`` first when the test ends (a client's open responses, say)."""
         self._closers.append(closer)
+
+    def current_task_group(self) -> TaskGroup | None:
+        return self.task_group
+
+    def take_ready(self) -> None:
+        """Take the shared connection, which ``database.connection_ready()`` found ready."""
+        self._connection = self.database._connection
 
     def connection_now(self) -> AsyncConnection:
         """The test's connection, once ``connection()`` has been awaited."""
@@ -449,18 +492,61 @@ class TestTransaction:
                 first_error = first_error or exc
         return first_error
 
-    async def close(self) -> None:
+    async def end(self) -> Any:
         """End the test's database work: roll back (keeping or closing the session, see
-        ``AsyncDatabase.end_test``), then check for leaks."""
+        ``AsyncDatabase.end_test``); return the leak check's rows for ``check_leaks``."""
         used = self._connection is not None
         self._session = self._connection = None
+        self._ended = True
         try:
-            rows = await self.database.end_test(used)
+            return await self.database.end_test(used)
         except BaseException:
             # A connection whose state is unknown must not carry into the next test.
             await self.database.discard_connection()
             raise
+
+    def check_leaks(self, rows: Any) -> None:
         self.database.databases.check_leaks(rows)
+
+    async def close(self) -> None:
+        """``end()``, then the leak check."""
+        self.check_leaks(await self.end())
+
+    async def end_call(self, task_group: TaskGroup, failure: BaseException | None) -> None:
+        """Right after the test body, in its task: close the clients and the task group, then
+        ``end()``. Errors wait for ``finish_after_call()``, so that they are reported as the
+        fixture's teardown errors, as when the closer fixture ends the transaction."""
+        self._client_error = await self.close_clients()
+        self.task_group = None
+        try:
+            # Only a cancellation goes into the group: the test's own failure would come out
+            # of it wrapped in an exception group.
+            if isinstance(failure, anyio.get_cancelled_exc_class()):
+                await task_group.__aexit__(type(failure), failure, failure.__traceback__)
+            else:
+                await task_group.__aexit__(None, None, None)
+        except Exception as exc:  # an app call of a stream that failed
+            self._client_error = self._client_error or exc
+        try:
+            self._leak_rows = await self.end()
+        except Exception as exc:
+            self._end_error = exc
+
+    def finish_after_call(self) -> None:
+        """In the fixture's teardown, after ``in_call``: report what ``end_call()`` found.
+
+        When the call never ran (a later fixture failed or skipped), no code of the test ran
+        on the loop since the set-up, so there is nothing to roll back; only what sync code
+        may have put in the kept session is dropped."""
+        self._closers.clear()  # the clients refer to the transaction: no cycle outlives it
+        if not self._ended:
+            self.database.drop_pending_changes()
+            return
+        if self._end_error is not None:
+            raise self._end_error
+        self.check_leaks(self._leak_rows)
+        if self._client_error is not None:
+            raise self._client_error
 
 
 _OUTSIDE_A_TEST = (
@@ -483,6 +569,29 @@ def _async_dependency(database: AsyncDatabase) -> Callable[[], AsyncIterator[Asy
             yield await transaction.session()
 
     return test_session_dependency
+
+
+async def run_in_transaction(
+    test: Callable[..., Awaitable[Any]], transaction: TestTransaction, /, **kwargs: Any
+) -> Any:
+    """Run an async test with its transaction ended on the same trip through the loop.
+
+    Saves the test two trips into the loop (an async fixture's set-up and teardown) and
+    keeps it out of reference cycles: anyio ends an async generator fixture by catching its
+    ``StopAsyncIteration``, whose traceback holds the frame that holds the fixture's task,
+    which holds the exception, so every such fixture leaves the garbage collector a cycle.
+    """
+    task_group = anyio.create_task_group()
+    await task_group.__aenter__()
+    transaction.task_group = task_group
+    failure: BaseException | None = None
+    try:
+        return await test(**kwargs)
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        await transaction.end_call(task_group, failure)
 
 
 def _sync_dependency(database: SyncDatabase) -> Callable[[], Iterator[Session]]:
@@ -568,18 +677,19 @@ def check_sessionmaker(maker: Any, path: str) -> async_sessionmaker[Any]:
     return maker
 
 
-@asynccontextmanager
-async def bound_sessionmaker(
+@contextmanager
+def bound_sessionmaker(
     maker: async_sessionmaker[Any] | None, transaction: TestTransaction
-) -> AsyncIterator[None]:
+) -> Iterator[None]:
     """For one test, make the app's sessionmaker hand out sessions joined to the test's
-    transaction (savepoint mode); restore its configuration afterwards."""
+    transaction (savepoint mode); restore its configuration afterwards. On asyncio the
+    transaction must hold its connection already."""
     if maker is None:
         yield
         return
     saved_kw, saved_class = dict(maker.kw), maker.class_
     if transaction.database.backend == "asyncio":
-        maker.configure(bind=await transaction.connection(), join_transaction_mode=SAVEPOINT_MODE)
+        maker.configure(bind=transaction.connection_now(), join_transaction_mode=SAVEPOINT_MODE)
     else:
         reason = ASYNC_DRIVERS_ASYNCIO_ONLY.format(driver=transaction.database.driver)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -22,7 +22,15 @@ from ._config import Settings
 from ._frames import innermost_user_frame
 from ._tasks import TaskTracker, leak_report
 from ._timeouts import MARKER, timeout_for, with_timeout
+from ._transaction import TRANSACTION_KEY, run_in_transaction
 from ._warnings import BlockedLoopWarning, LeakedTaskWarning
+
+
+def runs_watched(item: pytest.Item, fixturenames: Sequence[str]) -> bool:
+    """Whether the kit will run ``item`` through its wrapper (``watched_test``)."""
+    return "anyio_backend" in fixturenames and inspect.iscoroutinefunction(
+        getattr(item, "obj", None)
+    )
 
 
 def watched_test(item: pytest.Function, settings: Settings) -> Callable[..., Awaitable[Any]] | None:
@@ -37,6 +45,11 @@ def watched_test(item: pytest.Function, settings: Settings) -> Callable[..., Awa
         marked = item.get_closest_marker(MARKER) is not None
         setting = f"@pytest.mark.{MARKER}" if marked else "testkit_timeout / --testkit-timeout"
         test = with_timeout(test, seconds, item.nodeid, setting)
+    transaction = item.stash.get(TRANSACTION_KEY, None)
+    if transaction is not None and transaction.in_call:
+        # Outside the time limit, as a fixture's teardown would be: a test cancelled at its
+        # limit still gets its database cleaned up.
+        test = functools.partial(run_in_transaction, test, transaction)
     backend = backend_name(requested)
     # trio needs no tracker: a nursery cannot be left before its tasks end.
     track = settings.leaked_tasks != "off" and backend == "asyncio"

@@ -9,6 +9,7 @@ exactly the fixtures below and no hooks.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from ._live_server import live_server as serve_live
 from ._provision import DatabaseURL, TestDatabases
 from ._queries import QueryCounter, QueryLimit
 from ._transaction import (
+    TRANSACTION_KEY,
     AsyncDatabase,
     SyncDatabase,
     SyncTestTransaction,
@@ -38,6 +40,7 @@ from ._transaction import (
     is_async_dependency,
     session_options,
 )
+from ._watched import runs_watched
 from ._websocket import WebSocketConnect, websocket_connector
 from ._xdist import server_plan
 
@@ -185,7 +188,9 @@ def client(
     # The library comes through the transaction: a `request` argument would cost every test
     # a lookup of it by pytest.
     library = http_library(_testkit_transaction.database.databases.settings.http_client)
-    http_client = make_client(library, app_lifespan, task_group=_testkit_transaction.task_group)
+    http_client = make_client(
+        library, app_lifespan, task_group=_testkit_transaction.current_task_group
+    )
     _testkit_transaction.on_close(http_client.aclose)
     return http_client
 
@@ -348,7 +353,9 @@ def _testkit_sync_database(pytestconfig: pytest.Config) -> Iterator[SyncDatabase
 
 
 _ASYNC_TRANSACTION = "_testkit_transaction"
-# Fixtures that need the shared connection at once: the transaction opens it in its own setup,
+_CLOSER = "_testkit_transaction_closer"
+_CONNECT = "_testkit_connect"
+# Fixtures that need the shared connection at once: the transaction takes it in its own set-up,
 # so that they can be plain fixtures, which cost a test less than async ones.
 _NEEDS_CONNECTION = frozenset({"db_session", "db_connection"})
 
@@ -374,52 +381,101 @@ def _testkit_sync_transaction(
 
 
 @pytest.fixture
-async def _testkit_transaction(
+def _testkit_transaction(
     _testkit_async_database: AsyncDatabase,
     _testkit_bindings: _AppBindings,
     request: pytest.FixtureRequest,
-) -> AsyncIterator[TestTransaction]:
-    # The only async fixture a test of the kit sets up: everything per test that needs the
-    # loop happens here (each async fixture costs the test two trips into the loop).
+) -> Iterator[TestTransaction]:
+    # A plain fixture, and the only per-test one of the kit that the loop is needed for: for
+    # an async test that the kit runs, the test's own call ends the transaction (see
+    # run_in_transaction), so that the test enters the loop once; otherwise, and as soon as an
+    # async fixture of the test's own comes after this one (see promote_to_closer), the closer
+    # fixture ends it in its teardown.
+    database = _testkit_async_database
     bindings = _testkit_bindings
-    transaction = TestTransaction(_testkit_async_database, bindings.session_options)
-    _testkit_async_database.databases.take_leak_baseline()  # once, if the database is ready
+    transaction = TestTransaction(database, bindings.session_options)
+    database.databases.take_leak_baseline()  # once, if the database is ready
     overrides: dict[Callable[..., Any], Callable[..., Any]] = {}
     app_object: ASGIApp | None = None
     if bindings.dependency is not None:
         app_object = bindings.app(request)
         if is_async_dependency(bindings.dependency):
-            overrides[bindings.dependency] = _testkit_async_database.dependency
+            overrides[bindings.dependency] = database.dependency
         else:
             sync_transaction = request.getfixturevalue("_testkit_sync_transaction")
             overrides[bindings.dependency] = sync_transaction.database.dependency
-    # What can fail or skip (on trio) happens outside the task group, which would wrap it in
-    # an exception group.
-    if not _NEEDS_CONNECTION.isdisjoint(request.node.fixturenames):
-        await transaction.connection()
-    client_error: BaseException | None = None
+    fixturenames = request.fixturenames
+    if not _NEEDS_CONNECTION.isdisjoint(fixturenames) or (
+        bindings.sessionmaker is not None and database.backend == "asyncio"
+    ):
+        if not database.connection_ready():
+            request.getfixturevalue(_CONNECT)  # opens it on the loop, or skips (trio)
+        transaction.take_ready()
+    request.node.stash[TRANSACTION_KEY] = transaction
+    transaction.in_call = runs_watched(request.node, fixturenames)
     # Only what is configured is entered: every context costs the test its enter and exit.
-    bound = contextlib.AsyncExitStack()
-    _testkit_async_database.current = transaction
+    bound = contextlib.ExitStack()
+    database.current = transaction
     try:
         if bindings.sessionmaker is not None:
-            await bound.enter_async_context(bound_sessionmaker(bindings.sessionmaker, transaction))
+            bound.enter_context(bound_sessionmaker(bindings.sessionmaker, transaction))
         if bindings.factories:
-            await bound.enter_async_context(bound_factories(bindings.factories, transaction))
+            bound.enter_context(bound_factories(bindings.factories, transaction))
         if overrides:
             bound.enter_context(override_dependencies(app_object, overrides))
-        async with anyio.create_task_group() as task_group:
-            transaction.task_group = task_group
-            try:
-                yield transaction
-            finally:
-                client_error = await transaction.close_clients()
+        if not transaction.in_call:
+            request.getfixturevalue(_CLOSER)
+        yield transaction
     finally:
         try:
-            await bound.aclose()
+            bound.close()
         finally:
-            _testkit_async_database.current = None
-            await transaction.close()
+            database.current = None
+            del request.node.stash[TRANSACTION_KEY]
+    if transaction.in_call:
+        transaction.finish_after_call()
+
+
+def promote_to_closer(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> None:
+    """Before an async fixture of the test's own that comes after the kit's transaction: have
+    the closer fixture end the transaction, after that fixture's teardown (which may use the
+    database or the client) rather than in the test's call, which ends before it."""
+    if fixturedef.scope != "function":
+        return
+    transaction = request.node.stash.get(TRANSACTION_KEY, None)
+    if transaction is None or not transaction.in_call:
+        return
+    func = fixturedef.func
+    if getattr(func, "__module__", None) == __name__ or not (
+        inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
+    ):
+        return
+    transaction.in_call = False
+    # Requested by that fixture: pytest tears it down before the closer.
+    request.getfixturevalue(_CLOSER)
+
+
+@pytest.fixture
+async def _testkit_connect(_testkit_async_database: AsyncDatabase) -> None:
+    # Requested by the transaction when the shared connection is not open yet (the first
+    # test of a backend, or after a test broke it).
+    await _testkit_async_database.shared_connection()
+
+
+@pytest.fixture
+async def _testkit_transaction_closer(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    # Opens the test's task group and ends its transaction, for the tests whose call does not
+    # (see _testkit_transaction).
+    transaction = request.node.stash[TRANSACTION_KEY]
+    client_error: BaseException | None = None
+    async with anyio.create_task_group() as task_group:
+        transaction.task_group = task_group
+        try:
+            yield
+        finally:
+            client_error = await transaction.close_clients()
+            transaction.task_group = None
+    await transaction.close()
     if client_error is not None:
         raise client_error
 
@@ -444,7 +500,7 @@ def db_connection(_testkit_transaction: TestTransaction) -> AsyncConnection:
     savepoint that every test runs in and is rolled back to at teardown. Shared by
     ``db_session`` and, through ``testkit_session_dependency``, by the app's requests. Calling
     ``commit()`` on it commits for real (the leak check reports it). asyncio only (skipped on
-    trio). Cost: one ROLLBACK TO SAVEPOINT at teardown, sent with the leak check.
+    trio). Cost: one ROLLBACK TO SAVEPOINT after the test, sent with the leak check.
     """
     return _testkit_transaction.connection_now()
 

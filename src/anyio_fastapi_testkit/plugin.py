@@ -166,6 +166,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
 def pytest_fixture_setup(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
 ) -> Generator[None, object, object]:
+    fixtures.promote_to_closer(fixturedef, request)
     # First, so that anyio's own wrapper (which runs async fixtures) runs the timed function.
     timed = timed_fixture_setup(fixturedef, request, get_settings(request.config).timeout)
     if timed is None:

@@ -1,0 +1,155 @@
+"""Where a test's transaction ends: in the test's own call, or in the closer fixture.
+
+An async test that the kit runs, with no async fixture of its own after the kit's, has its
+transaction ended by its call, on the same trip through the loop. Async fixtures of the test
+that come after the kit's may use the database and the client in their set-up and teardown:
+the closer fixture then ends the transaction after them. Either way the next test starts from
+an empty database, errors are reported at teardown, and nothing of a test is left behind.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import Project
+from test_db_fixtures import items_project
+
+
+@pytest.mark.usefixtures("db_driver")
+def test_async_fixtures_use_the_transaction_in_set_up_and_teardown(project: Project) -> None:
+    items_project(project)
+    project.module(
+        "test_fixtures",
+        """
+        import pytest
+
+        from helpers import names
+        from items_app import Item
+
+        @pytest.fixture
+        async def seeded(client, db_session):
+            assert (await client.post("/items", json={"name": "by-fixture"})).status_code == 201
+            yield "by-fixture"
+            # After the test's call: still inside the test's transaction.
+            assert await names(db_session) == ["by-fixture", "by-test"]
+            db_session.add(Item(name="by-teardown"))
+            await db_session.flush()
+            response = await client.post("/items", json={"name": "by-teardown-app"})
+            assert response.status_code == 201
+
+        @pytest.fixture
+        async def streamed(client):
+            # A stream opened in a fixture runs in the test's task group, as in the test.
+            async with client.stream("GET", "/items") as response:
+                yield await response.aread()
+
+        async def test_a_uses_the_fixture(seeded, client, db_session):
+            assert (await client.post("/items", json={"name": "by-test"})).status_code == 201
+            assert await names(db_session) == ["by-fixture", "by-test"]
+
+        async def test_b_stream_in_a_fixture(streamed):
+            assert streamed == b"[]"
+
+        async def test_c_sees_none_of_it(db_session):
+            assert await names(db_session) == []
+        """,
+    )
+    project.run().assert_outcomes(passed=3)
+
+
+def test_a_test_that_never_runs_leaves_nothing(project: Project) -> None:
+    # Set up, then skipped by a later fixture: the call that would have ended the transaction
+    # never runs; what a sync fixture put in the session must not reach the next test.
+    items_project(project)
+    project.module(
+        "test_skipped",
+        """
+        import pytest
+
+        from helpers import names
+        from items_app import Item
+
+        @pytest.fixture
+        def pending(db_session):
+            db_session.add(Item(name="never-flushed"))
+
+        @pytest.fixture
+        def skipper(pending):
+            pytest.skip("not today")
+
+        async def test_a_skipped(skipper):
+            pass
+
+        async def test_b_clean(client, db_session):
+            assert (await client.post("/items", json={"name": "fresh"})).status_code == 201
+            assert await names(db_session) == ["fresh"]
+        """,
+    )
+    project.run().assert_outcomes(passed=1, skipped=1)
+
+
+def test_the_transaction_ends_also_when_the_test_fails_or_times_out(project: Project) -> None:
+    items_project(project, testkit_timeout="2")
+    project.module(
+        "test_failing",
+        """
+        import anyio
+
+        from helpers import names
+
+        async def test_a_fails(client):
+            assert (await client.post("/items", json={"name": "failed"})).status_code == 201
+            assert False, "on purpose"
+
+        async def test_b_times_out(client):
+            assert (await client.post("/items", json={"name": "timed-out"})).status_code == 201
+            await anyio.sleep(30)
+
+        async def test_c_clean(db_session):
+            assert await names(db_session) == []
+        """,
+    )
+    result = project.run()
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(["*AssertionError: on purpose*"])
+
+
+def test_tests_leave_no_reference_cycles(project: Project) -> None:
+    # Objects in a cycle live until the garbage collector runs, and a full collection scans
+    # every object of the session: the kit's path through a test must leave none (anyio ends
+    # every async generator fixture with one, which is why the kit's per-test fixtures are
+    # plain ones).
+    items_project(project)
+    project.module(
+        "test_cycles",
+        """
+        import gc
+
+        import pytest
+
+        from helpers import names
+
+        @pytest.mark.parametrize("n", range(3))
+        async def test_warm_up(client, db_session, n):
+            assert (await client.post("/items", json={"name": f"w{n}"})).status_code == 201
+
+        # (Async, as the others: pytest would move sync tests away from the tests that use the
+        # parametrized backend.)
+        async def test_start():
+            gc.collect()
+            gc.disable()
+
+        @pytest.mark.parametrize("n", range(5))
+        async def test_requests(client, db_session, n):
+            assert (await client.post("/items", json={"name": f"x{n}"})).status_code == 201
+            assert (await client.get("/items")).json() == [f"x{n}"]
+            assert await names(db_session) == [f"x{n}"]
+            async with client.stream("GET", "/items") as response:
+                await response.aread()
+
+        async def test_none_left():
+            found = gc.collect()
+            gc.enable()
+            assert found == 0, f"{found} objects in reference cycles after 5 tests"
+        """,
+    )
+    project.run("-p", "no:randomly").assert_outcomes(passed=10)
