@@ -140,6 +140,15 @@ _INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (
         "",
     ),
     (
+        "testkit_gc_freeze",
+        "bool",
+        "Whether the kit moves what is alive once the tests are collected (the app, the "
+        "modules, the collected tests) out of the garbage collector's reach (gc.freeze), so "
+        "that its full passes during the tests skip them. Default: true; false leaves the "
+        "garbage collector alone.",
+        True,
+    ),
+    (
         "testkit_fresh_db",
         "bool",
         "Always start the kit's own server as a throwaway cluster (initdb and schema every "
@@ -220,6 +229,7 @@ class Settings:
     blocked_loop: float | None = DEFAULT_BLOCKED_LOOP
     factories: tuple[str, ...] = ()
     fresh_db: bool = False
+    gc_freeze: bool = True
 
 
 def _ini_str(config: pytest.Config, name: str) -> str | None:
@@ -331,6 +341,7 @@ def read_settings(config: pytest.Config, *, check_backends: bool = True) -> Sett
         fresh_db=bool(config.getoption("testkit_fresh_db"))
         or os.environ.get(FRESH_DB_ENV, "").strip().lower() in ("1", "true", "yes", "on")
         or bool(config.getini("testkit_fresh_db")),
+        gc_freeze=bool(config.getini("testkit_gc_freeze")),
     )
     if check_backends:
         _check_backends(settings.backends, backend_setting)
