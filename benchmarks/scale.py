@@ -1,0 +1,177 @@
+"""Scale and start-up of the kit: pytest-xdist against one process, cold and warm starts.
+
+    python benchmarks/scale.py [--n 2000] [--rounds 2] [--only xdist,start]
+
+* ``xdist``: the bench's K project with N tests, run with ``-n 0`` and with ``-n 2`` against
+  one server (``--testkit-db-url``, as run.py does), interleaved, ``--rounds`` times; wall time
+  of the pytest process, the speed-up, and the pass counts (which must be N both ways).
+* ``start``: how long the database takes to be ready in a session with the kit's embedded
+  server: the set-up time of the first test that uses ``db_session`` (``--durations``), with
+  the cluster and template cached by an earlier run (warm) and with ``--testkit-fresh-db``
+  (cold: initdb, start, schema, template, clone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE / "sample_app"))
+
+import run  # noqa: E402
+from generate import BY_KEY, generate  # noqa: E402
+
+RUN_TIMEOUT = 900.0
+
+DATABASE_TEST = """
+from sqlalchemy import text
+
+
+async def test_database(db_session):
+    assert (await db_session.execute(text("SELECT 1"))).scalar() == 1
+"""
+
+
+def _timed(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str, int]:
+    start = time.perf_counter()
+    done = subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT
+    )
+    return time.perf_counter() - start, done.stdout + done.stderr, done.returncode
+
+
+def _passed(output: str) -> int:
+    found = re.search(r"(\d+) passed", output)
+    return int(found.group(1)) if found else 0
+
+
+def xdist(base: Path, n: int, rounds: int) -> str:
+    setup = BY_KEY["K"]
+    server = run.Server()
+    try:
+        server.prepare([setup])
+        project = generate(setup, n, base / f"K-n{n}")
+        env = run.child_env(setup, server, "psycopg")
+        command = run.pytest_command(setup, server, "psycopg")
+        # Not timed: byte-compile the tests and warm the caches.
+        _timed([*command, "--collect-only"], project, env)
+        walls: dict[str, list[float]] = {"0": [], "2": []}
+        passed: dict[str, set[int]] = {"0": set(), "2": set()}
+        for round_index in range(rounds):
+            order = ("0", "2") if round_index % 2 == 0 else ("2", "0")
+            for workers in order:
+                seconds, output, code = _timed([*command, "-n", workers], project, env)
+                if code != 0:
+                    raise SystemExit(f"-n {workers} failed (exit {code}):\n{output[-3000:]}")
+                walls[workers].append(seconds)
+                passed[workers].add(_passed(output))
+                print(f"-n {workers}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+    serial, parallel = statistics.median(walls["0"]), statistics.median(walls["2"])
+    lines = [
+        f"{n} bench tests (set-up K), {rounds} interleaved rounds, medians:",
+        "",
+        "| run | wall (s), each round | median (s) | passed |",
+        "|---|---|--:|--:|",
+    ]
+    for workers, median in (("0", serial), ("2", parallel)):
+        each = ", ".join(f"{value:.1f}" for value in walls[workers])
+        counts = ", ".join(str(value) for value in sorted(passed[workers]))
+        lines.append(f"| `-n {workers}` | {each} | {median:.1f} | {counts} |")
+    speedup = f"{serial / parallel:.2f}"
+    lines += ["", f"`-n 2` is {speedup} times as fast as `-n 0` (target: at least 1.5)."]
+    return "\n".join(lines)
+
+
+def _start_project(base: Path, name: str, test_source: str) -> Path:
+    project = generate(BY_KEY["K"], 0, base / name)
+    (project / "tests" / "test_start.py").write_text(test_source)
+    # Without testkit_database_env, which would provision the database before collection in
+    # the baseline too: benchapp's import-time engine never connects, the session dependency
+    # being the kit's.
+    ini = (project / "pytest.ini").read_text().splitlines()
+    kept = [line for line in ini if not line.startswith("testkit_database_env")]
+    (project / "pytest.ini").write_text("\n".join(kept) + "\n")
+    return project
+
+
+def _setup_seconds(output: str, test: str) -> float:
+    found = re.search(rf"([0-9.]+)s setup\s+\S*::{test}", output)
+    if found is None:
+        raise SystemExit(f"no setup duration of {test} in:\n{output[-3000:]}")
+    return float(found.group(1))
+
+
+def start(base: Path, rounds: int) -> str:
+    # The kit's own embedded server and cache, in a state folder of this run's own: the cold
+    # runs start from nothing, the warm runs reuse what the untimed first run cached.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BENCH_")}
+    for key in ("TESTKIT_DATABASE_URL", "DATABASE_URL", "PYTEST_ADDOPTS"):
+        env.pop(key, None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["TMPDIR"] = tempfile.mkdtemp(prefix="tks-", dir="/tmp")
+    command = [
+        *(sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:asyncio", "-q"),
+        *("--durations=0", "--durations-min=0"),
+    ]
+    database = _start_project(base, "start-db", DATABASE_TEST)
+    _timed(command, database, env)  # not timed: byte-compile, cache the cluster and template
+    setups: dict[str, list[float]] = {"warm": [], "cold": []}
+    for _ in range(rounds):
+        for name, extra in (("warm", []), ("cold", ["--testkit-fresh-db"])):
+            _, output, code = _timed([*command, *extra], database, env)
+            if code != 0 or _passed(output) != 1:
+                raise SystemExit(f"{name} start failed (exit {code}):\n{output[-3000:]}")
+            setups[name].append(_setup_seconds(output, "test_database"))
+            print(f"{name}: {setups[name][-1]:.2f} s", file=sys.stderr, flush=True)
+    lines = [
+        f"Start of the database with the embedded server, {rounds} rounds: the set-up time of",
+        "the session's first database test (pytest --durations), which starts the server,",
+        "gets the template (built, or cached by an earlier run) and the worker's clone, and",
+        "connects:",
+        "",
+        "| start | each round (s) | median (s) | target |",
+        "|---|---|--:|---|",
+    ]
+    targets = {
+        "warm": "≤ 0.4 s (cached cluster and template)",
+        "cold": "≤ 1.5 s (initdb, start, schema, template, clone: --testkit-fresh-db)",
+    }
+    for name, values in setups.items():
+        each = ", ".join(f"{value:.2f}" for value in values)
+        lines.append(f"| {name} | {each} | {statistics.median(values):.2f} | {targets[name]} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000, help="tests of the xdist runs")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
+    parser.add_argument("--only", default="xdist,start", help="xdist, start or both")
+    args = parser.parse_args(argv)
+    chosen = {part.strip() for part in args.only.split(",") if part.strip()}
+    unknown = chosen - {"xdist", "start"}
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))}; choose xdist and/or start")
+    base = Path(tempfile.mkdtemp(prefix="tkscale-"))
+    print(f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
+    if "xdist" in chosen:
+        print(xdist(base, args.n, args.rounds), "\n")
+    if "start" in chosen:
+        print(start(base, max(args.rounds, 3)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
