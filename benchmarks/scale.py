@@ -17,6 +17,7 @@ import argparse
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -120,7 +121,15 @@ def start(base: Path, rounds: int) -> str:
     for key in ("TESTKIT_DATABASE_URL", "DATABASE_URL", "PYTEST_ADDOPTS"):
         env.pop(key, None)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["TMPDIR"] = tempfile.mkdtemp(prefix="tks-", dir="/tmp")
+    state = tempfile.mkdtemp(prefix="tks-", dir="/tmp")  # short: the server's socket is in it
+    env["TMPDIR"] = state
+    try:
+        return _time_starts(base, rounds, env)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)  # the cached cluster and template
+
+
+def _time_starts(base: Path, rounds: int, env: dict[str, str]) -> str:
     command = [
         *(sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:asyncio", "-q"),
         *("--durations=0", "--durations-min=0"),
@@ -166,10 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))}; choose xdist and/or start")
     base = Path(tempfile.mkdtemp(prefix="tkscale-"))
     print(f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
-    if "xdist" in chosen:
-        print(xdist(base, args.n, args.rounds), "\n")
-    if "start" in chosen:
-        print(start(base, max(args.rounds, 3)))
+    try:
+        if "xdist" in chosen:
+            print(xdist(base, args.n, args.rounds), "\n")
+        if "start" in chosen:
+            print(start(base, max(args.rounds, 3)))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
     return 0
 
 

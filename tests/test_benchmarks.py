@@ -44,3 +44,21 @@ def test_kit_and_recipe_benchmarks_pass_in_random_order(seed: int) -> None:
     assert completed.returncode == 0, f"--randomly-seed={seed}\n{output}"
     assert f"--randomly-seed={seed}" in completed.stdout, output
     assert completed.stdout.count(" ok (") == 3, output
+
+
+def test_scale_script_runs_xdist_and_start_up() -> None:
+    # Small: correctness of the script (both ways pass every test; both starts are timed),
+    # not its timings.
+    completed = subprocess.run(
+        [sys.executable, str(RUNNER.with_name("scale.py")), "--n", "20", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT,
+        check=False,
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output
+    assert "| `-n 0` |" in completed.stdout and "| `-n 2` |" in completed.stdout, output
+    assert completed.stdout.count("| 20 |") == 2, output
+    for start in ("| warm |", "| cold |"):
+        assert start in completed.stdout, output
