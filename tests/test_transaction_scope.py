@@ -88,18 +88,24 @@ def test_a_test_that_never_runs_leaves_nothing(project: Project) -> None:
 
 
 def test_the_transaction_ends_also_when_the_test_fails_or_times_out(project: Project) -> None:
-    items_project(project, testkit_timeout="2")
+    items_project(project)
     project.module(
         "test_failing",
         """
         import anyio
+        import pytest
 
         from helpers import names
+
+        async def test_0_opens_the_connection(db_session):
+            # With no time limit: the embedded server may take a while to start.
+            assert await names(db_session) == []
 
         async def test_a_fails(client):
             assert (await client.post("/items", json={"name": "failed"})).status_code == 201
             assert False, "on purpose"
 
+        @pytest.mark.testkit_timeout(2)
         async def test_b_times_out(client):
             assert (await client.post("/items", json={"name": "timed-out"})).status_code == 201
             await anyio.sleep(30)
@@ -109,8 +115,8 @@ def test_the_transaction_ends_also_when_the_test_fails_or_times_out(project: Pro
         """,
     )
     result = project.run()
-    result.assert_outcomes(passed=1, failed=2)
-    result.stdout.fnmatch_lines(["*AssertionError: on purpose*"])
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(["*AssertionError: on purpose*", "*did not finish within 2 s*"])
 
 
 def test_tests_leave_no_reference_cycles(project: Project) -> None:
@@ -153,3 +159,47 @@ def test_tests_leave_no_reference_cycles(project: Project) -> None:
         """,
     )
     project.run("-p", "no:randomly").assert_outcomes(passed=10)
+
+
+def test_a_rollback_that_hangs_is_cut_off_at_the_time_limit(project: Project) -> None:
+    # The server stops answering the test's connection (its backend is stopped, as a hung
+    # server would be) just as the test ends: the rollback in the test's call is bounded by
+    # the test's time limit, as an async fixture's teardown is; the connection is dropped and
+    # the next test gets a new one. (The first test opens the connection, with no limit: the
+    # embedded server's start may take longer than a second on a loaded machine.)
+    items_project(project)
+    project.module(
+        "test_hang",
+        """
+        import os
+        import signal
+        import threading
+
+        import pytest
+
+        from helpers import names
+
+        async def test_a_opens_the_connection(db_session):
+            assert await names(db_session) == []
+
+        @pytest.mark.testkit_timeout(1)
+        async def test_b_server_stops_answering(client, db_connection):
+            assert (await client.post("/items", json={"name": "lost"})).status_code == 201
+            pid = (await db_connection.exec_driver_sql("SELECT pg_backend_pid()")).scalar()
+            threading.Timer(4, os.kill, (pid, signal.SIGCONT)).start()
+            os.kill(pid, signal.SIGSTOP)
+
+        async def test_c_clean(client, db_session):
+            assert (await client.post("/items", json={"name": "fresh"})).status_code == 201
+            assert await names(db_session) == ["fresh"]
+        """,
+    )
+    result = project.run()
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_b_server_stops_answering*",
+            "*The end of the test's transaction (closing its clients, the rollback and the leak "
+            "check) did not finish within 1 s (@pytest.mark.testkit_timeout)*",
+        ]
+    )

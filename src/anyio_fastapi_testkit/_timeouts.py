@@ -218,14 +218,20 @@ def with_timeout(
     return timed_test
 
 
-def _fail(what: str, report: str, cause: BaseException | None = None) -> NoReturn:
+def timeout_failure(what: str, report: str) -> BaseException:
+    """The failure to raise for ``what``, cancelled at its limit, with the tasks' stacks."""
     message = (
         f"{what} and was cancelled. Where each task was waiting when the limit was reached:"
         f"\n\n{report}"
     )
+    return pytest.fail.Exception(message, pytrace=False)
+
+
+def _fail(what: str, report: str, cause: BaseException | None = None) -> NoReturn:
+    failure = timeout_failure(what, report)
     if cause is None:
-        pytest.fail(message, pytrace=False)
-    raise pytest.fail.Exception(message, pytrace=False) from cause
+        raise failure
+    raise failure from cause
 
 
 def _bound(func: Callable[..., Any], request: pytest.FixtureRequest) -> Callable[..., Any]:

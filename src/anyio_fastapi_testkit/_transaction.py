@@ -33,6 +33,7 @@ from ._backends import ASYNC_DRIVERS_ASYNCIO_ONLY
 from ._errors import ConfigError
 from ._provision import TestDatabases
 from ._queries import NOT_COUNTED
+from ._timeouts import Limit, timeout_failure
 
 SAVEPOINT_MODE: Final = "create_savepoint"
 # The running test's transaction, on its item, from the transaction fixture's set-up to its
@@ -434,8 +435,11 @@ class TestTransaction:
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._ended = False
         self._leak_rows: Any = None
-        self._end_error: Exception | None = None
+        self._end_error: BaseException | None = None
         self._client_error: BaseException | None = None
+        # (seconds, setting): the test's time limit, which also bounds end_call()'s rollback,
+        # as it bounds an async fixture's teardown.
+        self.end_limit: tuple[float, str] | None = None
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Await ``closer`` first when the test ends (a client's open responses, say)."""
@@ -528,9 +532,28 @@ class TestTransaction:
         except Exception as exc:  # an app call of a stream that failed
             self._client_error = self._client_error or exc
         try:
-            self._leak_rows = await self.end()
+            self._leak_rows = await self._end_within_limit()
         except Exception as exc:
             self._end_error = exc
+
+    async def _end_within_limit(self) -> Any:
+        if self.end_limit is None:
+            return await self.end()
+        seconds, setting = self.end_limit
+        limit = Limit(seconds)
+        with limit.scope:
+            limit.start()
+            try:
+                return await self.end()
+            finally:
+                limit.stop()
+        # Cancelled by the limit: end() has discarded the connection; the next test opens one.
+        self._end_error = timeout_failure(
+            f"The end of the test's transaction (closing its clients, the rollback and the "
+            f"leak check) did not finish within {seconds:g} s ({setting})",
+            limit.report or "",
+        )
+        return None
 
     def finish_after_call(self) -> None:
         """In the fixture's teardown, after ``in_call``: report what ``end_call()`` found.

@@ -41,14 +41,18 @@ def watched_test(item: pytest.Function, settings: Settings) -> Callable[..., Awa
     if requested is None or not inspect.iscoroutinefunction(test):
         return None
     seconds = timeout_for(item, settings.timeout)
+    transaction = item.stash.get(TRANSACTION_KEY, None)
+    if transaction is not None and not transaction.in_call:
+        transaction = None
     if seconds is not None:
         marked = item.get_closest_marker(MARKER) is not None
         setting = f"@pytest.mark.{MARKER}" if marked else "testkit_timeout / --testkit-timeout"
         test = with_timeout(test, seconds, item.nodeid, setting)
-    transaction = item.stash.get(TRANSACTION_KEY, None)
-    if transaction is not None and transaction.in_call:
-        # Outside the time limit, as a fixture's teardown would be: a test cancelled at its
-        # limit still gets its database cleaned up.
+        if transaction is not None:
+            transaction.end_limit = (seconds, setting)
+    if transaction is not None:
+        # Outside the test's time limit, as a fixture's teardown would be, with a limit of its
+        # own: a test cancelled at its limit still gets its database cleaned up.
         test = functools.partial(run_in_transaction, test, transaction)
     backend = backend_name(requested)
     # trio needs no tracker: a nursery cannot be left before its tasks end.
