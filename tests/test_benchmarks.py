@@ -18,14 +18,18 @@ RUNNER = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 SMOKE_TIMEOUT = 600
 
 
-def run_smoke(*args: str) -> subprocess.CompletedProcess[str]:
+def run_script(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(RUNNER), "--smoke", *args],
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         timeout=SMOKE_TIMEOUT,
         check=False,
     )
+
+
+def run_smoke(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_script(RUNNER, "--smoke", *args)
 
 
 def test_every_benchmark_setup_passes_its_smoke_run() -> None:
@@ -49,13 +53,7 @@ def test_kit_and_recipe_benchmarks_pass_in_random_order(seed: int) -> None:
 def test_scale_script_runs_xdist_and_start_up() -> None:
     # Small: correctness of the script (both ways pass every test; both starts are timed),
     # not its timings.
-    completed = subprocess.run(
-        [sys.executable, str(RUNNER.with_name("scale.py")), "--n", "20", "--rounds", "1"],
-        capture_output=True,
-        text=True,
-        timeout=SMOKE_TIMEOUT,
-        check=False,
-    )
+    completed = run_script(RUNNER.with_name("scale.py"), "--n", "20", "--rounds", "1")
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     assert "| `-n 0` |" in completed.stdout and "| `-n 2` |" in completed.stdout, output

@@ -161,16 +161,19 @@ class AsyncDatabase:
             )
         return connection
 
-    def connection_ready(self) -> bool:
-        """Whether the shared connection is open and in its transaction and savepoint, so that a
-        test can take it without a trip through the loop (see ``TestTransaction.take_ready``)."""
+    def ready_connection(self) -> AsyncConnection | None:
+        """The shared connection if it is open and in its transaction and savepoint, so that a
+        test can take it without a trip through the loop; else None (``shared_connection()``
+        opens it)."""
         connection = self._connection
-        return (
+        if (
             connection is not None
             and not connection.closed
             and not connection.invalidated
             and self._outer_is_current(connection)
-        )
+        ):
+            return connection
+        return None
 
     def _follow_savepoints(self, engine: AsyncEngine) -> None:
         """Record the savepoints SQLAlchemy begins and ends on the shared connection.
@@ -448,9 +451,9 @@ class TestTransaction:
     def current_task_group(self) -> TaskGroup | None:
         return self.task_group
 
-    def take_ready(self) -> None:
-        """Take the shared connection, which ``database.connection_ready()`` found ready."""
-        self._connection = self.database._connection
+    def take_connection(self, connection: AsyncConnection) -> None:
+        """Use ``connection``, the shared one as ``database.ready_connection()`` returned it."""
+        self._connection = connection
 
     def connection_now(self) -> AsyncConnection:
         """The test's connection, once ``connection()`` has been awaited."""

@@ -408,9 +408,10 @@ def _testkit_transaction(
     if not _NEEDS_CONNECTION.isdisjoint(fixturenames) or (
         bindings.sessionmaker is not None and database.backend == "asyncio"
     ):
-        if not database.connection_ready():
-            request.getfixturevalue(_CONNECT)  # opens it on the loop, or skips (trio)
-        transaction.take_ready()
+        connection = database.ready_connection()
+        if connection is None:
+            connection = request.getfixturevalue(_CONNECT)  # opens it on the loop, or skips
+        transaction.take_connection(connection)
     request.node.stash[TRANSACTION_KEY] = transaction
     transaction.in_call = runs_watched(request.node, fixturenames)
     # Only what is configured is entered: every context costs the test its enter and exit.
@@ -456,16 +457,22 @@ def promote_to_closer(fixturedef: pytest.FixtureDef[Any], request: pytest.Fixtur
 
 
 @pytest.fixture
-async def _testkit_connect(_testkit_async_database: AsyncDatabase) -> None:
-    # Requested by the transaction when the shared connection is not open yet (the first
-    # test of a backend, or after a test broke it).
-    await _testkit_async_database.shared_connection()
+async def _testkit_connect(_testkit_async_database: AsyncDatabase) -> AsyncConnection:
+    """The shared connection, opened on the loop (skipped on trio).
+
+    Requested by the test's transaction only when the connection is not open yet: the first
+    test of a backend, or the test after one that broke it.
+    """
+    return await _testkit_async_database.shared_connection()
 
 
 @pytest.fixture
 async def _testkit_transaction_closer(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    # Opens the test's task group and ends its transaction, for the tests whose call does not
-    # (see _testkit_transaction).
+    """Opens the test's task group and, in its teardown, ends the test's transaction.
+
+    For the tests whose own call does not end it (see ``_testkit_transaction``). Cost: two
+    trips into the loop.
+    """
     transaction = request.node.stash[TRANSACTION_KEY]
     client_error: BaseException | None = None
     async with anyio.create_task_group() as task_group:
