@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import select
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio
 import pytest
@@ -40,6 +42,9 @@ SAVEPOINT_MODE: Final = "create_savepoint"
 # teardown.
 TRANSACTION_KEY = pytest.StashKey["TestTransaction"]()
 TEST_SAVEPOINT: Final = "testkit_test"  # the savepoint every test runs in
+# What AsyncDatabase.end_test(defer=True) returns when the leak check's rows are still on their
+# way (read them with take_deferred()).
+DEFERRED: Final = object()
 # The app's objects must stay readable after its commit(): FastAPI serialises responses
 # outside of an await, where an expired attribute cannot be loaded (MissingGreenlet).
 DEFAULT_SESSION_OPTIONS: dict[str, Any] = {"expire_on_commit": False}
@@ -100,7 +105,7 @@ class AsyncDatabase:
     and is undone by ``ROLLBACK TO SAVEPOINT testkit_test``, which also keeps the savepoint
     for the next test: one round trip per test, where a connection per test costs a pool
     checkout, BEGIN, ROLLBACK and the pool's reset. The driver keeps its prepared statements
-    (see ``_run_script``). (SQLAlchemy's ``begin_nested()`` per test would cost a SAVEPOINT more
+    (see ``ScriptReply``). (SQLAlchemy's ``begin_nested()`` per test would cost a SAVEPOINT more
     per test, and nest one level deeper on the server with every test.)
     """
 
@@ -128,6 +133,12 @@ class AsyncDatabase:
         # test would keep every test's transaction alive (and miss that cache every test).
         self.current: TestTransaction | None = None
         self.dependency = _async_dependency(self)
+        # The reply to the script that ended the last test, sent but not read yet (see
+        # end_test(defer=True)); the connection takes no other statement until it is read.
+        self._pending: ScriptReply | None = None
+        # Set when that reply did not come or was an error: the connection is in an unknown
+        # state, and the next test that needs it gets a new one.
+        self._broken = False
 
     async def engine(self) -> AsyncEngine:
         require_asyncio(self.backend, self.driver)
@@ -144,6 +155,8 @@ class AsyncDatabase:
     async def shared_connection(self) -> AsyncConnection:
         """The session's connection, inside its outer transaction and the tests' savepoint
         (both begun again if a test ended them)."""
+        if self._broken or self._pending is not None:
+            await self.discard_connection()
         connection = self._connection
         if connection is None or connection.closed or connection.invalidated:
             engine = await self.engine()
@@ -168,6 +181,8 @@ class AsyncDatabase:
         connection = self._connection
         if (
             connection is not None
+            and not self._broken
+            and self._pending is None
             and not connection.closed
             and not connection.invalidated
             and self._outer_is_current(connection)
@@ -284,7 +299,7 @@ class AsyncDatabase:
             and connection.sync_connection.get_transaction() is outer.sync_transaction
         )
 
-    async def end_test(self, used: bool) -> Any:
+    async def end_test(self, used: bool, *, defer: bool = False) -> Any:
         """After a test: undo its work on the shared connection, and count its tables' rows
         for the leak check (``TestDatabases.check_leaks``), which this returns.
 
@@ -298,6 +313,9 @@ class AsyncDatabase:
         ended the outer transaction itself (``db_connection.commit()`` or ``.rollback()``),
         whatever it began since is rolled back instead, and None is returned: the leak check
         then counts on the detector's own connection.
+
+        With ``defer`` (psycopg), the script is sent but its reply is not waited for: this
+        returns ``DEFERRED``, and ``take_deferred()``, outside the loop, returns the rows.
         """
         connection = self._connection
         if connection is None or not self._outer_is_current(connection):
@@ -322,9 +340,11 @@ class AsyncDatabase:
                 if self._session is not None:
                     self._reset_session(self._session)
         query = self.databases.leak_query()
-        return await self._rollback_and_count(used, kept, query) or []
+        return await self._rollback_and_count(used, kept, query, defer) or []
 
-    async def _rollback_and_count(self, rollback: bool, kept: list[str], query: str | None) -> Any:
+    async def _rollback_and_count(
+        self, rollback: bool, kept: list[str], query: str | None, defer: bool
+    ) -> Any:
         raw = self._raw
         script = "; ".join(
             [f"ROLLBACK TO SAVEPOINT {TEST_SAVEPOINT}"] + [f"SAVEPOINT {name}" for name in kept]
@@ -338,7 +358,26 @@ class AsyncDatabase:
             return None if query is None else await raw.fetch(query)
         if query is not None:
             script = f"{script}; {query}" if script else query
-        return await _run_script(raw, script) if script else None
+        if not script:
+            return None
+        reply = await ScriptReply.send(raw, script)
+        if defer:
+            self._pending = reply
+            return DEFERRED
+        return await reply.wait()
+
+    def take_deferred(self, timeout: float | None) -> list[tuple[Any, ...]]:
+        """The rows of the reply ``end_test(defer=True)`` left to read, waited for off the loop
+        for at most ``timeout`` seconds (TimeoutError). After any error the connection is
+        marked broken: the next test gets a new one."""
+        reply, self._pending = self._pending, None
+        if reply is None:
+            raise RuntimeError("No reply of the tests' shared connection is left to read.")
+        try:
+            return reply.wait_blocking(timeout)
+        except BaseException:
+            self._broken = True
+            raise
 
     async def end_outer_transaction(self) -> None:
         """Roll back whatever transaction is open on the shared connection."""
@@ -350,6 +389,7 @@ class AsyncDatabase:
         """Forget a shared connection in an unknown state; the next test opens a new one."""
         connection, self._connection, self._outer = self._connection, None, None
         self._raw, self._session = None, None
+        self._pending, self._broken = None, False
         if connection is not None:
             with anyio.CancelScope(shield=True):
                 try:
@@ -359,6 +399,8 @@ class AsyncDatabase:
 
     async def dispose(self) -> None:
         try:
+            if self._broken or self._pending is not None:
+                await self.discard_connection()  # a reply still on its way, or none to come
             if self._connection is not None:
                 await self.forget_session()
                 await self.end_outer_transaction()
@@ -370,44 +412,80 @@ class AsyncDatabase:
                 self._engine = None
 
 
-async def _run_script(connection: Any, script: str) -> list[tuple[Any, ...]]:
-    """Run a script of statements on a psycopg connection, through libpq (``psycopg.pq``);
-    return the rows of its last result that has rows, as text.
+class ScriptReply:
+    """The reply to a script of statements sent on a psycopg connection through libpq
+    (``psycopg.pq``): the rows of its last result that has rows, as text, or its first error.
 
     Not through ``connection.execute()``: psycopg drops its whole cache of prepared statements
     whenever a command's status is ROLLBACK, which ``ROLLBACK TO SAVEPOINT`` is, so every test
     would start with no prepared statement (the app's queries are prepared from their fifth
     run on). Undoing a test does not invalidate them: a plan whose tables changed is planned
     again by the server itself. Nothing else uses the connection meanwhile: the test is over.
-    """
-    from psycopg import pq
 
-    pgconn = connection.pgconn
-    pgconn.send_query(script.encode())
-    while pgconn.flush():
-        await anyio.wait_writable(pgconn.socket)
-    rows: list[tuple[Any, ...]] = []
-    error: str | None = None
-    while True:
-        while pgconn.is_busy():
-            await anyio.wait_readable(pgconn.socket)
-            pgconn.consume_input()
-        result = pgconn.get_result()
-        if result is None:
-            break
-        if result.status == pq.ExecStatus.TUPLES_OK:
-            rows = [
-                tuple(
-                    (value or b"").decode()
-                    for value in (result.get_value(row, column) for column in range(result.nfields))
-                )
-                for row in range(result.ntuples)
-            ]
-        elif result.status != pq.ExecStatus.COMMAND_OK and error is None:
-            error = (result.error_message or b"").decode(errors="replace").strip()
-    if error is not None:
-        raise RuntimeError(f"The kit's statements between two tests failed: {error}")
-    return rows
+    The reply can be awaited on the loop (``wait``) or waited for outside it
+    (``wait_blocking``): the kit sends the script that ends a test at the end of the test's
+    call and reads the reply in the fixture's teardown, so that pytest's reporting of the call
+    runs while the server works, instead of the test waiting for it.
+    """
+
+    __slots__ = ("_error", "_pgconn", "_rows")
+
+    def __init__(self, pgconn: Any) -> None:
+        self._pgconn = pgconn
+        self._rows: list[tuple[Any, ...]] = []
+        self._error: str | None = None
+
+    @classmethod
+    async def send(cls, connection: Any, script: str) -> ScriptReply:
+        pgconn = connection.pgconn
+        pgconn.send_query(script.encode())
+        while pgconn.flush():
+            await anyio.wait_writable(pgconn.socket)
+        return cls(pgconn)
+
+    def _take_arrived(self) -> bool:
+        """Read what the server has sent so far; True once the whole reply is in."""
+        from psycopg import pq
+
+        pgconn = self._pgconn
+        pgconn.consume_input()
+        while not pgconn.is_busy():
+            result = pgconn.get_result()
+            if result is None:
+                return True
+            if result.status == pq.ExecStatus.TUPLES_OK:
+                self._rows = [
+                    tuple(
+                        (value or b"").decode()
+                        for value in (
+                            result.get_value(row, column) for column in range(result.nfields)
+                        )
+                    )
+                    for row in range(result.ntuples)
+                ]
+            elif result.status != pq.ExecStatus.COMMAND_OK and self._error is None:
+                self._error = (result.error_message or b"").decode(errors="replace").strip()
+        return False
+
+    def _outcome(self) -> list[tuple[Any, ...]]:
+        if self._error is not None:
+            raise RuntimeError(f"The kit's statements between two tests failed: {self._error}")
+        return self._rows
+
+    async def wait(self) -> list[tuple[Any, ...]]:
+        while not self._take_arrived():
+            await anyio.wait_readable(self._pgconn.socket)
+        return self._outcome()
+
+    def wait_blocking(self, timeout: float | None) -> list[tuple[Any, ...]]:
+        """As ``wait()``, off the loop; raises TimeoutError after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._take_arrived():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError
+            select.select([self._pgconn.socket], [], [], remaining)
+        return self._outcome()
 
 
 class TestTransaction:
@@ -499,14 +577,15 @@ class TestTransaction:
                 first_error = first_error or exc
         return first_error
 
-    async def end(self) -> Any:
+    async def end(self, *, defer: bool = False) -> Any:
         """End the test's database work: roll back (keeping or closing the session, see
-        ``AsyncDatabase.end_test``); return the leak check's rows for ``check_leaks``."""
+        ``AsyncDatabase.end_test``); return the leak check's rows for ``check_leaks``, or
+        ``DEFERRED`` (with ``defer``) when they are to be read by ``finish_after_call()``."""
         used = self._connection is not None
         self._session = self._connection = None
         self._ended = True
         try:
-            return await self.database.end_test(used)
+            return await self.database.end_test(used, defer=defer)
         except BaseException:
             # A connection whose state is unknown must not carry into the next test.
             await self.database.discard_connection()
@@ -540,23 +619,44 @@ class TestTransaction:
             self._end_error = exc
 
     async def _end_within_limit(self) -> Any:
+        # The rollback's reply is read in the teardown (finish_after_call), while pytest
+        # reports the call in between: one wait for the server less per test.
         if self.end_limit is None:
-            return await self.end()
+            return await self.end(defer=True)
         seconds, setting = self.end_limit
         limit = Limit(seconds)
         with limit.scope:
             limit.start()
             try:
-                return await self.end()
+                return await self.end(defer=True)
             finally:
                 limit.stop()
         # Cancelled by the limit: end() has discarded the connection; the next test opens one.
-        self._end_error = timeout_failure(
+        self._end_error = self._end_timeout(seconds, setting, limit.report or "")
+        return None
+
+    @staticmethod
+    def _end_timeout(seconds: float, setting: str, report: str) -> BaseException:
+        return timeout_failure(
             f"The end of the test's transaction (closing its clients, the rollback and the "
             f"leak check) did not finish within {seconds:g} s ({setting})",
-            limit.report or "",
+            report,
         )
-        return None
+
+    def _take_deferred_rows(self) -> Any:
+        """The leak check's rows that ``end(defer=True)`` left on their way, read now."""
+        seconds, setting = self.end_limit or (None, "")
+        try:
+            return self.database.take_deferred(seconds)
+        except TimeoutError:
+            assert seconds is not None
+            raise self._end_timeout(
+                seconds,
+                setting,
+                "the kit, outside the loop (in the test's teardown), for the server's reply to "
+                "the rollback on the tests' shared connection; that connection is dropped and "
+                "the next test gets a new one",
+            ) from None
 
     def finish_after_call(self) -> None:
         """In the fixture's teardown, after ``in_call``: report what ``end_call()`` found.
@@ -570,7 +670,10 @@ class TestTransaction:
             return
         if self._end_error is not None:
             raise self._end_error
-        self.check_leaks(self._leak_rows)
+        rows, self._leak_rows = self._leak_rows, None
+        if rows is DEFERRED:
+            rows = self._take_deferred_rows()
+        self.check_leaks(rows)
         if self._client_error is not None:
             raise self._client_error
 
@@ -580,6 +683,21 @@ _OUTSIDE_A_TEST = (
     "test's session only while a test that uses client, websocket_connect, live_server, "
     "db_session or db_connection runs."
 )
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _signed(dependency: _F) -> _F:
+    """``dependency`` with its signature computed once, for FastAPI.
+
+    With overrides in place FastAPI analyses the overriding function again on every request
+    (``inspect.signature(eval_str=True)``), and this module's annotations are strings, which
+    it evaluates each time: tens of microseconds per request. A ready ``__signature__`` (no
+    parameters, nothing to evaluate) is what inspect returns first.
+    """
+    dependency.__signature__ = inspect.Signature()  # type: ignore[attr-defined]
+    return dependency
 
 
 def _async_dependency(database: AsyncDatabase) -> Callable[[], AsyncIterator[AsyncSession]]:
@@ -594,7 +712,7 @@ def _async_dependency(database: AsyncDatabase) -> Callable[[], AsyncIterator[Asy
         async with transaction.lock:
             yield await transaction.session()
 
-    return test_session_dependency
+    return _signed(test_session_dependency)
 
 
 async def run_in_transaction(
@@ -631,7 +749,7 @@ def _sync_dependency(database: SyncDatabase) -> Callable[[], Iterator[Session]]:
         with transaction.lock:
             yield transaction.session()
 
-    return test_session_dependency
+    return _signed(test_session_dependency)
 
 
 class SyncDatabase:
