@@ -92,7 +92,7 @@ def test_taskboard_suite_fails_without_the_sessionmaker_setting() -> None:
     assert code == 1, output
     assert counts.get("failed", 0) > 0 and counts.get("error", 0) > 0, output
     assert re.search(r"public\.audit_log \(0 -> \d+ rows\)", output), output
-    assert "test_isolation.py::test_2_nothing_survived[asyncio] - " in output, output
+    assert "test_isolation.py::test_2_nothing_survived - " in output, output
 
 
 def test_taskboard_health_runs_on_trio_and_database_tests_skip() -> None:

@@ -42,7 +42,7 @@ def test_leaked_task_warns_with_its_creation_place_and_is_cancelled(project: Pro
     result.assert_outcomes(passed=4, warnings=1)
     result.stdout.fnmatch_lines(
         [
-            "*test_leaky.py:12: LeakedTaskWarning: test_leaky.py::test_leaks[[]asyncio[]] left "
+            "*test_leaky.py:12: LeakedTaskWarning: test_leaky.py::test_leaks left "
             "1 task running (first created at *test_leaky.py:12)*",
             "*task the-leak (forever), created at:",
             '*File "*test_leaky.py", line 12, in test_leaks',
@@ -83,7 +83,7 @@ def test_fail_mode_fails_the_test(project: Project) -> None:
     result = project.run("-p", "no:randomly")
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(
-        ["*test_leaks[[]asyncio[]] left 1 task running*", "FAILED test_leaky.py::test_leaks*"]
+        ["*test_leaks left 1 task running*", "FAILED test_leaky.py::test_leaks*"]
     )
 
 

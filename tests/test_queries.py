@@ -171,7 +171,7 @@ def test_the_limit_passes_under_it_and_fails_over_it_listing_the_statements(
     result = project.run("-v")
     result.stdout.fnmatch_lines(
         [
-            "*test_n_plus_one.py::test_n_plus_one_breaks_the_limit[[]asyncio[]]: 4 SQL statements "
+            "*test_n_plus_one.py::test_n_plus_one_breaks_the_limit: 4 SQL statements "
             "ran inside assert_max_queries(2), more than the 2 allowed:",
             "  1. SELECT authors.id, authors.name FROM authors ORDER BY authors.id",
             "  2. SELECT books.title FROM books WHERE books.author_id = %(author_id_1)s* ORDER BY*",
@@ -184,7 +184,7 @@ def test_the_limit_passes_under_it_and_fails_over_it_listing_the_statements(
     )
     result.stdout.fnmatch_lines(
         [
-            "*test_fewer_than_the_exact_number[[]asyncio[]]: 1 SQL statement ran inside "
+            "*test_fewer_than_the_exact_number: 1 SQL statement ran inside "
             "assert_num_queries(2), fewer than the 2 expected:",
             "  1. SELECT authors.id, authors.name FROM authors",
             "*lower the number: assert_num_queries(1).*",
@@ -192,7 +192,7 @@ def test_the_limit_passes_under_it_and_fails_over_it_listing_the_statements(
     )
     result.stdout.fnmatch_lines(
         [
-            "*test_values_are_shown_when_asked[[]asyncio[]]: 1 SQL*",
+            "*test_values_are_shown_when_asked: 1 SQL*",
             "*parameters: {*'visible-value'*}",
         ]
     )
