@@ -122,33 +122,33 @@ def _stop_session(config: pytest.Config, reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def app(pytestconfig: pytest.Config) -> ASGIApp:
+def app(_testkit_config: pytest.Config) -> ASGIApp:
     """The app under test, imported from the ``testkit_app`` ini option (session-scoped).
 
     ``"pkg.module:app"`` names an app; ``"pkg.module:create_app()"`` calls a factory once per
     session. Override this fixture in conftest.py to build the app yourself. Cost: one import
     per session, done when the tests have been collected (before the first test runs).
     """
-    settings = get_settings(pytestconfig)
+    settings = get_settings(_testkit_config)
     if settings.app is None:
         raise ConfigError(
             "No app to test: set testkit_app in [tool.pytest.ini_options] "
             '(e.g. testkit_app = "myproject.main:app"), or override the `app` fixture in '
             "conftest.py."
         )
-    loaded = pytestconfig.stash.get(_APP_KEY, None)
+    loaded = _testkit_config.stash.get(_APP_KEY, None)
     try:
         if isinstance(loaded, ConfigError):
             raise loaded
         return loaded if loaded is not None else load_app(settings.app)
     except ConfigError:
-        _stop_session(pytestconfig, "testkit_app could not be loaded (see the first error)")
+        _stop_session(_testkit_config, "testkit_app could not be loaded (see the first error)")
         raise
 
 
 @pytest.fixture(scope="session")
 async def app_lifespan(
-    app: ASGIApp, anyio_backend: object, pytestconfig: pytest.Config
+    app: ASGIApp, anyio_backend: object, _testkit_config: pytest.Config
 ) -> AsyncIterator[ASGIApp]:
     """The app after its lifespan startup, ready for requests (session-scoped, per backend).
 
@@ -157,7 +157,7 @@ async def app_lifespan(
     Limits: ``testkit_startup_timeout`` / ``testkit_shutdown_timeout``. Cost: one startup and
     one shutdown of the app per backend.
     """
-    settings = get_settings(pytestconfig)
+    settings = get_settings(_testkit_config)
     try:
         async with running_lifespan(
             app,
@@ -166,14 +166,12 @@ async def app_lifespan(
         ) as started:
             yield started
     except AppError:
-        _stop_session(pytestconfig, "the app's lifespan failed (see the first error)")
+        _stop_session(_testkit_config, "the app's lifespan failed (see the first error)")
         raise
 
 
 @pytest.fixture
-def client(
-    app_lifespan: ASGIApp, anyio_backend: object, _testkit_transaction: TestTransaction
-) -> Any:
+def client(app_lifespan: ASGIApp, _testkit_transaction: TestTransaction) -> Any:
     """An ``httpx.AsyncClient`` (or ``httpx2.AsyncClient``) on the started app.
 
     Requests go in-process through an ASGI transport to ``http://testserver``, on the test's
@@ -197,7 +195,7 @@ def client(
 
 @pytest.fixture
 def websocket_connect(
-    app_lifespan: ASGIApp, anyio_backend: object, _testkit_transaction: TestTransaction
+    app_lifespan: ASGIApp, _testkit_transaction: TestTransaction
 ) -> WebSocketConnect:
     """``websocket_connect(path, **headers)``: an async websocket client on the started app.
 
@@ -270,7 +268,7 @@ test_databases.__test__ = False  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
-def database_url(pytestconfig: pytest.Config) -> DatabaseURL:
+def database_url(_testkit_config: pytest.Config) -> DatabaseURL:
     """URL of this worker's test database (a ``str``; its repr hides the password).
 
     The database is the kit's own ``test_...`` clone of a template holding the schema from
@@ -280,7 +278,7 @@ def database_url(pytestconfig: pytest.Config) -> DatabaseURL:
     the embedded server; about 0.3 s when the cluster and template cached by an earlier run
     are reused, see ``--testkit-fresh-db``); later uses are free.
     """
-    return test_databases(pytestconfig).working_url()
+    return test_databases(_testkit_config).working_url()
 
 
 @dataclass
@@ -309,10 +307,10 @@ class _AppBindings:
 
 
 @pytest.fixture(scope="session")
-def _testkit_bindings(pytestconfig: pytest.Config) -> _AppBindings:
+def _testkit_bindings(_testkit_config: pytest.Config) -> _AppBindings:
     # One session fixture rather than one per setting: pytest resolves every session fixture
     # of a test's closure again for each test (and keeps a finalizer for it).
-    settings = get_settings(pytestconfig)
+    settings = get_settings(_testkit_config)
     maker = None
     if settings.sessionmaker is not None:
         maker = check_sessionmaker(
@@ -334,9 +332,9 @@ def _testkit_bindings(pytestconfig: pytest.Config) -> _AppBindings:
 
 @pytest.fixture(scope="session")
 async def _testkit_async_database(
-    anyio_backend: object, pytestconfig: pytest.Config
+    anyio_backend: object, _testkit_config: pytest.Config
 ) -> AsyncIterator[AsyncDatabase]:
-    database = AsyncDatabase(test_databases(pytestconfig), backend_name(anyio_backend))
+    database = AsyncDatabase(test_databases(_testkit_config), backend_name(anyio_backend))
     try:
         yield database
     finally:
@@ -344,8 +342,8 @@ async def _testkit_async_database(
 
 
 @pytest.fixture(scope="session")
-def _testkit_sync_database(pytestconfig: pytest.Config) -> Iterator[SyncDatabase]:
-    database = SyncDatabase(test_databases(pytestconfig))
+def _testkit_sync_database(_testkit_config: pytest.Config) -> Iterator[SyncDatabase]:
+    database = SyncDatabase(test_databases(_testkit_config))
     try:
         yield database
     finally:

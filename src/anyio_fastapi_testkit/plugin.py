@@ -44,13 +44,18 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         pluginmanager.register(anyio.pytest_plugin, "anyio")
 
 
-def _backend_parameters(backends: tuple[str, ...]) -> types.ModuleType:
-    """A plugin module whose fixture gives the configured backends.
+def _session_fixtures(config: pytest.Config, backends: tuple[str, ...]) -> types.ModuleType:
+    """A plugin module of this session's own fixtures: the configured backends, and the
+    config for the kit's session fixtures.
 
-    Parametrized (test ids ``[asyncio]``, ``[trio]``) only when there are several, as anyio's
-    own ``anyio_backend`` is not: parametrizing every test with a single value would cost a
-    parametrized copy of each test (about 0.1 ms and 2 KiB per test at collection) to say
-    what the one backend already says.
+    ``_testkit_config`` stands in for pytest's ``pytestconfig``, which asks for ``request``:
+    for such a fixture pytest builds a definition of ``request`` anew for every test whose
+    closure holds it, even once the fixture's value is cached.
+
+    The backends' fixture is parametrized (test ids ``[asyncio]``, ``[trio]``) only when there
+    are several, as anyio's own ``anyio_backend`` is not: parametrizing every test with a
+    single value would cost a parametrized copy of each test at collection to say what the
+    one backend already says.
     """
     if len(backends) == 1:
         (only,) = backends
@@ -65,8 +70,13 @@ def _backend_parameters(backends: tuple[str, ...]) -> types.ModuleType:
         def _testkit_backend(request: pytest.FixtureRequest) -> Any:
             return request.param
 
+    @pytest.fixture(scope="session")
+    def _testkit_config() -> pytest.Config:
+        return config
+
     plugin = types.ModuleType(BACKENDS_PLUGIN_NAME)
     plugin._testkit_backend = _testkit_backend  # type: ignore[attr-defined]
+    plugin._testkit_config = _testkit_config  # type: ignore[attr-defined]
     return plugin
 
 
@@ -102,7 +112,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not manager.is_registered(fixtures) and not manager.has_plugin(FIXTURES_PLUGIN_NAME):
         manager.register(fixtures, FIXTURES_PLUGIN_NAME)
     if not manager.has_plugin(BACKENDS_PLUGIN_NAME):
-        manager.register(_backend_parameters(settings.backends), BACKENDS_PLUGIN_NAME)
+        manager.register(_session_fixtures(config, settings.backends), BACKENDS_PLUGIN_NAME)
     plan_run(config, settings)  # where the server comes from; nothing is started yet
     if settings.database_env and not _is_xdist_controller(config):
         # Apps read these at import, which happens during collection: set them before it.
