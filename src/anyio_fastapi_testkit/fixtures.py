@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from ._app import ASGIApp, check_uses_dependency, load_app, running_lifespan
 from ._backends import backend_name
 from ._client import http_library, make_client, override_dependencies
-from ._config import get_settings
+from ._config import Settings, get_settings
 from ._errors import AppError, ConfigError
 from ._factories import bound_factories, load_factories
 from ._imports import import_from_path
@@ -63,8 +63,7 @@ __all__ = [
 ]
 
 
-@pytest.fixture(scope="session")
-def anyio_backend(_testkit_backend: str) -> str:
+def _anyio_backend(_testkit_backend: str) -> str:
     """The backend the current test runs on, from ``testkit_backends`` (default ``asyncio``).
 
     Session-scoped, so all tests of one backend share one event loop; pytest groups the tests
@@ -73,6 +72,13 @@ def anyio_backend(_testkit_backend: str) -> str:
     (``return ("asyncio", {"use_uvloop": True})``). Cost: nothing per test.
     """
     return _testkit_backend
+
+
+ANYIO_BACKEND_DOC = _anyio_backend.__doc__
+# The plugin registers its own copy, made from testkit_backends, which needs no second fixture
+# (one fixture less to resolve per test); this one is for conftest.py files that import the
+# kit's fixtures.
+anyio_backend = pytest.fixture(_anyio_backend, scope="session", name="anyio_backend")
 
 
 @pytest.fixture(scope="session")
@@ -306,11 +312,29 @@ class _AppBindings:
         return self._app
 
 
-@pytest.fixture(scope="session")
-def _testkit_bindings(_testkit_config: pytest.Config) -> _AppBindings:
-    # One session fixture rather than one per setting: pytest resolves every session fixture
-    # of a test's closure again for each test (and keeps a finalizer for it).
-    settings = get_settings(_testkit_config)
+_BINDINGS_KEY = pytest.StashKey["_AppBindings | ConfigError"]()
+
+
+def app_bindings(config: pytest.Config) -> _AppBindings:
+    """What the tests' transactions bind into the app, loaded once per session (a failure is
+    kept and raised again for every test that needs them, as a session fixture's would be).
+
+    A function rather than a session fixture: pytest resolves every session fixture of a
+    test's closure again for each test, and keeps a finalizer of the test's on it.
+    """
+    loaded = config.stash.get(_BINDINGS_KEY, None)
+    if loaded is None:
+        try:
+            loaded = _load_bindings(get_settings(config))
+        except ConfigError as exc:
+            loaded = exc
+        config.stash[_BINDINGS_KEY] = loaded
+    if isinstance(loaded, ConfigError):
+        raise loaded
+    return loaded
+
+
+def _load_bindings(settings: Settings) -> _AppBindings:
     maker = None
     if settings.sessionmaker is not None:
         maker = check_sessionmaker(
@@ -360,11 +384,10 @@ _NEEDS_CONNECTION = frozenset({"db_session", "db_connection"})
 
 @pytest.fixture
 def _testkit_sync_transaction(
-    _testkit_sync_database: SyncDatabase,
-    _testkit_bindings: _AppBindings,
-    request: pytest.FixtureRequest,
+    _testkit_sync_database: SyncDatabase, request: pytest.FixtureRequest
 ) -> Iterator[SyncTestTransaction]:
-    transaction = SyncTestTransaction(_testkit_sync_database, _testkit_bindings.session_options)
+    bindings = app_bindings(request.config)
+    transaction = SyncTestTransaction(_testkit_sync_database, bindings.session_options)
     databases = _testkit_sync_database.databases
     databases.take_leak_baseline()
     _testkit_sync_database.current = transaction
@@ -380,9 +403,7 @@ def _testkit_sync_transaction(
 
 @pytest.fixture
 def _testkit_transaction(
-    _testkit_async_database: AsyncDatabase,
-    _testkit_bindings: _AppBindings,
-    request: pytest.FixtureRequest,
+    _testkit_async_database: AsyncDatabase, request: pytest.FixtureRequest
 ) -> Iterator[TestTransaction]:
     # A plain fixture, and the only per-test one of the kit that the loop is needed for: for
     # an async test that the kit runs, the test's own call ends the transaction (see
@@ -390,7 +411,7 @@ def _testkit_transaction(
     # async fixture of the test's own comes after this one (see promote_to_closer), the closer
     # fixture ends it in its teardown.
     database = _testkit_async_database
-    bindings = _testkit_bindings
+    bindings = app_bindings(request.config)
     transaction = TestTransaction(database, bindings.session_options)
     database.databases.take_leak_baseline()  # once, if the database is ready
     overrides: dict[Callable[..., Any], Callable[..., Any]] = {}

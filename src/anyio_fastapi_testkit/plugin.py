@@ -60,21 +60,30 @@ def _session_fixtures(config: pytest.Config, backends: tuple[str, ...]) -> types
     if len(backends) == 1:
         (only,) = backends
 
-        @pytest.fixture(scope="session")
-        def _testkit_backend() -> Any:
+        def backend() -> Any:
             return only
 
+        params: tuple[str, ...] | None = None
     else:
 
-        @pytest.fixture(scope="session", params=backends)
-        def _testkit_backend(request: pytest.FixtureRequest) -> Any:
+        def backend(request: pytest.FixtureRequest) -> Any:  # type: ignore[misc]
             return request.param
+
+        params = backends
+    backend.__doc__ = fixtures.ANYIO_BACKEND_DOC
+    # anyio_backend itself (registered after the fixtures module, whose copy it overrides),
+    # and under the name that copy asks for, for conftest.py files that import it.
+    anyio_backend = pytest.fixture(backend, scope="session", params=params, name="anyio_backend")
+    _testkit_backend = pytest.fixture(
+        backend, scope="session", params=params, name="_testkit_backend"
+    )
 
     @pytest.fixture(scope="session")
     def _testkit_config() -> pytest.Config:
         return config
 
     plugin = types.ModuleType(BACKENDS_PLUGIN_NAME)
+    plugin.anyio_backend = anyio_backend  # type: ignore[attr-defined]
     plugin._testkit_backend = _testkit_backend  # type: ignore[attr-defined]
     plugin._testkit_config = _testkit_config  # type: ignore[attr-defined]
     return plugin
