@@ -272,3 +272,19 @@ def test_kit_backend_fixture_wins_however_loaded(
     result.stdout.fnmatch_lines(["*SETUP    S anyio_backend*"])
     result = project.run("-v", *extra_args)
     result.assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize("conftest", ["", "from anyio_fastapi_testkit.fixtures import *\n"])
+@pytest.mark.parametrize("backends", ["asyncio", "trio"])
+def test_a_single_backend_is_not_a_parameter(
+    project: Project, conftest: str, backends: str
+) -> None:
+    # One backend: the tests keep their plain ids (as with anyio's own anyio_backend) and still
+    # run on that backend, also when conftest.py imports the kit's fixtures.
+    project.ini(testkit_backends=backends)
+    if conftest:
+        project.pytester.makeconftest(conftest)
+    project.module("test_how", BACKEND_PROBE)
+    result = project.run("-v", "-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_how.py::test_backend PASSED*"])
