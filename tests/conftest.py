@@ -8,7 +8,7 @@ import pytest
 
 SUBSESSION_TIMEOUT = 120.0
 
-SIMPLE_APP = '''
+SIMPLE_APP = """
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -29,7 +29,7 @@ app = FastAPI(title="simple", lifespan=lifespan)
 @app.get("/hello")
 async def hello(request: Request):
     return {"greeting": request.state.greeting}
-'''
+"""
 
 
 class Project:
@@ -95,7 +95,7 @@ from anyio_fastapi_testkit._server import RunningServer, start_server  # noqa: E
 
 # A FastAPI app on SQLAlchemy 2 async models. Its own engine points at a closed port unless
 # DATABASE_URL is set, so a request that is not routed to the test's session fails loudly.
-ITEMS_APP = '''
+ITEMS_APP = """
 import os
 
 from fastapi import Depends, FastAPI, HTTPException
@@ -182,7 +182,7 @@ async def create_batch(body: BatchIn, session: AsyncSession = Depends(get_sessio
             created.append(name)
     await session.commit()
     return {"created": created, "skipped": skipped}
-'''
+"""
 
 
 def postgres_processes_under(folder: Path) -> list[psutil.Process]:

@@ -230,9 +230,7 @@ def test_startup_failure_stops_session_with_the_apps_exception(project: Project)
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_startup_timeout_names_app_phase_and_setting(project: Project, backend: str) -> None:
-    project.ini(
-        testkit_app="slow_app:app", testkit_startup_timeout="0.5", testkit_backends=backend
-    )
+    project.ini(testkit_app="slow_app:app", testkit_startup_timeout="0.5", testkit_backends=backend)
     project.module(
         "slow_app",
         """

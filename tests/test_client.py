@@ -39,8 +39,9 @@ async def me(request: Request, user: str = Depends(current_user)):
 
 @pytest.mark.parametrize("library", ["httpx", "httpx2"])
 def test_client_library_and_isolation(project: Project, library: str) -> None:
-    project.ini(testkit_app="cookie_app:app", testkit_http_client=library,
-                testkit_backends="asyncio trio")
+    project.ini(
+        testkit_app="cookie_app:app", testkit_http_client=library, testkit_backends="asyncio trio"
+    )
     project.module("cookie_app", COOKIE_APP)
     project.module(
         "test_cookies",

@@ -416,7 +416,7 @@ def test_the_transport_must_be_opened_with_the_client(project: Project) -> None:
 
 # Routes for the inline path: redirects, context variables, several chunks, the app's tasks,
 # and raw ASGI apps that break the protocol (or wait for the disconnect while sending).
-INLINE_APP = '''
+INLINE_APP = """
 import contextvars
 
 import anyio
@@ -538,7 +538,7 @@ async def no_start(scope, receive, send):
 async def unfinished(scope, receive, send):
     await send(start())
     await send(body(b"part", more=True))
-'''
+"""
 
 
 def inline_project(project: Project, library: str = "httpx2") -> None:
@@ -597,7 +597,7 @@ def test_buffered_requests_run_inline_and_answer_as_in_a_task(
     project.module(
         "test_inline",
         INLINE_HELPERS.format(library=library)
-        + '''
+        + """
 
 async def request_body():
     yield b"abc"
@@ -664,7 +664,7 @@ async def test_context_variables_the_app_sets_stay_in_its_request(client):
         assert inline_app.request_var.get() == "the test's"
     finally:
         inline_app.request_var.reset(token)
-''',
+""",
     )
     project.run("-p", "no:randomly").assert_outcomes(passed=8)
 
@@ -716,7 +716,7 @@ def test_app_errors_and_protocol_errors_inline_as_in_a_task(project: Project) ->
 
 APP_ERRORS = {APP_ERRORS!r}
 """
-        + '''
+        + """
 
 def raises(name, pattern):
     return pytest.raises(getattr(builtins, name), match=pattern)
@@ -777,7 +777,7 @@ async def test_pytest_fail_from_a_dependency_override(client, dependency_overrid
 
 async def test_the_app_still_answers(client):
     assert (await client.get("/user")).json() == {"user": "real user"}
-''',
+""",
     )
     result = project.run("-p", "no:randomly")
     count = len(APP_ERRORS)

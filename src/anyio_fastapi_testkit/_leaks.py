@@ -51,12 +51,16 @@ class LeakDetector:
             if self._query is None:
                 self._tables = [row[0] for row in connection.execute(_TABLES).fetchall()]
                 # One round trip for all tables: a UNION of count(*) queries.
-                self._query = sql.SQL(" UNION ALL ").join(
-                    sql.SQL("SELECT {}::text, count(*) FROM {}").format(
-                        sql.Literal(table), sql.SQL(table)
+                self._query = (
+                    sql.SQL(" UNION ALL ")
+                    .join(
+                        sql.SQL("SELECT {}::text, count(*) FROM {}").format(
+                            sql.Literal(table), sql.SQL(table)
+                        )
+                        for table in self._tables
                     )
-                    for table in self._tables
-                ).as_string(connection)
+                    .as_string(connection)
+                )
         return self._connection
 
     @property
