@@ -66,8 +66,18 @@ SETUPS: tuple[Setup, ...] = (
         "pytest-asyncio session loop, create_all/drop_all per test",
     ),
     Setup("F0", "f0_empty", "empty", "anyio", False, False, "floor: empty anyio test, one loop"),
-    Setup("F1", "f1_raw_sql", "sql", "anyio", True, True, "floor: same SQL, raw psycopg, savepoint"),
-    Setup("F2", "f2_memory", "api_owner", "anyio", False, False, "floor: same HTTP calls, in-memory app"),
+    Setup(
+        "F1", "f1_raw_sql", "sql", "anyio", True, True, "floor: same SQL, raw psycopg, savepoint"
+    ),
+    Setup(
+        "F2",
+        "f2_memory",
+        "api_owner",
+        "anyio",
+        False,
+        False,
+        "floor: same HTTP calls, in-memory app",
+    ),
     Setup(
         "F3",
         "f3_once",
@@ -77,7 +87,9 @@ SETUPS: tuple[Setup, ...] = (
         True,
         "floor: real app + ORM, fixture stack built once",
     ),
-    Setup("K0", "kit", "empty", "kit", True, False, "diagnostic: empty async test under the kit", True),
+    Setup(
+        "K0", "kit", "empty", "kit", True, False, "diagnostic: empty async test under the kit", True
+    ),
     Setup(
         "K-noleak",
         "kit_noleak",
@@ -118,7 +130,7 @@ def database_name(setup: Setup) -> str:
 
 # --- test bodies ------------------------------------------------------------------------------
 
-_API_TEST = '''
+_API_TEST = """
 async def test_user_items_{i:04d}(client):
     response = await client.post("/users", json={{"name": "User {i}", "email": "user{i}@example.com"}})
     assert response.status_code == 201, response.text
@@ -134,9 +146,9 @@ async def test_user_items_{i:04d}(client):
     listed = await client.get({list_args})
     assert listed.status_code == 200, listed.text
     assert listed.json() == [first.json(), second.json()]{comment}
-'''
+"""
 
-_SQL_HEADER = '''
+_SQL_HEADER = """
 INSERT_USER = (
     "INSERT INTO users (name, email) VALUES (%s, %s) RETURNING users.id, users.created_at"
 )
@@ -148,9 +160,9 @@ LIST_ITEMS = (
     "SELECT items.id, items.title, items.price_cents, items.owner_id, items.created_at "
     "FROM items ORDER BY items.id"
 )
-'''
+"""
 
-_SQL_TEST = '''
+_SQL_TEST = """
 async def test_user_items_{i:04d}(db):
     async with db.transaction():
         cursor = await db.execute(INSERT_USER, ("User {i}", "user{i}@example.com"))
@@ -163,12 +175,12 @@ async def test_user_items_{i:04d}(db):
         second = await cursor.fetchone()
     cursor = await db.execute(LIST_ITEMS)
     assert await cursor.fetchall() == [first, second]  # isolation check
-'''
+"""
 
-_EMPTY_TEST = '''
+_EMPTY_TEST = """
 async def test_empty_{i:04d}():
     pass
-'''
+"""
 
 
 def _test_source(body: str, i: int) -> str:
@@ -241,10 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     path = generate(BY_KEY[args.setup], args.n, args.out)
-    print(textwrap.dedent(f"""\
+    print(
+        textwrap.dedent(f"""\
         {path}: set-up {args.setup}, {args.n} tests.
         It needs BENCH_DATABASE_URL (non-kit set-ups) or --testkit-db-url (kit set-ups);
-        run.py creates those databases and passes them."""))
+        run.py creates those databases and passes them.""")
+    )
     return 0
 
 

@@ -50,8 +50,7 @@ def phases_table(key: str, data: dict, n: int) -> str:
         f"Collection: {ms(ph['collection'])} ms per test wall, {ms(ph['cpu_collection'])} CPU; "
         f"test loop: {ms(ph['runtestloop'])} wall, {ms(ph['cpu_runtestloop'])} CPU.",
         "",
-        "| per test | setup | call | teardown | rest of the protocol (reports, hooks) | "
-        "protocol |",
+        "| per test | setup | call | teardown | rest of the protocol (reports, hooks) | protocol |",
         "|---|--:|--:|--:|--:|--:|",
         *rows,
         "",
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = base / f"phases-{setup.key}.json"
                 env = run.child_env(setup, server, args.driver)
                 env["BENCH_PHASES_FILE"] = str(out)
-                command = run.pytest_command(setup, server, args.driver) + ["-p", "bench_phases"]
+                command = [*run.pytest_command(setup, server, args.driver), "-p", "bench_phases"]
                 completed = subprocess.run(
                     command, cwd=path, env=env, capture_output=True, text=True
                 )
@@ -187,8 +186,14 @@ def main(argv: list[str] | None = None) -> int:
                 prof = base / f"{setup.key}.prof"
                 command = run.pytest_command(setup, server, args.driver)
                 command[1:1] = ["-m", "cProfile", "-o", str(prof)]
-                subprocess.run(command, cwd=path, env=run.child_env(setup, server, args.driver),
-                               capture_output=True, text=True, check=True)
+                subprocess.run(
+                    command,
+                    cwd=path,
+                    env=run.child_env(setup, server, args.driver),
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 print(cprofile_report(setup.key, prof, args.n))
                 print()
         return 0

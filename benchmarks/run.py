@@ -84,18 +84,18 @@ class Server:
                 if not setup.database:
                     continue
                 name = database_name(setup)
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(name)))
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         for setup in setups:
             if setup.tables:
                 self._create_tables(database_name(setup))
 
     def _create_tables(self, database: str) -> None:
+        from benchapp.models import Base
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
-
-        from benchapp.models import Base
 
         engine = create_engine(self.url(database, "psycopg"), poolclass=NullPool)
         try:
@@ -241,13 +241,13 @@ class Timings:
     cpu_empty: list[float] = field(default_factory=list)  # pytest + server CPU, no tests
 
     def per_test_ms(self, n: int) -> list[float]:
-        return [(f - e) / n * 1000 for f, e in zip(self.full, self.empty)]
+        return [(f - e) / n * 1000 for f, e in zip(self.full, self.empty, strict=True)]
 
     def cpu_per_test_ms(self, n: int) -> list[float]:
-        return [(f - e) / n * 1000 for f, e in zip(self.cpu_full, self.cpu_empty)]
+        return [(f - e) / n * 1000 for f, e in zip(self.cpu_full, self.cpu_empty, strict=True)]
 
     def marginal_ms(self, n: int) -> list[float]:
-        return [(f - o) / (n - 1) * 1000 for f, o in zip(self.full, self.one)]
+        return [(f - o) / (n - 1) * 1000 for f, o in zip(self.full, self.one, strict=True)]
 
 
 def fail(run: Run) -> None:
@@ -283,8 +283,12 @@ def benchmark(
                 getattr(timings[setup.key], bucket).append(run.seconds)
                 if bucket != "one":
                     getattr(timings[setup.key], f"cpu_{bucket}").append(run.cpu + run.server_cpu)
-            print(f"{setup.key} {timings[setup.key].full[-1]:.1f}s ", end="",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{setup.key} {timings[setup.key].full[-1]:.1f}s ",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         print(file=sys.stderr)
     return timings
 
@@ -492,8 +496,10 @@ def main(argv: list[str] | None = None) -> int:
         server.prepare(setups)
         if args.smoke:
             code = smoke(setups, server, base, args.driver, args.randomly_seed)
-            print(f"smoke: {'passed' if code == 0 else 'FAILED'} in "
-                  f"{time.perf_counter() - started:.1f} s")
+            print(
+                f"smoke: {'passed' if code == 0 else 'FAILED'} in "
+                f"{time.perf_counter() - started:.1f} s"
+            )
             return code
         print(f"machine: {machine(server)}", file=sys.stderr)
         timings = benchmark(setups, server, base, args.n, args.rounds, args.driver)

@@ -5,12 +5,11 @@ import os
 
 import pytest_asyncio
 from asgi_lifespan import LifespanManager
-from httpx import ASGITransport, AsyncClient
-from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-
 from benchapp.db import get_session
 from benchapp.main import app
 from benchapp.models import Base
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 TEST_DATABASE_URL = os.environ["BENCH_DATABASE_URL"]
 

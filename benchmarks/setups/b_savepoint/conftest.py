@@ -4,12 +4,11 @@ transaction, a savepoint-mode session, the app's dependency overridden, an httpx
 import os
 
 import pytest_asyncio
-from httpx import ASGITransport, AsyncClient
-from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-
 from benchapp.db import get_session
 from benchapp.main import app
 from benchapp.models import Base
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 TEST_DATABASE_URL = os.environ["BENCH_DATABASE_URL"]
 

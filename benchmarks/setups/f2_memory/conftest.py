@@ -3,7 +3,6 @@
 import httpx2
 import pytest
 from asgi_lifespan import LifespanManager
-
 from benchapp.memory import app
 
 

@@ -8,10 +8,9 @@ import os
 import httpx2
 import pytest
 from asgi_lifespan import LifespanManager
-from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-
 from benchapp.db import get_session
 from benchapp.main import app
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 
 @pytest.fixture(scope="session")
