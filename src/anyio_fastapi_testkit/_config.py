@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pytest
 
@@ -391,3 +393,26 @@ def get_settings(config: pytest.Config) -> Settings:
         settings = read_settings(config)
         store_settings(config, settings)
     return settings
+
+
+_T = TypeVar("_T")
+
+
+def load_once(
+    config: pytest.Config, key: pytest.StashKey[_T | ConfigError], load: Callable[[], _T]
+) -> _T:
+    """``load()``'s value, computed once per session and kept in the config's stash.
+
+    A ``ConfigError`` is kept too and raised again for every later caller, as a failed session
+    fixture's error is raised again for every test that uses it.
+    """
+    found = config.stash.get(key, None)
+    if found is None:
+        try:
+            found = load()
+        except ConfigError as exc:
+            found = exc
+        config.stash[key] = found
+    if isinstance(found, ConfigError):
+        raise found
+    return found

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from ._app import ASGIApp, check_uses_dependency, load_app, running_lifespan
 from ._backends import backend_name
 from ._client import http_library, make_client, override_dependencies
-from ._config import Settings, get_settings
+from ._config import Settings, get_settings, load_once
 from ._errors import AppError, ConfigError
 from ._factories import bound_factories, load_factories
 from ._imports import import_from_path
@@ -99,12 +99,11 @@ def preload_app(config: pytest.Config) -> None:
     imported the app itself.
     """
     settings = get_settings(config)
-    if settings.app is None or _APP_KEY in config.stash:
+    if settings.app is None:
         return
-    try:
-        config.stash[_APP_KEY] = load_app(settings.app)
-    except ConfigError as exc:
-        config.stash[_APP_KEY] = exc
+    app_path = settings.app
+    with contextlib.suppress(ConfigError):  # kept, and reported by the app fixture
+        load_once(config, _APP_KEY, lambda: load_app(app_path))
     with contextlib.suppress(ConfigError):  # reported by the client fixture, if it is used
         http_library(settings.http_client)
 
@@ -142,11 +141,9 @@ def app(_testkit_config: pytest.Config) -> ASGIApp:
             '(e.g. testkit_app = "myproject.main:app"), or override the `app` fixture in '
             "conftest.py."
         )
-    loaded = _testkit_config.stash.get(_APP_KEY, None)
+    app_path = settings.app
     try:
-        if isinstance(loaded, ConfigError):
-            raise loaded
-        return loaded if loaded is not None else load_app(settings.app)
+        return load_once(_testkit_config, _APP_KEY, lambda: load_app(app_path))
     except ConfigError:
         _stop_session(_testkit_config, "testkit_app could not be loaded (see the first error)")
         raise
@@ -322,16 +319,7 @@ def app_bindings(config: pytest.Config) -> _AppBindings:
     A function rather than a session fixture: pytest resolves every session fixture of a
     test's closure again for each test, and keeps a finalizer of the test's on it.
     """
-    loaded = config.stash.get(_BINDINGS_KEY, None)
-    if loaded is None:
-        try:
-            loaded = _load_bindings(get_settings(config))
-        except ConfigError as exc:
-            loaded = exc
-        config.stash[_BINDINGS_KEY] = loaded
-    if isinstance(loaded, ConfigError):
-        raise loaded
-    return loaded
+    return load_once(config, _BINDINGS_KEY, lambda: _load_bindings(get_settings(config)))
 
 
 def _load_bindings(settings: Settings) -> _AppBindings:

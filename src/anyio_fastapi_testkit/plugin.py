@@ -27,7 +27,7 @@ from ._xdist import finish_run, hand_to_worker, plan_run
 
 PLUGIN_NAME = "anyio_fastapi_testkit.plugin"
 FIXTURES_PLUGIN_NAME = "anyio_fastapi_testkit.fixtures"
-BACKENDS_PLUGIN_NAME = "anyio_fastapi_testkit.backends"
+SESSION_PLUGIN_NAME = "anyio_fastapi_testkit.session"
 # What every async test uses: the backend and the shared loop. The guard that checks that the
 # test really runs on its backend is part of the test's wrapper (see _watched).
 ASYNC_TEST_FIXTURES = ("anyio_backend", "_testkit_loop")
@@ -82,7 +82,7 @@ def _session_fixtures(config: pytest.Config, backends: tuple[str, ...]) -> types
     def _testkit_config() -> pytest.Config:
         return config
 
-    plugin = types.ModuleType(BACKENDS_PLUGIN_NAME)
+    plugin = types.ModuleType(SESSION_PLUGIN_NAME)
     plugin.anyio_backend = anyio_backend  # type: ignore[attr-defined]
     plugin._testkit_backend = _testkit_backend  # type: ignore[attr-defined]
     plugin._testkit_config = _testkit_config  # type: ignore[attr-defined]
@@ -120,8 +120,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # anyio_backend wins over anyio's module-scoped one however the kit itself was loaded.
     if not manager.is_registered(fixtures) and not manager.has_plugin(FIXTURES_PLUGIN_NAME):
         manager.register(fixtures, FIXTURES_PLUGIN_NAME)
-    if not manager.has_plugin(BACKENDS_PLUGIN_NAME):
-        manager.register(_session_fixtures(config, settings.backends), BACKENDS_PLUGIN_NAME)
+    if not manager.has_plugin(SESSION_PLUGIN_NAME):
+        manager.register(_session_fixtures(config, settings.backends), SESSION_PLUGIN_NAME)
     plan_run(config, settings)  # where the server comes from; nothing is started yet
     if settings.database_env and not _is_xdist_controller(config):
         # Apps read these at import, which happens during collection: set them before it.
