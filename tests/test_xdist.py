@@ -181,6 +181,57 @@ def test_each_worker_gets_its_own_database_in_the_environment(
     assert leftovers(private_tmpdir) == []
 
 
+# Records, in the controller, which of the database stack's modules it loaded before it started
+# the workers (pytest_sessionstart) and before its end (pytest_unconfigure, tryfirst: before
+# the kit's, which stops the server).
+CONTROLLER_CONFTEST = """
+import sys
+from pathlib import Path
+
+import pytest
+
+WATCHED = ("anyio_fastapi_testkit.fixtures", "sqlalchemy", "psycopg")
+
+
+def _write(config, name):
+    if not hasattr(config, "workerinput"):
+        loaded = [module for module in WATCHED if module in sys.modules]
+        Path(config.rootpath, name).write_text(",".join(loaded))
+
+
+def pytest_sessionstart(session):
+    _write(session.config, "controller-at-start.txt")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_unconfigure(config):
+    _write(config, "controller-at-end.txt")
+"""
+
+
+def test_the_controller_starts_the_workers_before_loading_the_database_stack(
+    project: Project, private_tmpdir: Path
+) -> None:
+    write_project(project)
+    project.module("conftest", CONTROLLER_CONFTEST)
+    result = run(project, "-n", "2")
+    result.assert_outcomes(passed=2 * TESTS_PER_MODULE)
+    check_one_server(seen(project), {"gw0", "gw1"})
+    root = project.pytester.path
+    assert (root / "controller-at-start.txt").read_text() == ""
+    # Loaded while the workers ran, for dropping the run's databases and stopping the server.
+    assert (root / "controller-at-end.txt").read_text() == "sqlalchemy,psycopg"
+    assert leftovers(private_tmpdir) == []
+
+    # What the controller does itself still has the kit's fixtures.
+    listed = run(project, "-n", "2", "--fixtures")
+    assert listed.ret == 0
+    listed.stdout.fnmatch_lines(["client -- *", "db_session -- *"])
+    collected = run(project, "-n", "2", "--collect-only", "-q")
+    collected.stdout.fnmatch_lines([f"{2 * TESTS_PER_MODULE} tests collected*"])
+    assert leftovers(private_tmpdir) == []
+
+
 @pytest.fixture
 def appdb(pg_server: RunningServer) -> Iterator[URL]:
     admin = pg_server.info.admin_url

@@ -6,11 +6,25 @@ few helpers meant for import.
 
 from __future__ import annotations
 
-from ._client import override_dependencies
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._errors import AppError, ConfigError, DatabaseError, TestkitError
-from ._factories import persist_with
 from ._warnings import BlockedLoopWarning, LeakedTaskWarning, TestkitWarning
-from ._websocket import WebSocketClosed, WebSocketRejected
+
+if TYPE_CHECKING:
+    from ._client import override_dependencies
+    from ._factories import persist_with
+    from ._websocket import WebSocketClosed, WebSocketRejected
+
+# Imported on first use: pytest imports this package to load the plugin in every process,
+# pytest-xdist's controller too, which runs no test and need not pay for SQLAlchemy's ORM.
+_LAZY = {
+    "override_dependencies": "._client",
+    "persist_with": "._factories",
+    "WebSocketClosed": "._websocket",
+    "WebSocketRejected": "._websocket",
+}
 
 __all__ = [
     "AppError",
@@ -26,3 +40,16 @@ __all__ = [
     "persist_with",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

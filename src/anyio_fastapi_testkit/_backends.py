@@ -9,6 +9,17 @@ from typing import Any
 
 import pytest
 
+# The docstring of anyio_backend, both copies of it (the fixtures module's and the plugin's):
+# pytest --fixtures shows it.
+ANYIO_BACKEND_DOC = """\
+The backend the current test runs on, from ``testkit_backends`` (default ``asyncio``).
+
+Session-scoped, so all tests of one backend share one event loop; pytest groups the tests
+by backend and builds the kit's per-backend fixtures once for each. Override it in
+conftest.py to pin a backend (``return "trio"``) or pass options
+(``return ("asyncio", {"use_uvloop": True})``). Cost: nothing per test.
+"""
+
 
 def backend_name(anyio_backend: Any) -> str:
     """The name of a backend given as anyio accepts it: a name or a (name, options) tuple."""

@@ -14,9 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING, Literal
 
 from ._errors import DatabaseError
 from ._fixes import LOCAL_FIXES
@@ -24,6 +22,9 @@ from ._processes import pid_running, process_cwd
 from ._state_folder import new_state_dir, remove_state
 from ._sysuser import run, write_private
 from ._watchdog import now
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 LocalSource = Literal["embedded", "system"]
 
@@ -59,6 +60,10 @@ class Cluster:
         return self.state_dir / "server.log"
 
     def admin_url(self) -> URL:
+        # Here, not at import: pytest-xdist's controller loads this module to stop the run's
+        # server, and needs no SQLAlchemy for it.
+        from sqlalchemy.engine import URL
+
         if self.tcp:
             return URL.create(
                 "postgresql", ADMIN_USER, self.password, LOCALHOST, self.port, ADMIN_DATABASE

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import quote, quote_plus
 
-from sqlalchemy.engine import URL, make_url
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 MASK = "***"
 UNPARSEABLE = "<unparseable URL>"
@@ -19,6 +21,9 @@ def mask_url(url: str | URL) -> str:
 
     Never raises: anything that is not a URL SQLAlchemy can parse renders as a placeholder.
     """
+    # Here, not at import: the plugin's settings use this module in every process.
+    from sqlalchemy.engine import make_url
+
     try:
         parsed = make_url(url)
         if "password" in parsed.query:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -22,8 +23,14 @@ from ._config import Settings
 from ._frames import innermost_user_frame
 from ._tasks import TaskTracker, leak_report
 from ._timeouts import MARKER, timeout_for, with_timeout
-from ._transaction import TRANSACTION_KEY, run_in_transaction
 from ._warnings import BlockedLoopWarning, LeakedTaskWarning
+
+if TYPE_CHECKING:
+    from ._transaction import TestTransaction
+
+# Loaded by the kit's transaction fixture: until then no test has a transaction. Not imported
+# here, so that pytest-xdist's controller, which loads the plugin, need not load SQLAlchemy.
+_TRANSACTION_MODULE = "anyio_fastapi_testkit._transaction"
 
 
 def runs_watched(item: pytest.Item, fixturenames: Sequence[str]) -> bool:
@@ -41,7 +48,10 @@ def watched_test(item: pytest.Function, settings: Settings) -> Callable[..., Awa
     if requested is None or not inspect.iscoroutinefunction(test):
         return None
     seconds = timeout_for(item, settings.timeout)
-    transaction = item.stash.get(TRANSACTION_KEY, None)
+    module = sys.modules.get(_TRANSACTION_MODULE)
+    transaction: TestTransaction | None = (
+        item.stash.get(module.TRANSACTION_KEY, None) if module is not None else None
+    )
     if transaction is not None and not transaction.in_call:
         transaction = None
     if seconds is not None:
@@ -53,7 +63,8 @@ def watched_test(item: pytest.Function, settings: Settings) -> Callable[..., Awa
     if transaction is not None:
         # Outside the test's time limit, as a fixture's teardown would be, with a limit of its
         # own: a test cancelled at its limit still gets its database cleaned up.
-        test = functools.partial(run_in_transaction, test, transaction)
+        assert module is not None
+        test = functools.partial(module.run_in_transaction, test, transaction)
     backend = backend_name(requested)
     # trio needs no tracker: a nursery cannot be left before its tasks end.
     track = settings.leaked_tasks != "off" and backend == "asyncio"

@@ -13,6 +13,7 @@ at unconfigure, also when the run failed or was interrupted.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import secrets
@@ -21,10 +22,9 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from ._cache import (
     CacheLock,
@@ -37,9 +37,10 @@ from ._cache import (
 from ._cluster import shutdown
 from ._config import Settings
 from ._errors import DatabaseError
-from ._owned import drop_run_databases
-from ._server import RunningServer, ServerInfo
 from ._state_folder import STATE_PREFIX, prepare_base_dir, remove_state, write_owner
+
+if TYPE_CHECKING:
+    from ._server import RunningServer
 
 try:
     import fcntl
@@ -113,6 +114,10 @@ def recorded_server(record: dict[str, Any]) -> tuple[RunningServer, str]:
     if isinstance(failure, str):
         # Another worker failed to set it up: report its error rather than retry N times.
         raise DatabaseError(f"{failure}\n(reported by the xdist worker that set up the server)")
+    from sqlalchemy.engine import make_url
+
+    from ._server import RunningServer, ServerInfo
+
     info = ServerInfo(
         record["source"],
         make_url(record["admin_url"]),
@@ -167,7 +172,28 @@ def plan_run(config: pytest.Config, settings: Settings) -> None:
     state = _RunState(ServerPlan(cache, store), lock)
     if is_xdist_controller(config):
         state.controller_input = _start_shared_run(cache)
+        config.pluginmanager.register(_LoadForFinish(config), _LOAD_FOR_FINISH)
     config.stash[_STATE_KEY] = state
+
+
+_LOAD_FOR_FINISH = "anyio_fastapi_testkit.xdist-load-for-finish"
+
+
+class _LoadForFinish:
+    """In the controller, at the first test report: import what ``finish_run`` needs.
+
+    The controller imports neither psycopg nor SQLAlchemy before it starts the workers, so as
+    not to delay them; loaded while the workers run their tests (the controller waits for
+    them then), they do not delay the run's end either.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self._config = config
+
+    def pytest_runtest_logreport(self) -> None:
+        importlib.import_module("anyio_fastapi_testkit._owned")
+        importlib.import_module("sqlalchemy.engine")
+        self._config.pluginmanager.unregister(self, _LOAD_FOR_FINISH)
 
 
 def server_plan(config: pytest.Config) -> ServerPlan | None:
@@ -269,6 +295,12 @@ def _finish_shared_run(given: dict[str, Any]) -> None:
 
 def stop_recorded_server(record: dict[str, Any], run_id: str) -> None:
     """Drop every database of the run on the recorded server, then stop it (keep a cached one)."""
+    # Imported here: the controller, which runs this, need not load psycopg and SQLAlchemy
+    # before it starts the workers.
+    from sqlalchemy.engine import make_url
+
+    from ._owned import drop_run_databases
+
     try:
         drop_run_databases(make_url(record["admin_url"]), run_id)
     finally:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from ._app import ASGIApp, check_uses_dependency, load_app, running_lifespan
-from ._backends import backend_name
+from ._backends import ANYIO_BACKEND_DOC, backend_name
 from ._client import http_library, make_client, override_dependencies
 from ._config import Settings, get_settings, load_once
 from ._errors import AppError, ConfigError
@@ -64,17 +64,11 @@ __all__ = [
 
 
 def _anyio_backend(_testkit_backend: str) -> str:
-    """The backend the current test runs on, from ``testkit_backends`` (default ``asyncio``).
-
-    Session-scoped, so all tests of one backend share one event loop; pytest groups the tests
-    by backend and builds the kit's per-backend fixtures once for each. Override it in
-    conftest.py to pin a backend (``return "trio"``) or pass options
-    (``return ("asyncio", {"use_uvloop": True})``). Cost: nothing per test.
-    """
     return _testkit_backend
 
 
-ANYIO_BACKEND_DOC = _anyio_backend.__doc__
+# The plugin's own copy shares it (see _backends): written once, shown by `pytest --fixtures`.
+_anyio_backend.__doc__ = ANYIO_BACKEND_DOC
 # The plugin registers its own copy, made from testkit_backends, which needs no second fixture
 # (one fixture less to resolve per test); this one is for conftest.py files that import the
 # kit's fixtures.

@@ -7,18 +7,18 @@ load it with ``-p anyio_fastapi_testkit.plugin`` or ``pytest_plugins`` in the ro
 from __future__ import annotations
 
 import gc
+import importlib
 import inspect
+import sys
 import types
 from collections.abc import Generator
 from typing import Any
 
 import pytest
 
-from . import fixtures
-from ._backends import use_fixtures
+from ._backends import ANYIO_BACKEND_DOC, use_fixtures
 from ._config import add_options, get_settings, read_settings, store_settings
 from ._diagnostics import explain
-from ._doctor import run_doctor
 from ._errors import ConfigError, TestkitError
 from ._timeouts import MARKER, timed_fixture_setup
 from ._urls import SecretURL, mask_url
@@ -70,7 +70,7 @@ def _session_fixtures(config: pytest.Config, backends: tuple[str, ...]) -> types
             return request.param
 
         params = backends
-    backend.__doc__ = fixtures.ANYIO_BACKEND_DOC
+    backend.__doc__ = ANYIO_BACKEND_DOC
     # anyio_backend itself (registered after the fixtures module, whose copy it overrides),
     # and under the name that copy asks for, for conftest.py files that import it.
     anyio_backend = pytest.fixture(backend, scope="session", params=params, name="anyio_backend")
@@ -118,15 +118,17 @@ def pytest_configure(config: pytest.Config) -> None:
     manager = config.pluginmanager
     # Registered now, after every autoloaded plugin, so that the kit's session-scoped
     # anyio_backend wins over anyio's module-scoped one however the kit itself was loaded.
-    if not manager.is_registered(fixtures) and not manager.has_plugin(FIXTURES_PLUGIN_NAME):
-        manager.register(fixtures, FIXTURES_PLUGIN_NAME)
+    if not _only_distributes(config) and not manager.has_plugin(FIXTURES_PLUGIN_NAME):
+        fixtures = _fixtures()
+        if not manager.is_registered(fixtures):
+            manager.register(fixtures, FIXTURES_PLUGIN_NAME)
     if not manager.has_plugin(SESSION_PLUGIN_NAME):
         manager.register(_session_fixtures(config, settings.backends), SESSION_PLUGIN_NAME)
     plan_run(config, settings)  # where the server comes from; nothing is started yet
     if settings.database_env and not _is_xdist_controller(config):
         # Apps read these at import, which happens during collection: set them before it.
         try:
-            fixtures.test_databases(config).apply_env()
+            _fixtures().test_databases(config).apply_env()
         except TestkitError as exc:
             raise pytest.UsageError(
                 "The test database is prepared before collection (testkit_database_env is "
@@ -139,6 +141,8 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     # As pytest's own --fixtures and --markers: report instead of running the session.
     if not config.getoption("testkit_doctor"):
         return None
+    from ._doctor import run_doctor
+
     return run_doctor(config, _check_pytest_asyncio)
 
 
@@ -146,7 +150,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     # Here rather than in a fixture finalizer, so that a session that failed or was
     # interrupted still drops its databases and stops its server.
     try:
-        fixtures.close_test_databases(config)
+        fixtures = sys.modules.get(FIXTURES_PLUGIN_NAME)
+        if fixtures is not None:  # else no test database was made in this process
+            fixtures.close_test_databases(config)
     finally:
         try:
             finish_run(config)  # the xdist controller stops the workers' shared server
@@ -168,6 +174,25 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
         bool(config.getoption("numprocesses", default=None))
         and config.getoption("dist", default="no") != "no"
     )
+
+
+def _only_distributes(config: pytest.Config) -> bool:
+    """True in pytest-xdist's controller when it hands the tests to workers: it collects no
+    test and sets up no fixture, so it does not load the kit's fixtures (nor SQLAlchemy,
+    psycopg and the app's libraries with them) before it starts the workers. It still does
+    for ``--collect-only``, which xdist does not distribute, and for ``--fixtures`` and
+    ``--fixtures-per-test``, which list them.
+    """
+    if not _is_xdist_controller(config):
+        return False
+    listing = ("collectonly", "showfixtures", "show_fixtures_per_test")
+    return not any(config.getoption(name, default=False) for name in listing)
+
+
+def _fixtures() -> types.ModuleType:
+    """The kit's fixtures module, imported on first use (see ``_only_distributes``)."""
+    module = sys.modules.get(FIXTURES_PLUGIN_NAME)
+    return module if module is not None else importlib.import_module(FIXTURES_PLUGIN_NAME)
 
 
 def _is_async_test(obj: object) -> bool:
@@ -203,7 +228,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
 def pytest_fixture_setup(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
 ) -> Generator[None, object, object]:
-    fixtures.promote_to_closer(fixturedef, request)
+    _fixtures().promote_to_closer(fixturedef, request)
     # First, so that anyio's own wrapper (which runs async fixtures) runs the timed function.
     timed = timed_fixture_setup(fixturedef, request, get_settings(request.config).timeout)
     if timed is None:
@@ -254,6 +279,7 @@ def pytest_pycollect_makeitem(
 def pytest_collection_finish(session: pytest.Session) -> None:
     # The app is imported before the first test rather than in it (see preload_app).
     config = session.config
+    fixtures = _fixtures()
     fixtures.remember_session(session)
     if not config.option.collectonly and not _is_xdist_controller(config):
         fixtures.preload_app(config)
