@@ -117,6 +117,36 @@ def test_app_fixture_overridden_in_conftest(project: Project) -> None:
     project.run().assert_outcomes(passed=1)
 
 
+CLIENT_TEST = """
+    async def test_hello(client):
+        response = await client.get("/hello")
+        assert response.json() == {"greeting": "hello"}
+    """
+
+
+def test_a_client_test_needs_no_fixture_holding_the_config(project: Project) -> None:
+    # The plugin's session fixtures are bound to the config: one fixture fewer for pytest to
+    # resolve for every test than with a fixture that hands them the config.
+    project.ini(testkit_app="simple_app:app")
+    project.module("test_hello", CLIENT_TEST)
+    plan = project.run("--setup-plan")
+    plan.stdout.fnmatch_lines(["*SETUP    S app_lifespan (fixtures used: anyio_backend, app)"])
+    assert "_testkit_config" not in plan.stdout.str()
+    project.run().assert_outcomes(passed=1)
+
+
+def test_a_conftest_that_imports_the_fixtures_gets_working_copies(project: Project) -> None:
+    project.ini(testkit_app="simple_app:app", testkit_backends="asyncio trio")
+    project.pytester.makeconftest("from anyio_fastapi_testkit.fixtures import *\n")
+    project.module("test_hello", CLIENT_TEST)
+    plan = project.run("--setup-plan")
+    # The conftest's copies of app and app_lifespan take the config from the plugin.
+    plan.stdout.fnmatch_lines(
+        ["*SETUP    S app_lifespan (fixtures used: _testkit_config, anyio_backend, app)"]
+    )
+    project.run().assert_outcomes(passed=2)
+
+
 def test_plain_asgi_app_without_lifespan(project: Project) -> None:
     project.ini(testkit_app="raw_app:app", testkit_backends="asyncio trio")
     project.module(

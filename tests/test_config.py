@@ -84,4 +84,13 @@ def test_fixtures_have_reference_docs(project: Project) -> None:
         ("client", "", "An ``httpx.AsyncClient``*"),
         ("dependency_overrides", "", "The app's ``dependency_overrides`` dict*"),
     ]:
-        result.stdout.fnmatch_lines([f"{fixture}{scope} -- *fixtures.py:*", f"    {doc}"])
+        result.stdout.fnmatch_lines(
+            [f"{fixture}{scope} -- *anyio_fastapi_testkit*.py:*", f"    {doc}"]
+        )
+        # Once: the plugin registers one copy of each (the conftest copies are made on access).
+        listed = [
+            line
+            for line in result.outlines
+            if line.startswith(f"{fixture} ") and "anyio_fastapi_testkit" in line
+        ]
+        assert len(listed) == 1, listed

@@ -37,3 +37,14 @@ def test_loading_the_plugin_loads_no_database_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_the_fixtures_module_makes_its_conftest_copies_on_access() -> None:
+    from anyio_fastapi_testkit import fixtures
+
+    # Not module attributes (the plugin registers only its bound copies), yet importable.
+    assert "app" not in vars(fixtures)
+    assert fixtures.app.__name__ == "app"
+    assert "The app under test" in (fixtures.app.__doc__ or "")
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        fixtures.nothing_here  # noqa: B018

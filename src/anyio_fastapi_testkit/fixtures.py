@@ -45,14 +45,14 @@ from ._websocket import WebSocketConnect, websocket_connector
 from ._xdist import server_plan
 
 __all__ = [
-    "anyio_backend",
-    "app",
-    "app_lifespan",
+    "anyio_backend",  # noqa: F822 (made on access: see __getattr__)
+    "app",  # noqa: F822 (made on access: see __getattr__)
+    "app_lifespan",  # noqa: F822 (made on access: see __getattr__)
     "assert_max_queries",
     "assert_num_queries",
     "client",
     "count_queries",
-    "database_url",
+    "database_url",  # noqa: F822 (made on access: see __getattr__)
     "db_connection",
     "db_engine",
     "db_session",
@@ -61,18 +61,6 @@ __all__ = [
     "live_server",
     "websocket_connect",
 ]
-
-
-def _anyio_backend(_testkit_backend: str) -> str:
-    return _testkit_backend
-
-
-# The plugin's own copy shares it (see _backends): written once, shown by `pytest --fixtures`.
-_anyio_backend.__doc__ = ANYIO_BACKEND_DOC
-# The plugin registers its own copy, made from testkit_backends, which needs no second fixture
-# (one fixture less to resolve per test); this one is for conftest.py files that import the
-# kit's fixtures.
-anyio_backend = pytest.fixture(_anyio_backend, scope="session", name="anyio_backend")
 
 
 @pytest.fixture(scope="session")
@@ -120,15 +108,14 @@ def _stop_session(config: pytest.Config, reason: str) -> None:
         session.shouldstop = reason
 
 
-@pytest.fixture(scope="session")
-def app(_testkit_config: pytest.Config) -> ASGIApp:
+def _app(config: pytest.Config) -> ASGIApp:
     """The app under test, imported from the ``testkit_app`` ini option (session-scoped).
 
     ``"pkg.module:app"`` names an app; ``"pkg.module:create_app()"`` calls a factory once per
     session. Override this fixture in conftest.py to build the app yourself. Cost: one import
     per session, done when the tests have been collected (before the first test runs).
     """
-    settings = get_settings(_testkit_config)
+    settings = get_settings(config)
     if settings.app is None:
         raise ConfigError(
             "No app to test: set testkit_app in [tool.pytest.ini_options] "
@@ -137,16 +124,14 @@ def app(_testkit_config: pytest.Config) -> ASGIApp:
         )
     app_path = settings.app
     try:
-        return load_once(_testkit_config, _APP_KEY, lambda: load_app(app_path))
+        return load_once(config, _APP_KEY, lambda: load_app(app_path))
     except ConfigError:
-        _stop_session(_testkit_config, "testkit_app could not be loaded (see the first error)")
+        _stop_session(config, "testkit_app could not be loaded (see the first error)")
         raise
 
 
-@pytest.fixture(scope="session")
-async def app_lifespan(
-    app: ASGIApp, anyio_backend: object, _testkit_config: pytest.Config
-) -> AsyncIterator[ASGIApp]:
+@contextlib.asynccontextmanager
+async def _app_lifespan(app: ASGIApp, config: pytest.Config) -> AsyncIterator[ASGIApp]:
     """The app after its lifespan startup, ready for requests (session-scoped, per backend).
 
     Startup and shutdown run once per backend through asgi-lifespan; requests get a copy of
@@ -154,7 +139,7 @@ async def app_lifespan(
     Limits: ``testkit_startup_timeout`` / ``testkit_shutdown_timeout``. Cost: one startup and
     one shutdown of the app per backend.
     """
-    settings = get_settings(_testkit_config)
+    settings = get_settings(config)
     try:
         async with running_lifespan(
             app,
@@ -163,7 +148,7 @@ async def app_lifespan(
         ) as started:
             yield started
     except AppError:
-        _stop_session(_testkit_config, "the app's lifespan failed (see the first error)")
+        _stop_session(config, "the app's lifespan failed (see the first error)")
         raise
 
 
@@ -264,8 +249,7 @@ def close_test_databases(config: pytest.Config) -> None:
 test_databases.__test__ = False  # type: ignore[attr-defined]
 
 
-@pytest.fixture(scope="session")
-def database_url(_testkit_config: pytest.Config) -> DatabaseURL:
+def _database_url(config: pytest.Config) -> DatabaseURL:
     """URL of this worker's test database (a ``str``; its repr hides the password).
 
     The database is the kit's own ``test_...`` clone of a template holding the schema from
@@ -275,7 +259,7 @@ def database_url(_testkit_config: pytest.Config) -> DatabaseURL:
     the embedded server; about 0.3 s when the cluster and template cached by an earlier run
     are reused, see ``--testkit-fresh-db``); later uses are free.
     """
-    return test_databases(_testkit_config).working_url()
+    return test_databases(config).working_url()
 
 
 @dataclass
@@ -336,24 +320,106 @@ def _load_bindings(settings: Settings) -> _AppBindings:
     )
 
 
-@pytest.fixture(scope="session")
-async def _testkit_async_database(
-    anyio_backend: object, _testkit_config: pytest.Config
+@contextlib.asynccontextmanager
+async def _async_database(
+    config: pytest.Config, anyio_backend: object
 ) -> AsyncIterator[AsyncDatabase]:
-    database = AsyncDatabase(test_databases(_testkit_config), backend_name(anyio_backend))
+    database = AsyncDatabase(test_databases(config), backend_name(anyio_backend))
     try:
         yield database
     finally:
         await database.dispose()
 
 
-@pytest.fixture(scope="session")
-def _testkit_sync_database(_testkit_config: pytest.Config) -> Iterator[SyncDatabase]:
-    database = SyncDatabase(test_databases(_testkit_config))
+@contextlib.contextmanager
+def _sync_database(config: pytest.Config) -> Iterator[SyncDatabase]:
+    database = SyncDatabase(test_databases(config))
     try:
         yield database
     finally:
         database.dispose()
+
+
+def config_fixtures(config: pytest.Config) -> dict[str, Any]:
+    """The kit's session fixtures that read the config, bound to this session's ``config``.
+
+    The plugin registers them with the backends' fixture. Bound, they need no fixture to
+    hand them the config: one fixture fewer in every test's closure, which pytest resolves
+    when it collects each test and again when it sets each one up.
+    """
+
+    def app() -> ASGIApp:
+        return _app(config)
+
+    async def app_lifespan(app: ASGIApp, anyio_backend: object) -> AsyncIterator[ASGIApp]:
+        async with _app_lifespan(app, config) as started:
+            yield started
+
+    def database_url() -> DatabaseURL:
+        return _database_url(config)
+
+    async def _testkit_async_database(anyio_backend: object) -> AsyncIterator[AsyncDatabase]:
+        async with _async_database(config, anyio_backend) as database:
+            yield database
+
+    def _testkit_sync_database() -> Iterator[SyncDatabase]:
+        with _sync_database(config) as database:
+            yield database
+
+    def _testkit_config() -> pytest.Config:
+        return config
+
+    app.__doc__, app_lifespan.__doc__ = _app.__doc__, _app_lifespan.__doc__
+    database_url.__doc__ = _database_url.__doc__
+    functions = (
+        app,
+        app_lifespan,
+        database_url,
+        _testkit_async_database,
+        _testkit_sync_database,
+        _testkit_config,
+    )
+    return {function.__name__: pytest.fixture(function, scope="session") for function in functions}
+
+
+def _conftest_copies() -> dict[str, Callable[..., Any]]:
+    """For conftest.py files that import this module's fixtures (``import *``): copies of the
+    fixtures the plugin binds to the session, taking what it binds from its fixtures
+    (``_testkit_config``, ``_testkit_backend``).
+
+    Made on access (the module's ``__getattr__``) rather than held by the module, so that the
+    plugin, which registers this module, registers only its own copies: one of each for
+    pytest to resolve, and in ``pytest --fixtures``.
+    """
+
+    def anyio_backend(_testkit_backend: str) -> str:
+        return _testkit_backend
+
+    def app(_testkit_config: pytest.Config) -> ASGIApp:
+        return _app(_testkit_config)
+
+    async def app_lifespan(
+        app: ASGIApp, anyio_backend: object, _testkit_config: pytest.Config
+    ) -> AsyncIterator[ASGIApp]:
+        async with _app_lifespan(app, _testkit_config) as started:
+            yield started
+
+    def database_url(_testkit_config: pytest.Config) -> DatabaseURL:
+        return _database_url(_testkit_config)
+
+    anyio_backend.__doc__ = ANYIO_BACKEND_DOC
+    app.__doc__, app_lifespan.__doc__ = _app.__doc__, _app_lifespan.__doc__
+    database_url.__doc__ = _database_url.__doc__
+    return {
+        function.__name__: function for function in (anyio_backend, app, app_lifespan, database_url)
+    }
+
+
+def __getattr__(name: str) -> Any:
+    function = _conftest_copies().get(name)
+    if function is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return pytest.fixture(function, scope="session")
 
 
 _ASYNC_TRANSACTION = "_testkit_transaction"

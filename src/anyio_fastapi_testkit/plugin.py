@@ -44,13 +44,16 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         pluginmanager.register(anyio.pytest_plugin, "anyio")
 
 
-def _session_fixtures(config: pytest.Config, backends: tuple[str, ...]) -> types.ModuleType:
-    """A plugin module of this session's own fixtures: the configured backends, and the
-    config for the kit's session fixtures.
+def _session_fixtures(
+    config: pytest.Config, backends: tuple[str, ...], bound: dict[str, Any]
+) -> types.ModuleType:
+    """A plugin module of this session's own fixtures: the configured backends, and ``bound``,
+    the kit's session fixtures bound to this config (``fixtures.config_fixtures``).
 
-    ``_testkit_config`` stands in for pytest's ``pytestconfig``, which asks for ``request``:
-    for such a fixture pytest builds a definition of ``request`` anew for every test whose
-    closure holds it, even once the fixture's value is cached.
+    Bound to the config, those fixtures need no ``pytestconfig``, which asks for ``request``
+    (pytest builds a definition of ``request`` anew for every test whose closure holds a
+    fixture asking for it, even once the fixture's value is cached), nor a fixture of the
+    kit's holding the config (one more fixture for pytest to resolve for every test).
 
     The backends' fixture is parametrized (test ids ``[asyncio]``, ``[trio]``) only when there
     are several, as anyio's own ``anyio_backend`` is not: parametrizing every test with a
@@ -71,21 +74,17 @@ def _session_fixtures(config: pytest.Config, backends: tuple[str, ...]) -> types
 
         params = backends
     backend.__doc__ = ANYIO_BACKEND_DOC
-    # anyio_backend itself (registered after the fixtures module, whose copy it overrides),
-    # and under the name that copy asks for, for conftest.py files that import it.
+    # anyio_backend itself, and under the name that the fixtures module's copy for conftest.py
+    # files (`import *`) asks for.
     anyio_backend = pytest.fixture(backend, scope="session", params=params, name="anyio_backend")
     _testkit_backend = pytest.fixture(
         backend, scope="session", params=params, name="_testkit_backend"
     )
-
-    @pytest.fixture(scope="session")
-    def _testkit_config() -> pytest.Config:
-        return config
-
     plugin = types.ModuleType(SESSION_PLUGIN_NAME)
     plugin.anyio_backend = anyio_backend  # type: ignore[attr-defined]
     plugin._testkit_backend = _testkit_backend  # type: ignore[attr-defined]
-    plugin._testkit_config = _testkit_config  # type: ignore[attr-defined]
+    for name, fixture in bound.items():
+        setattr(plugin, name, fixture)
     return plugin
 
 
@@ -118,12 +117,15 @@ def pytest_configure(config: pytest.Config) -> None:
     manager = config.pluginmanager
     # Registered now, after every autoloaded plugin, so that the kit's session-scoped
     # anyio_backend wins over anyio's module-scoped one however the kit itself was loaded.
-    if not _only_distributes(config) and not manager.has_plugin(FIXTURES_PLUGIN_NAME):
+    bound: dict[str, Any] = {}
+    if not _only_distributes(config):
         fixtures = _fixtures()
-        if not manager.is_registered(fixtures):
+        if not manager.has_plugin(FIXTURES_PLUGIN_NAME) and not manager.is_registered(fixtures):
             manager.register(fixtures, FIXTURES_PLUGIN_NAME)
+        bound = fixtures.config_fixtures(config)
     if not manager.has_plugin(SESSION_PLUGIN_NAME):
-        manager.register(_session_fixtures(config, settings.backends), SESSION_PLUGIN_NAME)
+        plugin = _session_fixtures(config, settings.backends, bound)
+        manager.register(plugin, SESSION_PLUGIN_NAME)
     plan_run(config, settings)  # where the server comes from; nothing is started yet
     if settings.database_env and not _is_xdist_controller(config):
         # Apps read these at import, which happens during collection: set them before it.
