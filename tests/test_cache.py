@@ -439,3 +439,35 @@ def test_the_cache_of_a_moved_project_replaces_the_old_one(cached: CachedProject
     assert not old.exists(), "the old cache folder was left behind"
     assert len(cached.cache_folders()) == 1
     assert leftovers(cached.tmpdir) == []
+
+
+def test_the_cache_of_a_deleted_project_is_deleted_by_the_next_run_of_another(
+    cached: CachedProject,
+) -> None:
+    cached.run()
+    gone = cached.cache_folder()
+    other = cached.path.parent / f"{cached.path.name}-other"
+    # Another project: the same files without the pytest cache (and its pointer).
+    shutil.copytree(cached.path, other, ignore=shutil.ignore_patterns(".pytest_cache"))
+
+    def run_other() -> dict[str, Any]:
+        completed = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:randomly", "-q"],
+            cwd=other,
+            capture_output=True,
+            text=True,
+            timeout=SUBSESSION_TIMEOUT,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        record: dict[str, Any] = json.loads((other / "runs.jsonl").read_text().splitlines()[-1])
+        return record
+
+    first = run_other()
+    assert len(cached.cache_folders()) == 2  # each project its own, the first one's kept
+    kept = next(folder for folder in cached.cache_folders() if folder != gone)
+    shutil.rmtree(cached.path / ".pytest_cache")  # as if the project had been deleted
+    second = run_other()
+    assert cached.cache_folders() == [kept], "the deleted project's cache was left behind"
+    assert second["system"] == first["system"]  # the other project's cluster, reused
+    assert leftovers(cached.tmpdir) == []

@@ -8,6 +8,9 @@ Per project (one pytest cache folder), in the kit's base folder:
     ``cache.json``: the marker: the binaries, version and password of the cluster, and the
     key of the schema its template holds, set only after that template was built.
     ``cluster/``: the state folder (data, log, socket; the server user's as root).
+    ``project.json``: the pytest cache folder it serves. A cache folder whose pytest cache
+    folder is gone (the project was deleted, or its ``.pytest_cache``) would be rebuilt from
+    scratch by its next run, if any: the next run of any project deletes it.
 
 pytest's cache (``config.cache``, key ``CACHE_KEY``) holds the pointer to that folder: a run
 without it (the first, or after ``--cache-clear``) rebuilds the cluster from scratch. The data
@@ -43,6 +46,7 @@ CACHE_KEY = "anyio_fastapi_testkit/cluster"
 FOLDER_PREFIX = "cache-"
 MARKER_FILE = "cache.json"
 LOCK_FILE = "lock"
+PROJECT_FILE = "project.json"
 CLUSTER_FOLDER = "cluster"
 TEMPLATE_RUN_ID = "cached template"  # in the template's ownership comment
 
@@ -107,7 +111,27 @@ def make_cache_folder(base_dir: Path | None, pytest_cache_dir: Path) -> Path:
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise OSError(f"{folder} is not a folder of this user")
     folder.chmod(mode)
+    _record_project(folder, pytest_cache_dir)
     return folder
+
+
+def _record_project(folder: Path, pytest_cache_dir: Path) -> None:
+    record = {"pytest_cache_dir": str(pytest_cache_dir.resolve())}
+    path = folder / PROJECT_FILE
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()) == record:
+            return
+    temporary = folder / f".{PROJECT_FILE}.tmp"
+    temporary.write_text(json.dumps(record))
+    temporary.replace(path)
+
+
+def _recorded_project(folder: Path) -> Path | None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        recorded = json.loads((folder / PROJECT_FILE).read_text()).get("pytest_cache_dir")
+        if isinstance(recorded, str):
+            return Path(recorded)
+    return None
 
 
 @dataclass(frozen=True)
@@ -294,6 +318,31 @@ def remove_replaced(pointer: object, folder: Path) -> bool:
     old = Path(recorded)
     if old == folder or old.parent != folder.parent or not old.name.startswith(FOLDER_PREFIX):
         return False
+    return _remove_unheld(old)
+
+
+def remove_forgotten(folder: Path) -> list[Path]:
+    """Delete the kit's cache folders beside ``folder`` whose pytest cache folder is gone (the
+    project, or its ``.pytest_cache``, was deleted) and that no run holds. Their next run, if
+    any, would rebuild them from scratch. Returns the folders deleted.
+
+    Folders from before the kit recorded their project are kept: nothing says they are unused.
+    """
+    removed = []
+    for other in sorted(folder.parent.glob(f"{FOLDER_PREFIX}*")):
+        if other == folder:
+            continue
+        project = _recorded_project(other)
+        if project is None or project.exists():
+            continue
+        with contextlib.suppress(OSError):
+            if _remove_unheld(other):
+                removed.append(other)
+    return removed
+
+
+def _remove_unheld(old: Path) -> bool:
+    """Delete the cache folder ``old`` with its cluster, unless a run holds it."""
     if old.is_symlink() or not (old / LOCK_FILE).is_file():
         return False
     lock = try_lock(old)

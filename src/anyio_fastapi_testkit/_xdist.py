@@ -31,6 +31,7 @@ from ._cache import (
     CacheStore,
     ClusterCache,
     make_cache_folder,
+    remove_forgotten,
     remove_replaced,
     try_lock,
 )
@@ -238,9 +239,13 @@ def _lock_cache(
     except (OSError, DatabaseError):
         return None  # no cache is no failure: a throwaway cluster works as before
     # Taken: another run (or a run's xdist workers) uses it; this one uses a throwaway.
-    lock = try_lock(folder)
+    try:
+        lock = try_lock(folder)
+    except OSError:  # deleted meanwhile by another project's run (see remove_forgotten)
+        return None
     if lock is not None:
         remove_replaced(store.pointer(), folder)
+        remove_forgotten(folder)
     return lock
 
 
