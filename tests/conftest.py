@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 import textwrap
 
 import pytest
 
 SUBSESSION_TIMEOUT = 120.0
+
+# httpx2 needs Python 3.11: on 3.10 the client's tests run with httpx alone, and the kit
+# prefers httpx2 only where it is installed.
+HTTPX2_INSTALLED = importlib.util.find_spec("httpx2") is not None
+HTTP_LIBRARIES = ("httpx", "httpx2") if HTTPX2_INSTALLED else ("httpx",)
+PREFERRED_LIBRARY = HTTP_LIBRARIES[-1]  # what the kit's client uses by default
+needs_httpx2 = pytest.mark.skipif(
+    not HTTPX2_INSTALLED, reason="httpx2 is not installed (it needs Python 3.11 or later)"
+)
 
 SIMPLE_APP = """
 from contextlib import asynccontextmanager

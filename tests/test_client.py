@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
 import anyio
-import httpx2
 import pytest
-from conftest import Project
+from conftest import HTTP_LIBRARIES, PREFERRED_LIBRARY, Project, needs_httpx2
 
 from anyio_fastapi_testkit._client import client_class, make_client
 from anyio_fastapi_testkit._streaming import streaming_transport
+
+http_library = importlib.import_module(PREFERRED_LIBRARY)
 
 COOKIE_APP = """
 from fastapi import Depends, FastAPI, Request, Response
@@ -37,7 +39,7 @@ async def me(request: Request, user: str = Depends(current_user)):
 """
 
 
-@pytest.mark.parametrize("library", ["httpx", "httpx2"])
+@pytest.mark.parametrize("library", HTTP_LIBRARIES)
 def test_client_library_and_isolation(project: Project, library: str) -> None:
     project.ini(
         testkit_app="cookie_app:app", testkit_http_client=library, testkit_backends="asyncio trio"
@@ -63,6 +65,7 @@ def test_client_library_and_isolation(project: Project, library: str) -> None:
     project.run("-p", "no:randomly").assert_outcomes(passed=4)
 
 
+@needs_httpx2
 def test_httpx2_is_preferred_when_installed(project: Project) -> None:
     project.ini(testkit_app="cookie_app:app")
     project.module("cookie_app", COOKIE_APP)
@@ -213,8 +216,8 @@ def test_a_client_on_an_outside_task_group_needs_no_async_with(backend: str) -> 
     async def main() -> None:
         with anyio.fail_after(10):
             async with anyio.create_task_group() as task_group:
-                client = make_client(httpx2, app, task_group=task_group)
-                assert isinstance(client, httpx2.AsyncClient)
+                client = make_client(http_library, app, task_group=task_group)
+                assert isinstance(client, http_library.AsyncClient)
                 response = await client.post("/json", content=b"hello")
                 assert response.json() == {"body": "hello", "tasks": 0}  # inline, no task
                 async with client.stream("GET", "/events") as streamed:
@@ -240,7 +243,7 @@ def test_close_exchanges_ends_the_streams_nobody_closed(backend: str) -> None:
     async def main() -> None:
         with anyio.fail_after(10):
             async with anyio.create_task_group() as task_group:
-                client = make_client(httpx2, app, task_group=task_group)
+                client = make_client(http_library, app, task_group=task_group)
                 for url in ("/events", "/until-disconnect"):  # started, never read or closed
                     await client.send(client.build_request("GET", url), stream=True)
                 assert sorted(app_tasks()) == [
@@ -267,7 +270,7 @@ def test_an_app_error_surfaces_from_closing_the_client_not_the_task_group(backen
         with anyio.fail_after(10):
             async with anyio.create_task_group() as task_group:
                 for close in ("close_exchanges", "aclose"):
-                    client = make_client(httpx2, app, task_group=task_group)
+                    client = make_client(http_library, app, task_group=task_group)
                     for url in ("/fails-on-disconnect", "/until-disconnect"):
                         await client.send(client.build_request("GET", url), stream=True)
                     closing = (
@@ -297,12 +300,12 @@ def test_async_with_on_an_outside_task_group_opens_none_and_closes_the_streams(
     async def main() -> None:
         with anyio.fail_after(10):
             async with anyio.create_task_group() as task_group:
-                async with make_client(httpx2, app, task_group=task_group) as client:
+                async with make_client(http_library, app, task_group=task_group) as client:
                     await client.send(client.build_request("GET", "/events"), stream=True)
                 assert app.seen == ["events closed"]
                 # The group is still open: the next test's client can use it.
                 async with (
-                    make_client(httpx2, app, task_group=task_group) as client,
+                    make_client(http_library, app, task_group=task_group) as client,
                     client.stream("GET", "/events") as response,
                 ):
                     assert len(await three_events(response)) == 3
@@ -317,7 +320,7 @@ def test_without_a_task_group_streams_need_async_with_but_buffered_sends_do_not(
     app = RawApp()
 
     async def main() -> None:
-        client = make_client(httpx2, app)
+        client = make_client(http_library, app)
         assert (await client.post("/json", content=b"x")).json() == {"body": "x", "tasks": 0}
         with pytest.raises(RuntimeError, match="StreamingASGITransport is not open"):
             async with client.stream("GET", "/events"):
@@ -325,7 +328,7 @@ def test_without_a_task_group_streams_need_async_with_but_buffered_sends_do_not(
         await client.aclose()
         with anyio.fail_after(10):
             async with (
-                make_client(httpx2, app) as client,
+                make_client(http_library, app) as client,
                 client.stream("GET", "/events") as response,
             ):
                 assert len(await three_events(response)) == 3
@@ -341,12 +344,12 @@ def test_a_raw_app_failing_before_its_response_gives_an_empty_500_when_not_raisi
 
     async def main() -> None:
         def transport() -> Any:
-            return streaming_transport(httpx2, app, raise_app_exceptions=False)
+            return streaming_transport(http_library, app, raise_app_exceptions=False)
 
         options = {"base_url": "http://testserver"}
         async with (
-            client_class(httpx2)(transport=transport(), **options) as inline,
-            httpx2.AsyncClient(transport=transport(), **options) as in_a_task,
+            client_class(http_library)(transport=transport(), **options) as inline,
+            http_library.AsyncClient(transport=transport(), **options) as in_a_task,
         ):
             for url in ("/raw-failure", "/body-before-start"):
                 for client in (inline, in_a_task):
@@ -362,7 +365,7 @@ def test_cancelling_a_buffered_request_cancels_the_app_in_the_calling_task(backe
     app = RawApp()
 
     async def main() -> None:
-        client = make_client(httpx2, app)
+        client = make_client(http_library, app)
         with anyio.move_on_after(0.1) as scope:
             await client.get("/sleeps")
         assert scope.cancelled_caught

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from conftest import Project
+from conftest import HTTP_LIBRARIES, PREFERRED_LIBRARY, Project, needs_httpx2
 
 # Warnings are errors in the sub-sessions, except trio's note about an async generator of
 # httpx's that a test stopped iterating early (httpx's own generators, not the transport).
@@ -144,7 +144,7 @@ async def background(tasks: BackgroundTasks):
 '''
 
 
-def stream_project(project: Project, library: str = "httpx2") -> None:
+def stream_project(project: Project, library: str = PREFERRED_LIBRARY) -> None:
     project.ini(
         testkit_app="stream_app:app",
         testkit_backends="asyncio trio",
@@ -209,6 +209,7 @@ def test_endless_sse_stream_is_read_then_closed_and_the_app_sees_the_disconnect(
     project.run("-p", "no:randomly").assert_outcomes(passed=6)
 
 
+@needs_httpx2
 @pytest.mark.skipif(
     importlib.util.find_spec("httpx_sse") is None, reason="httpx-sse is not installed"
 )
@@ -337,7 +338,7 @@ def test_timeouts_chunks_and_app_errors(project: Project) -> None:
     project.run("-p", "no:randomly").assert_outcomes(passed=12, skipped=2)
 
 
-@pytest.mark.parametrize("library", ["httpx", "httpx2"])
+@pytest.mark.parametrize("library", HTTP_LIBRARIES)
 def test_plain_requests_are_answered_as_by_asgi_transport(project: Project, library: str) -> None:
     stream_project(project, library=library)
     project.module(
@@ -397,13 +398,13 @@ def test_the_transport_must_be_opened_with_the_client(project: Project) -> None:
     stream_project(project)
     project.module(
         "test_unopened",
-        """
-        import httpx2
+        f"""
+        import {PREFERRED_LIBRARY} as http
         import pytest
         from anyio_fastapi_testkit._streaming import streaming_transport
 
         async def test_unopened(app_lifespan):
-            client = httpx2.AsyncClient(transport=streaming_transport(httpx2, app_lifespan))
+            client = http.AsyncClient(transport=streaming_transport(http, app_lifespan))
             try:
                 with pytest.raises(RuntimeError, match="StreamingASGITransport is not open"):
                     await client.get("http://testserver/echo/1")
@@ -541,7 +542,7 @@ async def unfinished(scope, receive, send):
 """
 
 
-def inline_project(project: Project, library: str = "httpx2") -> None:
+def inline_project(project: Project, library: str = PREFERRED_LIBRARY) -> None:
     stream_project(project, library=library)
     project.ini(
         testkit_app="inline_app:app",
@@ -589,7 +590,7 @@ async def streamed(client, method, url, **options):
 """
 
 
-@pytest.mark.parametrize("library", ["httpx", "httpx2"])
+@pytest.mark.parametrize("library", HTTP_LIBRARIES)
 def test_buffered_requests_run_inline_and_answer_as_in_a_task(
     project: Project, library: str
 ) -> None:
@@ -711,7 +712,7 @@ def test_app_errors_and_protocol_errors_inline_as_in_a_task(project: Project) ->
     inline_project(project)
     project.module(
         "test_inline_errors",
-        INLINE_HELPERS.format(library="httpx2")
+        INLINE_HELPERS.format(library=PREFERRED_LIBRARY)
         + f"""
 
 APP_ERRORS = {APP_ERRORS!r}

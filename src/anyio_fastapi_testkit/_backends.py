@@ -56,13 +56,25 @@ def running_library() -> str | None:
     created for, which is exactly what is wrong when a runner is reused for another backend.
     """
     trio = sys.modules.get("trio")
-    if trio is not None and trio.lowlevel.in_trio_run():
+    if trio is not None and in_trio_run(trio):
         return "trio"
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return None
     return "asyncio"
+
+
+def in_trio_run(trio: Any) -> bool:
+    """Whether ``trio`` (the imported module) runs the current thread's code."""
+    ask = getattr(trio.lowlevel, "in_trio_run", None)
+    if ask is not None:
+        return bool(ask())
+    try:  # trio before 0.29
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    return True
 
 
 def check_backend(requested: str, item_name: str) -> None:

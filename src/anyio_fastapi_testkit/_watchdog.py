@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from ._backends import in_trio_run
+
 
 class _RealClock:
     # freezegun replaces the real time functions wherever they are module attributes (also
@@ -43,7 +45,7 @@ def loop_poster() -> Post:
     global _last_poster
     last = _last_poster  # read once: other threads (a live server's loop) may replace it
     trio = sys.modules.get("trio")
-    if trio is not None and trio.lowlevel.in_trio_run():
+    if trio is not None and in_trio_run(trio):
         token = trio.lowlevel.current_trio_token()
         if last is not None and last[0] is token:
             return last[1]
