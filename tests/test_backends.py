@@ -288,3 +288,19 @@ def test_a_single_backend_is_not_a_parameter(
     result = project.run("-v", "-p", "no:randomly")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*test_how.py::test_backend PASSED*"])
+
+
+@pytest.mark.parametrize("running", [True, False])
+def test_a_trio_run_is_recognised_without_in_trio_run(running: bool) -> None:
+    # trio before 0.29 has no lowlevel.in_trio_run: the guard asks for the run's token instead.
+    from types import SimpleNamespace
+
+    from anyio_fastapi_testkit._backends import in_trio_run
+
+    def current_trio_token() -> object:
+        if not running:
+            raise RuntimeError("must be called from async context")
+        return object()
+
+    old_trio = SimpleNamespace(lowlevel=SimpleNamespace(current_trio_token=current_trio_token))
+    assert in_trio_run(old_trio) is running

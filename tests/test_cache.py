@@ -420,21 +420,27 @@ def test_the_fingerprint_follows_the_ddl_and_the_migration_files(
     assert schema_fingerprint("alembic:alembic.ini", tmp_path) is None  # not followed: no reuse
 
 
-def test_the_cache_of_a_moved_project_replaces_the_old_one(cached: CachedProject) -> None:
-    first = cached.run()
-    old = cached.cache_folder()
-    moved = cached.path.parent / f"{cached.path.name}-moved"
-    shutil.copytree(cached.path, moved)  # with its .pytest_cache, whose pointer names `old`
+def run_copy(path: Path) -> dict[str, Any]:
+    """Run a copy of the cached project (in a folder of its own) and return its record."""
     completed = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:randomly", "-q"],
-        cwd=moved,
+        cwd=path,
         capture_output=True,
         text=True,
         timeout=SUBSESSION_TIMEOUT,
         check=False,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    moved_run = json.loads((moved / "runs.jsonl").read_text().splitlines()[-1])
+    record: dict[str, Any] = json.loads((path / "runs.jsonl").read_text().splitlines()[-1])
+    return record
+
+
+def test_the_cache_of_a_moved_project_replaces_the_old_one(cached: CachedProject) -> None:
+    first = cached.run()
+    old = cached.cache_folder()
+    moved = cached.path.parent / f"{cached.path.name}-moved"
+    shutil.copytree(cached.path, moved)  # with its .pytest_cache, whose pointer names `old`
+    moved_run = run_copy(moved)
     assert moved_run["system"] != first["system"]  # its own cluster, keyed by its new path
     assert not old.exists(), "the old cache folder was left behind"
     assert len(cached.cache_folders()) == 1
@@ -450,24 +456,11 @@ def test_the_cache_of_a_deleted_project_is_deleted_by_the_next_run_of_another(
     # Another project: the same files without the pytest cache (and its pointer).
     shutil.copytree(cached.path, other, ignore=shutil.ignore_patterns(".pytest_cache"))
 
-    def run_other() -> dict[str, Any]:
-        completed = subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "no:randomly", "-q"],
-            cwd=other,
-            capture_output=True,
-            text=True,
-            timeout=SUBSESSION_TIMEOUT,
-            check=False,
-        )
-        assert completed.returncode == 0, completed.stdout + completed.stderr
-        record: dict[str, Any] = json.loads((other / "runs.jsonl").read_text().splitlines()[-1])
-        return record
-
-    first = run_other()
+    first = run_copy(other)
     assert len(cached.cache_folders()) == 2  # each project its own, the first one's kept
     kept = next(folder for folder in cached.cache_folders() if folder != gone)
     shutil.rmtree(cached.path / ".pytest_cache")  # as if the project had been deleted
-    second = run_other()
+    second = run_copy(other)
     assert cached.cache_folders() == [kept], "the deleted project's cache was left behind"
     assert second["system"] == first["system"]  # the other project's cluster, reused
     assert leftovers(cached.tmpdir) == []
