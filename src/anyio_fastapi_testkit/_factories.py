@@ -214,8 +214,11 @@ class _TestSessionPersistence:
         from polyfactory.factories.sqlalchemy_factory import SQLAASyncPersistence
 
         session = await self._transaction.session()
-        method = self._factory.__persistence_method__  # type: ignore[attr-defined]
-        return SQLAASyncPersistence(session, persistence_method=method)
+        # polyfactory 3.3 added the choice of flush() or commit(); before it, always commit().
+        method = getattr(self._factory, "__persistence_method__", None)
+        if method is None:
+            return SQLAASyncPersistence(session)
+        return SQLAASyncPersistence(session, persistence_method=method)  # type: ignore[call-arg,unused-ignore]
 
     async def save(self, data: Any) -> Any:
         return await (await self._handler()).save(data)

@@ -1,9 +1,10 @@
 """The kit's clock and watchdog thread: deadlines and loop pings that frozen time cannot stop.
 
 The event loops' own clocks are not safe for the kit's limits: freezegun (default options)
-replaces ``time.monotonic`` and ``time.perf_counter``, which asyncio's and trio's clocks read,
-so a loop deadline either never arrives or, when the frozen date lies in the future of the
-machine's uptime, arrives at once. The kit therefore measures time in one daemon thread of its
+replaces ``time.monotonic`` and ``time.perf_counter``, which asyncio's and trio's clocks read
+(time-machine before 3.0 freezes ``time.monotonic`` with ``tick=False``), so a loop deadline
+either never arrives or, when the frozen date lies in the future of the machine's uptime,
+arrives at once. The kit therefore measures time in one daemon thread of its
 own, started once per process, and acts on a loop only by posting a callback to it.
 """
 
@@ -23,13 +24,14 @@ from ._backends import in_trio_run
 
 class _RealClock:
     # freezegun replaces the real time functions wherever they are module attributes (also
-    # `from time import monotonic`); it does not look inside classes.
-    monotonic = staticmethod(time.monotonic)
+    # `from time import monotonic`); it does not look inside classes. time-machine before 3.0
+    # patches time.monotonic in C, so that no reference to it escapes, but not perf_counter.
+    perf_counter = staticmethod(time.perf_counter)
 
 
 def now() -> float:
-    """Seconds of the machine's monotonic clock, whatever freezegun or time-machine do."""
-    return _RealClock.monotonic()
+    """Seconds of a monotonic clock of the machine, whatever freezegun or time-machine do."""
+    return _RealClock.perf_counter()
 
 
 Post = Callable[[Callable[[], object]], None]

@@ -1,6 +1,10 @@
 """(F2) The in-memory app (no database) and one client for the whole session."""
 
-import httpx2
+try:
+    import httpx2 as http  # what the kit's client uses where it is installed
+except ImportError:  # httpx2 needs Python 3.11
+    import httpx as http
+
 import pytest
 from asgi_lifespan import LifespanManager
 from benchapp.memory import app
@@ -14,7 +18,7 @@ def anyio_backend():
 @pytest.fixture(scope="session")
 async def client(anyio_backend):
     async with LifespanManager(app) as manager:
-        async with httpx2.AsyncClient(
-            transport=httpx2.ASGITransport(app=manager.app), base_url="http://testserver"
+        async with http.AsyncClient(
+            transport=http.ASGITransport(app=manager.app), base_url="http://testserver"
         ) as ac:
             yield ac

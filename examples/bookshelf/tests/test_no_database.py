@@ -26,7 +26,8 @@ async def test_health_reads_the_lifespan_state(client: httpx.AsyncClient) -> Non
 
     # started_at is set once, by the lifespan, not per request.
     assert first["started_at"] == second["started_at"]
-    started_at = datetime.fromisoformat(first["started_at"])
+    # Python 3.10's fromisoformat does not read the "Z" that pydantic writes for UTC.
+    started_at = datetime.fromisoformat(first["started_at"].replace("Z", "+00:00"))
     assert started_at.tzinfo is not None
     # Set when this test session started the app, not some fixed or per-request value.
     assert timedelta(0) <= datetime.now(timezone.utc) - started_at < timedelta(hours=1)
