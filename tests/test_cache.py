@@ -22,7 +22,14 @@ import psutil
 import pytest
 from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, leftovers, postgres_processes_under
 
-from anyio_fastapi_testkit._cache import CACHE_KEY, FOLDER_PREFIX, MARKER_FILE, stop_abandoned
+from anyio_fastapi_testkit import _cache
+from anyio_fastapi_testkit._cache import (
+    CACHE_KEY,
+    FOLDER_PREFIX,
+    MARKER_FILE,
+    stop_abandoned,
+    try_lock,
+)
 from anyio_fastapi_testkit._fingerprint import schema_fingerprint
 from anyio_fastapi_testkit._orphans import cleanup_orphans
 
@@ -464,3 +471,32 @@ def test_the_cache_of_a_deleted_project_is_deleted_by_the_next_run_of_another(
     assert cached.cache_folders() == [kept], "the deleted project's cache was left behind"
     assert second["system"] == first["system"]  # the other project's cluster, reused
     assert leftovers(cached.tmpdir) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the cache lock needs fcntl")
+@pytest.mark.parametrize("meanwhile", ["deleted", "deleted and made anew"])
+def test_a_lock_taken_on_a_folder_deleted_meanwhile_is_not_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, meanwhile: str
+) -> None:
+    # Another project's run deletes a forgotten cache folder (remove_forgotten) while this run
+    # has opened its lock file but not yet locked it: the lock this run then gets is on a file
+    # that is no longer the folder's, so the run must not count the folder as its own.
+    folder = tmp_path / f"{FOLDER_PREFIX}0123456789abcdef"
+    folder.mkdir()
+    real_flock = _cache.fcntl.flock
+
+    def flock_after_a_deletion(fd: int, operation: int) -> None:
+        shutil.rmtree(folder)
+        if meanwhile == "deleted and made anew":
+            folder.mkdir()
+            (folder / "lock").touch()
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(_cache.fcntl, "flock", flock_after_a_deletion)
+    assert try_lock(folder) is None
+    monkeypatch.setattr(_cache.fcntl, "flock", real_flock)
+    folder.mkdir(exist_ok=True)
+    lock = try_lock(folder)  # with nothing in between, the lock is taken
+    assert lock is not None
+    assert try_lock(folder) is None  # and held
+    lock.release()

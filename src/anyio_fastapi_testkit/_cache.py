@@ -91,9 +91,16 @@ def try_lock(folder: Path) -> CacheLock | None:
     """Take the folder's lock without waiting; None when another run holds it."""
     if fcntl is None:
         return None
-    handle = (folder / LOCK_FILE).open("ab")
+    path = folder / LOCK_FILE
+    handle = path.open("ab")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Another project's run may have deleted this folder (remove_forgotten) between the
+        # open and the lock, and a run may have made it anew since: a lock on a file that is
+        # no longer the folder's guards nothing.
+        opened, current = os.fstat(handle.fileno()), path.stat()
+        if (opened.st_dev, opened.st_ino) != (current.st_dev, current.st_ino):
+            raise FileNotFoundError(path)
     except OSError:
         handle.close()
         return None
