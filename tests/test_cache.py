@@ -26,6 +26,7 @@ from anyio_fastapi_testkit import _cache
 from anyio_fastapi_testkit._cache import (
     CACHE_KEY,
     FOLDER_PREFIX,
+    LOCK_FILE,
     MARKER_FILE,
     stop_abandoned,
     try_lock,
@@ -489,7 +490,7 @@ def test_a_lock_taken_on_a_folder_deleted_meanwhile_is_not_held(
         shutil.rmtree(folder)
         if meanwhile == "deleted and made anew":
             folder.mkdir()
-            (folder / "lock").touch()
+            (folder / LOCK_FILE).touch()
         real_flock(fd, operation)
 
     monkeypatch.setattr(_cache.fcntl, "flock", flock_after_a_deletion)

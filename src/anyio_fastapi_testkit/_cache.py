@@ -98,10 +98,10 @@ def try_lock(folder: Path) -> CacheLock | None:
         # Another project's run may have deleted this folder (remove_forgotten) between the
         # open and the lock, and a run may have made it anew since: a lock on a file that is
         # no longer the folder's guards nothing.
-        opened, current = os.fstat(handle.fileno()), path.stat()
-        if (opened.st_dev, opened.st_ino) != (current.st_dev, current.st_ino):
-            raise FileNotFoundError(path)
-    except OSError:
+        held = os.path.samestat(os.fstat(handle.fileno()), path.stat())
+    except OSError:  # locked by another run, or the folder is gone
+        held = False
+    if not held:
         handle.close()
         return None
     return CacheLock(folder, handle)

@@ -218,7 +218,7 @@ class _TestSessionPersistence:
         method = getattr(self._factory, "__persistence_method__", None)
         if method is None:
             return SQLAASyncPersistence(session)
-        return SQLAASyncPersistence(session, persistence_method=method)  # type: ignore[call-arg,unused-ignore]
+        return SQLAASyncPersistence(session, persistence_method=method)
 
     async def save(self, data: Any) -> Any:
         return await (await self._handler()).save(data)

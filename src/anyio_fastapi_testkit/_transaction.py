@@ -10,7 +10,6 @@ import asyncio
 import inspect
 import select
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
@@ -36,6 +35,7 @@ from ._errors import ConfigError
 from ._provision import TestDatabases
 from ._queries import NOT_COUNTED
 from ._timeouts import Limit, timeout_failure
+from ._watchdog import now
 
 SAVEPOINT_MODE: Final = "create_savepoint"
 # The running test's transaction, on its item, from the transaction fixture's set-up to its
@@ -479,9 +479,9 @@ class ScriptReply:
 
     def wait_blocking(self, timeout: float | None) -> list[tuple[Any, ...]]:
         """As ``wait()``, off the loop; raises TimeoutError after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else now() + timeout
         while not self._take_arrived():
-            remaining = None if deadline is None else deadline - time.monotonic()
+            remaining = None if deadline is None else deadline - now()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError
             select.select([self._pgconn.socket], [], [], remaining)

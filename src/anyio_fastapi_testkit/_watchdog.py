@@ -4,8 +4,8 @@ The event loops' own clocks are not safe for the kit's limits: freezegun (defaul
 replaces ``time.monotonic`` and ``time.perf_counter``, which asyncio's and trio's clocks read
 (time-machine before 3.0 freezes ``time.monotonic`` with ``tick=False``), so a loop deadline
 either never arrives or, when the frozen date lies in the future of the machine's uptime,
-arrives at once. The kit therefore measures time in one daemon thread of its
-own, started once per process, and acts on a loop only by posting a callback to it.
+arrives at once. The kit therefore measures time in one daemon thread of its own, started
+once per process, and acts on a loop only by posting a callback to it.
 """
 
 from __future__ import annotations
