@@ -14,6 +14,7 @@ from asgi_lifespan._exceptions import LifespanNotSupported
 
 from ._errors import AppError, ConfigError
 from ._imports import import_from_path
+from ._routes import route_dependencies
 from ._timeouts import real_move_on_after
 
 if sys.version_info < (3, 11):
@@ -173,14 +174,10 @@ def check_uses_dependency(app: object, dependency: object, path: str) -> None:
 
 
 def uses_dependency(app: object, dependency: object) -> bool:
-    """Whether any route of the app (at any depth of its dependency tree) uses ``dependency``."""
-    router = getattr(app, "router", None)
-    pending = [
-        route.dependant for route in getattr(router, "routes", ()) if hasattr(route, "dependant")
-    ]
-    while pending:
-        dependant = pending.pop()
-        if getattr(dependant, "call", None) is dependency:
-            return True
-        pending.extend(getattr(dependant, "dependencies", ()))
-    return False
+    """Whether the app uses ``dependency`` anywhere: a route, an included router (at any
+    depth, with its ``dependencies=``), a mounted sub-app, or a sub-dependency of any of these.
+
+    Compared as FastAPI matches ``dependency_overrides``, by equality: a bound method such as
+    ``container.session`` is a new object at each access, equal to the one the routes hold.
+    """
+    return any(call == dependency for call in route_dependencies(app))
