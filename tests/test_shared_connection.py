@@ -225,7 +225,10 @@ def test_prepared_statements_outlive_the_tests_rollback(project: Project) -> Non
 
 
 @pytest.mark.usefixtures("db_driver")
-def test_a_test_that_breaks_the_kits_savepoint_gets_a_clear_error(project: Project) -> None:
+def test_a_test_that_ends_the_servers_transaction_itself(project: Project) -> None:
+    # The kit has no savepoint of its own for a test to break: whatever state a test leaves
+    # the server's transaction in (ended behind SQLAlchemy's back, aborted), the kit rolls it
+    # back and begins the next one in its end-of-test message.
     project.ini(testkit_schema="things_models:Base.metadata")
     project.module("things_models", MODELS)
     project.module(
@@ -233,14 +236,20 @@ def test_a_test_that_breaks_the_kits_savepoint_gets_a_clear_error(project: Proje
         """
         from sqlalchemy import text
 
-        async def test_1_releases_the_kits_savepoint(db_connection):
-            await db_connection.exec_driver_sql("RELEASE SAVEPOINT testkit_test")
-            await db_connection.execute(text("INSERT INTO things (name) VALUES ('x')"))
+        COUNT = text("SELECT count(*) FROM things")
 
-        async def test_2_starts_clean(db_connection):
-            assert await db_connection.scalar(text("SELECT count(*) FROM things")) == 0
+        async def test_1_rolls_back_behind_sqlalchemys_back(db_connection):
+            await db_connection.exec_driver_sql("ROLLBACK")
+
+        async def test_2_starts_clean_and_writes(db_connection):
+            assert await db_connection.scalar(COUNT) == 0
+            await db_connection.execute(text("INSERT INTO things (name) VALUES ('x')"))
+            await db_connection.exec_driver_sql("SELECT no_such_column FROM things")
+
+        async def test_3_starts_clean(db_connection):
+            assert await db_connection.scalar(COUNT) == 0
         """,
     )
     result = project.run("-p", "no:randomly")
-    result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["*testkit_test*does not exist*"])
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*test_2_starts_clean_and_writes*", "*no_such_column*"])

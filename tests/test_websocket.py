@@ -239,14 +239,14 @@ from fastapi import WebSocket
 async def items_ws(websocket: WebSocket, session: AsyncSession = Depends(get_session)):
     await websocket.accept()
     session.add(Item(name=await websocket.receive_text()))
-    await session.flush()
+    await session.commit()
     await websocket.send_json(list(await session.scalars(select(Item.name).order_by(Item.name))))
     await websocket.close()
 """
 )
 
 
-def test_a_websocket_endpoint_uses_the_tests_db_session(
+def test_a_websocket_endpoint_uses_the_tests_transaction(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)  # the embedded server
@@ -262,7 +262,7 @@ def test_a_websocket_endpoint_uses_the_tests_db_session(
         from sqlalchemy import select
         from items_app import Item
 
-        async def test_a_shares_the_session(websocket_connect, db_session):
+        async def test_a_shares_the_transaction(websocket_connect, db_session):
             db_session.add(Item(name="from-test"))
             await db_session.flush()
             async with websocket_connect("/items/ws") as ws:

@@ -17,7 +17,7 @@ from typing import Any, Final, TypeVar
 import anyio
 import pytest
 from anyio.abc import TaskGroup
-from sqlalchemy import Connection, create_engine
+from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.pool import NullPool
 
 from ._backends import ASYNC_DRIVERS_ASYNCIO_ONLY
@@ -41,7 +41,11 @@ SAVEPOINT_MODE: Final = "create_savepoint"
 # The running test's transaction, on its item, from the transaction fixture's set-up to its
 # teardown.
 TRANSACTION_KEY = pytest.StashKey["TestTransaction"]()
-TEST_SAVEPOINT: Final = "testkit_test"  # the savepoint every test runs in
+# The outer transaction is begun anew at the end of every test, so that now() (the start of
+# the transaction) moves from test to test as in production; when no test has ended for this
+# many seconds (tests that do not use the database in between), it is begun anew before the
+# next test takes the connection, so that now() is never older than this at a test's start.
+FRESH_FOR: Final = 1.0
 # What AsyncDatabase.end_test(defer=True) returns when the leak check's rows are still on their
 # way (read them with take_deferred()).
 DEFERRED: Final = object()
@@ -100,19 +104,22 @@ class TaskLock:
 class AsyncDatabase:
     """The async engine of one backend's session, and the one connection the tests share.
 
-    The shared connection stays inside one outer transaction for the whole session, with one
-    savepoint, ``testkit_test``, set right after BEGIN. Each test works inside that savepoint
-    and is undone by ``ROLLBACK TO SAVEPOINT testkit_test``, which also keeps the savepoint
-    for the next test: one round trip per test, where a connection per test costs a pool
-    checkout, BEGIN, ROLLBACK and the pool's reset. The driver keeps its prepared statements
-    (see ``ScriptReply``). (SQLAlchemy's ``begin_nested()`` per test would cost a SAVEPOINT more
-    per test, and nest one level deeper on the server with every test.)
+    The shared connection stays inside one outer transaction as far as SQLAlchemy knows. Each
+    test works inside it and is undone by ``ROLLBACK; BEGIN``, sent through the driver in one
+    message with the leak check: the server begins a new transaction for the next test, so
+    that ``now()``, ``CURRENT_TIMESTAMP`` and ``server_default=func.now()`` move from test to
+    test as in production, while SQLAlchemy's view of the connection (its transaction, the
+    kept session's savepoint, begun again in the same message) stays true. One round trip per
+    test, where a connection per test costs a pool checkout, BEGIN, ROLLBACK and the pool's
+    reset. The driver keeps its prepared statements (see ``ScriptReply``).
     """
 
     def __init__(self, databases: TestDatabases, backend: str) -> None:
         self.databases = databases
         self.backend = backend
         self.driver = databases.settings.database_driver
+        # testkit_share_session: the app's requests get the test's own session.
+        self.share_session = databases.settings.share_session
         self._engine: AsyncEngine | None = None
         self._connection: AsyncConnection | None = None
         self._outer: AsyncTransaction | None = None
@@ -139,6 +146,9 @@ class AsyncDatabase:
         # Set when that reply did not come or was an error: the connection is in an unknown
         # state, and the next test that needs it gets a new one.
         self._broken = False
+        # When the server's transaction on the shared connection was last begun (the kit's
+        # clock), for FRESH_FOR.
+        self._began = 0.0
 
     async def engine(self) -> AsyncEngine:
         require_asyncio(self.backend, self.driver)
@@ -153,8 +163,8 @@ class AsyncDatabase:
         return self._engine
 
     async def shared_connection(self) -> AsyncConnection:
-        """The session's connection, inside its outer transaction and the tests' savepoint
-        (both begun again if a test ended them)."""
+        """The session's connection, inside its outer transaction (begun again if a test ended
+        it, and begun anew on the server if it began more than ``FRESH_FOR`` seconds ago)."""
         if self._broken or self._pending is not None:
             await self.discard_connection()
         connection = self._connection
@@ -163,21 +173,34 @@ class AsyncDatabase:
             connection = self._connection = await engine.connect()
             self._raw = (await connection.get_raw_connection()).driver_connection
             self._outer = None  # so the savepoint list is reset below
-        if not self._outer_is_current(connection):
+        current = self._outer_is_current(connection)
+        if current and now() - self._began >= FRESH_FOR:
+            kept = self._kept_savepoints()
+            if kept is not None:
+                try:
+                    await self._end_and_count(kept, None, defer=False)
+                except BaseException:
+                    await self.discard_connection()  # in an unknown state
+                    raise
+                return connection
+            current = False  # not as a test's end leaves it: begin again through SQLAlchemy
+        if not current:
             await self.forget_session()
             await self.end_outer_transaction()
             self._savepoints.clear()  # the outer transaction took them with it
             self._savepoints_known = True
             self._outer = await connection.begin()
-            await connection.exec_driver_sql(
-                f"SAVEPOINT {TEST_SAVEPOINT}", execution_options=NOT_COUNTED
-            )
+            # A statement, for the driver to begin the transaction now: asyncpg's adapter
+            # begins it at the first statement, and refuses to once the server is in the one
+            # the end of a test begins.
+            await connection.exec_driver_sql("SELECT 1", execution_options=NOT_COUNTED)
+            self._began = now()
         return connection
 
     def ready_connection(self) -> AsyncConnection | None:
-        """The shared connection if it is open and in its transaction and savepoint, so that a
-        test can take it without a trip through the loop; else None (``shared_connection()``
-        opens it)."""
+        """The shared connection if it is open and in a transaction begun less than
+        ``FRESH_FOR`` seconds ago, so that a test can take it without a trip through the loop;
+        else None (``shared_connection()`` opens it, or begins its transaction anew)."""
         connection = self._connection
         if (
             connection is not None
@@ -186,6 +209,7 @@ class AsyncDatabase:
             and not connection.closed
             and not connection.invalidated
             and self._outer_is_current(connection)
+            and now() - self._began < FRESH_FOR
         ):
             return connection
         return None
@@ -263,8 +287,8 @@ class AsyncDatabase:
 
     def _kept_savepoints(self) -> list[str] | None:
         """The savepoints to begin again after the rollback, for the kept session to stay
-        as it is; None when the session (or a savepoint the test left open) must be closed
-        through SQLAlchemy instead."""
+        as it is; None when the session (or a savepoint left open: the test's, or a request's
+        session not closed) must be closed through SQLAlchemy instead."""
         savepoints, session = self._savepoints, self._session
         if not self._savepoints_known:
             return None
@@ -303,16 +327,18 @@ class AsyncDatabase:
         """After a test: undo its work on the shared connection, and count its tables' rows
         for the leak check (``TestDatabases.check_leaks``), which this returns.
 
-        Everything since the tests' savepoint is rolled back, keeping the savepoint for the
-        next test. The test's session is kept for the next test when it is only inside its
-        own savepoint, or in no transaction: its savepoint is begun again, empty, right after
-        the rollback, so SQLAlchemy's view of the connection stays true, and the session's
-        objects are expunged. Rollback, savepoint and the leak check's count go to the server
-        in one round trip with psycopg (two with asyncpg). Otherwise the session and the
-        savepoints the test left open are rolled back through SQLAlchemy first. When the test
-        ended the outer transaction itself (``db_connection.commit()`` or ``.rollback()``),
-        whatever it began since is rolled back instead, and None is returned: the leak check
-        then counts on the detector's own connection.
+        The server's transaction is rolled back and a new one begun (``ROLLBACK; BEGIN``, also
+        after a test that did not use the connection, so that the next test's ``now()`` is
+        the time this one ended), under the same SQLAlchemy transaction. The test's session is
+        kept for the next test when it is only inside its own savepoint, or in no transaction:
+        its savepoint is begun again, empty, right after BEGIN, so SQLAlchemy's view of the
+        connection stays true, and the session's objects are expunged. Rollback, BEGIN,
+        savepoint and the leak check's count go to the server in one round trip with psycopg
+        (two with asyncpg). Otherwise the session and the savepoints left open are rolled back
+        through SQLAlchemy first. When the test ended the outer transaction itself
+        (``db_connection.commit()`` or ``.rollback()``), whatever it began since is rolled back
+        instead, and None is returned: the leak check then counts on the detector's own
+        connection.
 
         With ``defer`` (psycopg), the script is sent but its reply is not waited for: this
         returns ``DEFERRED``, and ``take_deferred()``, outside the loop, returns the rows.
@@ -323,35 +349,49 @@ class AsyncDatabase:
             if used:
                 await self.end_outer_transaction()
             return None
-        kept: list[str] = []
+        # (A test that did not use the connection left it as the last test's end did.)
+        kept = self._kept_savepoints()
         if used:
-            kept_savepoints = self._kept_savepoints()
-            if kept_savepoints is None:
-                # Savepoints the test left open (its own, or its session's): SQLAlchemy
-                # forgets them only when they are rolled back through it, innermost first;
-                # then the session, whose savepoint is gone by then, closes without SQL.
+            if kept is None:
+                # Savepoints left open (the test's own, its session's, a request's session
+                # not closed): SQLAlchemy forgets them only when they are rolled back through
+                # it, innermost first; then the session, whose savepoint is gone by then,
+                # closes without SQL.
                 nested = connection.get_nested_transaction()
                 while nested is not None and nested.is_active:
                     await nested.rollback()
                     nested = connection.get_nested_transaction()
                 await self.forget_session()
-            else:
-                kept = kept_savepoints
-                if self._session is not None:
-                    self._reset_session(self._session)
+                if nested is not None:
+                    # One SQLAlchemy would not roll back: end its whole transaction through
+                    # it; the next test begins a new one.
+                    await self.end_outer_transaction()
+                    return None
+                # None left: the server's new transaction has none either.
+                self._savepoints.clear()
+                self._savepoints_known = True
+                kept = []
+            elif self._session is not None:
+                self._reset_session(self._session)
         query = self.databases.leak_query()
-        return await self._rollback_and_count(used, kept, query, defer) or []
+        return await self._end_and_count(kept, query, defer) or []
 
-    async def _rollback_and_count(
-        self, rollback: bool, kept: list[str], query: str | None, defer: bool
-    ) -> Any:
+    async def _end_and_count(self, kept: list[str] | None, query: str | None, defer: bool) -> Any:
+        """Send ``ROLLBACK; BEGIN`` and the ``kept`` savepoints (not when ``kept`` is None),
+        then ``query``, the leak check's count (when not None), through the driver."""
         raw = self._raw
-        script = "; ".join(
-            [f"ROLLBACK TO SAVEPOINT {TEST_SAVEPOINT}"] + [f"SAVEPOINT {name}" for name in kept]
-            if rollback
-            else []
-        )
-        if type(raw).__module__.startswith("asyncpg"):
+        asyncpg = type(raw).__module__.startswith("asyncpg")
+        statements: list[str] = []
+        if kept is not None:
+            # (A server in no transaction, as a fresh connection is before its first statement,
+            # would warn at a ROLLBACK; libpq's status 0 is IDLE.)
+            if raw.is_in_transaction() if asyncpg else raw.pgconn.transaction_status != 0:
+                statements.append("ROLLBACK")
+            statements.append("BEGIN")
+            statements += [f"SAVEPOINT {name}" for name in kept]
+            self._began = now()
+        script = "; ".join(statements)
+        if asyncpg:
             # asyncpg returns no rows from a script of several statements.
             if script:
                 await raw.execute(script)
@@ -417,10 +457,11 @@ class ScriptReply:
     (``psycopg.pq``): the rows of its last result that has rows, as text, or its first error.
 
     Not through ``connection.execute()``: psycopg drops its whole cache of prepared statements
-    whenever a command's status is ROLLBACK, which ``ROLLBACK TO SAVEPOINT`` is, so every test
-    would start with no prepared statement (the app's queries are prepared from their fifth
-    run on). Undoing a test does not invalidate them: a plan whose tables changed is planned
-    again by the server itself. Nothing else uses the connection meanwhile: the test is over.
+    whenever a command's status is ROLLBACK, so every test would start with no prepared
+    statement (the app's queries are prepared from their fifth run on). Undoing a test does
+    not invalidate them (the server keeps prepared statements across transactions): a plan
+    whose tables changed is planned again by the server itself. Nothing else uses the
+    connection meanwhile: the test is over.
 
     The reply can be awaited on the loop (``wait``) or waited for outside it
     (``wait_blocking``): the kit sends the script that ends a test at the end of the test's
@@ -565,6 +606,24 @@ class TestTransaction:
         """The test's session if it was made already (sync code cannot make it)."""
         return self._session
 
+    async def request_session(self) -> AsyncSession:
+        """A new session for one request of the app, as the app's own sessionmaker would make
+        it (the test's session options), on the test's connection and inside its transaction
+        (savepoint mode): the app loads rows from the database, and its ``rollback()`` undoes
+        only its own work. What the test's own session holds unflushed is flushed first, so
+        that the request sees it. The caller closes it."""
+        connection = await self.connection()
+        test_session = self._session
+        if test_session is not None and (
+            test_session.new or test_session.deleted or test_session.dirty
+        ):
+            await test_session.flush()
+        options = dict(self.options)
+        options["sync_session_class"] = request_session_class(
+            options.get("sync_session_class", Session)
+        )
+        return AsyncSession(bind=connection, join_transaction_mode=SAVEPOINT_MODE, **options)
+
     async def close_clients(self) -> BaseException | None:
         """Close what was registered with ``on_close`` (the clients and their open
         responses); return the first error, for the test to see after the database's cleanup."""
@@ -679,10 +738,76 @@ class TestTransaction:
 
 
 _OUTSIDE_A_TEST = (
-    "The app's session dependency was called outside a test: the kit overrides it with the "
-    "test's session only while a test that uses client, websocket_connect, live_server, "
-    "db_session or db_connection runs."
+    "The app's session dependency was called outside a test: the kit overrides it with "
+    "sessions on the test's transaction only while a test that uses client, "
+    "websocket_connect, live_server, db_session or db_connection runs."
 )
+
+
+# True on a request's session once it wrote (flushed, or executed anything but a SELECT) in
+# its transaction; see close_request_session.
+_WROTE: Final = "_testkit_wrote"
+_REQUEST_CLASSES: dict[type[Session], type[Session]] = {}
+
+
+def _note_flush(session: Session, flush_context: object) -> None:
+    setattr(session, _WROTE, True)
+
+
+def _note_execute(state: ORMExecuteState) -> None:
+    if not state.is_select:
+        setattr(state.session, _WROTE, True)
+
+
+def _note_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the session's own, not a begin_nested() inside it
+        setattr(session, _WROTE, False)
+
+
+def request_session_class(base: type[Session]) -> type[Session]:
+    """``base`` (the app's ``sync_session_class``, else ``Session``) made to note whether a
+    session wrote in its transaction; its events are those of this subclass only."""
+    cls = _REQUEST_CLASSES.get(base)
+    if cls is None:
+        cls = type(f"Request{base.__name__}", (base,), {_WROTE: False, "__module__": __name__})
+        event.listen(cls, "after_flush", _note_flush)
+        event.listen(cls, "do_orm_execute", _note_execute)
+        event.listen(cls, "after_transaction_end", _note_end)
+        _REQUEST_CLASSES[base] = cls
+    return cls
+
+
+def _only_read(session: Session) -> bool:
+    """Whether ``session`` is in a transaction in which it only read: nothing flushed or
+    pending, nothing executed but SELECTs, no ``begin_nested()`` of its own left open."""
+    return (
+        session.in_transaction()
+        and session.is_active
+        and not session.in_nested_transaction()
+        and not getattr(session, _WROTE, True)
+        and not (session.new or session.deleted or session.dirty)
+    )
+
+
+async def close_request_session(session: AsyncSession) -> None:
+    """Close a request's session. One that only read in its transaction has its savepoint
+    released (a commit) rather than rolled back: the same for its own work, and it keeps what
+    other sessions on the test's connection committed after the savepoint began (a background
+    task's, a service's), which nothing of the request would undo in production."""
+    try:
+        if _only_read(session.sync_session):
+            await session.commit()
+    finally:
+        await session.close()
+
+
+def close_sync_request_session(session: Session) -> None:
+    """The sync twin of ``close_request_session``."""
+    try:
+        if _only_read(session):
+            session.commit()
+    finally:
+        session.close()
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -701,16 +826,28 @@ def _signed(dependency: _F) -> _F:
 
 
 def _async_dependency(database: AsyncDatabase) -> Callable[[], AsyncIterator[AsyncSession]]:
-    """The FastAPI dependency yielding the running test's session, one request at a time."""
+    """The FastAPI dependency yielding, one request at a time, a session of the request's own
+    on the running test's transaction (closed after the request), or the test's own session
+    with ``testkit_share_session``."""
 
     async def test_session_dependency() -> AsyncIterator[AsyncSession]:
         transaction = database.current
         if transaction is None:
             raise RuntimeError(_OUTSIDE_A_TEST)
-        # Concurrent requests share one session, which allows no concurrent operations:
-        # they take turns, each holding the lock for its whole request.
+        # Concurrent requests take turns on the test's one connection, each holding the lock
+        # for its whole request: the savepoints of the sessions on one connection must nest
+        # (releasing one also ends those begun after it), and one shared session allows no
+        # concurrent operations. The lock is re-entrant within a task, so that a request
+        # that opens a second session on the connection does not wait for itself.
         async with transaction.lock:
-            yield await transaction.session()
+            if database.share_session:
+                yield await transaction.session()
+                return
+            session = await transaction.request_session()
+            try:
+                yield session
+            finally:
+                await close_request_session(session)
 
     return _signed(test_session_dependency)
 
@@ -739,7 +876,9 @@ async def run_in_transaction(
 
 
 def _sync_dependency(database: SyncDatabase) -> Callable[[], Iterator[Session]]:
-    """The sync twin of ``_async_dependency``, for sync (``def``) dependencies."""
+    """The sync twin of ``_async_dependency``, for sync (``def``) dependencies: a session of
+    the request's own on ``db_session_sync``'s transaction, or that session itself with
+    ``testkit_share_session``."""
 
     def test_session_dependency() -> Iterator[Session]:
         transaction = database.current
@@ -747,7 +886,14 @@ def _sync_dependency(database: SyncDatabase) -> Callable[[], Iterator[Session]]:
             raise RuntimeError(_OUTSIDE_A_TEST)
         # FastAPI runs sync dependencies in worker threads: take turns, as the async one.
         with transaction.lock:
-            yield transaction.session()
+            if database.share_session:
+                yield transaction.session()
+                return
+            session = transaction.request_session()
+            try:
+                yield session
+            finally:
+                close_sync_request_session(session)
 
     return _signed(test_session_dependency)
 
@@ -757,6 +903,7 @@ class SyncDatabase:
 
     def __init__(self, databases: TestDatabases) -> None:
         self.databases = databases
+        self.share_session = databases.settings.share_session  # as AsyncDatabase's
         self._engine: Engine | None = None
         self.current: SyncTestTransaction | None = None  # as AsyncDatabase.current
         self.dependency = _sync_dependency(self)
@@ -786,15 +933,32 @@ class SyncTestTransaction:
         self._connection: Connection | None = None
         self._session: Session | None = None
 
-    def session(self) -> Session:
-        if self._session is None:
+    def connection(self) -> Connection:
+        if self._connection is None:
             connection = self.database.engine().connect()
             connection.begin()
             self._connection = connection
+        return self._connection
+
+    def session(self) -> Session:
+        if self._session is None:
             self._session = Session(
-                bind=connection, join_transaction_mode=SAVEPOINT_MODE, **self.options
+                bind=self.connection(), join_transaction_mode=SAVEPOINT_MODE, **self.options
             )
         return self._session
+
+    def request_session(self) -> Session:
+        """As ``TestTransaction.request_session``: a new session on the test's connection
+        for one request, after a flush of the test's own session."""
+        connection = self.connection()
+        test_session = self._session
+        if test_session is not None and (
+            test_session.new or test_session.deleted or test_session.dirty
+        ):
+            test_session.flush()
+        return request_session_class(Session)(
+            bind=connection, join_transaction_mode=SAVEPOINT_MODE, **self.options
+        )
 
     def close(self) -> None:
         session, connection = self._session, self._connection

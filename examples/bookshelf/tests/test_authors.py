@@ -62,7 +62,7 @@ async def test_duplicate_of_an_author_committed_by_the_test(
     response = await client.post("/authors", json={"name": "Iain M. Banks"})
     assert response.status_code == 409
 
-    # The app rolled back, which expires what the session holds: reload before reading.
+    # The app's rollback undid only its own work (its request had a session of its own).
     await db_session.refresh(author)
     assert author.name == "Iain M. Banks"
     assert await count(db_session, Author) == 1

@@ -42,8 +42,6 @@ async def test_duplicate_title_is_409_and_the_next_request_works(
     client: httpx.AsyncClient, db_session: AsyncSession
 ) -> None:
     task = await TaskFactory.create_async(title="review")
-    # Read it now: the app's rollback on the conflict also expires the test's objects (one
-    # session is shared), and an expired attribute cannot be loaded outside an await.
     url = f"/projects/{task.project_id}/tasks"
 
     conflict = await client.post(url, json={"title": "review"})
