@@ -13,13 +13,14 @@ from ._errors import AppError, ConfigError, DatabaseError, TestkitError
 from ._warnings import BlockedLoopWarning, LeakedTaskWarning, TestkitWarning
 
 if TYPE_CHECKING:
-    from ._client import override_dependencies
+    from ._client import ClientFactory, override_dependencies
     from ._factories import persist_with
     from ._websocket import WebSocketClosed, WebSocketRejected
 
 # Imported on first use: pytest imports this package to load the plugin in every process,
 # pytest-xdist's controller too, which runs no test and need not pay for SQLAlchemy's ORM.
 _LAZY = {
+    "ClientFactory": "._client",
     "override_dependencies": "._client",
     "persist_with": "._factories",
     "WebSocketClosed": "._websocket",
@@ -29,6 +30,7 @@ _LAZY = {
 __all__ = [
     "AppError",
     "BlockedLoopWarning",
+    "ClientFactory",
     "ConfigError",
     "DatabaseError",
     "LeakedTaskWarning",

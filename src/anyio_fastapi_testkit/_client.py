@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from anyio.abc import TaskGroup
 
+from ._config import DEFAULT_BASE_URL
 from ._errors import ConfigError
 from ._streaming import StreamingASGITransport, buffered_send, streaming_transport
 
-BASE_URL = "http://testserver"
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+elif TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+BASE_URL = DEFAULT_BASE_URL
 HTTP_LIBRARIES = ("httpx2", "httpx")
 
 
@@ -64,8 +71,71 @@ def make_client(
     # The kit's transport streams responses as the app sends them (httpx's ASGITransport
     # reads a response to its end first, so endless streams would hang the test).
     transport = streaming_transport(library, app, task_group=task_group)
-    kwargs.setdefault("base_url", _parsed_base_url(library))
+    kwargs.setdefault("base_url", _parsed_base_url(library, BASE_URL))
     return client_class(library)(transport=transport, **kwargs)
+
+
+class ClientOptions(TypedDict, total=False):
+    """The client's own keyword arguments that :class:`ClientFactory` takes.
+
+    Those of ``httpx.AsyncClient`` (and ``httpx2.AsyncClient``) that mean something for an
+    in-process client; the transport is the kit's. Values of the library's own types (``URL``,
+    ``Timeout``, ``Auth``, ``Cookies``...) are typed ``Any``, as they are httpx's or httpx2's.
+    """
+
+    base_url: Any  # str or the library's URL; default: testkit_base_url
+    headers: Any
+    cookies: Any
+    params: Any
+    auth: Any
+    timeout: Any
+    follow_redirects: bool
+    max_redirects: int
+    event_hooks: Mapping[str, list[Callable[..., Any]]]
+    mounts: Mapping[str, Any]
+    trust_env: bool
+    default_encoding: str | Callable[[bytes], str]
+
+
+class ClientFactory:
+    """What the ``client_factory`` fixture gives: ``client_factory(**options)`` returns a new
+    client on the started app, in the test's transaction, that the kit closes after the test.
+
+    ``options`` are the client's own keyword arguments (:class:`ClientOptions`: ``headers``,
+    ``cookies``, ``base_url``, ``follow_redirects``...); ``base_url`` defaults to
+    ``testkit_base_url`` (``http://testserver``). Every call returns a new client, of the same
+    library as the ``client`` fixture's (``httpx.AsyncClient`` or ``httpx2.AsyncClient``:
+    annotate it as that), with cookies and headers of its own.
+    """
+
+    __slots__ = ("_app", "_base_url", "_library", "_on_close", "_task_group")
+
+    def __init__(
+        self,
+        library: ModuleType,
+        app: Any,
+        *,
+        base_url: str = BASE_URL,
+        task_group: Callable[[], TaskGroup | None] | None = None,
+        on_close: Callable[[Callable[[], Awaitable[None]]], None] | None = None,
+    ) -> None:
+        self._library = library
+        self._app = app
+        self._base_url = _parsed_base_url(library, base_url)
+        self._task_group = task_group
+        self._on_close = on_close
+
+    def __call__(self, **options: Unpack[ClientOptions]) -> Any:
+        """A new client on the app; ``options`` go to the client (see :class:`ClientOptions`)."""
+        kwargs: dict[str, Any] = dict(options)
+        kwargs.setdefault("base_url", self._base_url)
+        http_client = make_client(self._library, self._app, task_group=self._task_group, **kwargs)
+        if self._on_close is not None:
+            self._on_close(http_client.aclose)
+        return http_client
+
+    def __repr__(self) -> str:
+        return f"<ClientFactory {self._library.__name__} base_url={str(self._base_url)!r}>"
 
 
 @functools.cache
@@ -104,10 +174,13 @@ def client_class(library: ModuleType) -> type[Any]:
 
 
 @functools.cache
-def _parsed_base_url(library: ModuleType) -> Any:
-    # Parsing the base URL is most of what building a client costs; a parsed URL (whose
-    # path is "/" already) is taken as it is.
-    return library.URL(BASE_URL)
+def _parsed_base_url(library: ModuleType, base_url: str) -> Any:
+    # Parsing the base URL is most of what building a client costs; a parsed URL whose path
+    # ends with "/" already is taken as it is (the client would otherwise copy it to add one).
+    url = library.URL(base_url)
+    if not url.raw_path.endswith(b"/"):
+        url = url.copy_with(raw_path=url.raw_path + b"/")
+    return url
 
 
 def overridable(app: object) -> dict[Callable[..., Any], Callable[..., Any]]:
