@@ -94,3 +94,58 @@ def test_fixtures_have_reference_docs(project: Project) -> None:
             if line.startswith(f"{fixture} ") and "anyio_fastapi_testkit" in line
         ]
         assert len(listed) == 1, listed
+
+
+# --- list settings as users write them (in-process: only the settings are read) -------------
+
+ENV_ENTRIES = ("DATABASE_URL", "GREETING=a b", 'CORS_ORIGINS=["http://a"]', "APP_ENV=test")
+
+
+def test_toml_list_entries_are_taken_whole(pytester: pytest.Pytester) -> None:
+    from sqlalchemy.engine import make_url
+
+    from anyio_fastapi_testkit._config import read_settings
+    from anyio_fastapi_testkit._provision import render_env
+
+    pytester.makepyprojecttoml(
+        """
+        [tool.pytest.ini_options]
+        testkit_database_env = [
+            "DATABASE_URL", "GREETING=a b", 'CORS_ORIGINS=["http://a"]', "APP_ENV=test",
+        ]
+        testkit_factories = ["pkg.factories", "pkg.more:BookFactory"]
+        """
+    )
+    settings = read_settings(pytester.parseconfig())
+    assert settings.database_env == ENV_ENTRIES
+    assert settings.factories == ("pkg.factories", "pkg.more:BookFactory")
+    url = make_url("postgresql://u:pw@127.0.0.1:5433/test_app")
+    assert render_env(settings.database_env, url, url) == {
+        "DATABASE_URL": "postgresql://u:pw@127.0.0.1:5433/test_app",
+        "GREETING": "a b",
+        "CORS_ORIGINS": '["http://a"]',
+        "APP_ENV": "test",
+    }
+
+
+INI_ENTRIES = """DATABASE_URL GREETING="a b"
+    CORS_ORIGINS='["http://a"]'
+    APP_ENV=test"""
+
+
+@pytest.mark.parametrize("file", ["pytest.ini", "tox.ini", "setup.cfg", "pyproject.toml"])
+def test_string_entries_read_the_same_from_every_config_file(
+    pytester: pytest.Pytester, file: str
+) -> None:
+    from anyio_fastapi_testkit._config import read_settings
+
+    if file == "pyproject.toml":
+        body = INI_ENTRIES.replace("\n    ", "\n")
+        pytester.makepyprojecttoml(
+            f"[tool.pytest.ini_options]\ntestkit_database_env = '''{body}'''\n"
+        )
+    else:
+        section = "[pytest]" if file != "setup.cfg" else "[tool:pytest]"
+        (pytester.path / file).write_text(f"{section}\ntestkit_database_env = {INI_ENTRIES}\n")
+    settings = read_settings(pytester.parseconfig())
+    assert settings.database_env == ENV_ENTRIES

@@ -182,7 +182,7 @@ def test_savepoints_in_the_test_and_in_the_app(project: Project) -> None:
     project.run().assert_outcomes(passed=2)
 
 
-def test_the_app_and_the_test_share_one_session(project: Project) -> None:
+def test_the_app_and_the_test_see_each_others_rows(project: Project) -> None:
     items_project(project)
     project.module(
         "test_override",
@@ -198,7 +198,7 @@ def test_the_app_and_the_test_share_one_session(project: Project) -> None:
             assert await names(db_session) == ["from-app", "from-test"]
 
         async def test_even_unflushed_rows(client, db_session):
-            db_session.add(Item(name="pending"))  # the shared session autoflushes it
+            db_session.add(Item(name="pending"))  # flushed by the kit before the request
             assert (await client.get("/items")).json() == ["pending"]
         """,
     )
@@ -423,21 +423,12 @@ async def whoami():
 ENV_NAMES = ("DATABASE_URL", "APP_DB_HOST", "APP_DB_NAME", "APP_DB_PORT")
 
 
-def test_database_env_is_set_before_the_app_is_imported_and_restored(
-    project: Project, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name in ENV_NAMES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("APP_DB_HOST", "host-before-the-session")
-    project.ini(
-        testkit_app="env_app:app",
-        testkit_database_env="DATABASE_URL APP_DB_HOST={host} APP_DB_NAME={database} "
-        "APP_DB_PORT={port}",
-    )
-    project.module("env_app", ENV_APP)
+def _env_recorder(project: Project) -> None:
+    """A plugin (``-p env_recorder``) that records the variables when pytest loads it, before
+    the kit can set them, and after the kit has restored them."""
     names = ", ".join(repr(name) for name in ENV_NAMES)
-    # The conftest records the variables before the kit sets them and after it restores them.
-    project.pytester.makeconftest(
+    project.module(
+        "env_recorder",
         f"""
         import json
         import os
@@ -450,15 +441,30 @@ def test_database_env_is_set_before_the_app_is_imported_and_restored(
             with open(file, "w") as handle:
                 json.dump({{name: os.environ.get(name) for name in NAMES}}, handle)
 
-        @pytest.hookimpl(tryfirst=True)
-        def pytest_configure(config):
-            record("env-before.json")
+        record("env-before.json")
 
         @pytest.hookimpl(trylast=True)
         def pytest_unconfigure(config):
             record("env-after.json")
-        """
+        """,
     )
+
+
+def test_database_env_is_set_before_the_app_is_imported_and_restored(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("APP_DB_HOST", "host-before-the-session")
+    project.ini(
+        testkit_app="env_app:app",
+        testkit_database_env="DATABASE_URL APP_DB_HOST={host} APP_DB_NAME={database} "
+        "APP_DB_PORT={port}",
+    )
+    project.module("env_app", ENV_APP)
+    _env_recorder(project)
+    # As most projects' conftest.py: the app imported at module level, before any fixture.
+    project.pytester.makeconftest("from env_app import app  # noqa: F401\n")
     project.module(
         "test_env",
         """
@@ -466,7 +472,7 @@ def test_database_env_is_set_before_the_app_is_imported_and_restored(
 
         from sqlalchemy.engine import make_url
 
-        import env_app  # imported at collection: the variables are already set
+        import env_app
 
         async def test_the_app_reaches_the_test_database(client, database_url):
             url = make_url(str(database_url))
@@ -483,12 +489,42 @@ def test_database_env_is_set_before_the_app_is_imported_and_restored(
             assert os.environ["APP_DB_HOST"] == "127.0.0.1"
         """,
     )
-    project.run().assert_outcomes(passed=1)
+    project.run("-p", "env_recorder").assert_outcomes(passed=1)
     before = json.loads((project.pytester.path / "env-before.json").read_text())
     after = json.loads((project.pytester.path / "env-after.json").read_text())
     expected = dict.fromkeys(ENV_NAMES) | {"APP_DB_HOST": "host-before-the-session"}
     assert before == expected
     assert after == expected
+
+
+@pytest.mark.parametrize("how", ["plugin", "late-kit"])
+def test_an_app_imported_before_the_database_env_stops_the_run(
+    project: Project, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The app read the shell's DATABASE_URL before the kit could set it: the run stops with
+    the module named, and nothing runs on the shell's settings."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://prod:secret@db.example.com/prod")
+    project.ini(testkit_app="env_app:app", testkit_database_env="DATABASE_URL")
+    project.module("env_app", ENV_APP.replace("SEEN = {", "SEEN = None and {"))
+    project.module("test_env", "def test_never_runs():\n    raise AssertionError('it ran')\n")
+    if how == "plugin":
+        project.module("app_plugin", "import env_app  # noqa: F401\n")
+        result = project.run("-p", "app_plugin")
+        when = "by a plugin loaded at start-up"
+    else:
+        # The kit loaded from a conftest.py that imports the app first.
+        project.pytester.makeconftest(
+            "import env_app  # noqa: F401\npytest_plugins = ['anyio_fastapi_testkit.plugin']\n"
+        )
+        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+        result = project.run()
+        when = "by a conftest.py"
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert "'env_app'" in output and when in output, output
+    assert "it ran" not in output
+    assert "secret" not in output
+    assert output.count("testkit_database_env is set, but") == 1
 
 
 # --- cleanup -------------------------------------------------------------------------------
@@ -553,19 +589,24 @@ def appdb(pg_server: RunningServer) -> Iterator[URL]:
     sql_rows(admin, "CREATE TABLE precious (id int, note text)", "appdb")
     sql_rows(admin, "INSERT INTO precious VALUES (1, 'keep me')", "appdb")
     yield admin.set(database="appdb")
-    for name in ("appdb", "test_appdb"):
-        drop_by_hand(admin, name)
+    for name in database_names(admin):
+        if name == "appdb" or name.startswith("test_appdb"):
+            drop_by_hand(admin, name)
 
 
 URL_MODE_TEST = """
+import re
+
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from helpers import names
 
 async def test_runs_on_test_appdb(client, db_session, database_url):
-    assert make_url(str(database_url)).database == "test_appdb"
-    assert await db_session.scalar(text("SELECT current_database()")) == "test_appdb"
+    # test_appdb_<the run's token>: other runs may share the server.
+    database = make_url(str(database_url)).database
+    assert re.fullmatch("test_appdb_[0-9a-f]{8}", database), database
+    assert await db_session.scalar(text("SELECT current_database()")) == database
     # A database of the kit's own: the developer's tables are not in it.
     assert await db_session.scalar(text("SELECT to_regclass('precious')")) is None
     assert (await client.post("/items", json={"name": "a"})).status_code == 201
@@ -629,26 +670,25 @@ def test_the_driver_comes_from_the_setting_else_from_the_url(
     project.run(f"--testkit-db-url={url}").assert_outcomes(passed=1)
 
 
-def test_a_database_the_kit_did_not_create_is_refused_and_left_alone(
-    project: Project, appdb: URL
-) -> None:
-    sql_rows(appdb, "CREATE DATABASE test_appdb")
-    sql_rows(appdb, "CREATE TABLE mine (note text)", "test_appdb")
-    sql_rows(appdb, "INSERT INTO mine VALUES ('not the kit''s')", "test_appdb")
+def test_a_database_the_kit_did_not_create_is_left_alone(project: Project, appdb: URL) -> None:
+    # Named as the kit named its databases before runs had tokens, and as it names them now:
+    # without the kit's mark, neither is touched. (A run's names are its own, so a clash with
+    # the kit's refusal is tested on names given directly, in test_databases.py.)
+    foreign = ("test_appdb", "test_appdb_0badf00d", "test_appdb_0badf00d_template")
+    for name in foreign:
+        sql_rows(appdb, f"CREATE DATABASE {name}")
+        sql_rows(appdb, "CREATE TABLE mine (note text)", name)
+        sql_rows(appdb, "INSERT INTO mine VALUES ('not the kit''s')", name)
     items_project(project)
     project.module("test_url_mode", URL_MODE_TEST)
     result = project.run(f"--testkit-db-url={appdb.render_as_string(hide_password=False)}")
-    result.stdout.fnmatch_lines(
-        [
-            "*Database 'test_appdb' exists on postgresql://postgres:***@127.0.0.1:*/appdb and "
-            "was not created by anyio-fastapi-testkit*",
-        ]
-    )
-    outcomes = result.parseoutcomes()
-    assert outcomes.get("errors", 0) >= 1 and "passed" not in outcomes, outcomes
-    assert sql_rows(appdb, "SELECT note FROM mine", "test_appdb") == [("not the kit's",)]
+    result.assert_outcomes(passed=2)
+    for name in foreign:
+        assert sql_rows(appdb, "SELECT note FROM mine", name) == [("not the kit's",)]
     assert sql_rows(appdb, "SELECT id, note FROM precious") == [(1, "keep me")]
-    assert "test_appdb_template" not in database_names(appdb)
+    assert sorted(name for name in database_names(appdb) if name.startswith("test_")) == sorted(
+        foreign
+    )
 
 
 # --- Alembic -------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, leftovers
 
+from anyio_fastapi_testkit._server import RunningServer
+
 ITEMS_SETTINGS = {
     "testkit_app": "items_app:app",
     "testkit_schema": "items_app:Base.metadata",
@@ -79,7 +81,8 @@ def test_a_clean_project_is_all_ok_on_both_backends(project: Project, private_tm
             "OK       lifespan on asyncio: startup and shutdown ran in *",
             "OK       lifespan on trio: startup and shutdown ran in *",
             "OK       session dependency: testkit_session_dependency = 'items_app:get_session' is "
-            "used by the app's routes; during each test it yields db_session",
+            "used by the app's routes; during each test it yields each request a session of its "
+            "own on db_session's transaction",
             "OK       sessionmaker: testkit_sessionmaker = 'items_app:SessionLocal' is an "
             "async_sessionmaker; * (autoflush=True, expire_on_commit=False)",
             "testkit doctor: 12 OK, 0 PROBLEM, 0 SKIP; set-up looks right. No test was run.",
@@ -326,3 +329,44 @@ def test_no_false_alarm_on_the_example_projects(private_tmpdir: Path, example: s
     assert "OK       lifespan on trio: " in output, output
     assert re.search(r"testkit doctor: \d+ OK, 0 PROBLEM", output), output
     assert leftovers(private_tmpdir) == []
+
+
+@pytest.mark.parametrize("imported_by", ["nothing", "plugin", "late-kit"])
+def test_the_import_order_of_the_app_and_its_settings_is_checked(
+    project: Project, private_tmpdir: Path, monkeypatch: pytest.MonkeyPatch, imported_by: str
+) -> None:
+    project.module("items_app", ITEMS_APP)
+    project.ini(testkit_app="items_app:app", testkit_database_env="DATABASE_URL")
+    args: tuple[str, ...] = ()
+    if imported_by == "plugin":
+        project.module("app_plugin", "import items_app  # noqa: F401\n")
+        args = ("-p", "app_plugin")
+    elif imported_by == "late-kit":
+        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+        project.pytester.makeconftest(
+            "import items_app  # noqa: F401\npytest_plugins = ['anyio_fastapi_testkit.plugin']\n"
+        )
+    else:  # a conftest.py importing the app at module level is fine: the kit set the env first
+        project.pytester.makeconftest("import items_app  # noqa: F401\n")
+    result = doctor(project, *args)
+    if imported_by == "nothing":
+        result.stdout.fnmatch_lines(["OK       import order: testkit_database_env is set before*"])
+        assert result.ret == 0
+    else:
+        result.stdout.fnmatch_lines(
+            ["PROBLEM  import order: *'items_app'* were imported by a*before the kit could*"]
+        )
+        assert result.ret == 1
+    assert leftovers(private_tmpdir) == []
+
+
+def test_a_password_on_the_command_line_is_warned_about(
+    project: Project, pg_server: RunningServer, private_tmpdir: Path
+) -> None:
+    url = pg_server.info.admin_url.render_as_string(hide_password=False)
+    result = doctor(project, f"--testkit-db-url={url}")
+    result.stdout.fnmatch_lines(
+        ["WARN     database URL: --testkit-db-url carries a password*TESTKIT_DATABASE_URL*"]
+    )
+    assert str(pg_server.info.admin_url.password) not in result.stdout.str()
+    assert result.ret == 0  # a warning, not a problem

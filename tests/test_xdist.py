@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -252,10 +253,15 @@ def test_two_workers_on_a_configured_server(
     result.assert_outcomes(passed=2 * TESTS_PER_MODULE)
     entries = seen(project)
     assert {entry["worker"] for entry in entries} == {"gw0", "gw1"}
+    # Names carry the run's token: other runs may share a configured server.
+    tokens = {entry["database"].split("_")[2] for entry in entries}
+    assert len(tokens) == 1, tokens
+    token = tokens.pop()
+    assert re.fullmatch("[0-9a-f]{8}", token), token
     for entry in entries:
-        assert entry["database"] == f"test_xdistdb_{entry['worker']}"
+        assert entry["database"] == f"test_xdistdb_{token}_{entry['worker']}"
         templates = [name for name in entry["databases"] if name.endswith("_template")]
-        assert templates == ["test_xdistdb_template"]
+        assert templates == [f"test_xdistdb_{token}_template"]
     assert [name for name in database_names(appdb) if name.startswith("test_")] == []
     assert "xdistdb" in database_names(appdb)  # the configured database itself is left alone
     assert leftovers(private_tmpdir) == []

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -18,6 +20,7 @@ DEFAULT_LIFESPAN_TIMEOUT = 10.0
 DATABASE_URL_ENV = "TESTKIT_DATABASE_URL"
 DEFAULT_BLOCKED_LOOP = 0.5
 FRESH_DB_ENV = "TESTKIT_FRESH_DB"
+DEFAULT_BASE_URL = "http://testserver"
 
 # (ini name, type, help, default); flags are registered separately below.
 _INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (
@@ -64,8 +67,9 @@ _INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (
     (
         "testkit_session_dependency",
         "string",
-        'The app\'s session dependency, "pkg.db:get_session", overridden with db_session '
-        "for each test's requests.",
+        'The app\'s session dependency, "pkg.db:get_session", overridden during each test: '
+        "each request gets a session of its own on the test's connection and transaction "
+        "(or db_session itself, see testkit_share_session).",
         "",
     ),
     (
@@ -95,6 +99,14 @@ _INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (
         "string",
         "The HTTP client library of the `client` fixture: httpx2 or httpx. "
         "Default: httpx2 when it is installed, else httpx.",
+        "",
+    ),
+    (
+        "testkit_base_url",
+        "string",
+        "Base URL of the `client` and `client_factory` clients, an absolute http(s) URL: e.g. "
+        "http://api.example.com for an app behind TrustedHostMiddleware, or "
+        f"http://testserver/api for a root path. Default: {DEFAULT_BASE_URL}.",
         "",
     ),
     (
@@ -156,6 +168,15 @@ _INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (
         "Always start the kit's own server as a throwaway cluster (initdb and schema every "
         "run) instead of reusing the cluster and template cached between runs. Also "
         f"--testkit-fresh-db and ${FRESH_DB_ENV}=1. Default: false.",
+        False,
+    ),
+    (
+        "testkit_share_session",
+        "bool",
+        "Whether the app's requests get the test's own db_session (the shared-session recipe, "
+        "for suites written for it: the app then sees the test's Python objects, and its "
+        "rollback() also undoes what the test had flushed). Default: false: each request gets "
+        "a session of its own on the test's connection and transaction, as in production.",
         False,
     ),
 )
@@ -232,6 +253,8 @@ class Settings:
     factories: tuple[str, ...] = ()
     fresh_db: bool = False
     gc_freeze: bool = True
+    share_session: bool = False
+    base_url: str = DEFAULT_BASE_URL
 
 
 def _ini_str(config: pytest.Config, name: str) -> str | None:
@@ -267,6 +290,25 @@ def _choice(config: pytest.Config, name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _base_url(raw: str | None) -> str:
+    """``testkit_base_url``, checked to be an absolute http or https URL (default
+    ``http://testserver``)."""
+    if raw is None:
+        return DEFAULT_BASE_URL
+    try:
+        parts = urlsplit(raw)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a bad port or IPv6 address
+        valid = False
+    if not valid or any(char.isspace() for char in raw):
+        raise ConfigError(
+            f"testkit_base_url = {raw!r} is not an absolute http or https URL; set it to one, "
+            "e.g. http://api.example.com (a host the app's TrustedHostMiddleware allows) or "
+            f"http://testserver/api (a root path), or unset it for {DEFAULT_BASE_URL}."
+        )
+    return raw
+
+
 def parse_backends(raw: str | list[str] | None) -> tuple[str, ...]:
     """Split a backend list given as a string (comma or space separated) or a list."""
     if raw is None:
@@ -281,11 +323,74 @@ def parse_backends(raw: str | list[str] | None) -> tuple[str, ...]:
 
 
 def split_env_entries(lines: list[str]) -> tuple[str, ...]:
-    """Accept one entry per line, space separated entries, or a TOML list."""
+    """Entries written as one string: one per line or space separated, with shell quoting
+    (``GREETING="a b"``)."""
     entries: list[str] = []
     for line in lines:
         entries.extend(shlex.split(line))
     return tuple(entries)
+
+
+_CONFIGURED_KEY = pytest.StashKey[bool]()
+
+
+def mark_configured(config: pytest.Config) -> None:
+    """From now on ``option`` reads the fully parsed command line (``config.option``)."""
+    config.stash[_CONFIGURED_KEY] = True
+
+
+def option(config: pytest.Config, name: str) -> Any:
+    """A command-line option's value, also before ``pytest_configure``.
+
+    In ``pytest_load_initial_conftests`` (where the kit sets ``testkit_database_env`` before
+    any conftest.py is imported) ``config.option`` still holds the defaults; the command line
+    and ``addopts`` parsed so far are in ``config.known_args_namespace``.
+    """
+    if config.stash.get(_CONFIGURED_KEY, False):
+        return config.getoption(name, default=None)
+    namespace = getattr(config, "known_args_namespace", None)
+    if namespace is not None and hasattr(namespace, name):
+        return getattr(namespace, name)
+    return config.getoption(name, default=None)
+
+
+def read_entries(config: pytest.Config, name: str) -> tuple[str, ...]:
+    """A list-valued ini option: each item of a TOML list is one entry as written (no
+    splitting: ``"GREETING=a b"`` and ``'CORS_ORIGINS=["http://a"]'`` stay whole); a string
+    (any ini file, or a TOML string) is split by ``split_env_entries``."""
+    items = _toml_list(config, name)
+    if items is not None:
+        return tuple(item.strip() for item in items if item.strip())
+    return split_env_entries(list(config.getini(name)))
+
+
+def _toml_list(config: pytest.Config, name: str) -> list[str] | None:
+    """The option's value when the config file is TOML and holds it as a list of strings.
+
+    pytest hands a TOML list and an ini file's lines over alike, as a list of strings; only the
+    file tells whether an item was one TOML string (one entry) or a line (split it).
+    """
+    inipath = config.inipath
+    if inipath is None or inipath.suffix != ".toml":
+        return None
+    overrides = option(config, "override_ini") or []
+    if any(str(item).split("=", 1)[0].strip() == name for item in overrides):
+        return None  # -o NAME=... replaces the file's value with a string
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pytest itself depends on tomli there
+        import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+    try:
+        with inipath.open("rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, ValueError):
+        return None
+    tool = data.get("tool", {}).get("pytest", {})
+    for table in (tool.get("ini_options", {}), tool):
+        value = table.get(name) if isinstance(table, dict) else None
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return value
+    return None
 
 
 def read_settings(config: pytest.Config, *, check_backends: bool = True) -> Settings:
@@ -293,7 +398,7 @@ def read_settings(config: pytest.Config, *, check_backends: bool = True) -> Sett
 
     ``check_backends=False`` leaves the backends unchecked (the doctor reports them itself).
     """
-    flag_backends = config.getoption("testkit_backends")
+    flag_backends = option(config, "testkit_backends")
     if flag_backends:
         backends = parse_backends(flag_backends)
         backend_setting = "--testkit-backends"
@@ -301,7 +406,7 @@ def read_settings(config: pytest.Config, *, check_backends: bool = True) -> Sett
         backends = parse_backends(config.getini("testkit_backends")) or DEFAULT_BACKENDS
         backend_setting = "testkit_backends"
     database_url = (
-        config.getoption("testkit_database_url")
+        option(config, "testkit_database_url")
         or os.environ.get(DATABASE_URL_ENV)
         or _ini_str(config, "testkit_database_url")
     )
@@ -311,7 +416,7 @@ def read_settings(config: pytest.Config, *, check_backends: bool = True) -> Sett
             f"testkit_database_driver = {driver!r} is not a supported driver; "
             "set it to psycopg (the default) or asyncpg."
         )
-    timeout_raw = config.getoption("testkit_timeout") or _ini_str(config, "testkit_timeout")
+    timeout_raw = option(config, "testkit_timeout") or _ini_str(config, "testkit_timeout")
     settings = Settings(
         app=_ini_str(config, "testkit_app"),
         backends=backends,
@@ -332,18 +437,20 @@ def read_settings(config: pytest.Config, *, check_backends: bool = True) -> Sett
         session_dependency=_ini_str(config, "testkit_session_dependency"),
         sessionmaker=_ini_str(config, "testkit_sessionmaker"),
         database_driver=driver,
-        database_env=split_env_entries(list(config.getini("testkit_database_env"))),
+        database_env=read_entries(config, "testkit_database_env"),
         timeout=_seconds(timeout_raw, "testkit_timeout / --testkit-timeout", None),
         http_client=_ini_str(config, "testkit_http_client"),
         server_tcp=bool(config.getini("testkit_server_tcp")),
         leak_check=_choice(config, "testkit_leak_check", ("fail", "warn", "off")),
         leaked_tasks=_choice(config, "testkit_leaked_tasks", ("warn", "fail", "off")),
         blocked_loop=_threshold(_ini_str(config, "testkit_blocked_loop"), "testkit_blocked_loop"),
-        factories=split_env_entries(list(config.getini("testkit_factories"))),
-        fresh_db=bool(config.getoption("testkit_fresh_db"))
+        factories=read_entries(config, "testkit_factories"),
+        fresh_db=bool(option(config, "testkit_fresh_db"))
         or os.environ.get(FRESH_DB_ENV, "").strip().lower() in ("1", "true", "yes", "on")
         or bool(config.getini("testkit_fresh_db")),
         gc_freeze=bool(config.getini("testkit_gc_freeze")),
+        share_session=bool(config.getini("testkit_share_session")),
+        base_url=_base_url(_ini_str(config, "testkit_base_url")),
     )
     if check_backends:
         _check_backends(settings.backends, backend_setting)

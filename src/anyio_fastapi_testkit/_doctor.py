@@ -22,26 +22,30 @@ from typing import Any, Final, Literal
 import anyio
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from . import _schema
 from ._app import ASGIApp, app_name, check_uses_dependency, load_app, running_lifespan
 from ._binaries import embedded_bin_dir
 from ._config import (
+    DATABASE_URL_ENV,
     DEFAULT_BACKENDS,
     KNOWN_BACKENDS,
     Settings,
+    option,
     parse_backends,
     read_settings,
 )
 from ._errors import ConfigError, TestkitError
+from ._import_order import EARLY_IMPORTS_KEY, imported_too_early, too_early_message
 from ._imports import import_from_path
 from ._provision import TestDatabases
 from ._server import connect_admin, system_bin_dir
 from ._transaction import check_sessionmaker, is_async_dependency, session_options
 from ._urls import mask_secrets, mask_url
 
-Status = Literal["OK", "PROBLEM", "SKIP"]
+Status = Literal["OK", "PROBLEM", "SKIP", "WARN"]
 PACKAGE_DIR: Final = Path(__file__).parent
 DATABASE_SETTINGS: Final = (
     "testkit_database_url",
@@ -58,7 +62,7 @@ class Report:
 
     def __init__(self, write: Callable[[str], Any]) -> None:
         self._write = write
-        self.counts: dict[Status, int] = {"OK": 0, "PROBLEM": 0, "SKIP": 0}
+        self.counts: dict[Status, int] = {"OK": 0, "PROBLEM": 0, "SKIP": 0, "WARN": 0}
 
     def line(self, status: Status, check: str, detail: str) -> None:
         self.counts[status] += 1
@@ -71,7 +75,11 @@ class Report:
         return int(pytest.ExitCode.TESTS_FAILED if self.counts["PROBLEM"] else pytest.ExitCode.OK)
 
     def summary(self) -> str:
-        counts = ", ".join(f"{count} {status}" for status, count in self.counts.items())
+        counts = ", ".join(
+            f"{count} {status}"
+            for status, count in self.counts.items()
+            if status != "WARN" or count  # warnings are rare: shown only when there are some
+        )
         verdict = "set-up looks right" if not self.counts["PROBLEM"] else "fix the problems above"
         return f"testkit doctor: {counts}; {verdict}. No test was run."
 
@@ -418,11 +426,16 @@ def check_session_dependency(app: ASGIApp | None, settings: Settings, report: Re
         report.line("PROBLEM", "session dependency", f"{exc}{_where(exc)}")
         return
     fixture = "db_session" if is_async_dependency(dependency) else "db_session_sync"
+    yields = (
+        f"{fixture} (testkit_share_session)"
+        if settings.share_session
+        else f"each request a session of its own on {fixture}'s transaction"
+    )
     report.line(
         "OK",
         "session dependency",
         f"testkit_session_dependency = {path!r} is used by the app's routes; during each test "
-        f"it yields {fixture}",
+        f"it yields {yields}",
     )
 
 
@@ -452,6 +465,45 @@ def check_sessionmaker_setting(settings: Settings, report: Report) -> None:
     )
 
 
+def check_password_on_command_line(config: pytest.Config, report: Report) -> None:
+    """A password in ``--testkit-db-url`` is on the command line, which ``ps`` shows to every
+    local user for as long as pytest runs."""
+    flag = option(config, "testkit_database_url")
+    if not flag:
+        return
+    try:
+        password = make_url(str(flag)).password
+    except ArgumentError:
+        return  # the database check reports the URL itself
+    if password:
+        report.line(
+            "WARN",
+            "database URL",
+            "--testkit-db-url carries a password, and a command line is visible to every "
+            "local user (ps, /proc/<pid>/cmdline) while pytest runs. Fix: export "
+            f"{DATABASE_URL_ENV} instead (the environment is readable by your user only), or "
+            "use a ~/.pgpass file and leave the password out of the URL.",
+        )
+
+
+def check_import_order(config: pytest.Config, settings: Settings, report: Report) -> None:
+    """Whether a run sets testkit_database_env before the app's modules are imported."""
+    if not settings.database_env:
+        return  # nothing to set before the app is imported
+    early = config.stash.get(EARLY_IMPORTS_KEY, None)
+    when = "by a plugin loaded at start-up"
+    if early is None:  # the kit was loaded by a conftest.py: what it imported counts
+        early, when = imported_too_early(settings), "by a conftest.py (the kit was loaded late)"
+    if early:
+        report.line("PROBLEM", "import order", too_early_message(early, when))
+    else:
+        report.line(
+            "OK",
+            "import order",
+            "testkit_database_env is set before any conftest.py or test module is imported",
+        )
+
+
 def run_doctor(
     config: pytest.Config,
     refuse_pytest_asyncio: Callable[[pytest.Config], None],
@@ -472,7 +524,9 @@ def run_doctor(
     databases = TestDatabases(settings, rootdir=config.rootpath, worker_id=None)
     try:
         # The database first: testkit_database_env must be set before the app is imported.
+        check_password_on_command_line(config, report)
         check_database(settings, databases, report)
+        check_import_order(config, settings, report)
         app = check_app(settings, report)
         check_lifespan(app, backends, settings, report)
         check_session_dependency(app, settings, report)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql
 from sqlalchemy.engine import URL
 
 from ._cache import TEMPLATE_RUN_ID, template_key
@@ -27,12 +28,15 @@ from ._databases import (
 )
 from ._errors import ConfigError, TestkitError
 from ._fingerprint import schema_fingerprint
+from ._foreign import guard
 from ._leaks import LeakDetector
-from ._owned import drop_databases_except
+from ._liveness import RunLock, run_token
+from ._owned import drop_databases_except, drop_dead_runs
 from ._schema import ALEMBIC_PREFIX, build_schema
 from ._server import RunningServer, connect_admin, start_server
 from ._spares import SpareMaker, claim_spare, spare_name, spares_of
-from ._urls import SecretURL
+from ._urls import SecretURL, mask_url
+from ._warnings import TestkitWarning
 from ._xdist import (
     ServerPlan,
     failure_record,
@@ -42,10 +46,18 @@ from ._xdist import (
 )
 
 DEFAULT_BASE_NAME = "app"  # test_app, test_app_template for the kit's own server
+# On a configured server, which other runs may share, names carry the run's token
+# (test_appdb_1a2b3c4d, test_appdb_1a2b3c4d_template) and the run holds its lock (_liveness).
+# The kit's own cluster is the run's alone (a throwaway; or the cache, under its flock), and
+# keeps fixed names: its cached template and spares are found by name by the next run.
 
 
 class LeakWarning(UserWarning):
     """Rows were committed outside the test's transaction (testkit_leak_check = warn)."""
+
+
+class LeftoverWarning(TestkitWarning):
+    """Databases that killed runs left on a shared server could not be dropped."""
 
 
 DatabaseURL = SecretURL
@@ -83,6 +95,20 @@ def render_env(entries: tuple[str, ...], url: URL, driver_url: URL) -> dict[str,
     return values
 
 
+def _leftovers_message(admin: URL, failed: Mapping[str, str]) -> str:
+    drops = " ".join(
+        f"DROP DATABASE {sql.Identifier(name).as_string()} WITH (FORCE);" for name in failed
+    )
+    return (
+        f"Runs of anyio-fastapi-testkit that were killed left databases on {mask_url(admin)} "
+        "(each carries the kit's mark, and no session holds the advisory lock its comment "
+        "names, so no run uses them), and this run could not drop them; it goes on without "
+        "them:\n  " + "\n  ".join(failed.values()) + f"\nFix: as their owner or a superuser, "
+        f"run {drops} Or give the runs on this server one user, so that each can drop what "
+        "the others left."
+    )
+
+
 class TestDatabases:
     """The server and the databases the kit created for this process; built on first use.
 
@@ -117,6 +143,7 @@ class TestDatabases:
         self._template_key: str | None = None  # of a cached template: its spares' key
         self._spare_maker: SpareMaker | None = None
         self._working_built = False  # built beside the template: no clone needed
+        self._run_lock: RunLock | None = None  # on a configured server: this run is alive
 
     @property
     def ready(self) -> bool:
@@ -140,6 +167,11 @@ class TestDatabases:
         """Set ``testkit_database_env`` variables for the working database (before app import)."""
         if self.settings.database_env:
             self.working_url()  # sets them before it imports the schema source
+
+    @staticmethod
+    def _allow(admin: URL, template: str, working: str) -> None:
+        """Let engines of this process connect to these databases of the kit's (see _foreign)."""
+        guard().allow(admin.port, (template, working, spare_name(template, working)))
 
     def _set_env(self, url: URL) -> None:
         for name, value in self._env_for(url).items():
@@ -189,6 +221,9 @@ class TestDatabases:
                         drop_database(admin, name)
                     self._created.clear()
             finally:
+                if self._run_lock is not None:
+                    self._run_lock.release()  # after the drops: until then they are in use
+                    self._run_lock = None
                 if self._server is not None:
                     self._server.stop()
                     self._server = None
@@ -213,11 +248,13 @@ class TestDatabases:
                 server = self._server = self._start_server(None)
                 self.description = server.info.description  # also after a failed schema build
                 self.provenance["server_seconds"] = round(server.startup_seconds, 3)
-                template, working = self._names(server)
+                self._hold_run_lock(server, run_id)
+                template, working = self._names(server, run_id)
                 self._template(server, template, working, run_id)
             else:
                 server, template, working = self._shared_template()
             admin = server.info.admin_url
+            self._allow(admin, template, working)
             self._set_env(database_url(admin, working, None))  # again: a reader of the record
             self._working_database(admin, template, working, run_id)
             self.description = f"{server.info.description}, database {working}"
@@ -246,7 +283,7 @@ class TestDatabases:
             self.provenance["database"] = "spare"
             self._created.append(working)
         else:
-            create_database(admin, working, template=template, run_id=run_id)
+            create_database(admin, working, template=template, run_id=run_id, locked=self._locked)
             self.provenance["database"] = "cloned"
             self._created.append(working)
         if key is not None and spare is not None:
@@ -260,10 +297,21 @@ class TestDatabases:
             owner_pid=owner_pid,
         )
 
-    def _names(self, server: RunningServer) -> tuple[str, str]:
+    @property
+    def _locked(self) -> bool:
+        return self._run_lock is not None
+
+    def _hold_run_lock(self, server: RunningServer, run_id: str) -> None:
+        """On a configured server: show the server this run is alive while it has databases."""
+        if server.info.source == "url" and self._run_lock is None:
+            self._run_lock = RunLock(server.info.admin_url, run_id)
+
+    def _names(self, server: RunningServer, run_id: str) -> tuple[str, str]:
         admin = server.info.admin_url
-        base = admin.database if server.info.source == "url" and admin.database else None
-        template, working = test_database_names(base or DEFAULT_BASE_NAME, self.worker_id)
+        shared = server.info.source == "url"
+        base = admin.database if shared and admin.database else None
+        token = run_token(run_id) if shared else None
+        template, working = test_database_names(base or DEFAULT_BASE_NAME, self.worker_id, token)
         if self.worker_id and self.plan.shared is None:
             # xdist without the kit's hand-over (e.g. --tx without -n): a template per worker.
             template = f"{working}{TEMPLATE_SUFFIX}"
@@ -281,7 +329,8 @@ class TestDatabases:
                 self._server = attached
                 self.description = attached.info.description
                 self.provenance["shared"] = "attached"
-                return attached, template, self._names(attached)[1]
+                self._hold_run_lock(attached, shared.run_id)
+                return attached, template, self._names(attached, shared.run_id)[1]
             try:
                 server = self._start_server(shared.owner_pid)
             except TestkitError as exc:
@@ -290,7 +339,8 @@ class TestDatabases:
             self._server = server
             self.description = server.info.description
             try:
-                template, working = self._names(server)
+                self._hold_run_lock(server, shared.run_id)
+                template, working = self._names(server, shared.run_id)
                 self._template(server, template, working, shared.run_id)
             except TestkitError as exc:
                 shared.write(failure_record(str(exc)))
@@ -305,9 +355,16 @@ class TestDatabases:
     def _template(self, server: RunningServer, template: str, working: str, run_id: str) -> None:
         """Make the template hold the schema: reuse a cached one built for the same schema."""
         admin = server.info.admin_url
+        self._allow(admin, template, working)
         # Before the schema source is imported: models modules often import the app's
         # settings, which read these variables once.
         self._set_env(database_url(admin, working, None))
+        if self._locked:
+            # What killed runs left on the shared server (their locks are free).
+            dropped, failed = drop_dead_runs(admin)
+            self.provenance["dropped_leftovers"] = dropped
+            if failed:
+                warnings.warn(_leftovers_message(admin, failed), LeftoverWarning, stacklevel=2)
         cache = self.plan.cache if server.keep else None
         key = None
         if cache is not None:
@@ -330,7 +387,12 @@ class TestDatabases:
             beside = None
             if source is None or not source.startswith(ALEMBIC_PREFIX):
                 beside = pool.submit(self._new_database, admin, working, run_id)
-            create_database(admin, template, run_id=TEMPLATE_RUN_ID if cache else run_id)
+            create_database(
+                admin,
+                template,
+                run_id=TEMPLATE_RUN_ID if cache else run_id,
+                locked=self._locked,
+            )
             if cache is None:
                 self._created.append(template)
             self._build_schema_in(admin, template)
@@ -344,7 +406,7 @@ class TestDatabases:
                 self.plan.store.set_pointer(cache.folder)
 
     def _new_database(self, admin: URL, name: str, run_id: str) -> None:
-        create_database(admin, name, run_id=run_id)
+        create_database(admin, name, run_id=run_id, locked=self._locked)
         self._created.append(name)
         self._build_schema_in(admin, name)
         self._working_built = True

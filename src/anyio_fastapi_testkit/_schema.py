@@ -8,11 +8,13 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from psycopg import sql
 from sqlalchemy import MetaData, create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from ._errors import ConfigError, DatabaseError
+from ._foreign import DEFAULT_PORT, ForeignDatabaseError
 from ._imports import import_from_path
 from ._queries import NOT_COUNTED
 from ._urls import mask_secrets, mask_url
@@ -22,21 +24,35 @@ _ALEMBIC_TIMEOUT = 600.0
 
 # Runs in a fresh interpreter, so that an async env.py may call asyncio.run() and an app's
 # cached settings are read from the environment the kit prepared for the template database.
-_ALEMBIC_SCRIPT = """
+# The URL comes in the environment, never on the command line, which every local user can read
+# (ps, /proc/<pid>/cmdline). The guard refuses any connection but to the template: an env.py
+# that builds its engine from the app's settings must not migrate another database.
+_HEADS_MARK = "anyio-fastapi-testkit heads: "
+_ALEMBIC_SCRIPT = f"""
+import os
 import sys
+
+url = os.environ.pop("TESTKIT_ALEMBIC_URL")
+database = os.environ.pop("TESTKIT_ALEMBIC_DATABASE")
+port = int(os.environ.pop("TESTKIT_ALEMBIC_PORT"))
+
+from anyio_fastapi_testkit._foreign import ALEMBIC_ADVICE, Guard
+
+guard = Guard(ALEMBIC_ADVICE)
+guard.allow(port, [database])
+guard.start()
+
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 config = Config(sys.argv[1])
-config.set_main_option("sqlalchemy.url", sys.argv[2].replace("%", "%%"))
+config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
 command.upgrade(config, "head")
+heads = sorted(ScriptDirectory.from_config(config).get_heads())
+print()
+print({_HEADS_MARK!r} + " ".join(heads))
 """
-
-
-def describe(source: str | None) -> str:
-    if source is None:
-        return "no schema (testkit_schema is unset)"
-    return f"testkit_schema = {source!r}"
 
 
 def load_metadata(source: str) -> MetaData:
@@ -47,6 +63,15 @@ def load_metadata(source: str) -> MetaData:
         raise ConfigError(
             f"testkit_schema = {source!r} is a {type(obj).__name__}, not a SQLAlchemy MetaData. "
             'Name your models\' metadata ("pkg.models:Base.metadata"), or an Alembic config '
+            '("alembic:alembic.ini").'
+        )
+    if not metadata.tables:
+        raise ConfigError(
+            f"testkit_schema = {source!r} is a MetaData with no tables: the modules that define "
+            "the models were not imported when it was read, so the test database would have "
+            "no tables. Fix: import the model modules in the module testkit_schema names (e.g. "
+            "`from . import models` in the package's __init__.py), or name a module that "
+            'imports them all ("pkg.models:Base.metadata"), or use Alembic '
             '("alembic:alembic.ini").'
         )
     return metadata
@@ -102,17 +127,30 @@ def _alembic_upgrade(config_path: Path, url: URL, env: Mapping[str, str]) -> Non
     # psycopg's dialect serves both a sync and an async env.py; plain "postgresql://" would
     # mean psycopg2 on SQLAlchemy 2.0, which the kit does not install.
     rendered = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    secret = {
+        "TESTKIT_ALEMBIC_URL": rendered,
+        "TESTKIT_ALEMBIC_DATABASE": url.database or "",
+        "TESTKIT_ALEMBIC_PORT": str(url.port or DEFAULT_PORT),
+    }
     completed = subprocess.run(
-        [sys.executable, "-c", _ALEMBIC_SCRIPT, str(config_path), rendered],
+        [sys.executable, "-c", _ALEMBIC_SCRIPT, str(config_path)],
         cwd=config_path.parent,
-        env={**os.environ, **env},
+        env={**os.environ, **env, **secret},
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=_ALEMBIC_TIMEOUT,
         check=False,
     )
+    output = mask_secrets((completed.stderr or "") + (completed.stdout or ""), [password])
     if completed.returncode != 0:
-        output = mask_secrets((completed.stderr or "") + (completed.stdout or ""), [password])
+        if ForeignDatabaseError.__name__ in output:
+            raise ConfigError(
+                f"`alembic upgrade head` with {config_path} did not migrate the kit's template "
+                f"database ({mask_url(url)}): its env.py connected elsewhere, and the kit "
+                "refused the connection before anything was written. Alembic said:\n"
+                f"{_last_lines(output)}"
+            )
         raise DatabaseError(
             f"`alembic upgrade head` with {config_path} on {mask_url(url)} failed; "
             f"Alembic said:\n{output.strip()}\n"
@@ -120,3 +158,73 @@ def _alembic_upgrade(config_path: Path, url: URL, env: Mapping[str, str]) -> Non
             "config.get_main_option('sqlalchemy.url') or from the variables set by "
             "testkit_database_env."
         )
+    _check_migrated(url, config_path, _reported_heads(completed.stdout or ""))
+
+
+def _last_lines(output: str, count: int = 15) -> str:
+    return "\n".join(output.strip().splitlines()[-count:])
+
+
+def _reported_heads(stdout: str) -> list[str]:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(_HEADS_MARK):
+            return line[len(_HEADS_MARK) :].split()
+    return []
+
+
+def _check_migrated(url: URL, config_path: Path, heads: list[str]) -> None:
+    """The template holds Alembic's version table at head, and tables: else env.py migrated
+    no database, or another one (through a connection the guard did not see)."""
+    from ._server import connect_admin
+
+    fix = (
+        f"Check how {config_path.parent / 'env.py'} gets its URL: the kit sets Alembic's "
+        "sqlalchemy.url (config.get_main_option('sqlalchemy.url'), what the stock env.py "
+        "reads) and the variables of testkit_database_env for the template database."
+    )
+    if not heads:
+        raise ConfigError(
+            f"testkit_schema names the Alembic config {config_path}, whose script folder has "
+            "no revision: `alembic upgrade head` creates no table. Fix: add the migrations "
+            "(`alembic revision --autogenerate`), or name the models' metadata instead "
+            '("pkg.models:Base.metadata").'
+        )
+    with connect_admin(url) as conn:
+        versions: set[str] = set()
+        for schema, table in conn.execute(_VERSION_TABLES).fetchall():
+            query = sql.SQL("SELECT version_num FROM {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(table)
+            )
+            versions.update(str(row[0]) for row in conn.execute(query).fetchall())
+        row = conn.execute(_TABLES).fetchone()
+    count = int(row[0]) if row else 0
+    if versions != set(heads):
+        found = ", ".join(sorted(versions)) or "no version table"
+        raise ConfigError(
+            f"After `alembic upgrade head` with {config_path}, the kit's template database "
+            f"({mask_url(url)}) is not at head ({', '.join(heads)}): it holds {found}. env.py "
+            f"migrated another database, or none. {fix}"
+        )
+    if count == 0:
+        raise ConfigError(
+            f"After `alembic upgrade head` with {config_path}, the kit's template database "
+            f"({mask_url(url)}) holds Alembic's version but no table: the migrations create "
+            f"none there. {fix}"
+        )
+
+
+_VERSION_TABLES = """
+SELECT table_schema, table_name FROM information_schema.columns
+WHERE column_name = 'version_num'
+  AND table_schema NOT IN ('pg_catalog', 'information_schema')
+"""
+_TABLES = """
+SELECT count(*) FROM information_schema.tables t
+WHERE t.table_type = 'BASE TABLE'
+  AND t.table_schema NOT IN ('pg_catalog', 'information_schema')
+  AND NOT EXISTS (
+    SELECT 1 FROM information_schema.columns c
+    WHERE c.table_schema = t.table_schema AND c.table_name = t.table_name
+      AND c.column_name = 'version_num'
+  )
+"""

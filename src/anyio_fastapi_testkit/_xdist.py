@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from ._cache import (
     try_lock,
 )
 from ._cluster import shutdown
-from ._config import Settings
+from ._config import Settings, option
 from ._errors import DatabaseError
 from ._state_folder import STATE_PREFIX, prepare_base_dir, remove_state, write_owner
 
@@ -144,36 +145,88 @@ class _RunState:
     plan: ServerPlan
     lock: CacheLock | None = None
     controller_input: dict[str, Any] | None = None  # handed to each xdist worker
+    run_lock: _ControllerRunLock | None = None  # on a configured server (see _liveness)
 
 
 _STATE_KEY = pytest.StashKey[_RunState]()
 
 
+# The controller's hand-over, also in the workers' environment: a worker sets
+# testkit_database_env before its conftest.py files are imported, before xdist gives it its
+# workerinput.
+SHARED_RUN_ENV = "TESTKIT_XDIST_SHARED_RUN"
+_XDIST_WORKER_ENV = "PYTEST_XDIST_WORKER"
+
+
+def _inherited_hand_over() -> dict[str, Any] | None:
+    """The controller's hand-over, when this process is one of its workers.
+
+    xdist's variables and the kit's are inherited by any pytest run from inside a worker too
+    (a test that runs pytest): only the controller's own children are its workers.
+    """
+    raw = os.environ.get(SHARED_RUN_ENV)
+    if raw is None or _XDIST_WORKER_ENV not in os.environ:
+        return None
+    try:
+        given = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(given, dict) or given.get("owner_pid") != os.getppid():
+        return None
+    return given
+
+
+def is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput") or _inherited_hand_over() is not None
+
+
+def xdist_worker_id(config: pytest.Config) -> str | None:
+    """This worker's id (``gw0``...), None outside pytest-xdist's workers."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        return str(workerinput["workerid"])
+    return os.environ.get(_XDIST_WORKER_ENV) if _inherited_hand_over() is not None else None
+
+
 def is_xdist_controller(config: pytest.Config) -> bool:
-    """True in the process that only distributes tests to pytest-xdist workers."""
-    if hasattr(config, "workerinput"):
+    """True in the process that only distributes tests to pytest-xdist workers.
+
+    Also before ``pytest_configure``, where xdist has not yet turned ``-n`` into ``--dist``.
+    """
+    if is_xdist_worker(config):
         return False
-    return (
-        bool(config.getoption("numprocesses", default=None))
-        and config.getoption("dist", default="no") != "no"
-    )
+    # -n N (N > 0) always distributes: xdist turns --dist no into load.
+    return bool(option(config, "numprocesses"))
 
 
 def plan_run(config: pytest.Config, settings: Settings) -> None:
-    """At configure: decide where this process's server comes from (nothing is started)."""
-    workerinput = getattr(config, "workerinput", None)
+    """Decide where this process's server comes from (nothing is started); once per run, at
+    configure, or before the conftest files when ``testkit_database_env`` is set."""
+    if _STATE_KEY in config.stash:
+        return
     store = _store(config)
-    if workerinput is not None:
-        given = workerinput.get(WORKERINPUT_KEY)
+    if is_xdist_worker(config):
+        workerinput = getattr(config, "workerinput", None)
+        given = workerinput.get(WORKERINPUT_KEY) if workerinput is not None else None
+        if given is None:
+            given = _inherited_hand_over()
         plan = _worker_plan(given, store) if isinstance(given, dict) else ServerPlan()
         config.stash[_STATE_KEY] = _RunState(plan)
         return
     lock = _lock_cache(config, settings, store)
-    cache = ClusterCache(lock.folder, rebuild=_needs_rebuild(store, lock.folder)) if lock else None
+    rebuild = lock is not None and (
+        _needs_rebuild(store, lock.folder) or bool(option(config, "cacheclear"))
+    )
+    cache = ClusterCache(lock.folder, rebuild=rebuild) if lock else None
     state = _RunState(ServerPlan(cache, store), lock)
     if is_xdist_controller(config):
         state.controller_input = _start_shared_run(cache)
+        # Inherited by the workers, which xdist starts after configure.
+        os.environ[SHARED_RUN_ENV] = json.dumps(state.controller_input)
         config.pluginmanager.register(_LoadForFinish(config), _LOAD_FOR_FINISH)
+        if settings.database_url:
+            run_id = str(state.controller_input["run_id"])
+            state.run_lock = _ControllerRunLock(str(settings.database_url), run_id)
     config.stash[_STATE_KEY] = state
 
 
@@ -197,6 +250,51 @@ class _LoadForFinish:
         self._config.pluginmanager.unregister(self, _LOAD_FOR_FINISH)
 
 
+class _ControllerRunLock:
+    """The controller's share of the run's lock on a configured server (see ``_liveness``).
+
+    Held from configure until the controller has dropped the run's databases, so that the run
+    counts as alive also when no worker holds the lock: after the worker that built the
+    template has finished, before another one makes its database. Taken in a thread, so that
+    the controller starts its workers while it loads psycopg and SQLAlchemy.
+    """
+
+    def __init__(self, configured_url: str, run_id: str) -> None:
+        self._held: Any = None
+        self._released = False
+        self._guard = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._take,
+            args=(configured_url, run_id),
+            name="testkit-run-lock",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _take(self, configured_url: str, run_id: str) -> None:
+        try:
+            from ._liveness import RunLock
+            from ._server import _parse_configured
+
+            held = RunLock(_parse_configured(configured_url), run_id)
+        except Exception:  # the workers report an unusable server (or URL) themselves
+            return
+        with self._guard:
+            if not self._released:
+                self._held = held
+                return
+        held.release()  # the run ended while this connected
+
+    def release(self) -> None:
+        """Release the lock; not waiting for a connection still being made (to a server
+        that does not answer, up to its connect timeout): it is released once made."""
+        with self._guard:
+            self._released = True
+            held, self._held = self._held, None
+        if held is not None:
+            held.release()
+
+
 def server_plan(config: pytest.Config) -> ServerPlan | None:
     """The plan ``plan_run`` made for this process (None if it did not run)."""
     state = config.stash.get(_STATE_KEY, None)
@@ -217,8 +315,13 @@ def finish_run(config: pytest.Config) -> None:
     if state is None:
         return
     try:
-        if state.controller_input is not None:
-            _finish_shared_run(state.controller_input)
+        try:
+            if state.controller_input is not None:
+                os.environ.pop(SHARED_RUN_ENV, None)
+                _finish_shared_run(state.controller_input)
+        finally:
+            if state.run_lock is not None:
+                state.run_lock.release()  # after the drops: the run is alive until then
     finally:
         if state.lock is not None:
             state.lock.release()
@@ -226,6 +329,12 @@ def finish_run(config: pytest.Config) -> None:
 
 def _store(config: pytest.Config) -> CacheStore | None:
     pytest_cache = getattr(config, "cache", None)  # absent with -p no:cacheprovider
+    if pytest_cache is None and config.pluginmanager.has_plugin("cacheprovider"):
+        # Before configure (testkit_database_env is set before the conftest files are
+        # imported), pytest's cache provider has not made config.cache yet. pytest has no
+        # public way to open its cache earlier: Cache.for_config is what the provider itself
+        # calls (the tests of warm starts with testkit_database_env break if it changes).
+        pytest_cache = pytest.Cache.for_config(config, _ispytest=True)
     return CacheStore(pytest_cache) if pytest_cache is not None else None
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from ._app import ASGIApp, check_uses_dependency, load_app, running_lifespan
 from ._backends import ANYIO_BACKEND_DOC, backend_name
-from ._client import http_library, make_client, override_dependencies
+from ._client import ClientFactory, http_library, override_dependencies
 from ._config import Settings, get_settings, load_once
 from ._errors import AppError, ConfigError
 from ._factories import bound_factories, load_factories
@@ -42,7 +42,7 @@ from ._transaction import (
 )
 from ._watched import runs_watched
 from ._websocket import WebSocketConnect, websocket_connector
-from ._xdist import server_plan
+from ._xdist import server_plan, xdist_worker_id
 
 __all__ = [
     "anyio_backend",  # noqa: F822 (made on access: see __getattr__)
@@ -51,6 +51,7 @@ __all__ = [
     "assert_max_queries",
     "assert_num_queries",
     "client",
+    "client_factory",
     "count_queries",
     "database_url",  # noqa: F822 (made on access: see __getattr__)
     "db_connection",
@@ -152,27 +153,52 @@ async def _app_lifespan(app: ASGIApp, config: pytest.Config) -> AsyncIterator[AS
         raise
 
 
+def _client_factory(app: ASGIApp, transaction: TestTransaction) -> ClientFactory:
+    # The settings come through the transaction: a `request` argument would cost every test
+    # a lookup of it by pytest.
+    settings = transaction.database.databases.settings
+    return ClientFactory(
+        http_library(settings.http_client),
+        app,
+        base_url=settings.base_url,
+        task_group=transaction.current_task_group,
+        on_close=transaction.on_close,
+    )
+
+
 @pytest.fixture
 def client(app_lifespan: ASGIApp, _testkit_transaction: TestTransaction) -> Any:
     """An ``httpx.AsyncClient`` (or ``httpx2.AsyncClient``) on the started app.
 
-    Requests go in-process through an ASGI transport to ``http://testserver``, on the test's
-    own event loop. A new client per test, so cookies and headers never leak between tests,
-    while the app, its lifespan and its pools are shared. Plain requests run the app inline,
-    as httpx's ``ASGITransport`` does; ``client.stream(...)`` runs it in a task and returns
-    the response as soon as it starts, so endless streams can be read piece by piece. The
-    library is httpx2 when installed, else httpx (``testkit_http_client`` chooses). No
-    ``async with`` needed: the kit closes the client, and any response left open, after the
-    test. Cost: building one client (tens of microseconds).
+    Requests go in-process through an ASGI transport to ``testkit_base_url``
+    (``http://testserver``), on the test's own event loop. A new client per test, so cookies
+    and headers never leak between tests, while the app, its lifespan and its pools are
+    shared. Plain requests run the app inline, as httpx's ``ASGITransport`` does;
+    ``client.stream(...)`` runs it in a task and returns the response as soon as it starts,
+    so endless streams can be read piece by piece. The library is httpx2 when installed, else
+    httpx (``testkit_http_client`` chooses). No ``async with`` needed: the kit closes the
+    client, and any response left open, after the test. It is ``client_factory()``; more
+    clients in the same test come from ``client_factory``. Cost: building one client (tens of
+    microseconds).
     """
-    # The library comes through the transaction: a `request` argument would cost every test
-    # a lookup of it by pytest.
-    library = http_library(_testkit_transaction.database.databases.settings.http_client)
-    http_client = make_client(
-        library, app_lifespan, task_group=_testkit_transaction.current_task_group
-    )
-    _testkit_transaction.on_close(http_client.aclose)
-    return http_client
+    return _client_factory(app_lifespan, _testkit_transaction)()
+
+
+@pytest.fixture
+def client_factory(app_lifespan: ASGIApp, _testkit_transaction: TestTransaction) -> ClientFactory:
+    """``client_factory(**options)``: a new client on the started app at each call, as ``client``.
+
+    For several clients in one test (an anonymous one and a logged-in one, two users): each
+    call returns a new ``httpx.AsyncClient`` (or ``httpx2.AsyncClient``) with cookies and
+    headers of its own, on the same app, event loop and test transaction as ``client`` (the
+    session dependency override applies to all of them). ``options`` are the client's own
+    keyword arguments: ``headers``, ``cookies``, ``base_url`` (default ``testkit_base_url``),
+    ``follow_redirects``, ``auth``, ``timeout``... The kit closes every client it made, and
+    any response left open, after the test (an async fixture of the test's own may still use
+    them in its teardown). Typed as ``anyio_fastapi_testkit.ClientFactory``. Cost: nothing
+    until called; each call costs what ``client`` does (tens of microseconds).
+    """
+    return _client_factory(app_lifespan, _testkit_transaction)
 
 
 @pytest.fixture
@@ -184,8 +210,8 @@ def websocket_connect(
     ``async with websocket_connect("/ws") as ws:`` then ``send_text/send_bytes/send_json``,
     ``receive_text/receive_bytes/receive_json`` and ``close(code)``, in-process on the test's
     own loop; a rejected handshake raises with the app's close code. Dependency overrides and
-    the session dependency (``db_session``) apply as with ``client``. Cost: nothing until a
-    connection is opened.
+    the session dependency (sessions on the test's transaction) apply as with ``client``.
+    Cost: nothing until a connection is opened.
     """
     return websocket_connector(app_lifespan)
 
@@ -203,8 +229,8 @@ def live_server(_testkit_live_server: str, _testkit_transaction: TestTransaction
     For tests that need real sockets: a browser, an outside client, a webhook callback. The
     server runs on the test's own event loop (uvicorn on asyncio, hypercorn on trio; extra
     ``live``), started once per backend on a free port; the app's lifespan is the kit's, not
-    run again. During the test the app's session dependency yields ``db_session`` as with
-    ``client``. Cost: one server start per backend; nothing per test.
+    run again. During the test the app's session dependency yields sessions on the test's
+    transaction as with ``client``. Cost: one server start per backend; nothing per test.
     """
     return _testkit_live_server
 
@@ -229,11 +255,10 @@ def test_databases(config: pytest.Config) -> TestDatabases:
     """This process's TestDatabases (made on first use, closed at unconfigure)."""
     databases = config.stash.get(_DATABASES_KEY, None)
     if databases is None:
-        workerinput = getattr(config, "workerinput", None)
         databases = TestDatabases(
             get_settings(config),
             rootdir=config.rootpath,
-            worker_id=workerinput["workerid"] if workerinput else None,
+            worker_id=xdist_worker_id(config),
             plan=server_plan(config),
         )
         config.stash[_DATABASES_KEY] = databases
@@ -570,11 +595,12 @@ async def db_engine(_testkit_async_database: AsyncDatabase) -> AsyncEngine:
 def db_connection(_testkit_transaction: TestTransaction) -> AsyncConnection:
     """``AsyncConnection`` whose work during the test is rolled back after it.
 
-    One connection serves the whole session (per backend), inside an outer transaction and a
-    savepoint that every test runs in and is rolled back to at teardown. Shared by
-    ``db_session`` and, through ``testkit_session_dependency``, by the app's requests. Calling
-    ``commit()`` on it commits for real (the leak check reports it). asyncio only (skipped on
-    trio). Cost: one ROLLBACK TO SAVEPOINT after the test, sent with the leak check.
+    One connection serves the whole session (per backend), inside an outer transaction that
+    the server rolls back after each test and begins anew (so ``now()`` moves from test to
+    test). Shared by ``db_session`` and, through ``testkit_session_dependency``, by the app's
+    requests. Calling ``commit()`` on it commits for real (the leak check reports it).
+    asyncio only (skipped on trio). Cost: one ROLLBACK and BEGIN after the test, sent with
+    the leak check.
     """
     return _testkit_transaction.connection_now()
 
@@ -586,8 +612,16 @@ def db_session(_testkit_transaction: TestTransaction) -> AsyncSession:
     ``commit()``, ``rollback()``, ``begin_nested()`` and ``refresh()`` behave as in
     production, but only inside the test's outer transaction, which is rolled back after the
     test: the next test sees an empty database again. Options come from ``testkit_sessionmaker``
-    (else ``expire_on_commit=False``). The app's session dependency yields this same session
-    during the test, so a rollback in the app also expires the test's objects (re-read them).
+    (else ``expire_on_commit=False``). It is the test's own session: each request of the app
+    gets a session of its own through ``testkit_session_dependency``, on the same connection
+    and transaction (with these options), as in production. So the app loads what it reads
+    from the database (a ``Numeric`` the test set as ``"4.00"`` reaches it as a ``Decimal``),
+    its ``rollback()`` undoes only its own work, and what the test holds unflushed is flushed
+    before each request, so the app sees it; objects this session already holds are not
+    reloaded when the app changes their rows (``await db_session.refresh(obj)``). With
+    ``testkit_share_session = true`` (for suites written for the shared-session recipe) the
+    app's requests get this very session instead, with the test's objects, and a rollback in
+    the app also undoes what the test flushed and expires its objects.
     The session object is kept for the next test when the test leaves it in its own
     savepoint or in no transaction (its objects are then expunged, and ``autoflush``,
     ``expire_on_commit`` and ``info`` reset); otherwise it is closed and the next test gets a
@@ -601,9 +635,11 @@ def db_session_sync(_testkit_sync_transaction: SyncTestTransaction) -> Session:
     """A sync SQLAlchemy ``Session`` (psycopg) in its own rolled-back outer transaction.
 
     Same savepoint rules as ``db_session``, for apps with sync (``def``) endpoints and
-    dependencies: a sync ``testkit_session_dependency`` yields this session. Works on every
-    backend. It is a separate connection from ``db_session``'s, so the two do not see each
-    other's uncommitted data. Cost: one connection per test.
+    dependencies: a sync ``testkit_session_dependency`` yields each request a session of its
+    own on this session's connection and transaction, after flushing this one (this session
+    itself with ``testkit_share_session``). Works on every backend. It is a separate
+    connection from ``db_session``'s, so the two do not see each other's uncommitted data.
+    Cost: one connection per test.
     """
     return _testkit_sync_transaction.session()
 

@@ -6,6 +6,7 @@ load it with ``-p anyio_fastapi_testkit.plugin`` or ``pytest_plugins`` in the ro
 
 from __future__ import annotations
 
+import atexit
 import gc
 import importlib
 import inspect
@@ -17,13 +18,21 @@ from typing import Any
 import pytest
 
 from ._backends import ANYIO_BACKEND_DOC, use_fixtures
-from ._config import add_options, get_settings, read_settings, store_settings
+from ._config import (
+    Settings,
+    add_options,
+    get_settings,
+    mark_configured,
+    option,
+    read_settings,
+    store_settings,
+)
 from ._diagnostics import explain
 from ._errors import ConfigError, TestkitError
 from ._timeouts import MARKER, timed_fixture_setup
 from ._urls import SecretURL, mask_url
 from ._watched import watched_test
-from ._xdist import finish_run, hand_to_worker, plan_run
+from ._xdist import finish_run, hand_to_worker, is_xdist_controller, plan_run
 
 PLUGIN_NAME = "anyio_fastapi_testkit.plugin"
 FIXTURES_PLUGIN_NAME = "anyio_fastapi_testkit.fixtures"
@@ -102,7 +111,58 @@ def _check_pytest_asyncio(config: pytest.Config) -> None:
         )
 
 
+_EARLY_ENV_KEY = pytest.StashKey[bool]()
+
+
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    # A plain hook: after pytest's own `pythonpath` (tryfirst) and before it imports the
+    # conftest.py files (trylast), which often import the app and with it its settings.
+    config = early_config
+    if (
+        is_xdist_controller(config)  # it runs no test: its workers set their own
+        or option(config, "help")
+        or option(config, "version")
+    ):
+        return
+    try:
+        settings = read_settings(config, check_backends=False)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if not settings.database_env:
+        return
+    if option(config, "testkit_doctor"):  # it reports, instead of stopping the run
+        from ._import_order import EARLY_IMPORTS_KEY, imported_too_early
+
+        config.stash[EARLY_IMPORTS_KEY] = imported_too_early(settings)
+        return
+    store_settings(config, settings)
+    _apply_database_env(config, settings, "by a plugin loaded at start-up")
+    config.stash[_EARLY_ENV_KEY] = True
+    # pytest runs no unconfigure when a conftest.py then fails to import: drop and stop what
+    # was made here at exit instead (a no-op once unconfigure has run).
+    atexit.register(_close_run, config)
+
+
+def _apply_database_env(config: pytest.Config, settings: Settings, imported_by: str) -> None:
+    """Make the test database and set ``testkit_database_env`` for it, unless the app's
+    modules were imported already (then stop: the app would run on the shell's settings)."""
+    from ._import_order import imported_too_early, too_early_message
+
+    early = imported_too_early(settings)
+    if early:
+        raise pytest.UsageError(too_early_message(early, imported_by))
+    plan_run(config, settings)  # where the server comes from
+    try:
+        _fixtures().test_databases(config).apply_env()
+    except TestkitError as exc:
+        raise pytest.UsageError(
+            "The test database is prepared before the app is imported (testkit_database_env "
+            f"is set, and apps read it at import), and that failed: {exc}"
+        ) from exc
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    mark_configured(config)
     config.addinivalue_line(
         "markers",
         f"{MARKER}(seconds): cancel and fail this async test after that many seconds, with "
@@ -126,16 +186,20 @@ def pytest_configure(config: pytest.Config) -> None:
     if not manager.has_plugin(SESSION_PLUGIN_NAME):
         plugin = _session_fixtures(config, settings.backends, bound)
         manager.register(plugin, SESSION_PLUGIN_NAME)
+    if (
+        settings.database_env
+        and not is_xdist_controller(config)
+        and not config.stash.get(_EARLY_ENV_KEY, False)
+        and not option(config, "testkit_doctor")  # it checks this itself, and reports
+    ):
+        # The kit was loaded after the conftest files were imported (pytest_plugins in one):
+        # still before collection, but a conftest.py may have imported the app already.
+        _apply_database_env(config, settings, "by a conftest.py (the kit was loaded late)")
     plan_run(config, settings)  # where the server comes from; nothing is started yet
-    if settings.database_env and not _is_xdist_controller(config):
-        # Apps read these at import, which happens during collection: set them before it.
-        try:
-            _fixtures().test_databases(config).apply_env()
-        except TestkitError as exc:
-            raise pytest.UsageError(
-                "The test database is prepared before collection (testkit_database_env is "
-                f"set, and apps read it at import), and that failed: {exc}"
-            ) from exc
+    if _manages_a_database(settings) and not is_xdist_controller(config):
+        from ._foreign import guard
+
+        guard().start()  # no engine connects anywhere but to the kit's databases
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -151,6 +215,32 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     # Here rather than in a fixture finalizer, so that a session that failed or was
     # interrupted still drops its databases and stops its server.
+    _close_run(config)
+
+
+def _manages_a_database(settings: Settings) -> bool:
+    """Whether the kit makes the tests' database: then the app may use no other."""
+    return any(
+        (
+            settings.database_url,
+            settings.schema,
+            settings.session_dependency,
+            settings.sessionmaker,
+            settings.database_env,
+        )
+    )
+
+
+_CLOSED_KEY = pytest.StashKey[bool]()
+
+
+def _close_run(config: pytest.Config) -> None:
+    if config.stash.get(_CLOSED_KEY, False):
+        return
+    config.stash[_CLOSED_KEY] = True
+    foreign = sys.modules.get("anyio_fastapi_testkit._foreign")
+    if foreign is not None:
+        foreign.guard().stop()
     try:
         fixtures = sys.modules.get(FIXTURES_PLUGIN_NAME)
         if fixtures is not None:  # else no test database was made in this process
@@ -168,16 +258,6 @@ def pytest_configure_node(node: Any) -> None:
     hand_to_worker(node.config, node.workerinput)
 
 
-def _is_xdist_controller(config: pytest.Config) -> bool:
-    """True in the process that only distributes tests to pytest-xdist workers."""
-    if hasattr(config, "workerinput"):
-        return False
-    return (
-        bool(config.getoption("numprocesses", default=None))
-        and config.getoption("dist", default="no") != "no"
-    )
-
-
 def _only_distributes(config: pytest.Config) -> bool:
     """True in pytest-xdist's controller when it hands the tests to workers: it collects no
     test and sets up no fixture, so it does not load the kit's fixtures (nor SQLAlchemy,
@@ -185,7 +265,7 @@ def _only_distributes(config: pytest.Config) -> bool:
     for ``--collect-only``, which xdist does not distribute, and for ``--fixtures`` and
     ``--fixtures-per-test``, which list them.
     """
-    if not _is_xdist_controller(config):
+    if not is_xdist_controller(config):
         return False
     listing = ("collectonly", "showfixtures", "show_fixtures_per_test")
     return not any(config.getoption(name, default=False) for name in listing)
@@ -283,7 +363,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     fixtures = _fixtures()
     fixtures.remember_session(session)
-    if not config.option.collectonly and not _is_xdist_controller(config):
+    if not config.option.collectonly and not is_xdist_controller(config):
         fixtures.preload_app(config)
         if get_settings(config).gc_freeze:
             freeze_collected(config)

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Response, status
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,6 +37,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(title="Taskboard", lifespan=lifespan)
+# Routers nested with prefixes, as most projects lay them out (included at the end).
+projects_router = APIRouter(prefix="/projects", tags=["projects"])
+tasks_router = APIRouter(prefix="/tasks", tags=["tasks"])
+audit_router = APIRouter(prefix="/audit", tags=["audit"])
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -47,7 +51,7 @@ async def health(settings: SettingsDep) -> dict[str, str]:
     return {"status": "ok", "app": settings.app_name}
 
 
-@app.post("/projects", status_code=status.HTTP_201_CREATED)
+@projects_router.post("", status_code=status.HTTP_201_CREATED)
 async def create_project(body: ProjectCreate, session: SessionDep) -> ProjectOut:
     project = Project(name=body.name, tasks=[Task(title=task.title) for task in body.tasks])
     session.add(project)
@@ -64,7 +68,7 @@ async def create_project(body: ProjectCreate, session: SessionDep) -> ProjectOut
     return ProjectOut.model_validate(project)
 
 
-@app.get("/projects")
+@projects_router.get("")
 async def list_projects(session: SessionDep) -> list[ProjectSummary]:
     # One query whatever the number of projects: open tasks counted by the database.
     open_tasks = func.count(Task.id).filter(Task.status != "done")
@@ -87,7 +91,7 @@ async def _project(session: AsyncSession, project_id: int, *, with_tasks: bool =
     return project
 
 
-@app.get("/projects/{project_id}")
+@projects_router.get("/{project_id}")
 async def get_project(project_id: int, session: SessionDep) -> ProjectDetail:
     project = await _project(session, project_id, with_tasks=True)
     tasks = sorted(project.tasks, key=lambda task: task.id)
@@ -99,7 +103,7 @@ async def get_project(project_id: int, session: SessionDep) -> ProjectDetail:
     )
 
 
-@app.delete("/projects/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
+@projects_router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_project(project_id: int, session: SessionDep) -> Response:
     project = await _project(session, project_id, with_tasks=True)
     await session.delete(project)
@@ -108,7 +112,7 @@ async def delete_project(project_id: int, session: SessionDep) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@app.post("/projects/{project_id}/tasks", status_code=status.HTTP_201_CREATED)
+@projects_router.post("/{project_id}/tasks", status_code=status.HTTP_201_CREATED)
 async def create_task(project_id: int, body: TaskCreate, session: SessionDep) -> TaskOut:
     project = await _project(session, project_id)
     if project.archived:
@@ -124,7 +128,7 @@ async def create_task(project_id: int, body: TaskCreate, session: SessionDep) ->
     return TaskOut.model_validate(task)
 
 
-@app.post("/projects/{project_id}/tasks/bulk")
+@projects_router.post("/{project_id}/tasks/bulk")
 async def create_tasks(project_id: int, body: BulkTasks, session: SessionDep) -> BulkResult:
     # Each title in its own savepoint: a duplicate is skipped, the others are kept.
     await _project(session, project_id)
@@ -141,7 +145,7 @@ async def create_tasks(project_id: int, body: BulkTasks, session: SessionDep) ->
     return BulkResult(created=created, skipped=skipped)
 
 
-@app.get("/projects/{project_id}/tasks")
+@projects_router.get("/{project_id}/tasks")
 async def list_tasks(
     project_id: int, session: SessionDep, status_filter: str | None = None
 ) -> list[TaskOut]:
@@ -151,7 +155,7 @@ async def list_tasks(
     return [TaskOut.model_validate(task) for task in await session.scalars(query)]
 
 
-@app.patch("/tasks/{task_id}")
+@tasks_router.patch("/{task_id}")
 async def update_task(task_id: int, body: TaskUpdate, session: SessionDep) -> TaskOut:
     task = await session.get(Task, task_id)
     if task is None:
@@ -162,7 +166,7 @@ async def update_task(task_id: int, body: TaskUpdate, session: SessionDep) -> Ta
     return TaskOut.model_validate(task)
 
 
-@app.post("/projects/{project_id}/archive", status_code=status.HTTP_202_ACCEPTED)
+@projects_router.post("/{project_id}/archive", status_code=status.HTTP_202_ACCEPTED)
 async def archive(project_id: int, session: SessionDep, jobs: BackgroundTasks) -> dict[str, str]:
     await _project(session, project_id)
     # Runs after the response, in sessions of its own (services.archive_project).
@@ -170,9 +174,15 @@ async def archive(project_id: int, session: SessionDep, jobs: BackgroundTasks) -
     return {"status": "archiving"}
 
 
-@app.get("/audit")
+@audit_router.get("")
 async def audit_log(session: SessionDep, action: str | None = None) -> list[AuditOut]:
     query = select(AuditEntry).order_by(AuditEntry.id)
     if action is not None:
         query = query.where(AuditEntry.action == action)
     return [AuditOut.model_validate(entry) for entry in await session.scalars(query)]
+
+
+api = APIRouter()
+for router in (projects_router, tasks_router, audit_router):
+    api.include_router(router)
+app.include_router(api)

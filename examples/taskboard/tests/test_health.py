@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,3 +37,16 @@ def test_the_import_time_engine_points_at_the_test_database() -> None:
 async def test_the_schema_comes_from_the_alembic_migration(db_session: AsyncSession) -> None:
     version = await db_session.scalar(text("SELECT version_num FROM alembic_version"))
     assert version == "0001"
+
+
+async def test_the_conftest_imported_app_reads_the_test_database(
+    settings_database: str, database_url: str
+) -> None:
+    # conftest.py imported the app and read its cached settings before any fixture ran.
+    assert str(database_url).rsplit("/", 1)[1].split("?")[0] == settings_database
+
+
+async def test_two_clients_side_by_side(client: Any, api_client: Any) -> None:
+    assert client is not api_client
+    assert api_client.headers["X-Client"] == "api" and "X-Client" not in client.headers
+    assert (await api_client.get("/health")).status_code == 200
