@@ -73,19 +73,23 @@ def test_a_clean_project_is_all_ok_on_both_backends(project: Project, private_tm
             "OK       backend trio: trio * (from testkit_backends)",
             "OK       plugin anyio: *",
             "OK       plugin pytest-asyncio: pytest-asyncio * in strict mode is fine*",
-            "OK       database server: embedded PostgreSQL * database test_app (ready in *",
+            "OK       database server: embedded PostgreSQL * database test_app (ready in *; a "
+            "throwaway cluster, deleted at the end: pytest's cache provider is disabled *",
             "OK       schema: testkit_schema = 'items_app:Base.metadata' built into the template "
             "(1 table: public.items)",
             "OK       database driver: psycopg * ran SELECT 1 on postgresql+psycopg://*:***@*",
             "OK       app: testkit_app = 'items_app:app' imported: FastAPI 'items'",
             "OK       lifespan on asyncio: startup and shutdown ran in *",
             "OK       lifespan on trio: startup and shutdown ran in *",
+            # items_app builds its engine on the first request: nothing to see at import.
+            "SKIP     app database: the app's modules hold no engine at import *",
+            "SKIP     app driver: no engine of the app was found *",
             "OK       session dependency: testkit_session_dependency = 'items_app:get_session' is "
             "used by the app's routes; during each test it yields each request a session of its "
             "own on db_session's transaction",
             "OK       sessionmaker: testkit_sessionmaker = 'items_app:SessionLocal' is an "
             "async_sessionmaker; * (autoflush=True, expire_on_commit=False)",
-            "testkit doctor: 12 OK, 0 PROBLEM, 0 SKIP; set-up looks right. No test was run.",
+            "testkit doctor: 12 OK, 0 PROBLEM, 2 SKIP; set-up looks right. No test was run.",
         ]
     )
     assert result.ret == 0
@@ -231,8 +235,12 @@ def test_an_unreachable_database_url_is_named_without_its_password(
             "*Fix: start that server; or correct the URL * in --testkit-db-url, *",
             "SKIP     schema: needs the database server",
             "SKIP     database driver: needs the database server",
+            "OK       app: *",
+            "SKIP     app database: needs the test database",
+            "SKIP     app driver: needs the test database",
         ]
     )
+    result.stdout.fnmatch_lines(["testkit doctor: * 1 PROBLEM, *"])  # the server alone
     assert "s3cret-pw" not in result.stdout.str() + result.stderr.str()
     assert result.ret == 1
     assert leftovers(private_tmpdir) == []
@@ -370,3 +378,192 @@ def test_a_password_on_the_command_line_is_warned_about(
     )
     assert str(pg_server.info.admin_url.password) not in result.stdout.str()
     assert result.ret == 0  # a warning, not a problem
+
+
+# --- what breaks real ports: the app's engines, testkit_database_env, factories, Alembic --------
+
+# As real apps: engines built at import from the settings in the environment. `engine` reads
+# what testkit_database_env sets; `reports_engine` a variable the kit does not set.
+ENGINES_APP = """
+import os
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import create_async_engine
+
+engine = create_async_engine(
+    os.environ.get("DATABASE_URL", "postgresql+psycopg://shell@127.0.0.1:1/shelldb")
+)
+
+
+class Container:
+    def __init__(self):
+        self.reports_engine = create_async_engine(
+            os.environ.get("REPORTS_URL", "postgresql+asyncpg://reporter@127.0.0.1:1/reports")
+        )
+
+
+container = Container()
+app = FastAPI(title="engines")
+"""
+
+ITEM_FACTORIES = """
+from polyfactory.factories.sqlalchemy_factory import SQLAlchemyFactory
+
+from items_app import Item
+
+
+class ItemFactory(SQLAlchemyFactory[Item]):
+    __set_primary_key__ = False
+"""
+
+
+def test_the_apps_engines_are_checked_as_a_test_run_imports_them(
+    project: Project, private_tmpdir: Path
+) -> None:
+    project.module("items_app", ITEMS_APP)
+    project.module("engines_app", ENGINES_APP)
+    project.module("item_factories", ITEM_FACTORIES)
+    # Imported at module level, as most conftest.py files do: in the doctor's own process it
+    # was imported before the doctor could set testkit_database_env (a test run sets it first).
+    project.pytester.makeconftest("import engines_app  # noqa: F401\n")
+    project.ini(
+        testkit_app="engines_app:app",
+        testkit_schema="items_app:Base.metadata",
+        testkit_database_env=(
+            "DATABASE_URL=postgresql+asyncpg://{user}:{password}@{host}:{port}/{database} "
+            "APP_ENV=test SECRET_KEY=s3cr3t-key b"
+        ),
+        testkit_factories="item_factories",
+    )
+    result = doctor(project)
+    result.stdout.fnmatch_lines(
+        [
+            "WARN     database env: sets DATABASE_URL=postgresql+asyncpg://{user}:{password}@"
+            "{host}:{port}/{database}, APP_ENV=test, SECRET_KEY=***, b (the test database's "
+            "URL); but: the bare name(s) 'b' get the whole database URL, password included*",
+            "OK       database server: *",
+            "PROBLEM  app database: imported as in a test run, the app's engine(s) do not name "
+            "the test database test_app (port *): engines_app:container.reports_engine points "
+            "at postgresql+asyncpg://reporter@127.0.0.1:1/reports. testkit_database_env (setting "
+            "DATABASE_URL, APP_ENV, SECRET_KEY, b) "
+            "does not set the variable(s) the app's settings read the database from*",
+            "WARN     app driver: the app uses asyncpg (testkit_database_env DATABASE_URL, "
+            "engines_app:engine, engines_app:container.reports_engine), but the kit's sessions"
+            "*use psycopg (testkit_database_driver = 'psycopg')*Fix: set "
+            "testkit_database_driver = asyncpg.",
+            "OK       factories: testkit_factories = 'item_factories': 1 factory bound to the "
+            "test's session during each test (and put back after): ItemFactory (polyfactory)",
+            "testkit doctor: * 1 PROBLEM, * 2 WARN; fix the problems above. No test was run.",
+        ]
+    )
+    output = result.stdout.str() + result.stderr.str()
+    assert "s3cr3t-key" not in output
+    assert "shelldb" not in output  # engines_app:engine got the test database's URL
+    assert result.ret == 1
+    assert leftovers(private_tmpdir) == []
+
+
+def test_a_malformed_database_env_skips_what_needs_it(
+    project: Project, private_tmpdir: Path
+) -> None:
+    project.module("items_app", ITEMS_APP)
+    project.ini(
+        **ITEMS_SETTINGS,
+        testkit_database_env="APP_ENV=test DATABASE_URL={nope}",
+        testkit_factories="items_app",
+    )
+    result = doctor(project)
+    result.stdout.fnmatch_lines(
+        [
+            "PROBLEM  database env: testkit_database_env entry 'DATABASE_URL={nope}' uses an "
+            "unknown placeholder*",
+            "SKIP     database server: needs testkit_database_env",
+            "SKIP     schema: needs testkit_database_env",
+            "SKIP     database driver: needs testkit_database_env",
+            "OK       app: *",
+            "SKIP     app database: needs the test database",
+            "SKIP     app driver: needs the test database",
+            "PROBLEM  factories: testkit_factories = 'items_app': module 'items_app' defines no "
+            "SQLAlchemy factory*",
+            "testkit doctor: * 2 PROBLEM, *",
+        ]
+    )
+    result.stdout.no_fnmatch_line("PROBLEM  database server*")
+    assert result.ret == 1
+    assert leftovers(private_tmpdir) == []
+
+
+ALEMBIC_INI = """
+[alembic]
+script_location = %(here)s/migrations
+path_separator = os
+"""
+
+ALEMBIC_ENV = """
+from alembic import context
+from sqlalchemy import create_engine, pool
+from sqlalchemy.engine import make_url
+
+url = make_url(context.config.get_main_option("sqlalchemy.url"))
+engine = create_engine(url.set(drivername="postgresql+psycopg"), poolclass=pool.NullPool)
+with engine.connect() as connection:
+    context.configure(connection=connection, target_metadata=None)
+    with context.begin_transaction():
+        context.run_migrations()
+engine.dispose()
+"""
+
+REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = {revision!r}
+down_revision = {down!r}
+
+
+def upgrade():
+    op.create_table({table!r}, sa.Column("id", sa.Integer(), primary_key=True))
+"""
+
+
+def test_the_cached_cluster_is_used_and_the_alembic_version_shown(
+    project: Project, private_tmpdir: Path
+) -> None:
+    project.module("items_app", ITEMS_APP)
+    project.ini(**{**ITEMS_SETTINGS, "testkit_schema": "alembic:alembic.ini"})
+    project.pytester.makefile(".ini", alembic=ALEMBIC_INI)
+    versions = project.pytester.mkdir("migrations") / "versions"
+    versions.mkdir()
+    (versions.parent / "env.py").write_text(ALEMBIC_ENV)
+    for revision, down, table in (("0001", None, "items"), ("0002", "0001", "tags")):
+        source = REVISION.format(revision=revision, down=down, table=table)
+        (versions / f"{revision}.py").write_text(source)
+    project.module("test_would_run", WOULD_RUN)
+    runs = []
+    for _ in range(2):  # with pytest's cache provider, as a test run has it
+        result = project.pytester.runpytest_subprocess(
+            "-p", "no:randomly", "--testkit-doctor", timeout=SUBSESSION_TIMEOUT
+        )
+        result.stdout.fnmatch_lines(
+            [
+                "OK       schema: *(3 tables: public.alembic_version, public.items, public.tags)",
+                "OK       alembic version: the template's alembic_version holds 0002: the head "
+                "of alembic.ini's script folder*",
+                "testkit doctor: *, 0 PROBLEM, *",
+            ]
+        )
+        assert not (project.pytester.path / "a-test-ran").exists()
+        assert leftovers(private_tmpdir) == []  # the cached server is stopped, its data kept
+        runs.append(result)
+    runs[0].stdout.fnmatch_lines(
+        [
+            "OK       database server: *; the project's cached cluster, as a test run uses (made "
+            "now by initdb and kept for the next runs; template built and kept)"
+        ]
+    )
+    runs[1].stdout.fnmatch_lines(
+        [
+            "OK       database server: *; the project's cached cluster, as a test run uses "
+            "(reused; template reused)"
+        ]
+    )

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from psycopg import sql
 from sqlalchemy import MetaData, create_engine
@@ -190,12 +191,7 @@ def _check_migrated(url: URL, config_path: Path, heads: list[str]) -> None:
             '("pkg.models:Base.metadata").'
         )
     with connect_admin(url) as conn:
-        versions: set[str] = set()
-        for schema, table in conn.execute(_VERSION_TABLES).fetchall():
-            query = sql.SQL("SELECT version_num FROM {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(table)
-            )
-            versions.update(str(row[0]) for row in conn.execute(query).fetchall())
+        versions = _versions(conn)
         row = conn.execute(_TABLES).fetchone()
     count = int(row[0]) if row else 0
     if versions != set(heads):
@@ -211,6 +207,61 @@ def _check_migrated(url: URL, config_path: Path, heads: list[str]) -> None:
             f"({mask_url(url)}) holds Alembic's version but no table: the migrations create "
             f"none there. {fix}"
         )
+
+
+def _versions(conn: Any) -> set[str]:
+    """The revisions in every Alembic version table of the database (any schema)."""
+    versions: set[str] = set()
+    for schema, table in conn.execute(_VERSION_TABLES).fetchall():
+        query = sql.SQL("SELECT version_num FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table)
+        )
+        versions.update(str(row[0]) for row in conn.execute(query).fetchall())
+    return versions
+
+
+# For the doctor: the heads of the script folder, read without running env.py (in the config's
+# folder, where a relative script_location points, as for `upgrade head` above).
+_HEADS_SCRIPT = f"""
+import sys
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+heads = sorted(ScriptDirectory.from_config(Config(sys.argv[1])).get_heads())
+print()
+print({_HEADS_MARK!r} + " ".join(heads))
+"""
+
+
+def alembic_config_path(source: str, rootdir: Path) -> Path | None:
+    """The Alembic config ``testkit_schema`` names, or None when it names a MetaData."""
+    if not source.startswith(ALEMBIC_PREFIX):
+        return None
+    return rootdir / source[len(ALEMBIC_PREFIX) :].strip()
+
+
+def check_alembic_template(url: URL, config_path: Path) -> list[str]:
+    """The heads of the script folder, which the Alembic version table of the database at
+    ``url`` holds; raises ConfigError (as after ``upgrade head``) when it does not."""
+    completed = subprocess.run(
+        [sys.executable, "-c", _HEADS_SCRIPT, str(config_path)],
+        cwd=config_path.parent,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=_ALEMBIC_TIMEOUT,
+        check=False,
+    )
+    if completed.returncode != 0:
+        output = mask_secrets(completed.stderr + completed.stdout, [url.password or ""])
+        raise ConfigError(
+            f"Reading the heads of {config_path}'s script folder failed; Alembic said:\n"
+            f"{_last_lines(output)}"
+        )
+    heads = _reported_heads(completed.stdout)
+    _check_migrated(url, config_path, heads)
+    return heads
 
 
 _VERSION_TABLES = """
