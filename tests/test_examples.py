@@ -70,6 +70,18 @@ def test_bookshelf_suite_on_trio_skips_only_database_tests_and_says_why() -> Non
     assert not re.search(r"test_authors.py::\S*\[trio\] PASSED", output), output
 
 
+def test_bookshelf_money_tests_fail_when_requests_share_the_test_session() -> None:
+    # With the test's own session, the app sees the test's objects ("4.5", Decimal("4"))
+    # instead of the NUMERIC(10, 2) values it would load: the suite notices.
+    code, counts, output = run_example("bookshelf", "-o", "testkit_share_session=true")
+    assert code == 1 and counts.get("failed") == 2, output
+    failed = set(re.findall(r"^FAILED tests/(\S+?)(?: - |$)", output, re.MULTILINE))
+    assert failed == {
+        "test_prices.py::test_prices_seeded_by_the_test_are_returned_as_the_database_stores_them",
+        "test_prices.py::test_patch_that_keeps_the_price_records_nothing",
+    }, output
+
+
 @pytest.mark.parametrize(
     "driver_args",
     [

@@ -12,11 +12,11 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .db import get_session
+from .container import container
 from .models import Book
 
 router = APIRouter()
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+SessionDep = Annotated[AsyncSession, Depends(container.session)]
 
 
 @router.get("/books/feed")

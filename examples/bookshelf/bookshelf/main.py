@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, TypedDict, TypeVar
 
@@ -16,9 +14,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from .db import dispose_engine, get_session
+from . import services
+from .container import container
 from .live import router as live_router
-from .models import Author, Book, Review
+from .models import Author, Book, PriceChange, Review
 from .schemas import (
     AuthorCreate,
     AuthorOut,
@@ -27,24 +26,13 @@ from .schemas import (
     BookOut,
     BookUpdate,
     Health,
+    PriceChangeOut,
     ReviewCreate,
     ReviewOut,
     TransferRequest,
     TransferResult,
 )
-
-
-@dataclass(frozen=True)
-class Settings:
-    app_name: str = "bookshelf"
-    max_page_size: int = 100
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        return cls(
-            app_name=os.environ.get("BOOKSHELF_APP_NAME", cls.app_name),
-            max_page_size=int(os.environ.get("BOOKSHELF_MAX_PAGE_SIZE", cls.max_page_size)),
-        )
+from .settings import Settings
 
 
 class LifespanState(TypedDict):
@@ -55,17 +43,17 @@ class LifespanState(TypedDict):
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
     # Starlette copies this mapping into every request's ``request.state``.
-    # No database work here: the engine is created lazily by the first request that needs it.
+    # No database work here: the engine connects when a request first needs it.
     try:
-        yield {"settings": Settings.from_env(), "started_at": datetime.now(timezone.utc)}
+        yield {"settings": container.settings, "started_at": datetime.now(timezone.utc)}
     finally:
-        await dispose_engine()
+        await container.dispose()
 
 
 app = FastAPI(title="Bookshelf", lifespan=lifespan)
 app.include_router(live_router)
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+SessionDep = Annotated[AsyncSession, Depends(container.session)]
 
 
 def get_settings(request: Request) -> Settings:
@@ -206,7 +194,13 @@ async def transfer_books(
 @app.post("/books", response_model=BookOut, status_code=status.HTTP_201_CREATED)
 async def create_book(body: BookCreate, session: SessionDep) -> Book:
     await _get_or_404(session, Author, body.author_id, "author")
-    book = Book(title=body.title, author_id=body.author_id, isbn=body.isbn, year=body.year)
+    book = Book(
+        title=body.title,
+        author_id=body.author_id,
+        isbn=body.isbn,
+        year=body.year,
+        price=body.price,
+    )
     session.add(book)
     await _commit(session)  # 409 on a duplicate ISBN or title
     return book
@@ -270,14 +264,25 @@ class _BookPatch(BookUpdate):
 @app.patch("/books/{book_id}", response_model=BookOut)
 async def update_book(book_id: int, body: _BookPatch, session: SessionDep) -> Book:
     book = await _get_or_404(session, Book, book_id, "book")
-    for field, value in body.model_dump(exclude_unset=True).items():
+    changes = body.model_dump(exclude_unset=True)
+    old_price = book.price
+    for field, value in changes.items():
         setattr(book, field, value)
     # Computed by the database: after the commit the attribute is expired, and refresh()
     # fetches the new value (plain attribute access would need IO outside an await).
     book.version = Book.version + 1
     await _commit(session)
     await session.refresh(book)
+    if "price" in changes and book.price != old_price:
+        await services.record_price_change(book.id, old_price, book.price)
     return book
+
+
+@app.get("/books/{book_id}/prices", response_model=list[PriceChangeOut])
+async def price_history(book_id: int, session: SessionDep) -> list[PriceChange]:
+    await _get_or_404(session, Book, book_id, "book")
+    stmt = select(PriceChange).where(PriceChange.book_id == book_id).order_by(PriceChange.id)
+    return list((await session.scalars(stmt)).all())
 
 
 @app.delete("/books/{book_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from sqlalchemy import CheckConstraint, ForeignKey, MetaData, String, Text, UniqueConstraint
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -48,6 +61,8 @@ class Book(Base):
     )
     isbn: Mapped[str] = mapped_column(String(13), unique=True)
     year: Mapped[int | None]
+    # Money: NUMERIC(10, 2), loaded as Decimal with two places (added by revision 0002).
+    price: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
     # Bumped in SQL on every update; the new value is read back with refresh().
     version: Mapped[int] = mapped_column(server_default=sql_text("1"))
 
@@ -79,3 +94,16 @@ class Review(Base):
 
     def __repr__(self) -> str:
         return f"Review(id={self.id!r}, book_id={self.book_id!r}, rating={self.rating!r})"
+
+
+class PriceChange(Base):
+    """A book's price history, written by ``services.record_price_change`` in a session of
+    its own."""
+
+    __tablename__ = "price_changes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    book_id: Mapped[int] = mapped_column(ForeignKey("books.id", ondelete="CASCADE"), index=True)
+    old_price: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
+    new_price: Mapped[Decimal | None] = mapped_column(Numeric(10, 2))
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

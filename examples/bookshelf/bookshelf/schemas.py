@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
 Year = Annotated[int, Field(ge=0, le=2100)]
+CENT = Decimal("0.01")
+# A price as the NUMERIC(10, 2) column stores it: "12.5" in a request is 12.50 in the
+# response, as it is when read back from the database.
+Money = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=10, decimal_places=2),
+    AfterValidator(lambda value: value.quantize(CENT)),
+]
 
 
 class ORMModel(BaseModel):
@@ -30,6 +46,7 @@ class BookCreate(BaseModel):
     author_id: int
     isbn: str = Field(description="ISBN-10 or ISBN-13; hyphens and spaces are ignored")
     year: Year | None = None
+    price: Money | None = None
 
     @field_validator("isbn", mode="before")
     @classmethod
@@ -48,6 +65,7 @@ class BookCreate(BaseModel):
 class BookUpdate(BaseModel):
     title: Title | None = None
     year: Year | None = None
+    price: Money | None = None
 
 
 class BookOut(ORMModel):
@@ -56,6 +74,7 @@ class BookOut(ORMModel):
     author_id: int
     isbn: str
     year: int | None
+    price: Decimal | None
     version: int
 
 
@@ -74,6 +93,12 @@ class ReviewOut(ORMModel):
 class BookDetail(BookOut):
     reviews: list[ReviewOut]
     average_rating: float | None
+
+
+class PriceChangeOut(ORMModel):
+    old_price: Decimal | None
+    new_price: Decimal | None
+    changed_at: datetime
 
 
 class TransferRequest(BaseModel):

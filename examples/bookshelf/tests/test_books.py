@@ -6,7 +6,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bookshelf.models import Author, Book, Review
+from bookshelf.models import Author, Book, PriceChange, Review
 from tests.factories import add_author, add_book, add_review, api_author, api_book, count, isbn
 
 
@@ -17,6 +17,7 @@ async def test_each_test_starts_with_empty_tables(
     assert await count(db_session, Author) == 0
     assert await count(db_session, Book) == 0
     assert await count(db_session, Review) == 0
+    assert await count(db_session, PriceChange) == 0  # written by a service, not a request
     assert (await client.get("/stats")).json() == {"authors": 0, "books": 0, "reviews": 0}
     assert (
         await db_session.scalar(select(Author).where(Author.name == "Committed By A Test")) is None
@@ -46,6 +47,7 @@ async def test_create_book_returns_201_and_is_stored(
         "author_id": author["id"],
         "isbn": "9780441172719",  # hyphens removed
         "year": 1965,
+        "price": None,
         "version": 1,  # server default, returned after the commit
     }
     stored = await db_session.scalar(select(Book).where(Book.isbn == "9780441172719"))

@@ -1,7 +1,7 @@
 """Requests that never reach the database: only the `client` fixture is used here.
 
-Validation errors are answered before a handler runs, and the app's engine is lazy, so these
-tests do not need a database session (the real `get_session` opens no connection).
+Validation errors are answered before a handler runs, and the container's engine connects only
+when a session first needs a connection, so these tests need no database (they run on trio too).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, HTTPException, Response, status
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,6 +28,7 @@ from .schemas import (
     TaskOut,
     TaskUpdate,
 )
+from .security import require_admin
 from .settings import Settings, get_settings
 
 
@@ -37,10 +39,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 app = FastAPI(title="Taskboard", lifespan=lifespan)
+app.add_middleware(TrustedHostMiddleware, allowed_hosts=get_settings().allowed_hosts)
 # Routers nested with prefixes, as most projects lay them out (included at the end).
 projects_router = APIRouter(prefix="/projects", tags=["projects"])
 tasks_router = APIRouter(prefix="/tasks", tags=["tasks"])
-audit_router = APIRouter(prefix="/audit", tags=["audit"])
+# The audit log is for admins: every route of this router needs the API token.
+audit_router = APIRouter(prefix="/audit", tags=["audit"], dependencies=[Depends(require_admin)])
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

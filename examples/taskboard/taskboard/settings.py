@@ -1,4 +1,5 @@
-"""Settings from separate environment variables, read once (``DATABASE__HOSTNAME`` ...)."""
+"""Settings from separate environment variables, read once (``DATABASE__HOSTNAME`` ...,
+``ALLOWED_HOSTS='["taskboard.example.com"]'``, ``API_TOKEN``)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ class Settings(BaseSettings):
     app_name: str = "taskboard"
     database: DatabaseSettings = DatabaseSettings()
     max_open_tasks: int = 50
+    # Host headers the app answers (TrustedHostMiddleware); anything else gets a 400.
+    allowed_hosts: list[str] = ["localhost", "127.0.0.1"]
+    # Bearer token of the admin API (the audit log); unset, nobody gets in.
+    api_token: SecretStr | None = None
 
 
 @lru_cache

@@ -6,8 +6,7 @@ The kit sets testkit_database_env before pytest imports this file, so the app's 
 
 from __future__ import annotations
 
-from typing import Any
-
+import httpx
 import pytest
 from anyio_fastapi_testkit import ClientFactory
 
@@ -22,6 +21,12 @@ def settings_database() -> str:
 
 
 @pytest.fixture
-def api_client(client_factory: ClientFactory) -> Any:
-    """A second client with headers of its own, beside the anonymous `client`."""
-    return client_factory(headers={"X-Client": "api"})
+def admin_client(client_factory: ClientFactory) -> httpx.AsyncClient:
+    """A second client, beside the anonymous `client`, that sends the admin API token (set by
+    testkit_database_env's API_TOKEN entry, read by the app's settings)."""
+    token = get_settings().api_token
+    assert token is not None, "API_TOKEN is unset: add it to testkit_database_env"
+    client: httpx.AsyncClient = client_factory(
+        headers={"Authorization": f"Bearer {token.get_secret_value()}"}
+    )
+    return client

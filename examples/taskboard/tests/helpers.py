@@ -24,5 +24,8 @@ async def api_project(client: httpx.AsyncClient, name: str, *tasks: str) -> dict
     return project
 
 
-async def audit_actions(client: httpx.AsyncClient) -> list[tuple[str, str]]:
-    return [(entry["action"], entry["detail"]) for entry in (await client.get("/audit")).json()]
+async def audit_actions(admin_client: httpx.AsyncClient) -> list[tuple[str, str]]:
+    """The audit log as the app serves it (to an admin: the client must send the API token)."""
+    response = await admin_client.get("/audit")
+    assert response.status_code == 200, response.text
+    return [(entry["action"], entry["detail"]) for entry in response.json()]

@@ -46,7 +46,8 @@ async def test_the_conftest_imported_app_reads_the_test_database(
     assert str(database_url).rsplit("/", 1)[1].split("?")[0] == settings_database
 
 
-async def test_two_clients_side_by_side(client: Any, api_client: Any) -> None:
-    assert client is not api_client
-    assert api_client.headers["X-Client"] == "api" and "X-Client" not in client.headers
-    assert (await api_client.get("/health")).status_code == 200
+async def test_two_clients_side_by_side(client: Any, admin_client: Any) -> None:
+    assert client is not admin_client
+    assert admin_client.headers["Authorization"] == "Bearer test-admin-token"
+    assert "Authorization" not in client.headers
+    assert (await admin_client.get("/health")).status_code == 200

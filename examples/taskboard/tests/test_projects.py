@@ -14,7 +14,7 @@ from tests.helpers import api_project, audit_actions, count
 
 
 async def test_create_project_commits_and_audits(
-    client: httpx.AsyncClient, db_session: AsyncSession
+    client: httpx.AsyncClient, admin_client: httpx.AsyncClient, db_session: AsyncSession
 ) -> None:
     response = await client.post("/projects", json={"name": "Apollo"})
 
@@ -23,11 +23,11 @@ async def test_create_project_commits_and_audits(
     assert body == {"id": body["id"], "name": "Apollo", "archived": False}
     stored = await db_session.get(Project, body["id"])
     assert stored is not None and stored.name == "Apollo"
-    assert await audit_actions(client) == [("project.created", "Apollo")]
+    assert await audit_actions(admin_client) == [("project.created", "Apollo")]
 
 
 async def test_duplicate_name_is_rolled_back_but_the_audit_entry_stays(
-    client: httpx.AsyncClient, db_session: AsyncSession
+    client: httpx.AsyncClient, admin_client: httpx.AsyncClient, db_session: AsyncSession
 ) -> None:
     await api_project(client, "Gemini")
 
@@ -35,7 +35,7 @@ async def test_duplicate_name_is_rolled_back_but_the_audit_entry_stays(
 
     assert response.status_code == 409
     assert await count(db_session, Project) == 1
-    assert await audit_actions(client) == [
+    assert await audit_actions(admin_client) == [
         ("project.created", "Gemini"),
         ("project.rejected", "Gemini"),
     ]
@@ -56,7 +56,7 @@ async def test_project_with_tasks_is_one_commit(
 
 
 async def test_duplicate_task_titles_roll_back_the_whole_project(
-    client: httpx.AsyncClient, db_session: AsyncSession
+    client: httpx.AsyncClient, admin_client: httpx.AsyncClient, db_session: AsyncSession
 ) -> None:
     body = {"name": "Voyager", "tasks": [{"title": "same"}, {"title": "same"}]}
 
@@ -65,7 +65,7 @@ async def test_duplicate_task_titles_roll_back_the_whole_project(
     assert response.status_code == 409
     assert await count(db_session, Project) == 0
     assert await count(db_session, Task) == 0
-    assert await audit_actions(client) == [("project.rejected", "Voyager")]
+    assert await audit_actions(admin_client) == [("project.rejected", "Voyager")]
 
 
 async def test_project_detail_lists_its_tasks(client: httpx.AsyncClient) -> None:
@@ -94,7 +94,7 @@ async def test_unknown_project_is_404(client: httpx.AsyncClient) -> None:
 
 
 async def test_delete_project_removes_its_tasks(
-    client: httpx.AsyncClient, db_session: AsyncSession
+    client: httpx.AsyncClient, admin_client: httpx.AsyncClient, db_session: AsyncSession
 ) -> None:
     project = await ProjectFactory.create_async()
     await TaskFactory.create_batch_async(2, project=project)
@@ -104,7 +104,7 @@ async def test_delete_project_removes_its_tasks(
     assert response.status_code == 204
     assert await count(db_session, Project) == 0
     assert await count(db_session, Task) == 0
-    assert await audit_actions(client) == [("project.deleted", str(project.id))]
+    assert await audit_actions(admin_client) == [("project.deleted", str(project.id))]
 
 
 async def test_list_counts_open_tasks(client: httpx.AsyncClient) -> None:

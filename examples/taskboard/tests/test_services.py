@@ -14,17 +14,17 @@ from tests.helpers import audit_actions
 
 
 async def test_the_service_called_directly_commits_into_the_test(
-    client: httpx.AsyncClient, db_session: AsyncSession
+    admin_client: httpx.AsyncClient, db_session: AsyncSession
 ) -> None:
     await services.audit("manual", "called from the test")
 
     entries = await db_session.scalars(select(AuditEntry.detail))
     assert list(entries) == ["called from the test"]
-    assert await audit_actions(client) == [("manual", "called from the test")]
+    assert await audit_actions(admin_client) == [("manual", "called from the test")]
 
 
 async def test_the_archive_job_runs_after_the_response(
-    client: httpx.AsyncClient, db_session: AsyncSession
+    client: httpx.AsyncClient, admin_client: httpx.AsyncClient, db_session: AsyncSession
 ) -> None:
     project = await ProjectFactory.create_async()
     await TaskFactory.create_batch_async(2, project=project)
@@ -38,15 +38,17 @@ async def test_the_archive_job_runs_after_the_response(
     assert project.archived is True
     statuses = await db_session.scalars(select(Task.status).where(Task.project_id == project.id))
     assert set(statuses) == {"done"}
-    assert await audit_actions(client) == [("project.archived", f"{project.id}: 0 open tasks left")]
+    assert await audit_actions(admin_client) == [
+        ("project.archived", f"{project.id}: 0 open tasks left")
+    ]
 
 
 async def test_archive_of_unknown_project_is_404_and_starts_no_job(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, admin_client: httpx.AsyncClient
 ) -> None:
     response = await client.post("/projects/424242/archive")
     assert response.status_code == 404
-    assert await audit_actions(client) == []
+    assert await audit_actions(admin_client) == []
 
 
 async def test_count_open_tasks_sees_rows_of_the_test_session(db_session: AsyncSession) -> None:

@@ -11,7 +11,9 @@ from tests.factories import ProjectFactory, TaskFactory
 from tests.helpers import audit_actions, count
 
 
-async def test_create_task(client: httpx.AsyncClient, db_session: AsyncSession) -> None:
+async def test_create_task(
+    client: httpx.AsyncClient, admin_client: httpx.AsyncClient, db_session: AsyncSession
+) -> None:
     project = await ProjectFactory.create_async()
 
     response = await client.post(f"/projects/{project.id}/tasks", json={"title": "write docs"})
@@ -24,7 +26,7 @@ async def test_create_task(client: httpx.AsyncClient, db_session: AsyncSession) 
         "title": "write docs",
         "status": "todo",  # the server default, read back after the commit
     }
-    assert await audit_actions(client) == [("task.created", f"{project.id}: write docs")]
+    assert await audit_actions(admin_client) == [("task.created", f"{project.id}: write docs")]
 
 
 async def test_task_for_unknown_project_is_404(client: httpx.AsyncClient) -> None:
@@ -65,7 +67,9 @@ async def test_bulk_create_skips_duplicates_in_savepoints(
     assert await count(db_session, Task) == 3
 
 
-async def test_update_status(client: httpx.AsyncClient, db_session: AsyncSession) -> None:
+async def test_update_status(
+    client: httpx.AsyncClient, admin_client: httpx.AsyncClient, db_session: AsyncSession
+) -> None:
     task = await TaskFactory.create_async()
 
     response = await client.patch(f"/tasks/{task.id}", json={"status": "doing"})
@@ -74,7 +78,7 @@ async def test_update_status(client: httpx.AsyncClient, db_session: AsyncSession
     assert response.json()["status"] == "doing"
     await db_session.refresh(task)
     assert task.status == "doing"
-    assert await audit_actions(client) == [("task.status", f"{task.id}: todo -> doing")]
+    assert await audit_actions(admin_client) == [("task.status", f"{task.id}: todo -> doing")]
 
 
 async def test_unknown_status_is_422(client: httpx.AsyncClient) -> None:
