@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from conftest import Project
 
 LIVE_APP = """
@@ -95,3 +97,33 @@ def test_live_server_requests_share_the_tests_transaction(project: Project) -> N
         """,
     )
     project.run("-p", "no:randomly").assert_outcomes(passed=2)
+
+
+def test_a_test_ends_after_its_live_requests_closed_their_sessions(project: Project) -> None:
+    # A live server's request ends its session dependency after the client has the
+    # response: the test's end must wait for it, or its rollback races the request's
+    # savepoint ("savepoint ... does not exist" in some runs).
+    from conftest import ITEMS_APP
+
+    project.ini(
+        testkit_app="items_app:app",
+        testkit_schema="items_app:Base.metadata",
+        testkit_session_dependency="items_app:get_session",
+        testkit_sessionmaker="items_app:SessionLocal",
+    )
+    project.module("items_app", ITEMS_APP)
+    pair = """
+        async def test_write_{n}(live_server):
+            async with httpx.AsyncClient(base_url=live_server) as outside:
+                assert (await outside.get("/items")).json() == []
+                assert (await outside.post("/items", json={{"name": "a"}})).status_code == 201
+                assert (await outside.get("/items")).json() == ["a"]
+
+        async def test_read_{n}(live_server, db_session):
+            async with httpx.AsyncClient(base_url=live_server) as outside:
+                assert (await outside.get("/items")).json() == []
+        """
+    rounds = 8
+    source = "import httpx\n" + "".join(textwrap.dedent(pair).format(n=n) for n in range(rounds))
+    project.module("test_live_end", source)
+    project.run("-p", "no:randomly").assert_outcomes(passed=2 * rounds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -29,7 +30,14 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 def load_app(path: str) -> ASGIApp:
     """Import the app named by ``testkit_app`` and check that it is an ASGI app."""
-    obj = import_from_path(path, "testkit_app", what="the ASGI app")
+    __tracebackhide__ = True
+    try:
+        obj = import_from_path(path, "testkit_app", what="the ASGI app")
+    except ConfigError as exc:
+        hint = missing_setting_hint(exc.__cause__)
+        if not hint:
+            raise
+        raise ConfigError(f"{exc}{hint}") from exc.__cause__
     if isinstance(obj, type):
         raise ConfigError(
             f"testkit_app = {path!r} names the class {obj.__name__}, not an app instance. "
@@ -60,6 +68,7 @@ def _with_state_copy(app: ASGIApp, state: dict[str, Any]) -> ASGIApp:
     """Give every request a shallow copy of the lifespan state, as ASGI servers do."""
 
     async def app_with_state(scope: Scope, receive: Receive, send: Send) -> None:
+        __tracebackhide__ = True
         if scope["type"] in ("http", "websocket"):
             scope["state"] = dict(state)
         await app(scope, receive, send)
@@ -94,9 +103,11 @@ async def running_lifespan(
     forever for a startup that timed out. Requests get a copy of the lifespan state (asgi-lifespan
     shares one dict), as ASGI servers give them.
     """
+    __tracebackhide__ = True
     state: dict[str, Any] = {}
 
     async def recording_app(scope: Scope, receive: Receive, send: Send) -> None:
+        __tracebackhide__ = True
         if scope["type"] == "lifespan":
             scope["state"] = state
         await app(scope, receive, send)
@@ -105,6 +116,7 @@ async def running_lifespan(
     supported = True
 
     async def serve() -> None:
+        __tracebackhide__ = True
         nonlocal supported
         try:
             async with LifespanManager(recording_app, startup_timeout=None, shutdown_timeout=None):
@@ -148,6 +160,7 @@ async def running_lifespan(
             f"The lifespan {phase} of the app ({name}) raised {type(cause).__name__}: {cause}. "
             "The app's own traceback is above"
             + ("; no test can run until startup works." if phase == "startup" else ".")
+            + missing_setting_hint(cause)
         ) from cause
     if timed_out is not None:
         limit, setting = (
@@ -165,12 +178,64 @@ async def running_lifespan(
 
 def check_uses_dependency(app: object, dependency: object, path: str) -> None:
     """Raise ConfigError unless the app uses the dependency ``testkit_session_dependency`` names."""
+    __tracebackhide__ = True
     if not uses_dependency(app, dependency):
         raise ConfigError(
             f"testkit_session_dependency = {path!r} is not a dependency of any route of the app, "
             "so overriding it would change nothing. Name the function your routes pass to "
             'Depends() (e.g. "myproject.db:get_session"), or unset the option.'
         )
+
+
+# A KeyError for a key written like an environment variable: os.environ["DATABASE_URL"].
+_ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
+# How far down the causes and contexts of an error a missing setting is looked for.
+_MOST_LINKS = 8
+
+
+def _missing_settings(error: BaseException | None) -> list[str]:
+    """The settings that ``error`` (or an error it was raised from) says are missing: the key
+    of a ``KeyError`` written like an environment variable, or the fields of a pydantic
+    ``ValidationError`` (pydantic-settings) whose errors are of type ``missing``."""
+    for _ in range(_MOST_LINKS):
+        if error is None:
+            return []
+        if isinstance(error, KeyError) and len(error.args) == 1:
+            key = error.args[0]
+            if isinstance(key, str) and _ENV_NAME.match(key):
+                return [key]
+        errors = getattr(error, "errors", None)
+        if type(error).__name__ == "ValidationError" and callable(errors):
+            try:
+                details = errors()
+            except Exception:  # not pydantic's after all
+                details = []
+            missing = [
+                ".".join(str(part) for part in detail.get("loc", ()))
+                for detail in details
+                if isinstance(detail, dict) and detail.get("type") == "missing"
+            ]
+            if missing:
+                return missing
+        error = error.__cause__ or error.__context__
+    return []
+
+
+def missing_setting_hint(error: BaseException | None) -> str:
+    """Advice to add to an error of the app's that says a setting is missing (else ``""``):
+    that ``testkit_database_env`` may be the fix."""
+    missing = _missing_settings(error)
+    if not missing:
+        return ""
+    return (
+        f"\nThe app stopped on a missing setting ({', '.join(missing)}): if it reads its "
+        "settings from the environment, the tests' environment lacks it. testkit_database_env "
+        "may be the fix: it sets environment variables for the app before the app is "
+        "imported, e.g. testkit_database_env = DATABASE_URL (the test database's URL), "
+        '"DB_HOST={host}" style templates ({url}, {host}, {port}, {user}, {password}, '
+        "{database}) and plain NAME=value entries (APP_ENV=test). Or set the variable in the "
+        "environment pytest runs in."
+    )
 
 
 def uses_dependency(app: object, dependency: object) -> bool:

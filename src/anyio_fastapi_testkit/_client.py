@@ -68,6 +68,7 @@ def make_client(
     left open and raises the first error of their app calls. To close those responses but
     keep the client, await ``client.streaming_transport.close_exchanges()``.
     """
+    __tracebackhide__ = True
     # The kit's transport streams responses as the app sends them (httpx's ASGITransport
     # reads a response to its end first, so endless streams would hang the test).
     transport = streaming_transport(library, app, task_group=task_group)
@@ -127,6 +128,7 @@ class ClientFactory:
 
     def __call__(self, **options: Unpack[ClientOptions]) -> Any:
         """A new client on the app; ``options`` go to the client (see :class:`ClientOptions`)."""
+        __tracebackhide__ = True
         kwargs: dict[str, Any] = dict(options)
         kwargs.setdefault("base_url", self._base_url)
         http_client = make_client(self._library, self._app, task_group=self._task_group, **kwargs)
@@ -150,6 +152,7 @@ def client_class(library: ModuleType) -> type[Any]:
     base = library.AsyncClient
 
     async def send(self: Any, request: Any, *, stream: bool = False, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         # Around the whole send: the redirects and auth retries it follows are buffered too.
         # Only this client's own transport takes the mark (not a mounted one).
         token = buffered_send.set(None if stream else self._transport)
@@ -184,6 +187,7 @@ def _parsed_base_url(library: ModuleType, base_url: str) -> Any:
 
 
 def overridable(app: object) -> dict[Callable[..., Any], Callable[..., Any]]:
+    __tracebackhide__ = True
     overrides = getattr(app, "dependency_overrides", None)
     if not isinstance(overrides, dict):
         raise TypeError(
@@ -202,6 +206,7 @@ def override_dependencies(
     Yields the live overrides dict, so more overrides can be added inside the block; all of
     them are undone on exit, also when the block raises.
     """
+    __tracebackhide__ = True
     live = overridable(app)
     saved = dict(live)
     live.update(overrides or {})

@@ -513,13 +513,17 @@ def load_once(
     A ``ConfigError`` is kept too and raised again for every later caller, as a failed session
     fixture's error is raised again for every test that uses it.
     """
+    __tracebackhide__ = True
     found = config.stash.get(key, None)
     if found is None:
         try:
             found = load()
         except ConfigError as exc:
-            found = exc
+            config.stash[key] = exc
+            raise
         config.stash[key] = found
     if isinstance(found, ConfigError):
-        raise found
+        # The same object again: without the traceback of its earlier raises, which each
+        # raise would otherwise lengthen by the frames it passed through, test after test.
+        raise found.with_traceback(None)
     return found

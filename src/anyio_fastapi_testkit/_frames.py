@@ -3,25 +3,62 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import linecache
 import os
 import sys
 import sysconfig
+import traceback
 from collections.abc import Iterable
-from types import CodeType
+from types import CodeType, TracebackType
+
+import pytest
 
 # (code, line) pairs, innermost last: cheap to take, formatted only when something is reported.
 Stack = list[tuple[CodeType, int]]
 
 
 @functools.cache
+def _kit_dir() -> str:
+    package = sys.modules[__name__.rpartition(".")[0]]
+    return os.path.join(os.path.dirname(package.__file__ or __file__), "")
+
+
+@functools.cache
 def _library_dirs() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     folders = {paths["stdlib"], paths["purelib"], paths["platlib"]}
-    package = sys.modules[__name__.rpartition(".")[0]]
-    if package.__file__:
-        folders.add(os.path.dirname(package.__file__))
-    return tuple(os.path.join(folder, "") for folder in folders)
+    return (*(os.path.join(folder, "") for folder in folders), _kit_dir())
+
+
+def is_kit_file(filename: str) -> bool:
+    """Whether ``filename`` is a module of the kit itself."""
+    return filename.startswith(_kit_dir())
+
+
+@functools.cache
+def _pytest_dir() -> str:
+    # pytest.skip() and pytest.fail() raise from pytest's own package.
+    return os.path.join(os.path.dirname(inspect.getfile(pytest.Item)), "")
+
+
+def raised_by_the_kit(tb: TracebackType | None) -> bool:
+    """Whether the kit raised the exception of ``tb``: its innermost frame outside pytest's
+    own code (``pytest.skip()``, say) is the kit's."""
+    innermost = None
+    for frame, _ in traceback.walk_tb(tb):
+        if not frame.f_code.co_filename.startswith(_pytest_dir()):
+            innermost = frame
+    return innermost is not None and is_kit_file(innermost.f_code.co_filename)
+
+
+def last_line_in(tb: TracebackType | None, filename: str) -> int | None:
+    """The line of the innermost frame of ``tb`` that runs code of ``filename`` (1-based)."""
+    found = None
+    for frame, lineno in traceback.walk_tb(tb):
+        if frame.f_code.co_filename == filename:
+            found = lineno
+    return found
 
 
 def is_user_code(code: CodeType) -> bool:

@@ -103,12 +103,14 @@ class _ResponseRecord:
         return f"{self.scope['method']} {self.scope['path']}"
 
     def _start(self, message: Message) -> None:
+        __tracebackhide__ = True
         if self.status is not None:
             raise _protocol_error("start twice", self.describe())
         self.status = message["status"]
         self.headers = list(message.get("headers", []))
 
     def _check_body(self) -> None:
+        __tracebackhide__ = True
         if self.status is None:
             raise _protocol_error("body before start", self.describe())
         if self.complete:
@@ -154,6 +156,7 @@ class _Exchange(_ResponseRecord):
 
     async def run(self) -> None:
         """Call the app (in the transport's task group); keep its exception for the test."""
+        __tracebackhide__ = True
         try:
             with self._cancel_scope:
                 try:
@@ -170,6 +173,7 @@ class _Exchange(_ResponseRecord):
             self._finished.set()
 
     async def _receive(self) -> Message:
+        __tracebackhide__ = True
         if self._request_complete or self._disconnected.is_set():
             await self._disconnected.wait()
             return {"type": "http.disconnect"}
@@ -181,6 +185,7 @@ class _Exchange(_ResponseRecord):
         return {"type": "http.request", "body": chunk, "more_body": True}
 
     async def _send(self, message: Message) -> None:
+        __tracebackhide__ = True
         kind = message["type"]
         if kind == "http.response.start":
             self._start(message)
@@ -189,6 +194,7 @@ class _Exchange(_ResponseRecord):
             await self._send_body(message)
 
     async def _send_body(self, message: Message) -> None:
+        __tracebackhide__ = True
         self._check_body()
         body = message.get("body", b"")
         more_body = message.get("more_body", False)
@@ -219,11 +225,13 @@ class _Exchange(_ResponseRecord):
     async def _wait_finished(self) -> None:
         # Event.wait() yields to the loop even when the event is set: most apps have returned
         # by the time their response is read, and each needless yield is a loop iteration.
+        __tracebackhide__ = True
         if not self._finished.is_set():
             await self._finished.wait()
 
     async def end_of_body(self) -> None:
         """After the last chunk: wait for the app to return, then raise what went wrong."""
+        __tracebackhide__ = True
         await self._wait_finished()
         error = self.take_error()
         if error is not None:
@@ -233,6 +241,7 @@ class _Exchange(_ResponseRecord):
 
     async def close(self) -> None:
         """Disconnect the app if it is still sending, wait for it to end, raise its error."""
+        __tracebackhide__ = True
         if self.closed:
             return
         self._disconnect()
@@ -254,6 +263,7 @@ class _Exchange(_ResponseRecord):
 
     async def abort(self) -> None:
         """Cancel the app call now and wait for it to end; its error stays for take_error()."""
+        __tracebackhide__ = True
         self._disconnect()
         if self._finished.is_set():
             return
@@ -296,6 +306,7 @@ class _BufferedExchange(_ResponseRecord):
         self._disconnected: anyio.Event | None = None
 
     async def receive(self) -> Message:
+        __tracebackhide__ = True
         if not self._request_complete and not self.complete:
             try:
                 chunk = await self._request_body.__anext__()
@@ -310,6 +321,7 @@ class _BufferedExchange(_ResponseRecord):
         return {"type": "http.disconnect"}
 
     async def send(self, message: Message) -> None:
+        __tracebackhide__ = True
         kind = message["type"]
         if kind == "http.response.start":
             self._start(message)
@@ -342,14 +354,17 @@ class _InContext(Generator[Any, Any, Any]):
         return self
 
     def __next__(self) -> Any:
+        __tracebackhide__ = True
         return self._context.run(self._steps.send, None)
 
     def send(self, value: Any) -> Any:
+        __tracebackhide__ = True
         return self._context.run(self._steps.send, value)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         # Python hands a delegated iterator the three-argument form; coroutines want the
         # exception alone since 3.12.
+        __tracebackhide__ = True
         if isinstance(typ, BaseException):
             exc = typ
         elif isinstance(val, BaseException):
@@ -361,6 +376,7 @@ class _InContext(Generator[Any, Any, Any]):
         return self._context.run(self._steps.throw, exc)
 
     def close(self) -> None:
+        __tracebackhide__ = True
         self._context.run(self._steps.close)
 
     @property
@@ -383,6 +399,7 @@ class AppResponseStream:
         return self
 
     async def __anext__(self) -> bytes:
+        __tracebackhide__ = True
         exchange = self._exchange
         try:
             return await exchange.body.receive()
@@ -394,6 +411,7 @@ class AppResponseStream:
             raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
+        __tracebackhide__ = True
         try:
             await self._exchange.close()
         finally:
@@ -413,6 +431,7 @@ class BufferedBody:
         return self
 
     async def __anext__(self) -> bytes:
+        __tracebackhide__ = True
         body, self._body = self._body, b""
         if not body:
             raise StopAsyncIteration
@@ -471,6 +490,7 @@ class StreamingASGITransport:
         self._exchanges: set[_Exchange] = set()
 
     async def __aenter__(self) -> StreamingASGITransport:
+        __tracebackhide__ = True
         if not self._owns_task_group:
             return self
         if self._task_group is not None:
@@ -486,6 +506,7 @@ class StreamingASGITransport:
         exc_value: BaseException | None = None,
         traceback: TracebackType | None = None,
     ) -> None:
+        __tracebackhide__ = True
         if not self._owns_task_group:
             await self.close_exchanges()
             return
@@ -505,6 +526,7 @@ class StreamingASGITransport:
 
     async def aclose(self) -> None:
         """Close the responses nobody closed, then the task group if it is the transport's."""
+        __tracebackhide__ = True
         await self.__aexit__()
 
     async def close_exchanges(self) -> None:
@@ -513,6 +535,7 @@ class StreamingASGITransport:
         Each app still sending is told ``http.disconnect``, given ``disconnect_timeout``
         seconds to return, then cancelled; all of them have ended when this returns.
         """
+        __tracebackhide__ = True
         first_error: BaseException | None = None
         for exchange in list(self._exchanges):
             try:
@@ -544,6 +567,7 @@ class StreamingASGITransport:
     async def handle_async_request(self, request: Any) -> Any:
         """Run the app: inline for a buffered send of the kit's client, else in a task,
         returning the response once the app starts it."""
+        __tracebackhide__ = True
         if buffered_send.get() is self:
             return await self._handle_buffered(request)
         task_group = self._open_task_group()
@@ -569,6 +593,7 @@ class StreamingASGITransport:
 
     async def _handle_buffered(self, request: Any) -> Any:
         """Call the app inline and return its complete response (as the task path would)."""
+        __tracebackhide__ = True
         exchange = _BufferedExchange(
             _scope(request, self.root_path, self.client), request.stream.__aiter__()
         )
@@ -594,6 +619,7 @@ class StreamingASGITransport:
 
     async def _response_without_start(self, exchange: _Exchange) -> Any:
         """The app returned before starting a response: its error, or a 500 when not raising."""
+        __tracebackhide__ = True
         await exchange.abort()
         failed = exchange.failed
         error = exchange.take_error()

@@ -24,6 +24,7 @@ import pytest
 from ._watchdog import Timer, call_later, loop_poster
 
 MARKER = "testkit_timeout"
+TIMED_OUT = "_testkit_timed_out"
 
 
 def timeout_for(item: pytest.Item, default: float | None) -> float | None:
@@ -130,13 +131,14 @@ def _busy_threads() -> list[tuple[str, list[FrameType]]]:
     ]
 
 
-def task_report() -> str:
+def task_report(in_file: str | None = None) -> str:
     """Where every task of the running loop is waiting (and where busy threads are), for the
-    timeout failure."""
+    timeout failure; with ``in_file``, only the tasks running code of that file."""
     reports = [
         _format(f"task {name}, awaiting at", user_frames)
         for name, frames in _running_tasks()
         if (user_frames := _user_frames(frames))
+        and (in_file is None or any(f.f_code.co_filename == in_file for f in user_frames))
     ]
     reports += [_format(f"thread {name}, running", frames) for name, frames in _busy_threads()]
     return "\n\n".join(reports) or "(no task or thread was running code of the test or the app)"
@@ -224,7 +226,14 @@ def timeout_failure(what: str, report: str) -> BaseException:
         f"{what} and was cancelled. Where each task was waiting when the limit was reached:"
         f"\n\n{report}"
     )
-    return pytest.fail.Exception(message, pytrace=False)
+    failure = pytest.fail.Exception(message, pytrace=False)
+    setattr(failure, TIMED_OUT, True)  # a hung server looks like this: see _server_loss
+    return failure
+
+
+def timed_out(error: BaseException) -> bool:
+    """Whether ``error`` is a kit's time limit failure."""
+    return bool(getattr(error, TIMED_OUT, False))
 
 
 def _fail(what: str, report: str, cause: BaseException | None = None) -> NoReturn:

@@ -7,8 +7,11 @@ never opens a connection, even when the app's session dependency is overridden.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import os
 import select
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +21,7 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 from sqlalchemy import Connection, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -34,8 +37,8 @@ from ._backends import ASYNC_DRIVERS_ASYNCIO_ONLY
 from ._errors import ConfigError
 from ._provision import TestDatabases
 from ._queries import NOT_COUNTED
-from ._timeouts import Limit, timeout_failure
-from ._watchdog import now
+from ._timeouts import Limit, real_move_on_after, timeout_failure
+from ._watchdog import Timer, call_later, now
 
 SAVEPOINT_MODE: Final = "create_savepoint"
 # The running test's transaction, on its item, from the transaction fixture's set-up to its
@@ -64,12 +67,17 @@ def session_options(sessionmaker: Any | None) -> dict[str, Any]:
 
 
 def require_asyncio(backend: str, driver: str) -> None:
+    __tracebackhide__ = True
     if backend != "asyncio":
         pytest.skip(ASYNC_DRIVERS_ASYNCIO_ONLY.format(driver=driver))
 
 
 def _anyio_task_id() -> object:
     return anyio.get_current_task().id
+
+
+# Seconds the end of a test waits for a request still inside its session (live server).
+REQUEST_END_WAIT = 5.0
 
 
 class TaskLock:
@@ -99,6 +107,11 @@ class TaskLock:
         if not self._depth:
             self._owner = None
             self._lock.release()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a task holds the lock (a request still inside its session)."""
+        return self._owner is not None
 
 
 class AsyncDatabase:
@@ -151,6 +164,7 @@ class AsyncDatabase:
         self._began = 0.0
 
     async def engine(self) -> AsyncEngine:
+        __tracebackhide__ = True
         require_asyncio(self.backend, self.driver)
         if self._engine is None:
             # Provisioning runs initdb, migrations, CREATE DATABASE: keep them off the loop.
@@ -165,6 +179,7 @@ class AsyncDatabase:
     async def shared_connection(self) -> AsyncConnection:
         """The session's connection, inside its outer transaction (begun again if a test ended
         it, and begun anew on the server if it began more than ``FRESH_FOR`` seconds ago)."""
+        __tracebackhide__ = True
         if self._broken or self._pending is not None:
             await self.discard_connection()
         connection = self._connection
@@ -576,6 +591,7 @@ class TestTransaction:
 
     def connection_now(self) -> AsyncConnection:
         """The test's connection, once ``connection()`` has been awaited."""
+        __tracebackhide__ = True
         if self._connection is None:
             raise RuntimeError(
                 "The test's database connection is opened when the test's fixtures are set "
@@ -587,17 +603,20 @@ class TestTransaction:
 
     def session_now(self) -> AsyncSession:
         """The test's session, once ``connection()`` has been awaited."""
+        __tracebackhide__ = True
         if self._session is None:
             self.connection_now()
             self._session = self.database.test_session(self.options)
         return self._session
 
     async def connection(self) -> AsyncConnection:
+        __tracebackhide__ = True
         if self._connection is None:
             self._connection = await self.database.shared_connection()
         return self._connection
 
     async def session(self) -> AsyncSession:
+        __tracebackhide__ = True
         if self._session is None:
             await self.connection()
         return self.session_now()
@@ -612,6 +631,7 @@ class TestTransaction:
         (savepoint mode): the app loads rows from the database, and its ``rollback()`` undoes
         only its own work. What the test's own session holds unflushed is flushed first, so
         that the request sees it. The caller closes it."""
+        __tracebackhide__ = True
         connection = await self.connection()
         test_session = self._session
         if test_session is not None and (
@@ -627,6 +647,7 @@ class TestTransaction:
     async def close_clients(self) -> BaseException | None:
         """Close what was registered with ``on_close`` (the clients and their open
         responses); return the first error, for the test to see after the database's cleanup."""
+        __tracebackhide__ = True
         closers, self._closers = self._closers, []
         first_error: BaseException | None = None
         for closer in closers:
@@ -640,6 +661,14 @@ class TestTransaction:
         """End the test's database work: roll back (keeping or closing the session, see
         ``AsyncDatabase.end_test``); return the leak check's rows for ``check_leaks``, or
         ``DEFERRED`` (with ``defer``) when they are to be read by ``finish_after_call()``."""
+        __tracebackhide__ = True
+        if self.lock.busy:
+            # A request still closing its session: a live server's request ends its
+            # dependency after the client has its response. Its savepoint must be gone
+            # before the rollback; one that never ends is left to the rollback.
+            with real_move_on_after(REQUEST_END_WAIT):
+                async with self.lock:
+                    pass
         used = self._connection is not None
         self._session = self._connection = None
         self._ended = True
@@ -651,16 +680,19 @@ class TestTransaction:
             raise
 
     def check_leaks(self, rows: Any) -> None:
+        __tracebackhide__ = True
         self.database.databases.check_leaks(rows)
 
     async def close(self) -> None:
         """``end()``, then the leak check."""
+        __tracebackhide__ = True
         self.check_leaks(await self.end())
 
     async def end_call(self, task_group: TaskGroup, failure: BaseException | None) -> None:
         """Right after the test body, in its task: close the clients and the task group, then
         ``end()``. Errors wait for ``finish_after_call()``, so that they are reported as the
         fixture's teardown errors, as when the closer fixture ends the transaction."""
+        __tracebackhide__ = True
         self._client_error = await self.close_clients()
         self.task_group = None
         try:
@@ -680,6 +712,7 @@ class TestTransaction:
     async def _end_within_limit(self) -> Any:
         # The rollback's reply is read in the teardown (finish_after_call), while pytest
         # reports the call in between: one wait for the server less per test.
+        __tracebackhide__ = True
         if self.end_limit is None:
             return await self.end(defer=True)
         seconds, setting = self.end_limit
@@ -704,6 +737,7 @@ class TestTransaction:
 
     def _take_deferred_rows(self) -> Any:
         """The leak check's rows that ``end(defer=True)`` left on their way, read now."""
+        __tracebackhide__ = True
         seconds, setting = self.end_limit or (None, "")
         try:
             return self.database.take_deferred(seconds)
@@ -723,6 +757,7 @@ class TestTransaction:
         When the call never ran (a later fixture failed or skipped), no code of the test ran
         on the loop since the set-up, so there is nothing to roll back; only what sync code
         may have put in the kept session is dropped."""
+        __tracebackhide__ = True
         self._closers.clear()  # the clients refer to the transaction: no cycle outlives it
         if not self._ended:
             self.database.drop_pending_changes()
@@ -794,6 +829,7 @@ async def close_request_session(session: AsyncSession) -> None:
     released (a commit) rather than rolled back: the same for its own work, and it keeps what
     other sessions on the test's connection committed after the savepoint began (a background
     task's, a service's), which nothing of the request would undo in production."""
+    __tracebackhide__ = True
     try:
         if _only_read(session.sync_session):
             await session.commit()
@@ -803,6 +839,7 @@ async def close_request_session(session: AsyncSession) -> None:
 
 def close_sync_request_session(session: Session) -> None:
     """The sync twin of ``close_request_session``."""
+    __tracebackhide__ = True
     try:
         if _only_read(session):
             session.commit()
@@ -831,6 +868,7 @@ def _async_dependency(database: AsyncDatabase) -> Callable[[], AsyncIterator[Asy
     with ``testkit_share_session``."""
 
     async def test_session_dependency() -> AsyncIterator[AsyncSession]:
+        __tracebackhide__ = True
         transaction = database.current
         if transaction is None:
             raise RuntimeError(_OUTSIDE_A_TEST)
@@ -862,6 +900,7 @@ async def run_in_transaction(
     ``StopAsyncIteration``, whose traceback holds the frame that holds the fixture's task,
     which holds the exception, so every such fixture leaves the garbage collector a cycle.
     """
+    __tracebackhide__ = True
     task_group = anyio.create_task_group()
     await task_group.__aenter__()
     transaction.task_group = task_group
@@ -881,6 +920,7 @@ def _sync_dependency(database: SyncDatabase) -> Callable[[], Iterator[Session]]:
     ``testkit_share_session``."""
 
     def test_session_dependency() -> Iterator[Session]:
+        __tracebackhide__ = True
         transaction = database.current
         if transaction is None:
             raise RuntimeError(_OUTSIDE_A_TEST)
@@ -909,9 +949,14 @@ class SyncDatabase:
         self.dependency = _sync_dependency(self)
 
     def engine(self) -> Engine:
+        __tracebackhide__ = True
         if self._engine is None:
             url = str(self.databases.working_url())
-            self._engine = create_engine(url.replace("+asyncpg", "+psycopg", 1), poolclass=NullPool)
+            sync_url = make_url(url.replace("+asyncpg", "+psycopg", 1))
+            # Bounded, as the kit's admin connections: a server that accepts the TCP
+            # connection and never answers would hang the test otherwise.
+            connect_args = {} if "connect_timeout" in sync_url.query else {"connect_timeout": 5}
+            self._engine = create_engine(sync_url, poolclass=NullPool, connect_args=connect_args)
             self.databases.take_leak_baseline()
         return self._engine
 
@@ -932,8 +977,27 @@ class SyncTestTransaction:
         self.lock = threading.Lock()
         self._connection: Connection | None = None
         self._session: Session | None = None
+        self._limit: tuple[Timer, float, str] | None = None
+        self.cut = False  # the limit passed: the connection's socket was shut down
+
+    def limit(self, seconds: float, setting: str) -> None:
+        """Bound the test's waits on the server: after ``seconds``, shut the connection's
+        socket down, so that a call blocked on a server that stopped answering fails at once
+        (a blocked sync call cannot be cancelled any other way)."""
+        self._limit = (call_later(seconds, self._cut), seconds, setting)
+
+    def _cut(self) -> None:
+        # On the watchdog thread. Shutting a socket down is safe while another thread reads
+        # it (the read returns at once); closing its descriptor would not be.
+        connection = self._connection
+        if connection is None:
+            return
+        self.cut = True
+        with contextlib.suppress(Exception):
+            shut_down_socket(connection.connection.dbapi_connection)
 
     def connection(self) -> Connection:
+        __tracebackhide__ = True
         if self._connection is None:
             connection = self.database.engine().connect()
             connection.begin()
@@ -941,6 +1005,7 @@ class SyncTestTransaction:
         return self._connection
 
     def session(self) -> Session:
+        __tracebackhide__ = True
         if self._session is None:
             self._session = Session(
                 bind=self.connection(), join_transaction_mode=SAVEPOINT_MODE, **self.options
@@ -950,6 +1015,7 @@ class SyncTestTransaction:
     def request_session(self) -> Session:
         """As ``TestTransaction.request_session``: a new session on the test's connection
         for one request, after a flush of the test's own session."""
+        __tracebackhide__ = True
         connection = self.connection()
         test_session = self._session
         if test_session is not None and (
@@ -961,8 +1027,22 @@ class SyncTestTransaction:
         )
 
     def close(self) -> None:
+        __tracebackhide__ = True
+        if self._limit is not None:
+            self._limit[0].cancel()
         session, connection = self._session, self._connection
         self._session = self._connection = None
+        if self.cut:
+            if connection is not None:
+                connection.invalidate()  # its socket is shut: nothing to roll back on
+            assert self._limit is not None
+            _, seconds, setting = self._limit
+            raise timeout_failure(
+                f"The test did not finish within {seconds:g} s ({setting}): the kit shut down "
+                "its sync connection to the server (db_session_sync, db_connection_sync), so "
+                "that a call waiting on the server failed instead of hanging",
+                "",
+            )
         try:
             if session is not None:
                 session.close()
@@ -975,7 +1055,15 @@ class SyncTestTransaction:
                     connection.close()
 
 
+def shut_down_socket(dbapi_connection: Any) -> None:
+    """Shut down the socket of a psycopg connection (``fileno()`` is psycopg's public API):
+    a call blocked reading it returns with an error, whatever thread it runs on."""
+    with socket.socket(fileno=os.dup(dbapi_connection.fileno())) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 def check_sessionmaker(maker: Any, path: str) -> async_sessionmaker[Any]:
+    __tracebackhide__ = True
     if not isinstance(maker, async_sessionmaker):
         raise ConfigError(
             f"testkit_sessionmaker = {path!r} is a {type(maker).__name__}, not a SQLAlchemy "
@@ -992,6 +1080,7 @@ def bound_sessionmaker(
     """For one test, make the app's sessionmaker hand out sessions joined to the test's
     transaction (savepoint mode); restore its configuration afterwards. On asyncio the
     transaction must hold its connection already."""
+    __tracebackhide__ = True
     if maker is None:
         yield
         return
@@ -1002,6 +1091,7 @@ def bound_sessionmaker(
         reason = ASYNC_DRIVERS_ASYNCIO_ONLY.format(driver=transaction.database.driver)
 
         def skip_on_this_backend(**kw: Any) -> AsyncSession:
+            __tracebackhide__ = True
             pytest.skip(reason)
 
         maker.class_ = skip_on_this_backend  # type: ignore[assignment]

@@ -21,6 +21,7 @@ from ._backends import backend_name, check_backend
 from ._blocking import MONITOR, WatchedTest, block_report
 from ._config import Settings
 from ._frames import innermost_user_frame
+from ._interrupts import run_interruptible
 from ._tasks import TaskTracker, leak_report
 from ._timeouts import MARKER, timeout_for, with_timeout
 from ._warnings import BlockedLoopWarning, LeakedTaskWarning
@@ -47,6 +48,8 @@ def watched_test(item: pytest.Function, settings: Settings) -> Callable[..., Awa
     requested = item.funcargs.get("anyio_backend")
     if requested is None or not inspect.iscoroutinefunction(test):
         return None
+    # Innermost: Ctrl-C cancels the test alone; its time limit and transaction end as usual.
+    test = functools.partial(run_interruptible, test, item.nodeid, str(item.path))
     seconds = timeout_for(item, settings.timeout)
     module = sys.modules.get(_TRANSACTION_MODULE)
     transaction: TestTransaction | None = (

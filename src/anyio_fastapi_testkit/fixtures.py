@@ -23,12 +23,13 @@ from ._app import ASGIApp, check_uses_dependency, load_app, running_lifespan
 from ._backends import ANYIO_BACKEND_DOC, backend_name
 from ._client import ClientFactory, http_library, override_dependencies
 from ._config import Settings, get_settings, load_once
-from ._errors import AppError, ConfigError
+from ._errors import ConfigError
 from ._factories import bound_factories, load_factories
 from ._imports import import_from_path
 from ._live_server import live_server as serve_live
 from ._provision import DatabaseURL, TestDatabases
 from ._queries import QueryCounter, QueryLimit
+from ._timeouts import timeout_for
 from ._transaction import (
     TRANSACTION_KEY,
     AsyncDatabase,
@@ -66,6 +67,7 @@ __all__ = [
 
 @pytest.fixture(scope="session")
 async def _testkit_loop(anyio_backend: object) -> AsyncIterator[None]:
+    __tracebackhide__ = True
     # Holding a runner lease for the whole session keeps one event loop per backend alive
     # between tests; it is released when pytest moves on to the next backend.
     yield
@@ -91,31 +93,15 @@ def preload_app(config: pytest.Config) -> None:
         http_library(settings.http_client)
 
 
-_SESSION_KEY = pytest.StashKey[pytest.Session]()
-
-
-def remember_session(session: pytest.Session) -> None:
-    """Keep the session for the session fixtures that stop it on a fatal error.
-
-    So that they need no ``request`` argument: pytest builds a fixture definition for
-    ``request`` anew for every test whose closure holds a fixture asking for it.
-    """
-    session.config.stash[_SESSION_KEY] = session
-
-
-def _stop_session(config: pytest.Config, reason: str) -> None:
-    session = config.stash.get(_SESSION_KEY, None)
-    if session is not None:
-        session.shouldstop = reason
-
-
 def _app(config: pytest.Config) -> ASGIApp:
     """The app under test, imported from the ``testkit_app`` ini option (session-scoped).
 
     ``"pkg.module:app"`` names an app; ``"pkg.module:create_app()"`` calls a factory once per
     session. Override this fixture in conftest.py to build the app yourself. Cost: one import
-    per session, done when the tests have been collected (before the first test runs).
+    per session, done when the tests have been collected (before the first test runs). An
+    error stops the session at the first test that needs the app (see the plugin).
     """
+    __tracebackhide__ = True
     settings = get_settings(config)
     if settings.app is None:
         raise ConfigError(
@@ -124,11 +110,7 @@ def _app(config: pytest.Config) -> ASGIApp:
             "conftest.py."
         )
     app_path = settings.app
-    try:
-        return load_once(config, _APP_KEY, lambda: load_app(app_path))
-    except ConfigError:
-        _stop_session(config, "testkit_app could not be loaded (see the first error)")
-        raise
+    return load_once(config, _APP_KEY, lambda: load_app(app_path))
 
 
 @contextlib.asynccontextmanager
@@ -140,20 +122,18 @@ async def _app_lifespan(app: ASGIApp, config: pytest.Config) -> AsyncIterator[AS
     Limits: ``testkit_startup_timeout`` / ``testkit_shutdown_timeout``. Cost: one startup and
     one shutdown of the app per backend.
     """
+    __tracebackhide__ = True
     settings = get_settings(config)
-    try:
-        async with running_lifespan(
-            app,
-            startup_timeout=settings.startup_timeout,
-            shutdown_timeout=settings.shutdown_timeout,
-        ) as started:
-            yield started
-    except AppError:
-        _stop_session(config, "the app's lifespan failed (see the first error)")
-        raise
+    async with running_lifespan(
+        app,
+        startup_timeout=settings.startup_timeout,
+        shutdown_timeout=settings.shutdown_timeout,
+    ) as started:
+        yield started
 
 
 def _client_factory(app: ASGIApp, transaction: TestTransaction) -> ClientFactory:
+    __tracebackhide__ = True
     # The settings come through the transaction: a `request` argument would cost every test
     # a lookup of it by pytest.
     settings = transaction.database.databases.settings
@@ -181,6 +161,7 @@ def client(app_lifespan: ASGIApp, _testkit_transaction: TestTransaction) -> Any:
     clients in the same test come from ``client_factory``. Cost: building one client (tens of
     microseconds).
     """
+    __tracebackhide__ = True
     return _client_factory(app_lifespan, _testkit_transaction)()
 
 
@@ -198,6 +179,7 @@ def client_factory(app_lifespan: ASGIApp, _testkit_transaction: TestTransaction)
     them in its teardown). Typed as ``anyio_fastapi_testkit.ClientFactory``. Cost: nothing
     until called; each call costs what ``client`` does (tens of microseconds).
     """
+    __tracebackhide__ = True
     return _client_factory(app_lifespan, _testkit_transaction)
 
 
@@ -213,11 +195,13 @@ def websocket_connect(
     the session dependency (sessions on the test's transaction) apply as with ``client``.
     Cost: nothing until a connection is opened.
     """
+    __tracebackhide__ = True
     return websocket_connector(app_lifespan)
 
 
 @pytest.fixture(scope="session")
 async def _testkit_live_server(app_lifespan: ASGIApp, anyio_backend: object) -> AsyncIterator[str]:
+    __tracebackhide__ = True
     async with serve_live(app_lifespan, backend_name(anyio_backend)) as url:
         yield url
 
@@ -232,6 +216,7 @@ def live_server(_testkit_live_server: str, _testkit_transaction: TestTransaction
     run again. During the test the app's session dependency yields sessions on the test's
     transaction as with ``client``. Cost: one server start per backend; nothing per test.
     """
+    __tracebackhide__ = True
     return _testkit_live_server
 
 
@@ -244,6 +229,7 @@ def dependency_overrides(
     Set ``dependency_overrides[get_user] = fake_user`` in a test; whatever the test adds or
     removes is undone at teardown, also when the test fails. Cost: two dict copies.
     """
+    __tracebackhide__ = True
     with override_dependencies(app) as live:
         yield live
 
@@ -253,6 +239,7 @@ _DATABASES_KEY = pytest.StashKey[TestDatabases]()
 
 def test_databases(config: pytest.Config) -> TestDatabases:
     """This process's TestDatabases (made on first use, closed at unconfigure)."""
+    __tracebackhide__ = True
     databases = config.stash.get(_DATABASES_KEY, None)
     if databases is None:
         databases = TestDatabases(
@@ -263,6 +250,11 @@ def test_databases(config: pytest.Config) -> TestDatabases:
         )
         config.stash[_DATABASES_KEY] = databases
     return databases
+
+
+def current_test_databases(config: pytest.Config) -> TestDatabases | None:
+    """The run's databases, if a test or the plugin has asked for them (never builds them)."""
+    return config.stash.get(_DATABASES_KEY, None)
 
 
 def close_test_databases(config: pytest.Config) -> None:
@@ -284,6 +276,7 @@ def _database_url(config: pytest.Config) -> DatabaseURL:
     the embedded server; about 0.3 s when the cluster and template cached by an earlier run
     are reused, see ``--testkit-fresh-db``); later uses are free.
     """
+    __tracebackhide__ = True
     return test_databases(config).working_url()
 
 
@@ -304,6 +297,7 @@ class _AppBindings:
         Looked up by the first test that needs it rather than by the session fixture, which
         would need a ``request`` argument (a cost pytest charges every test).
         """
+        __tracebackhide__ = True
         if self._app is None:
             app_object = request.getfixturevalue("app")
             assert self.dependency is not None and self.dependency_path is not None
@@ -322,10 +316,12 @@ def app_bindings(config: pytest.Config) -> _AppBindings:
     A function rather than a session fixture: pytest resolves every session fixture of a
     test's closure again for each test, and keeps a finalizer of the test's on it.
     """
+    __tracebackhide__ = True
     return load_once(config, _BINDINGS_KEY, lambda: _load_bindings(get_settings(config)))
 
 
 def _load_bindings(settings: Settings) -> _AppBindings:
+    __tracebackhide__ = True
     maker = None
     if settings.sessionmaker is not None:
         maker = check_sessionmaker(
@@ -349,6 +345,7 @@ def _load_bindings(settings: Settings) -> _AppBindings:
 async def _async_database(
     config: pytest.Config, anyio_backend: object
 ) -> AsyncIterator[AsyncDatabase]:
+    __tracebackhide__ = True
     database = AsyncDatabase(test_databases(config), backend_name(anyio_backend))
     try:
         yield database
@@ -358,6 +355,7 @@ async def _async_database(
 
 @contextlib.contextmanager
 def _sync_database(config: pytest.Config) -> Iterator[SyncDatabase]:
+    __tracebackhide__ = True
     database = SyncDatabase(test_databases(config))
     try:
         yield database
@@ -374,24 +372,30 @@ def config_fixtures(config: pytest.Config) -> dict[str, Any]:
     """
 
     def app() -> ASGIApp:
+        __tracebackhide__ = True
         return _app(config)
 
     async def app_lifespan(app: ASGIApp, anyio_backend: object) -> AsyncIterator[ASGIApp]:
+        __tracebackhide__ = True
         async with _app_lifespan(app, config) as started:
             yield started
 
     def database_url() -> DatabaseURL:
+        __tracebackhide__ = True
         return _database_url(config)
 
     async def _testkit_async_database(anyio_backend: object) -> AsyncIterator[AsyncDatabase]:
+        __tracebackhide__ = True
         async with _async_database(config, anyio_backend) as database:
             yield database
 
     def _testkit_sync_database() -> Iterator[SyncDatabase]:
+        __tracebackhide__ = True
         with _sync_database(config) as database:
             yield database
 
     def _testkit_config() -> pytest.Config:
+        __tracebackhide__ = True
         return config
 
     app.__doc__, app_lifespan.__doc__ = _app.__doc__, _app_lifespan.__doc__
@@ -418,18 +422,22 @@ def _conftest_copies() -> dict[str, Callable[..., Any]]:
     """
 
     def anyio_backend(_testkit_backend: str) -> str:
+        __tracebackhide__ = True
         return _testkit_backend
 
     def app(_testkit_config: pytest.Config) -> ASGIApp:
+        __tracebackhide__ = True
         return _app(_testkit_config)
 
     async def app_lifespan(
         app: ASGIApp, anyio_backend: object, _testkit_config: pytest.Config
     ) -> AsyncIterator[ASGIApp]:
+        __tracebackhide__ = True
         async with _app_lifespan(app, _testkit_config) as started:
             yield started
 
     def database_url(_testkit_config: pytest.Config) -> DatabaseURL:
+        __tracebackhide__ = True
         return _database_url(_testkit_config)
 
     anyio_backend.__doc__ = ANYIO_BACKEND_DOC
@@ -459,9 +467,13 @@ _NEEDS_CONNECTION = frozenset({"db_session", "db_connection"})
 def _testkit_sync_transaction(
     _testkit_sync_database: SyncDatabase, request: pytest.FixtureRequest
 ) -> Iterator[SyncTestTransaction]:
+    __tracebackhide__ = True
     bindings = app_bindings(request.config)
     transaction = SyncTestTransaction(_testkit_sync_database, bindings.session_options)
     databases = _testkit_sync_database.databases
+    seconds = timeout_for(request.node, databases.settings.timeout)
+    if seconds is not None:
+        transaction.limit(seconds, "testkit_timeout")
     databases.take_leak_baseline()
     _testkit_sync_database.current = transaction
     try:
@@ -483,6 +495,7 @@ def _testkit_transaction(
     # run_in_transaction), so that the test enters the loop once; otherwise, and as soon as an
     # async fixture of the test's own comes after this one (see promote_to_closer), the closer
     # fixture ends it in its teardown.
+    __tracebackhide__ = True
     database = _testkit_async_database
     bindings = app_bindings(request.config)
     transaction = TestTransaction(database, bindings.session_options)
@@ -533,6 +546,7 @@ def promote_to_closer(fixturedef: pytest.FixtureDef[Any], request: pytest.Fixtur
     """Before an async fixture of the test's own that comes after the kit's transaction: have
     the closer fixture end the transaction, after that fixture's teardown (which may use the
     database or the client) rather than in the test's call, which ends before it."""
+    __tracebackhide__ = True
     if fixturedef.scope != "function":
         return
     transaction = request.node.stash.get(TRANSACTION_KEY, None)
@@ -555,6 +569,7 @@ async def _testkit_connect(_testkit_async_database: AsyncDatabase) -> AsyncConne
     Requested by the test's transaction only when the connection is not open yet: the first
     test of a backend, or the test after one that broke it.
     """
+    __tracebackhide__ = True
     return await _testkit_async_database.shared_connection()
 
 
@@ -565,6 +580,7 @@ async def _testkit_transaction_closer(request: pytest.FixtureRequest) -> AsyncIt
     For the tests whose own call does not end it (see ``_testkit_transaction``). Cost: two
     trips into the loop.
     """
+    __tracebackhide__ = True
     transaction = request.node.stash[TRANSACTION_KEY]
     client_error: BaseException | None = None
     async with anyio.create_task_group() as task_group:
@@ -588,6 +604,7 @@ async def db_engine(_testkit_async_database: AsyncDatabase) -> AsyncEngine:
     its own connections are committed for real; use ``db_connection``/``db_session`` for
     rolled-back work. Cost: made once per backend.
     """
+    __tracebackhide__ = True
     return await _testkit_async_database.engine()
 
 
@@ -602,6 +619,7 @@ def db_connection(_testkit_transaction: TestTransaction) -> AsyncConnection:
     asyncio only (skipped on trio). Cost: one ROLLBACK and BEGIN after the test, sent with
     the leak check.
     """
+    __tracebackhide__ = True
     return _testkit_transaction.connection_now()
 
 
@@ -627,6 +645,7 @@ def db_session(_testkit_transaction: TestTransaction) -> AsyncSession:
     ``expire_on_commit`` and ``info`` reset); otherwise it is closed and the next test gets a
     new one. asyncio only (skipped on trio). Cost: nothing beyond ``db_connection``'s.
     """
+    __tracebackhide__ = True
     return _testkit_transaction.session_now()
 
 
@@ -641,6 +660,7 @@ def db_session_sync(_testkit_sync_transaction: SyncTestTransaction) -> Session:
     connection from ``db_session``'s, so the two do not see each other's uncommitted data.
     Cost: one connection per test.
     """
+    __tracebackhide__ = True
     return _testkit_sync_transaction.session()
 
 
@@ -658,6 +678,7 @@ def count_queries() -> Iterator[QueryCounter]:
     with ``count_queries(show_parameters=True)``. Works on every backend; needs no database.
     Cost: nothing outside blocks; inside, a listener call per statement (5-10 us measured).
     """
+    __tracebackhide__ = True
     counter = QueryCounter()
     try:
         yield counter
@@ -675,6 +696,7 @@ def assert_max_queries(request: pytest.FixtureRequest) -> Iterator[QueryLimit]:
     ``count_queries`` counts; ``as queries`` gives the same list. A block that raises is not
     checked. Cost: ``count_queries``'s.
     """
+    __tracebackhide__ = True
     limit = QueryLimit(exact=False, fixture="assert_max_queries", test=request.node.nodeid)
     try:
         yield limit
@@ -689,6 +711,7 @@ def assert_num_queries(request: pytest.FixtureRequest) -> Iterator[QueryLimit]:
     As ``assert_max_queries``, and also fails when fewer ran, so that an improvement is
     noticed and the number kept tight. Cost: ``count_queries``'s.
     """
+    __tracebackhide__ = True
     limit = QueryLimit(exact=True, fixture="assert_num_queries", test=request.node.nodeid)
     try:
         yield limit

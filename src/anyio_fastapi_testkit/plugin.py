@@ -7,6 +7,7 @@ load it with ``-p anyio_fastapi_testkit.plugin`` or ``pytest_plugins`` in the ro
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import importlib
 import inspect
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ._backends import ANYIO_BACKEND_DOC, use_fixtures
+from ._backends import ANYIO_BACKEND_DOC, check_backend_overrides, use_fixtures
 from ._config import (
     Settings,
     add_options,
@@ -27,8 +28,10 @@ from ._config import (
     read_settings,
     store_settings,
 )
-from ._diagnostics import explain
+from ._diagnostics import explain_exception
 from ._errors import ConfigError, TestkitError
+from ._frames import is_user_code, last_line_in, raised_by_the_kit
+from ._interrupts import TestInterrupted, restore_sigterm, stop_on_sigterm
 from ._timeouts import MARKER, timed_fixture_setup
 from ._urls import SecretURL, mask_url
 from ._watched import watched_test
@@ -36,6 +39,7 @@ from ._xdist import finish_run, hand_to_worker, is_xdist_controller, plan_run
 
 PLUGIN_NAME = "anyio_fastapi_testkit.plugin"
 FIXTURES_PLUGIN_NAME = "anyio_fastapi_testkit.fixtures"
+SERVER_LOSS_PLUGIN_NAME = "anyio_fastapi_testkit.server_loss"
 SESSION_PLUGIN_NAME = "anyio_fastapi_testkit.session"
 # What every async test uses: the backend and the shared loop. The guard that checks that the
 # test really runs on its backend is part of the test's wrapper (see _watched).
@@ -130,12 +134,20 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     if not settings.database_env:
         return
+    store_settings(config, settings)
     if option(config, "testkit_doctor"):  # it reports, instead of stopping the run
         from ._import_order import EARLY_IMPORTS_KEY, imported_too_early
 
-        config.stash[EARLY_IMPORTS_KEY] = imported_too_early(settings)
+        early = imported_too_early(settings)
+        config.stash[EARLY_IMPORTS_KEY] = early
+        if not early:
+            # As in a test run, so that a conftest.py importing the app sees the test
+            # database; a failure is kept by the databases, and the doctor reports it.
+            plan_run(config, settings)
+            with contextlib.suppress(TestkitError):
+                _fixtures().test_databases(config).apply_env()
+            atexit.register(_close_run, config)
         return
-    store_settings(config, settings)
     _apply_database_env(config, settings, "by a plugin loaded at start-up")
     config.stash[_EARLY_ENV_KEY] = True
     # pytest runs no unconfigure when a conftest.py then fails to import: drop and stop what
@@ -163,6 +175,7 @@ def _apply_database_env(config: pytest.Config, settings: Settings, imported_by: 
 
 def pytest_configure(config: pytest.Config) -> None:
     mark_configured(config)
+    stop_on_sigterm()  # CI's cancel: clean up as on Ctrl-C
     config.addinivalue_line(
         "markers",
         f"{MARKER}(seconds): cancel and fail this async test after that many seconds, with "
@@ -183,6 +196,10 @@ def pytest_configure(config: pytest.Config) -> None:
         if not manager.has_plugin(FIXTURES_PLUGIN_NAME) and not manager.is_registered(fixtures):
             manager.register(fixtures, FIXTURES_PLUGIN_NAME)
         bound = fixtures.config_fixtures(config)
+        if not manager.has_plugin(SERVER_LOSS_PLUGIN_NAME):
+            from . import _server_loss
+
+            manager.register(_server_loss, SERVER_LOSS_PLUGIN_NAME)
     if not manager.has_plugin(SESSION_PLUGIN_NAME):
         plugin = _session_fixtures(config, settings.backends, bound)
         manager.register(plugin, SESSION_PLUGIN_NAME)
@@ -215,7 +232,10 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     # Here rather than in a fixture finalizer, so that a session that failed or was
     # interrupted still drops its databases and stops its server.
-    _close_run(config)
+    try:
+        _close_run(config)
+    finally:
+        restore_sigterm()
 
 
 def _manages_a_database(settings: Settings) -> bool:
@@ -294,6 +314,7 @@ def _left_to_pytest_asyncio(collector: pytest.Module | pytest.Class, obj: object
 
 @pytest.hookimpl(wrapper=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
+    __tracebackhide__ = True
     original = pyfuncitem.obj
     watched = watched_test(pyfuncitem, get_settings(pyfuncitem.config))
     if watched is None:
@@ -302,14 +323,29 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
     pyfuncitem.obj = watched
     try:
         return (yield)
+    except TestInterrupted as exc:
+        # Raised outside the loop, once the test was cancelled and the kit's teardown ran.
+        pyfuncitem.config.stash[_INTERRUPTED_KEY] = str(exc)
+        raise exc.as_keyboard_interrupt(str(pyfuncitem.path)) from None
     finally:
         pyfuncitem.obj = original
+
+
+_INTERRUPTED_KEY = pytest.StashKey[str]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    interrupted = terminalreporter.config.stash.get(_INTERRUPTED_KEY, None)
+    if interrupted is not None:
+        terminalreporter.write_sep("=", "interrupted test")
+        terminalreporter.write_line(interrupted)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_fixture_setup(
     fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
 ) -> Generator[None, object, object]:
+    __tracebackhide__ = True
     _fixtures().promote_to_closer(fixturedef, request)
     # First, so that anyio's own wrapper (which runs async fixtures) runs the timed function.
     timed = timed_fixture_setup(fixturedef, request, get_settings(request.config).timeout)
@@ -337,11 +373,94 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if report.failed and call.excinfo is not None:
-        explanation = explain(str(call.excinfo.getrepr(style="short")))
+    excinfo = call.excinfo
+    if excinfo is None:
+        return report
+    if report.skipped:
+        _skip_at_the_test(item, report, excinfo.tb)
+    elif report.failed:
+        # From the exceptions' types and messages: rendering the traceback again to search it
+        # would cost every failing test a second report.
+        explanation = explain_exception(excinfo.value)
         if explanation is not None:
             report.sections.append(("anyio-fastapi-testkit: the event loop trap", explanation))
+        if call.when == "setup" and isinstance(excinfo.value, TestkitError):
+            _stop_at_setup_failure(item, excinfo.value)
+            report.longrepr = _without_library_frames(item.config, excinfo) or report.longrepr
     return report
+
+
+def _without_library_frames(
+    config: pytest.Config, excinfo: pytest.ExceptionInfo[BaseException]
+) -> Any:
+    """The report of a kit's error, with the frames of the test's and the app's own code only.
+
+    The kit's errors say what was checked and how to fix it; the frames of the kit, anyio and
+    pytest that led there would only bury that. ``--full-trace`` shows them all, and the
+    styles that show no frames are left as they are. Made once per session (see
+    ``_stop_at_setup_failure``).
+    """
+    style = config.getoption("tbstyle", "auto")
+    if config.getoption("fulltrace", False) or style not in ("auto", "long", "short"):
+        return None
+
+    def own_frames(info: pytest.ExceptionInfo[BaseException]) -> Any:
+        return info.traceback.filter(
+            lambda entry: is_user_code(entry.frame.code.raw) and not entry.ishidden(info)
+        )
+
+    return excinfo.getrepr(
+        funcargs=True,
+        showlocals=config.getoption("showlocals", False),
+        style="short" if style == "short" else "long",
+        tbfilter=own_frames,
+        truncate_locals=config.get_verbosity() <= 1,
+    )
+
+
+def _stop_at_setup_failure(item: pytest.Item, error: TestkitError) -> None:
+    """Stop the session after the first test whose set-up failed on the kit's own error.
+
+    The kit's set-up (the app, its lifespan, the server, the schema, the settings) is shared
+    by the tests: every later test would fail on the same error, each with its own report.
+    As ``--maxfail`` does, the session stops after this test, and its summary says why.
+    """
+    session = item.session
+    if session.shouldfail or session.shouldstop:
+        return
+    first_line = str(error).strip().partition("\n")[0]
+    if len(first_line) > 200:
+        first_line = first_line[:197] + "..."
+    try:
+        not_run = len(session.items) - session.items.index(item) - 1
+    except ValueError:
+        not_run = 0
+    session.shouldfail = (
+        f"anyio-fastapi-testkit could not set up {item.nodeid}: {type(error).__name__}: "
+        f"{first_line} -- reported once, above; the session stops here "
+        f"({not_run} more test{'' if not_run == 1 else 's'} not run), as the other tests "
+        "share that set-up"
+    )
+
+
+def _skip_at_the_test(
+    item: pytest.Item, report: pytest.TestReport, tb: types.TracebackType | None
+) -> None:
+    """Report a skip that the kit raised (an async database fixture on trio) at the test's own
+    line rather than at the kit's (``-rs``): the innermost line of the test's file that led to
+    it, else the test's definition."""
+    longrepr = report.longrepr
+    if not (isinstance(longrepr, tuple) and len(longrepr) == 3):
+        return
+    _, _, reason = longrepr
+    if not raised_by_the_kit(tb):
+        return
+    test_file = str(item.path)
+    line = last_line_in(tb, test_file)
+    if line is None:
+        where, zero_based, _ = item.reportinfo()
+        test_file, line = str(where), (zero_based or 0) + 1
+    report.longrepr = (test_file, line, reason)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -359,14 +478,29 @@ def pytest_pycollect_makeitem(
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    # The app is imported before the first test rather than in it (see preload_app).
     config = session.config
     fixtures = _fixtures()
-    fixtures.remember_session(session)
     if not config.option.collectonly and not is_xdist_controller(config):
+        if not any(config.getoption(name, default=False) for name in _LISTINGS):
+            check_backend_overrides(session, _backends_setting(config))
+        # The app is imported before the first test rather than in it (see preload_app).
         fixtures.preload_app(config)
         if get_settings(config).gc_freeze:
             freeze_collected(config)
+
+
+# pytest's options that list fixtures instead of running the tests (they collect them too).
+_LISTINGS = ("showfixtures", "show_fixtures_per_test")
+
+
+def _backends_setting(config: pytest.Config) -> str | None:
+    """``testkit_backends`` as the run set it (flag or ini option), or None when unset."""
+    backends = " ".join(get_settings(config).backends)
+    if option(config, "testkit_backends"):
+        return f"--testkit-backends={backends!r}"
+    if config.getini("testkit_backends"):
+        return f"testkit_backends = {backends!r}"
+    return None
 
 
 _FROZEN_KEY = pytest.StashKey[bool]()

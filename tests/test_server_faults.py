@@ -1,0 +1,179 @@
+"""A server that dies or stops answering mid-session: the run stops once, names what was
+lost, stays within its limits, and still cleans up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import ITEMS_APP, Project, leftovers
+
+from anyio_fastapi_testkit._server import start_server
+
+# The third test ends the server the way a crash or an OOM kill does: SIGQUIT to the
+# postmaster is PostgreSQL's immediate shutdown (every backend ends at once, no checkpoint).
+KILLING_TESTS = """
+import os
+import signal
+
+import anyio
+import psutil
+from sqlalchemy import text
+
+async def test_01(db_session):
+    assert (await db_session.execute(text("SELECT 1"))).scalar() == 1
+
+async def test_02(client):
+    assert (await client.get("/items")).json() == []
+
+async def test_03_server_dies(db_session):
+    backend = (await db_session.execute(text("SELECT pg_backend_pid()"))).scalar()
+    postmaster = psutil.Process(backend).ppid()
+    os.kill(postmaster, signal.{signal})
+    await anyio.to_thread.run_sync(psutil.Process(postmaster).wait, 30)
+    {then}
+
+{rest}
+"""
+
+REST = "\n".join(
+    f"async def test_{n:02d}(db_session, client):\n"
+    f"    assert (await client.get('/items')).json() == []\n"
+    for n in range(4, 31)
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_configured_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)
+
+
+@pytest.mark.parametrize(
+    ("signal", "then"),
+    [
+        ("SIGQUIT", ""),  # found gone by the kit's teardown
+        ("SIGKILL", "await db_session.execute(text('SELECT 1'))"),  # by the test itself
+    ],
+)
+def test_a_dead_server_stops_the_run_once(
+    project: Project, private_tmpdir: Path, signal: str, then: str
+) -> None:
+    result, output = _run_killing_tests(project, signal, then=then)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) >= 2, output
+    assert outcomes.get("errors", 0) + outcomes.get("failed", 0) == 1, output
+    assert "stopped answering during test_dies.py::test_03_server_dies" in output
+    assert "(27 tests not run)" in output
+    assert "password" not in output and "Traceback" not in output
+    assert leftovers(private_tmpdir) == []
+
+
+def test_a_dead_configured_server_stops_the_run_once(
+    project: Project, private_tmpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with start_server(None, base_dir=private_tmpdir / "team-server") as server:
+        url = server.info.admin_url
+        monkeypatch.setenv("TESTKIT_DATABASE_URL", url.render_as_string(hide_password=False))
+        result, output = _run_killing_tests(project, "SIGQUIT")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("errors", 0) + outcomes.get("failed", 0) == 1, output
+    assert "stopped answering during test_dies.py::test_03_server_dies" in output
+    assert str(url.password) not in output and "Traceback" not in output
+
+
+def test_a_dead_server_stops_each_xdist_worker_once(project: Project, private_tmpdir: Path) -> None:
+    result, output = _run_killing_tests(project, "SIGQUIT", "-n", "2")
+    outcomes = result.parseoutcomes()
+    assert 1 <= outcomes.get("errors", 0) + outcomes.get("failed", 0) <= 2, output
+    assert "stopped answering during test_dies.py::" in output
+    assert outcomes.get("passed", 0) + outcomes.get("errors", 0) < 30, output
+    assert "Traceback" not in output
+    assert leftovers(private_tmpdir) == []
+
+
+def _run_killing_tests(
+    project: Project, signal: str, *args: str, then: str = ""
+) -> tuple[pytest.RunResult, str]:
+    project.module("items_app", ITEMS_APP)
+    project.ini(
+        testkit_app="items_app:app",
+        testkit_schema="items_app:Base.metadata",
+        testkit_session_dependency="items_app:get_session",
+    )
+    project.module("test_dies", KILLING_TESTS.format(signal=signal, rest=REST, then=then))
+    result = project.run("-q", *args)
+    return result, "\n".join(result.outlines + result.errlines)
+
+
+# The third test stops every process of the server (SIGSTOP), as a hung host or a frozen VM
+# does: connections stay open, nothing answers. The server is let go (SIGKILL) by the
+# private_tmpdir fixture afterwards.
+HANGING_TESTS = """
+import os
+import signal
+
+import psutil
+from sqlalchemy import text
+
+def _stop_server(backend):
+    postmaster = psutil.Process(psutil.Process(backend).ppid())
+    for process in [postmaster, *postmaster.children()]:
+        os.kill(process.pid, signal.SIGSTOP)
+
+async def test_01(db_session):
+    assert (await db_session.execute(text("SELECT 1"))).scalar() == 1
+
+async def test_02_server_hangs(db_session):
+    _stop_server((await db_session.execute(text("SELECT pg_backend_pid()"))).scalar())
+    await db_session.execute(text("SELECT 1"))
+
+def test_03_sync(db_session_sync):
+    db_session_sync.execute(text("SELECT 1"))
+
+{rest}
+"""
+
+SYNC_HANGING_TESTS = """
+import os
+import signal
+
+import psutil
+from sqlalchemy import text
+
+def test_01(db_session_sync):
+    assert db_session_sync.execute(text("SELECT 1")).scalar() == 1
+
+def test_02_server_hangs(db_session_sync):
+    backend = db_session_sync.execute(text("SELECT pg_backend_pid()")).scalar()
+    postmaster = psutil.Process(psutil.Process(backend).ppid())
+    for process in [postmaster, *postmaster.children()]:
+        os.kill(process.pid, signal.SIGSTOP)
+    db_session_sync.execute(text("SELECT 1"))
+
+{rest}
+"""
+
+
+@pytest.mark.parametrize(
+    ("tests", "args"),
+    [(HANGING_TESTS, ()), (SYNC_HANGING_TESTS, ()), (HANGING_TESTS, ("-n", "2"))],
+    ids=["async", "sync", "xdist"],
+)
+def test_a_hung_server_ends_the_run_within_the_timeout(
+    project: Project, private_tmpdir: Path, tests: str, args: tuple[str, ...]
+) -> None:
+    project.module("items_app", ITEMS_APP)
+    project.ini(
+        testkit_app="items_app:app",
+        testkit_schema="items_app:Base.metadata",
+        testkit_session_dependency="items_app:get_session",
+        testkit_timeout="5",
+    )
+    project.module("test_hangs", tests.format(rest=REST))
+    result = project.run("-q", *args)
+    output = "\n".join(result.outlines + result.errlines)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) >= 1, output
+    assert outcomes.get("errors", 0) + outcomes.get("failed", 0) <= 2, output
+    assert "stopped answering" in output
+    assert "INTERNALERROR" not in output
