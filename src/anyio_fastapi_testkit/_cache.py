@@ -17,6 +17,12 @@ without it (the first, or after ``--cache-clear``) rebuilds the cluster from scr
 lives in the kit's base folder, not in pytest's cache folder, because as root the server user
 must reach it (a project under a 0700 home is out of its reach) and its socket path must be
 short.
+
+Whatever is found in a cache folder, a run either uses what it has verified or rebuilds it:
+anything in the way (a file where a folder belongs, a folder where a file does) is deleted, a
+cluster that does not start or answer is made anew, a template whose tables no longer hold
+what they held when it was built is rebuilt (see ``ClusterCache.check_databases``), and only a
+folder the kit cannot even delete makes the run use a throwaway cluster, with a warning.
 """
 
 from __future__ import annotations
@@ -28,13 +34,24 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ._cluster import Cluster, LocalSource, shutdown
-from ._state_folder import fixed_state_dir, prepare_base_dir, read_owner, recorded_socket_dir
+from ._state_folder import (
+    fixed_state_dir,
+    open_private,
+    prepare_base_dir,
+    read_owner,
+    recorded_socket_dir,
+    write_private_text,
+)
+from ._warnings import TestkitWarning
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 try:
     import fcntl
@@ -49,6 +66,11 @@ LOCK_FILE = "lock"
 PROJECT_FILE = "project.json"
 CLUSTER_FOLDER = "cluster"
 TEMPLATE_RUN_ID = "cached template"  # in the template's ownership comment
+_KEPT = (LOCK_FILE, PROJECT_FILE)  # what a wipe leaves in the cache folder
+
+
+class CacheWarning(TestkitWarning):
+    """The cached cluster could not be used or rebuilt: the run used a throwaway cluster."""
 
 
 class CacheStore:
@@ -92,7 +114,9 @@ def try_lock(folder: Path) -> CacheLock | None:
     if fcntl is None:
         return None
     path = folder / LOCK_FILE
-    handle = path.open("ab")
+    if not _is_plain(path, stat.S_ISREG):
+        remove_path(path)  # a folder or link there: nobody can hold a lock on it
+    handle = os.fdopen(open_private(path, os.O_WRONLY | os.O_APPEND), "ab")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         # Another project's run may have deleted this folder (remove_forgotten) between the
@@ -113,6 +137,8 @@ def make_cache_folder(base_dir: Path | None, pytest_cache_dir: Path) -> Path:
     folder = cache_folder(base, pytest_cache_dir)
     as_root = hasattr(os, "geteuid") and os.geteuid() == 0
     mode = 0o711 if as_root else 0o700  # as root the server user passes through to cluster/
+    if not _is_plain(folder, stat.S_ISDIR):
+        remove_path(folder)  # a file or a link in the kit's own base folder: in the way
     folder.mkdir(mode=mode, exist_ok=True)
     info = folder.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
@@ -129,8 +155,10 @@ def _record_project(folder: Path, pytest_cache_dir: Path) -> None:
         if json.loads(path.read_text()) == record:
             return
     temporary = folder / f".{PROJECT_FILE}.tmp"
-    temporary.write_text(json.dumps(record))
-    temporary.replace(path)
+    for stale in (temporary, path):
+        if not _is_plain(stale, stat.S_ISREG):
+            remove_path(stale)  # e.g. a folder where the file belongs
+    write_private_text(path, json.dumps(record))
 
 
 def _recorded_project(folder: Path) -> Path | None:
@@ -141,14 +169,53 @@ def _recorded_project(folder: Path) -> Path | None:
     return None
 
 
+def remove_path(path: Path) -> None:
+    """Delete whatever is at ``path`` (file, link, folder tree; links are not followed).
+
+    Folders the current user cannot write or search are opened up first. Raises ``OSError``
+    when something is left (e.g. a read-only file system).
+    """
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        path.unlink()
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    if not path.exists() and not path.is_symlink():
+        return
+    with contextlib.suppress(OSError):
+        path.chmod(0o700)
+    for root, dirs, _files in os.walk(path):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                Path(root, name).chmod(0o700)  # before os.walk lists it
+    shutil.rmtree(path)
+
+
+def _is_plain(path: Path, kind: Callable[[int], bool]) -> bool:
+    """Whether ``path`` is missing, or there and of this kind (``stat.S_ISDIR``, ...), no link."""
+    try:
+        return kind(path.lstat().st_mode)
+    except FileNotFoundError:
+        return True
+
+
 @dataclass(frozen=True)
 class Marker:
-    """``cache.json``: what the cluster is, and which schema its template holds (if any)."""
+    """``cache.json``: what the cluster is, and which schema its template holds (if any).
+
+    ``template_name`` and ``template_check`` (see ``_owned.database_summary``) are what the
+    template held when it was built, for the check of the next run.
+    """
 
     bin_dir: str
     version_num: int
     password: str
     template_key: str | None
+    template_name: str | None = None
+    template_check: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -157,6 +224,8 @@ class Marker:
             "version_num": self.version_num,
             "password": self.password,
             "template_key": self.template_key,
+            "template_name": self.template_name,
+            "template_check": self.template_check,
         }
 
 
@@ -167,6 +236,8 @@ class ClusterCache:
         self.folder = folder
         self.rebuild = rebuild  # no pointer in pytest's cache: start from scratch
         self.reused_cluster = False  # for reports and tests: initdb was skipped
+        self.admin_url: URL | None = None  # of the started cluster, for the template's check
+        self.dropped: list[str] = []  # for reports and tests: what check_databases dropped
         self._marker: Marker | None = None
 
     @property
@@ -187,29 +258,55 @@ class ClusterCache:
         settings: dict[str, str],
         owner_pid: int | None = None,
     ) -> Cluster:
-        """The cached cluster, started; initdb'd anew when missing, foreign or half-made."""
+        """The cached cluster, started; initdb'd anew when missing, foreign, half-made or
+        damaged in any way that keeps it from starting. Raises ``OSError`` only when the
+        folder cannot be cleared for a new one."""
         marker = None if self.rebuild else self._read_marker()
-        fits = (
+        if (
             marker is not None
             and marker.bin_dir == str(bin_dir)
             and marker.version_num == version_num
-            and (self.cluster_dir / "data" / "PG_VERSION").is_file()
-        )
-        if marker is not None and fits:
+        ):
+            cluster = self._reuse(marker, source, bin_dir, user, tcp, settings, owner_pid)
+            if cluster is not None:
+                return cluster
+        return self._initdb(source, bin_dir, version_num, user, tcp, settings, owner_pid)
+
+    def _reuse(
+        self,
+        marker: Marker,
+        source: LocalSource,
+        bin_dir: Path,
+        user: str | None,
+        tcp: bool,
+        settings: dict[str, str],
+        owner_pid: int | None,
+    ) -> Cluster | None:
+        """Start the cluster as the marker describes it; None when it does not start."""
+        data_dir = self.cluster_dir / "data"
+        cluster = None
+        try:
+            if not (
+                _is_plain(self.cluster_dir, stat.S_ISDIR)
+                and self.cluster_dir.is_dir()
+                and _is_plain(data_dir, stat.S_ISDIR)
+                and (data_dir / "PG_VERSION").is_file()
+            ):
+                return None
             cluster = self._cluster(source, bin_dir, user, marker.password, tcp, settings)
             # A killed run may have left its server running: stop it before starting anew.
             shutdown(cluster.data_dir, bin_dir, modes=("fast", "immediate"))
-            cluster.log_file.unlink(missing_ok=True)
+            remove_path(cluster.log_file)
             cluster.socket_dir = fixed_state_dir(self.cluster_dir, bin_dir, user, owner_pid)
-            try:
-                cluster.start()
-            except Exception:
-                cluster.stop()
-            else:
-                self._marker = marker
-                self.reused_cluster = True
-                return cluster
-        return self._initdb(source, bin_dir, version_num, user, tcp, settings, owner_pid)
+            cluster.start()
+        except Exception:  # whatever is wrong in the folder: make the cluster anew
+            if cluster is not None:
+                with contextlib.suppress(Exception):
+                    cluster.stop()
+            return None
+        self._marker = marker
+        self.reused_cluster = True
+        return cluster
 
     def _initdb(
         self,
@@ -232,7 +329,8 @@ class ClusterCache:
             cluster.start()
         except BaseException:
             cluster.stop()
-            self.wipe()
+            with contextlib.suppress(OSError):  # the first error is the one to report
+                self.wipe()
             raise
         self.reused_cluster = False
         return cluster
@@ -250,29 +348,85 @@ class ClusterCache:
         return Cluster(source, bin_dir, self.cluster_dir, socket_dir, user, password, tcp, settings)
 
     def wipe(self) -> None:
-        """Stop the cluster if it runs and delete it with its marker (the lock stays)."""
-        self.marker_file.unlink(missing_ok=True)
+        """Stop the cluster if it runs and delete everything of it (the lock and the project
+        record stay). Raises ``OSError`` when something cannot be deleted."""
         self._marker = None
         data_dir = self.cluster_dir / "data"
-        if (data_dir / "postmaster.pid").exists():
-            bin_dir = _recorded_bin_dir(self.cluster_dir)
-            shutdown(data_dir, bin_dir, modes=("immediate",))
-        owner = read_owner(self.cluster_dir)
-        shutil.rmtree(self.cluster_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            if _is_plain(self.cluster_dir, stat.S_ISDIR) and _is_plain(data_dir, stat.S_ISDIR):
+                shutdown(data_dir, _recorded_bin_dir(self.cluster_dir), modes=("immediate",))
+        owner = read_owner(self.cluster_dir) if _is_plain(self.cluster_dir, stat.S_ISDIR) else None
+        for path in sorted(self.folder.iterdir()):
+            if path.name not in _KEPT:
+                remove_path(path)
         outside = recorded_socket_dir(owner)
         if outside is not None:
             shutil.rmtree(outside, ignore_errors=True)
+
+    def check_databases(self, admin_url: URL) -> None:
+        """On a reused cluster, before the run uses it: keep the template (and its spares)
+        only if it still holds what it held when it was built, and drop every other database:
+        leftovers of killed runs, marked or not (the cluster is the kit's alone, under its
+        lock). A template found changed or unreadable is dropped, to be rebuilt.
+
+        Raises ``DatabaseError`` when that fails: the caller makes the cluster anew.
+        """
+        from ._databases import ownership_comment
+        from ._owned import clean_own_cluster
+        from ._spares import spare_run_id
+
+        self.admin_url = admin_url
+        marker = self._marker
+        if marker is None:
+            return
+        key = marker.template_key
+        kept = clean_own_cluster(
+            admin_url,
+            template=marker.template_name if key is not None else None,
+            template_mark=ownership_comment(TEMPLATE_RUN_ID),
+            spare_mark=ownership_comment(spare_run_id(key)) if key is not None else None,
+            expected=marker.template_check,
+        )
+        self.dropped = kept.dropped
+        if not kept.template:
+            self.set_template(None)
 
     def template_ready(self, key: str) -> bool:
         """Whether the template was built, completely, for the schema with this key."""
         return self._marker is not None and self._marker.template_key == key
 
     def set_template(self, key: str | None) -> None:
-        """Record the template's schema key (None before a rebuild starts: never half-marked)."""
+        """Record the template's schema key (None before a rebuild starts: never half-marked),
+        and what the template holds, for the next run's check."""
         if self._marker is None:
             return
-        marker = Marker(self._marker.bin_dir, self._marker.version_num, self._marker.password, key)
+        name, check = (None, None) if key is None else self._template_check()
+        marker = Marker(
+            self._marker.bin_dir, self._marker.version_num, self._marker.password, key, name, check
+        )
         self._write_marker(marker)
+
+    def _template_check(self) -> tuple[str | None, dict[str, Any] | None]:
+        """The cached template's name and summary; (None, None) if it cannot be read, so that
+        the next run rebuilds it rather than trust it unchecked."""
+        from ._databases import ownership_comment
+        from ._errors import DatabaseError
+        from ._owned import database_summary, marked_databases
+
+        if self.admin_url is None:
+            return None, None
+        try:
+            mark = ownership_comment(TEMPLATE_RUN_ID)
+            names = [
+                name
+                for name, comment in marked_databases(self.admin_url).items()
+                if comment == mark
+            ]
+            if len(names) != 1:
+                return None, None
+            return names[0], database_summary(self.admin_url, names[0])
+        except DatabaseError:
+            return None, None
 
     def _read_marker(self) -> Marker | None:
         try:
@@ -283,6 +437,7 @@ class ClusterCache:
             return None
         bin_dir, version_num = data.get("bin_dir"), data.get("version_num")
         password, key = data.get("password"), data.get("template_key")
+        name, check = data.get("template_name"), data.get("template_check")
         if not (
             isinstance(bin_dir, str)
             and isinstance(version_num, int)
@@ -290,10 +445,15 @@ class ClusterCache:
             and (key is None or isinstance(key, str))
         ):
             return None
-        return Marker(bin_dir, version_num, password, key)
+        if not (isinstance(name, str) and isinstance(check, dict)):
+            name, check = None, None  # nothing to check the template against: rebuilt
+        return Marker(bin_dir, version_num, password, key, name, check)
 
     def _write_marker(self, marker: Marker) -> None:
         temporary = self.folder / f".{MARKER_FILE}.tmp"
+        for path in (temporary, self.marker_file):
+            if not _is_plain(path, stat.S_ISREG):
+                remove_path(path)  # e.g. a folder where the file belongs
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(marker.as_json(), handle)
@@ -358,6 +518,8 @@ def _remove_unheld(old: Path) -> bool:
     try:
         ClusterCache(old, rebuild=True).wipe()
         shutil.rmtree(old, ignore_errors=True)
+    except OSError:  # another project's folder the kit cannot delete: not this run's failure
+        return False
     finally:
         lock.release()
     return True
@@ -372,12 +534,15 @@ def stop_abandoned(base_dir: Path) -> list[Path]:
     stopped = []
     for folder in sorted(base_dir.glob(f"{FOLDER_PREFIX}*")):
         data_dir = folder / CLUSTER_FOLDER / "data"
-        if not (data_dir / "postmaster.pid").exists():
-            continue
-        with contextlib.suppress(OSError), _held(folder) as held:
-            if held:
-                shutdown(data_dir, _recorded_bin_dir(folder / CLUSTER_FOLDER), modes=("fast",))
-                stopped.append(folder)
+        # One folder the kit cannot inspect (damaged, unreadable) must not stop this run.
+        with contextlib.suppress(OSError):
+            if not (data_dir / "postmaster.pid").exists():
+                continue
+            with _held(folder) as held:
+                if held:
+                    bin_dir = _recorded_bin_dir(folder / CLUSTER_FOLDER)
+                    shutdown(data_dir, bin_dir, modes=("fast",))
+                    stopped.append(folder)
     return stopped
 
 

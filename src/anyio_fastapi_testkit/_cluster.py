@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ._errors import DatabaseError
 from ._fixes import LOCAL_FIXES
-from ._processes import pid_running, process_cwd
+from ._processes import is_postmaster_of, pid_running, postmasters_of, resume_server
 from ._state_folder import new_state_dir, remove_state
 from ._sysuser import run, write_private
 from ._watchdog import now
@@ -204,10 +204,27 @@ def _read_tail(path: Path) -> str:
 
 
 def shutdown(data_dir: Path, bin_dir: Path | None, *, modes: Sequence[str]) -> None:
-    """Stop the postmaster of ``data_dir``: pg_ctl in each mode, then SIGKILL."""
+    """Stop the postmaster of ``data_dir``: pg_ctl in each mode, then SIGKILL.
+
+    Only a process proven to be that folder's server is stopped (see ``is_postmaster_of``):
+    a ``postmaster.pid`` left by a killed server names a pid that anything may hold now (pg_ctl
+    would signal it blindly), so such a file is deleted instead, which also keeps the next
+    start from taking that process for a live server.
+    """
     pid_file = data_dir / "postmaster.pid"
-    if not pid_file.exists():
+    try:
+        if not pid_file.exists():
+            return
+    except OSError:  # an unreadable folder: no server of the kit's can run in it
         return
+    postmaster = _proven_postmaster(data_dir)
+    if postmaster is None:
+        for stray in postmasters_of(data_dir):  # running, with its pid file damaged
+            _kill(stray)
+        with contextlib.suppress(OSError):
+            pid_file.unlink()
+        return
+    resume_server(postmaster)  # a stopped server would wait out every pg_ctl timeout
     user = _data_owner(data_dir)
     if user != _UNSAFE and bin_dir is not None and (bin_dir / "pg_ctl").exists():
         for mode in modes:
@@ -217,6 +234,17 @@ def shutdown(data_dir: Path, bin_dir: Path | None, *, modes: Sequence[str]) -> N
             if result.returncode == 0 or not pid_file.exists():
                 return
     _kill_postmaster(data_dir)
+
+
+def _proven_postmaster(data_dir: Path) -> int | None:
+    """The pid in ``data_dir``'s postmaster.pid, if it is that folder's running server."""
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        written = pid_file.stat().st_mtime
+        pid = int(pid_file.read_text(errors="replace").split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if is_postmaster_of(pid, data_dir, written) else None
 
 
 def _data_owner(data_dir: Path) -> int | None:
@@ -237,13 +265,12 @@ def _data_owner(data_dir: Path) -> int | None:
 
 
 def _kill_postmaster(data_dir: Path) -> None:
-    try:
-        pid = int((data_dir / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return
-    # The pid file may be stale and the pid reused: only kill a process running in data_dir.
-    if not pid_running(pid) or process_cwd(pid) != data_dir.resolve():
-        return
+    pid = _proven_postmaster(data_dir)
+    if pid is not None:
+        _kill(pid)
+
+
+def _kill(pid: int) -> None:
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGKILL)
     deadline = now() + 5

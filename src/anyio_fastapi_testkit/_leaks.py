@@ -73,7 +73,15 @@ class LeakDetector:
         query = self.query
         if query is None:
             return []
-        return self._ordered(self._connect().execute(query).fetchall())
+        try:
+            rows = self._connect().execute(query).fetchall()
+        except psycopg.OperationalError:
+            # The detector's own connection was lost (a test ended its backend, a restart, a
+            # network fault): not the fault of the test being checked. Count on a new one;
+            # if that fails too, the server itself is in trouble and the error says so.
+            self.close()
+            rows = self._connect().execute(query).fetchall()
+        return self._ordered(rows)
 
     def _ordered(self, rows: Iterable[Sequence[Any]]) -> list[int]:
         counts = {row[0]: row[1] for row in rows}
@@ -114,6 +122,7 @@ class LeakDetector:
         )
 
     def close(self) -> None:
+        """Close the detector's connection (a later count opens a new one); idempotent."""
         if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+            connection, self._connection = self._connection, None
+            connection.close()

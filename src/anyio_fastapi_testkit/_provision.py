@@ -26,7 +26,7 @@ from ._databases import (
     is_ours,
     test_database_names,
 )
-from ._errors import ConfigError, TestkitError
+from ._errors import ConfigError, DatabaseError, TestkitError
 from ._fingerprint import schema_fingerprint
 from ._foreign import guard
 from ._leaks import LeakDetector
@@ -34,6 +34,7 @@ from ._liveness import RunLock, run_token
 from ._owned import drop_databases_except, drop_dead_runs
 from ._schema import ALEMBIC_PREFIX, build_schema
 from ._server import RunningServer, connect_admin, start_server
+from ._server_loss import server_answers
 from ._spares import SpareMaker, claim_spare, spare_name, spares_of
 from ._urls import SecretURL, mask_url
 from ._warnings import TestkitWarning
@@ -144,17 +145,32 @@ class TestDatabases:
         self._spare_maker: SpareMaker | None = None
         self._working_built = False  # built beside the template: no clone needed
         self._run_lock: RunLock | None = None  # on a configured server: this run is alive
+        self._lost = False  # the server stopped answering mid-run (see _server_loss)
 
     @property
     def ready(self) -> bool:
         return self._url is not None
+
+    @property
+    def admin_url(self) -> URL | None:
+        """The server's admin URL, once the server was started or found (else None)."""
+        server = self._server
+        return None if server is None else server.info.admin_url
+
+    def mark_lost(self) -> None:
+        """The server stopped answering: later tests get that error, the end drops nothing."""
+        with self._lock:
+            self._lost = True
+            self._failure = DatabaseError(
+                f"The PostgreSQL server {self.description} stopped answering earlier in this run."
+            )
 
     def working_url(self) -> DatabaseURL:
         """The URL (with the configured driver) of this worker's test database."""
         with self._lock:
             if self._failure is not None:
                 # Every test asking again would start a server again: report the first error.
-                raise self._failure
+                raise self._failure.with_traceback(None)  # not lengthened by each raise
             if self._url is None:
                 try:
                     self._url = self._build()
@@ -215,11 +231,8 @@ class TestDatabases:
                 if self._spare_maker is not None:
                     self._spare_maker.join()  # before the server stops under it
                     self._spare_maker = None
-                if self._server is not None:
-                    admin = self._server.info.admin_url
-                    for name in reversed(self._created):
-                        drop_database(admin, name)
-                    self._created.clear()
+                if self._server is not None and not self._lost:
+                    self._drop_created(self._server.info.admin_url)
             finally:
                 if self._run_lock is not None:
                     self._run_lock.release()  # after the drops: until then they are in use
@@ -234,6 +247,17 @@ class TestDatabases:
                     else:
                         os.environ[name] = value
                 self._saved_env.clear()
+
+    def _drop_created(self, admin: URL) -> None:
+        try:
+            for name in reversed(self._created):
+                drop_database(admin, name)
+        except DatabaseError:
+            # A server that died after the last test: nothing to drop them on. A configured
+            # server's next run drops them (this run's lock is gone), an embedded one is deleted.
+            if server_answers(self):
+                raise
+        self._created.clear()
 
     def _env_for(self, url: URL) -> Mapping[str, str]:
         driver_url = url.set(drivername=f"postgresql+{self.settings.database_driver}")
@@ -374,7 +398,7 @@ class TestDatabases:
             ready = key is not None and cache.template_ready(key)
             if ready and key is not None and self._exists(admin, template):
                 # Left by killed runs: every database of the kit's but the template and spares.
-                drop_databases_except(admin, {template, *spares_of(admin, key)})
+                drop_databases_except(admin, {template, *spares_of(admin, key, template, working)})
                 self.provenance["template"] = "reused"
                 self._template_key = key
                 return

@@ -14,6 +14,8 @@ from sqlalchemy import MetaData, create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
+from . import _children as children
+from ._children import WATCH_PARENT, parent_env
 from ._errors import ConfigError, DatabaseError
 from ._foreign import DEFAULT_PORT, ForeignDatabaseError
 from ._imports import import_from_path
@@ -29,7 +31,7 @@ _ALEMBIC_TIMEOUT = 600.0
 # (ps, /proc/<pid>/cmdline). The guard refuses any connection but to the template: an env.py
 # that builds its engine from the app's settings must not migrate another database.
 _HEADS_MARK = "anyio-fastapi-testkit heads: "
-_ALEMBIC_SCRIPT = f"""
+_ALEMBIC_SCRIPT = f"""{WATCH_PARENT}
 import os
 import sys
 
@@ -133,10 +135,10 @@ def _alembic_upgrade(config_path: Path, url: URL, env: Mapping[str, str]) -> Non
         "TESTKIT_ALEMBIC_DATABASE": url.database or "",
         "TESTKIT_ALEMBIC_PORT": str(url.port or DEFAULT_PORT),
     }
-    completed = subprocess.run(
+    completed = children.run(  # ended with pytest, if it is killed meanwhile
         [sys.executable, "-c", _ALEMBIC_SCRIPT, str(config_path)],
         cwd=config_path.parent,
-        env={**os.environ, **env, **secret},
+        env={**os.environ, **env, **secret, **parent_env()},
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -244,7 +246,7 @@ def alembic_config_path(source: str, rootdir: Path) -> Path | None:
 def check_alembic_template(url: URL, config_path: Path) -> list[str]:
     """The heads of the script folder, which the Alembic version table of the database at
     ``url`` holds; raises ConfigError (as after ``upgrade head``) when it does not."""
-    completed = subprocess.run(
+    completed = children.run(
         [sys.executable, "-c", _HEADS_SCRIPT, str(config_path)],
         cwd=config_path.parent,
         stdin=subprocess.DEVNULL,

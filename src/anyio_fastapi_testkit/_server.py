@@ -13,6 +13,7 @@ and ``_orphans`` removes the clusters of dead runs.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from sqlalchemy.engine import URL, make_url
 from ._binaries import REQUIRED_BINARIES, binaries_version, embedded_bin_dir, find_bin_dir
 
 # Names other modules and the tests reach through this module are imported "as" themselves.
-from ._cache import stop_abandoned
+from ._cache import CacheWarning, stop_abandoned
 from ._cluster import ADMIN_DATABASE, LOCALHOST, Cluster, LocalSource, new_cluster
 from ._errors import DatabaseError
 from ._fixes import LOCAL_FIXES, URL_FIXES
@@ -306,9 +307,21 @@ def _start_cluster(
     user = server_user()
     if user is not None and source == "embedded":
         open_install_tree(bin_dir.parent)
-    started = time.monotonic()
     if cache is not None:
-        return _start_cached(cache, source, bin_dir, version_num, user, tcp, settings, owner_pid)
+        try:
+            return _start_cached(
+                cache, source, bin_dir, version_num, user, tcp, settings, owner_pid
+            )
+        except OSError as exc:  # the folder cannot even be cleared: do without the cache
+            warnings.warn(
+                CacheWarning(
+                    f"The kit's cached cluster in {cache.folder} could not be used or made "
+                    f"anew ({exc}); this run uses a throwaway cluster. Fix: delete that "
+                    "folder, or run with --testkit-fresh-db."
+                ),
+                stacklevel=2,
+            )
+    started = time.monotonic()
     cluster = new_cluster(source, bin_dir, base, user, tcp, settings, owner_pid)
     try:
         cluster.init(version_num)
@@ -336,12 +349,15 @@ def _start_cached(
         cluster = cache.start_cluster(source, bin_dir, version_num, user, tcp, settings, owner_pid)
         try:
             info = _cluster_info(cluster)
+            cache.admin_url = info.admin_url
+            if cache.reused_cluster:
+                cache.check_databases(info.admin_url)  # a damaged template is dropped
         except DatabaseError:
             cluster.stop()
             if attempt or not cache.reused_cluster:
                 cache.wipe()
                 raise
-            cache.rebuild = True  # it started but does not answer as recorded: rebuild it
+            cache.rebuild = True  # it does not answer as recorded, or is damaged: rebuild
             continue
         except BaseException:
             cluster.stop()

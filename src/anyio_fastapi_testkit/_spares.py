@@ -9,13 +9,14 @@ next one in a background thread while its tests run.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 
 import psycopg
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from ._databases import OWNERSHIP_MARK, create_database
+from ._databases import OWNERSHIP_MARK, TEMPLATE_SUFFIX, create_database
 from ._errors import DatabaseError
 from ._owned import marked_databases
 from ._server import connect_admin
@@ -33,10 +34,35 @@ def spare_run_id(key: str) -> str:
     return f"spare {key}"
 
 
-def spares_of(admin_url: URL, key: str) -> set[str]:
-    """The spares on the server cloned from the template with schema key ``key``."""
+def spares_of(
+    admin_url: URL, key: str, template: str | None = None, working: str | None = None
+) -> set[str]:
+    """The spares on the server cloned from the template with schema key ``key``.
+
+    With the names of the ``template`` and of this process's ``working`` database, under
+    xdist: only the spares this run's workers (or a run without xdist) would claim. A run
+    with fewer workers than an earlier one thus lets the others' go instead of keeping them
+    (a copy of the template each) for good.
+    """
     comment = f"{OWNERSHIP_MARK}; run {spare_run_id(key)}"
-    return {name for name, found in marked_databases(admin_url).items() if found == comment}
+    found = {name for name, mark in marked_databases(admin_url).items() if mark == comment}
+    wanted = _claimable(template, working)
+    return found if wanted is None else found & wanted
+
+
+def _claimable(template: str | None, working: str | None) -> set[str] | None:
+    """The spares of this xdist run's workers' databases and of the database of a run without
+    xdist; None (all of them) without xdist, or for names not made as the kit makes them."""
+    # pytest-xdist sets both in each worker (documented).
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if template is None or working is None or not worker or not count.isdigit():
+        return None
+    base = template.removesuffix(TEMPLATE_SUFFIX)
+    if base == template or working != f"{base}_{worker}":
+        return None
+    names = [base, *(f"{base}_gw{number}" for number in range(int(count)))]
+    return {spare_name(template, name) for name in names}
 
 
 def claim_spare(admin_url: URL, spare: str, working: str, key: str, run_id: str) -> bool:
@@ -50,16 +76,19 @@ def claim_spare(admin_url: URL, spare: str, working: str, key: str, run_id: str)
         if row is None or row[0] != expected:
             return False
         try:
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    sql.Identifier(spare), sql.Identifier(working)
+            # One transaction: a run killed in between must not leave the working database
+            # under the spare's mark, nor the spare under this run's name.
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(spare), sql.Identifier(working)
+                    )
                 )
-            )
-            conn.execute(
-                sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                    sql.Identifier(working), sql.Literal(f"{OWNERSHIP_MARK}; run {run_id}")
+                conn.execute(
+                    sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                        sql.Identifier(working), sql.Literal(f"{OWNERSHIP_MARK}; run {run_id}")
+                    )
                 )
-            )
         except psycopg.Error:
             return False  # e.g. a session connected to it: clone instead
     return True

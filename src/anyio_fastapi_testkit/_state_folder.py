@@ -3,23 +3,30 @@
 A base folder (per user) holds one state folder per cluster: its data, its log, its unix
 socket folder (or a short one elsewhere when the path is too long for a socket) and
 ``owner.json``, which names the pytest process that made it (see ``_orphans``).
+
+A short socket folder elsewhere (``/tmp/testkit-sock-*``) is removed with its cluster's
+state folder, or at the stop of a cached cluster; one that a killed run left is removed by the
+next start of that cached cluster, or by any run once no server has used it for a while
+(``remove_dead_socket_dirs``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from ._errors import DatabaseError
 from ._fixes import URL_SETTINGS
-from ._processes import process_start
-from ._sysuser import give_to, grant_traversal
+from ._processes import pid_running, process_start
+from ._sysuser import SERVER_USER, give_to, grant_traversal
 
 OWNER_FILE = "owner.json"
 STATE_PREFIX = "run-"
@@ -27,6 +34,10 @@ STATE_PREFIX = "run-"
 _SOCKET_PATH_LIMIT = 100  # sun_path holds 108 bytes on Linux and 104 on macOS
 _OUTSIDE_SOCKET_PREFIX = "testkit-sock-"
 _SAFE_PATH = re.compile(r"[A-Za-z0-9._/-]+")
+# A short socket folder unchanged for this long, with no server running on it, is a dead
+# run's: a live run's gets its server's socket within seconds of its creation.
+SOCKET_DIR_GRACE_SECONDS = 600.0
+_SOCKET_FILE = re.compile(r"\.s\.PGSQL\.\d+(\.lock)?")
 
 
 def default_base_dir() -> Path:
@@ -55,6 +66,7 @@ def prepare_base_dir(base_dir: Path | None) -> Path:
     if as_root:
         # e.g. pytest's /tmp/pytest-of-root is 0700: the server user must pass through it.
         grant_traversal(base)
+    remove_dead_socket_dirs()
     return base
 
 
@@ -101,8 +113,13 @@ def fixed_state_dir(
     long path) is made anew for each start and removed at the stop.
     """
     state_dir.mkdir(mode=0o700, exist_ok=True)
+    # The short socket folder of the last start, if its run was killed before it could
+    # remove it (its server is stopped by now, or this start would not be made).
+    previous = recorded_socket_dir(read_owner(state_dir))
     inside = state_dir / "s"
     socket_dir = inside if inside.is_dir() else _make_socket_dir(state_dir)
+    if previous is not None and previous != socket_dir and _unused_socket_dir(previous):
+        shutil.rmtree(previous, ignore_errors=True)
     write_owner(state_dir, bin_dir, socket_dir, owner_pid)
     for path in {state_dir, socket_dir}:
         give_to(path, user)
@@ -150,9 +167,28 @@ def write_owner(
         "bin_dir": str(bin_dir) if bin_dir else None,
         "socket_dir": str(socket_dir) if socket_dir else None,
     }
-    temporary = state_dir / f".{OWNER_FILE}.tmp"
-    temporary.write_text(json.dumps(owner))
-    temporary.replace(state_dir / OWNER_FILE)  # readers never see half a file
+    write_private_text(state_dir / OWNER_FILE, json.dumps(owner))
+
+
+def open_private(path: Path, flags: int) -> int:
+    """Open ``path``, created if missing, as a file only its owner may read or write (0600,
+    also when it existed with a wider mode); the file descriptor."""
+    # Not through a link: the server's user owns the folders of its cluster.
+    fd = os.open(path, flags | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_private_text(path: Path, text: str) -> None:
+    """Replace ``path`` with a 0600 file holding ``text``; readers never see half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with os.fdopen(open_private(temporary, os.O_WRONLY | os.O_TRUNC), "w") as handle:
+        handle.write(text)
+    temporary.replace(path)
 
 
 def read_owner(state_dir: Path) -> dict[str, Any] | None:
@@ -183,3 +219,61 @@ def remove_state(state_dir: Path, socket_dir: Path | None) -> None:
     shutil.rmtree(state_dir, ignore_errors=True)
     if socket_dir is not None and not socket_dir.is_relative_to(state_dir):
         shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def remove_dead_socket_dirs(grace: float = SOCKET_DIR_GRACE_SECONDS) -> list[Path]:
+    """Delete the short socket folders (``testkit-sock-*``) of this user's clusters (or, as
+    root, of the server user's) that no server uses and that nothing changed for ``grace``
+    seconds: killed runs left them. Returns the folders deleted.
+
+    A folder holding anything but a server's socket and lock files is never touched.
+    """
+    owners = _socket_dir_owners()
+    removed = []
+    try:
+        found = sorted(_short_root().glob(f"{_OUTSIDE_SOCKET_PREFIX}*"))
+    except OSError:
+        return []
+    for folder in found:
+        # One folder the kit cannot inspect must not keep this run from starting.
+        with contextlib.suppress(OSError):
+            info = folder.lstat()
+            if (
+                stat.S_ISDIR(info.st_mode)
+                and info.st_uid in owners
+                and time.time() - info.st_mtime > grace
+                and _unused_socket_dir(folder)
+            ):
+                shutil.rmtree(folder)
+                removed.append(folder)
+    return removed
+
+
+def _socket_dir_owners() -> set[int]:
+    owners = {os.getuid()}
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        import pwd
+
+        with contextlib.suppress(KeyError):
+            owners.add(pwd.getpwnam(SERVER_USER).pw_uid)
+    return owners
+
+
+def _unused_socket_dir(folder: Path) -> bool:
+    """Whether ``folder`` holds only a server's socket files and no running server's.
+
+    PostgreSQL writes its pid in the lock file beside each socket, and removes both when it
+    stops; a server killed leaves them, naming a pid that is gone (or, reused, taken for a
+    live server: the folder is then kept, which is safe).
+    """
+    for entry in folder.iterdir():
+        if not _SOCKET_FILE.fullmatch(entry.name):
+            return False  # not only a server's files: not the kit's to delete
+        if entry.name.endswith(".lock"):
+            try:
+                pid = int(entry.read_text(errors="replace").split()[0])
+            except (ValueError, IndexError):
+                continue  # a lock file being written, or damaged: no pid to keep it alive
+            if pid_running(pid):
+                return False
+    return True

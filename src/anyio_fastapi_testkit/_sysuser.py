@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import _children as children
 from ._errors import DatabaseError
 from ._fixes import URL_SETTINGS
 
@@ -138,8 +139,8 @@ def run(
         entry = pwd.getpwnam(user) if isinstance(user, str) else pwd.getpwuid(user)
         identity = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
     try:
-        return subprocess.run(
-            command,
+        return children.run(  # ended with pytest, if it is killed meanwhile
+            list(command),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -155,7 +156,10 @@ def run(
 
 
 def _tool_env() -> dict[str, str]:
-    # PGDATA, PGPORT, PGHOST, ... of the developer's shell must not steer the kit's cluster.
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+    # PGDATA, PGPORT, PGHOST, ... of the developer's shell must not steer the kit's cluster;
+    # and the server's user has no use for a configured URL (TESTKIT_DATABASE_URL) or password.
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("PG", "TESTKIT_"))
+    }
     env["LC_ALL"] = "C"  # English messages, for the log checks and the error reports
     return env

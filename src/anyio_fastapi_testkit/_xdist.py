@@ -39,7 +39,13 @@ from ._cache import (
 from ._cluster import shutdown
 from ._config import Settings, option
 from ._errors import DatabaseError
-from ._state_folder import STATE_PREFIX, prepare_base_dir, remove_state, write_owner
+from ._state_folder import (
+    STATE_PREFIX,
+    open_private,
+    prepare_base_dir,
+    remove_state,
+    write_owner,
+)
 
 if TYPE_CHECKING:
     from ._server import RunningServer
@@ -64,7 +70,8 @@ class SharedRun:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        with (self.folder / LOCK_FILE).open("ab") as handle:
+        fd = open_private(self.folder / LOCK_FILE, os.O_WRONLY | os.O_APPEND)
+        with os.fdopen(fd, "ab") as handle:
             if fcntl is not None:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             yield  # closing the file releases the lock
@@ -413,10 +420,18 @@ def stop_recorded_server(record: dict[str, Any], run_id: str) -> None:
     # before it starts the workers.
     from sqlalchemy.engine import make_url
 
+    from ._errors import DatabaseError
     from ._owned import drop_run_databases
+    from ._server_loss import answers
 
+    admin_url = make_url(record["admin_url"])
     try:
-        drop_run_databases(make_url(record["admin_url"]), run_id)
+        drop_run_databases(admin_url, run_id)
+    except DatabaseError:
+        # A server that died mid-run (the workers said so): nothing to drop them on. A
+        # configured server's next run drops them (this run's lock is gone).
+        if answers(admin_url):
+            raise
     finally:
         state_dir, bin_dir = record.get("state_dir"), record.get("bin_dir")
         if isinstance(state_dir, str):
