@@ -38,8 +38,9 @@ LIKELY_ROUTES = (
 class LeakDetector:
     """Row counts of the working database's tables, kept on a sync connection of its own."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, limit: float | None = None) -> None:
         self._url = make_url(url).set(drivername="postgresql")
+        self._limit = limit  # per count, testkit_timeout when set: the server may hang
         self._connection: psycopg.Connection[tuple[Any, ...]] | None = None
         self._query: str | None = None
         self._tables: list[str] = []
@@ -47,7 +48,7 @@ class LeakDetector:
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._connection is None or self._connection.closed:
-            self._connection = connection = connect_admin(self._url)
+            self._connection = connection = connect_admin(self._url, limit=self._limit)
             if self._query is None:
                 self._tables = [row[0] for row in connection.execute(_TABLES).fetchall()]
                 # One round trip for all tables: a UNION of count(*) queries.

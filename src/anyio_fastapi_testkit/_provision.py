@@ -35,7 +35,7 @@ from ._owned import drop_databases_except, drop_dead_runs
 from ._schema import ALEMBIC_PREFIX, build_schema
 from ._server import RunningServer, connect_admin, start_server
 from ._server_loss import server_answers
-from ._spares import SpareMaker, claim_spare, spare_name, spares_of
+from ._spares import SPARE_WAIT, SpareMaker, claim_spare, spare_name, spares_of
 from ._urls import SecretURL, mask_url
 from ._warnings import TestkitWarning
 from ._xdist import (
@@ -229,7 +229,8 @@ class TestDatabases:
                     self.leaks.close()
                     self.leaks = None
                 if self._spare_maker is not None:
-                    self._spare_maker.join()  # before the server stops under it
+                    # Before the server stops under it; at once when the server is gone.
+                    self._spare_maker.join(0 if self._lost else SPARE_WAIT)
                     self._spare_maker = None
                 if self._server is not None and not self._lost:
                     self._drop_created(self._server.info.admin_url)
@@ -287,7 +288,7 @@ class TestDatabases:
             url = database_url(admin, working, "asyncpg" if driver == "asyncpg" else "psycopg")
             rendered = url.render_as_string(hide_password=False)
             if self.settings.leak_check != "off":
-                self.leaks = LeakDetector(rendered)
+                self.leaks = LeakDetector(rendered, self.settings.timeout)
             return DatabaseURL(rendered)
         except BaseException:
             self.close()

@@ -27,6 +27,7 @@ from sqlalchemy.engine import URL, make_url
 from ._binaries import REQUIRED_BINARIES, binaries_version, embedded_bin_dir, find_bin_dir
 
 # Names other modules and the tests reach through this module are imported "as" themselves.
+from ._bounded import BoundedConnection
 from ._cache import CacheWarning, stop_abandoned
 from ._cluster import ADMIN_DATABASE, LOCALHOST, Cluster, LocalSource, new_cluster
 from ._errors import DatabaseError
@@ -162,17 +163,21 @@ def start_server(
 
 
 def connect_admin(
-    url: URL, *, autocommit: bool = True, hint: str | None = None
+    url: URL, *, autocommit: bool = True, hint: str | None = None, limit: float | None = None
 ) -> psycopg.Connection[tuple[Any, ...]]:
     """Connect with sync psycopg; a failure becomes a ``DatabaseError`` with a masked URL.
 
     ``hint`` replaces the default advice (which is about the configured URL settings).
+    Each statement waits at most ``limit`` seconds for the server (default ``ADMIN_WAIT``).
     """
     try:
-        return psycopg.connect(_conninfo(url), autocommit=autocommit)
+        connection = BoundedConnection.connect(_conninfo(url), autocommit=autocommit)
     except psycopg.Error as exc:
         # "from None": the driver's own text is shown masked in the message instead.
         raise DatabaseError(_connect_failure(url, exc, hint or URL_FIXES)) from None
+    if limit is not None:
+        connection.limit = limit
+    return connection
 
 
 def check_server_version(version_num: int, where: str) -> None:

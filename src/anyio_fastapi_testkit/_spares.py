@@ -94,6 +94,11 @@ def claim_spare(admin_url: URL, spare: str, working: str, key: str, run_id: str)
     return True
 
 
+# Seconds the end of a run waits for the spare's copy: generous for a large template, and a
+# bound for a server that hangs.
+SPARE_WAIT = 120.0
+
+
 class SpareMaker:
     """Makes the next spare in a thread, so that the copy overlaps the run's tests."""
 
@@ -113,5 +118,7 @@ class SpareMaker:
         except (DatabaseError, psycopg.Error) as exc:
             self.error = exc  # no spare: the next run clones, as without one
 
-    def join(self) -> None:
-        self._thread.join()
+    def join(self, timeout: float | None = SPARE_WAIT) -> None:
+        """Wait for the copy; a server that stopped answering leaves it behind (a daemon
+        thread), as the database it was making, which the next run drops."""
+        self._thread.join(timeout)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import os
 import select
-import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +32,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.pool import NullPool
 
 from ._backends import ASYNC_DRIVERS_ASYNCIO_ONLY
+from ._bounded import shut_down_socket
 from ._errors import ConfigError
 from ._provision import TestDatabases
 from ._queries import NOT_COUNTED
@@ -1053,13 +1052,6 @@ class SyncTestTransaction:
                         connection.rollback()
                 finally:
                     connection.close()
-
-
-def shut_down_socket(dbapi_connection: Any) -> None:
-    """Shut down the socket of a psycopg connection (``fileno()`` is psycopg's public API):
-    a call blocked reading it returns with an error, whatever thread it runs on."""
-    with socket.socket(fileno=os.dup(dbapi_connection.fileno())) as sock:
-        sock.shutdown(socket.SHUT_RDWR)
 
 
 def check_sessionmaker(maker: Any, path: str) -> async_sessionmaker[Any]:
