@@ -28,8 +28,8 @@ import anyio
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from anyio_fastapi_testkit._client import make_client
-from anyio_fastapi_testkit._streaming import streaming_transport
+from anyio_fastapi_testkit._http.client import make_client
+from anyio_fastapi_testkit._http.streaming import streaming_transport
 
 
 class Item(BaseModel):

@@ -63,7 +63,7 @@ class Server:
     """One PostgreSQL server for all set-ups, with a database per set-up."""
 
     def __init__(self) -> None:
-        from anyio_fastapi_testkit._server import start_server
+        from anyio_fastapi_testkit._postgres.server import start_server
 
         self.running = start_server(None)
         self.admin_url = self.running.info.admin_url  # driver "postgresql", db "postgres"

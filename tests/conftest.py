@@ -101,7 +101,7 @@ import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 from sqlalchemy.engine import URL  # noqa: E402
 
-from anyio_fastapi_testkit._server import RunningServer, start_server  # noqa: E402
+from anyio_fastapi_testkit._postgres.server import RunningServer, start_server  # noqa: E402
 
 # A FastAPI app on SQLAlchemy 2 async models. Its own engine points at a closed port unless
 # DATABASE_URL is set, so a request that is not routed to the test's session fails loudly.

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, WebSocket
 
-from anyio_fastapi_testkit._app import check_uses_dependency, uses_dependency
-from anyio_fastapi_testkit._errors import ConfigError
+from anyio_fastapi_testkit._core.errors import ConfigError
+from anyio_fastapi_testkit._http.app import check_uses_dependency, uses_dependency
 
 
 def get_session() -> Iterator[str]:

@@ -12,7 +12,7 @@ LOOP_PROBE = """
 
     import pytest
 
-    from anyio_fastapi_testkit._backends import running_library
+    from anyio_fastapi_testkit._core.backends import running_library
 
     seen = []
     marker = contextvars.ContextVar("marker", default="unset")
@@ -67,7 +67,7 @@ def test_default_backend_is_asyncio_only(project: Project) -> None:
     project.module(
         "test_default",
         """
-        from anyio_fastapi_testkit._backends import running_library
+        from anyio_fastapi_testkit._core.backends import running_library
 
         async def test_runs(anyio_backend):
             assert anyio_backend == "asyncio" == running_library()
@@ -84,7 +84,7 @@ def test_backends_flag_overrides_ini(project: Project) -> None:
     project.module(
         "test_flag",
         """
-        from anyio_fastapi_testkit._backends import running_library
+        from anyio_fastapi_testkit._core.backends import running_library
 
         async def test_runs(anyio_backend):
             assert running_library() == anyio_backend
@@ -102,7 +102,7 @@ def test_existing_anyio_marked_tests_keep_working(project: Project) -> None:
         """
         import pytest
 
-        from anyio_fastapi_testkit._backends import running_library
+        from anyio_fastapi_testkit._core.backends import running_library
 
         pytestmark = pytest.mark.anyio
 
@@ -153,7 +153,7 @@ def test_guard_stays_quiet_when_session_fixture_depends_on_backend(project: Proj
         """
         import pytest
 
-        from anyio_fastapi_testkit._backends import running_library
+        from anyio_fastapi_testkit._core.backends import running_library
 
         @pytest.fixture(scope="session")
         async def shared_resource(anyio_backend):
@@ -201,7 +201,7 @@ def test_async_tests_keep_their_own_marks(project: Project) -> None:
         """
         import pytest
 
-        from anyio_fastapi_testkit._backends import running_library
+        from anyio_fastapi_testkit._core.backends import running_library
 
         @pytest.mark.slow
         @pytest.mark.parametrize("n", [1, 2])
@@ -228,7 +228,7 @@ def test_async_tests_keep_their_own_marks(project: Project) -> None:
 
 
 BACKEND_PROBE = """
-    from anyio_fastapi_testkit._backends import running_library
+    from anyio_fastapi_testkit._core.backends import running_library
 
     async def test_backend(anyio_backend):
         assert running_library() == anyio_backend
@@ -295,7 +295,7 @@ def test_a_trio_run_is_recognised_without_in_trio_run(running: bool) -> None:
     # trio before 0.29 has no lowlevel.in_trio_run: the guard asks for the run's token instead.
     from types import SimpleNamespace
 
-    from anyio_fastapi_testkit._backends import in_trio_run
+    from anyio_fastapi_testkit._core.backends import in_trio_run
 
     def current_trio_token() -> object:
         if not running:

@@ -22,8 +22,8 @@ import psutil
 import pytest
 from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, leftovers, postgres_processes_under
 
-from anyio_fastapi_testkit import _cache
-from anyio_fastapi_testkit._cache import (
+from anyio_fastapi_testkit._postgres import cache as _cache
+from anyio_fastapi_testkit._postgres.cache import (
     CACHE_KEY,
     FOLDER_PREFIX,
     LOCK_FILE,
@@ -31,8 +31,8 @@ from anyio_fastapi_testkit._cache import (
     stop_abandoned,
     try_lock,
 )
-from anyio_fastapi_testkit._fingerprint import schema_fingerprint
-from anyio_fastapi_testkit._orphans import cleanup_orphans
+from anyio_fastapi_testkit._postgres.orphans import cleanup_orphans
+from anyio_fastapi_testkit._provisioning.fingerprint import schema_fingerprint
 
 RECORDING_TESTS = """
 import json

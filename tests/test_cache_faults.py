@@ -26,12 +26,17 @@ import psycopg
 import pytest
 from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, leftovers, postgres_processes_under
 
-from anyio_fastapi_testkit._binaries import embedded_bin_dir
-from anyio_fastapi_testkit._cache import FOLDER_PREFIX, LOCK_FILE, MARKER_FILE, PROJECT_FILE
-from anyio_fastapi_testkit._cluster import shutdown
-from anyio_fastapi_testkit._processes import is_postmaster_of
-from anyio_fastapi_testkit._server import start_server
-from anyio_fastapi_testkit._sysuser import SERVER_USER
+from anyio_fastapi_testkit._postgres.binaries import embedded_bin_dir
+from anyio_fastapi_testkit._postgres.cache import (
+    FOLDER_PREFIX,
+    LOCK_FILE,
+    MARKER_FILE,
+    PROJECT_FILE,
+)
+from anyio_fastapi_testkit._postgres.cluster import shutdown
+from anyio_fastapi_testkit._postgres.processes import is_postmaster_of
+from anyio_fastapi_testkit._postgres.server import start_server
+from anyio_fastapi_testkit._postgres.sysuser import SERVER_USER
 
 AS_ROOT = os.geteuid() == 0
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the cache needs fcntl")

@@ -12,8 +12,8 @@ import anyio
 import pytest
 from conftest import HTTP_LIBRARIES, PREFERRED_LIBRARY, Project, needs_httpx2
 
-from anyio_fastapi_testkit._client import client_class, make_client
-from anyio_fastapi_testkit._streaming import streaming_transport
+from anyio_fastapi_testkit._http.client import client_class, make_client
+from anyio_fastapi_testkit._http.streaming import streaming_transport
 
 http_library = importlib.import_module(PREFERRED_LIBRARY)
 

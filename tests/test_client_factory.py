@@ -8,9 +8,9 @@ import pytest
 from conftest import HTTP_LIBRARIES, ITEMS_APP, Project
 
 import anyio_fastapi_testkit
-from anyio_fastapi_testkit._client import ClientFactory
-from anyio_fastapi_testkit._config import _base_url
-from anyio_fastapi_testkit._errors import ConfigError
+from anyio_fastapi_testkit._core.config import _base_url
+from anyio_fastapi_testkit._core.errors import ConfigError
+from anyio_fastapi_testkit._http.client import ClientFactory
 
 ECHO_APP = """
 from fastapi import FastAPI, Request, Response

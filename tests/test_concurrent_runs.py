@@ -31,7 +31,8 @@ from conftest import (
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from anyio_fastapi_testkit._databases import (
+from anyio_fastapi_testkit._postgres.server import RunningServer
+from anyio_fastapi_testkit._provisioning.databases import (
     MAX_NAME_BYTES,
     PENDING_PREFIX,
     create_database,
@@ -39,9 +40,8 @@ from anyio_fastapi_testkit._databases import (
     pending_name,
     test_database_names,
 )
-from anyio_fastapi_testkit._liveness import RunLock, run_token
-from anyio_fastapi_testkit._owned import drop_dead_runs
-from anyio_fastapi_testkit._server import RunningServer
+from anyio_fastapi_testkit._provisioning.liveness import RunLock, run_token
+from anyio_fastapi_testkit._provisioning.owned import drop_dead_runs
 
 BASE = "concdb"
 FOREIGN = (BASE, f"test_{BASE}", f"test_{BASE}_0badf00d", f"test_{BASE}_0badf00d_template")
@@ -394,7 +394,7 @@ KILL_BEFORE_THE_MARK = """
 import os
 import signal
 
-from anyio_fastapi_testkit import _databases
+from anyio_fastapi_testkit._provisioning import databases as _databases
 
 
 def _killed(*args, **kwargs):

@@ -104,8 +104,8 @@ ENV_ENTRIES = ("DATABASE_URL", "GREETING=a b", 'CORS_ORIGINS=["http://a"]', "APP
 def test_toml_list_entries_are_taken_whole(pytester: pytest.Pytester) -> None:
     from sqlalchemy.engine import make_url
 
-    from anyio_fastapi_testkit._config import read_settings
-    from anyio_fastapi_testkit._provision import render_env
+    from anyio_fastapi_testkit._core.config import read_settings
+    from anyio_fastapi_testkit._provisioning.run_databases import render_env
 
     pytester.makepyprojecttoml(
         """
@@ -137,7 +137,7 @@ INI_ENTRIES = """DATABASE_URL GREETING="a b"
 def test_string_entries_read_the_same_from_every_config_file(
     pytester: pytest.Pytester, file: str
 ) -> None:
-    from anyio_fastapi_testkit._config import read_settings
+    from anyio_fastapi_testkit._core.config import read_settings
 
     if file == "pyproject.toml":
         body = INI_ENTRIES.replace("\n    ", "\n")

@@ -17,8 +17,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from anyio_fastapi_testkit import _databases
-from anyio_fastapi_testkit._databases import (
+from anyio_fastapi_testkit._core.errors import DatabaseError
+from anyio_fastapi_testkit._postgres.server import RunningServer, start_server
+from anyio_fastapi_testkit._provisioning import databases as _databases
+from anyio_fastapi_testkit._provisioning.databases import (
     RUN_ID,
     Driver,
     create_database,
@@ -26,8 +28,6 @@ from anyio_fastapi_testkit._databases import (
     drop_database,
     is_ours,
 )
-from anyio_fastapi_testkit._errors import DatabaseError
-from anyio_fastapi_testkit._server import RunningServer, start_server
 
 MARK = "created by anyio-fastapi-testkit"
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import ITEMS_APP, Project, database_names, drop_by_hand, leftovers, sql_rows
 from sqlalchemy.engine import URL
 
-from anyio_fastapi_testkit._server import RunningServer
+from anyio_fastapi_testkit._postgres.server import RunningServer
 
 URL_SETTINGS = ("--testkit-db-url", "TESTKIT_DATABASE_URL", "testkit_database_url")
 UNREACHABLE = "postgresql://u:s3cretpw@127.0.0.1:1/db"

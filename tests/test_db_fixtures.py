@@ -15,7 +15,7 @@ import pytest
 from conftest import ITEMS_APP, Project, database_names, drop_by_hand, leftovers, sql_rows
 from sqlalchemy.engine import URL
 
-from anyio_fastapi_testkit._server import RunningServer
+from anyio_fastapi_testkit._postgres.server import RunningServer
 
 ITEMS_SETTINGS = {
     "testkit_app": "items_app:app",
@@ -799,7 +799,7 @@ def test_nothing_of_a_test_outlives_it(project: Project) -> None:
 
         import pytest
 
-        from anyio_fastapi_testkit._transaction import TestTransaction
+        from anyio_fastapi_testkit._isolation.transaction import TestTransaction
 
         @pytest.mark.parametrize("n", range(5))
         async def test_requests(client, n):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, leftovers
 
-from anyio_fastapi_testkit._server import RunningServer
+from anyio_fastapi_testkit._postgres.server import RunningServer
 
 ITEMS_SETTINGS = {
     "testkit_app": "items_app:app",

@@ -14,7 +14,7 @@ import pytest
 from conftest import Project, drop_by_hand, leftovers, sql_rows
 from sqlalchemy.engine import URL
 
-from anyio_fastapi_testkit._server import RunningServer
+from anyio_fastapi_testkit._postgres.server import RunningServer
 
 CANARY_ROWS = [(1, "the developer's own row")]
 
@@ -197,7 +197,7 @@ def test_an_env_py_that_migrates_nothing_is_reported(
 APP_ENGINE_TEST = """
 import pytest
 
-from anyio_fastapi_testkit._foreign import ForeignDatabaseError
+from anyio_fastapi_testkit._provisioning.foreign_guard import ForeignDatabaseError
 
 
 async def test_the_apps_engine_is_refused(client):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import ITEMS_APP, Project
 
-from anyio_fastapi_testkit._server import RunningServer
+from anyio_fastapi_testkit._postgres.server import RunningServer
 
 FREEZERS = {
     "freezegun": ("from freezegun import freeze_time", 'freeze_time("2001-02-03 04:05:06")'),

@@ -34,10 +34,13 @@ from conftest import (
 )
 from sqlalchemy.engine import URL
 
-from anyio_fastapi_testkit._databases import PENDING_PREFIX
-from anyio_fastapi_testkit._server import RunningServer
-from anyio_fastapi_testkit._spares import spare_name
-from anyio_fastapi_testkit._state_folder import SOCKET_DIR_GRACE_SECONDS, remove_dead_socket_dirs
+from anyio_fastapi_testkit._postgres.server import RunningServer
+from anyio_fastapi_testkit._postgres.state_folder import (
+    SOCKET_DIR_GRACE_SECONDS,
+    remove_dead_socket_dirs,
+)
+from anyio_fastapi_testkit._provisioning.databases import PENDING_PREFIX
+from anyio_fastapi_testkit._provisioning.spares import spare_name
 
 # --- item 4: the kit's children die with the run ---------------------------------------------
 
@@ -359,7 +362,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from anyio_fastapi_testkit._spares import spare_name
+from anyio_fastapi_testkit._provisioning.spares import spare_name
 
 
 def names(url):
@@ -529,7 +532,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from anyio_fastapi_testkit._spares import spare_name
+from anyio_fastapi_testkit._provisioning.spares import spare_name
 
 
 def test_record(database_url):
@@ -558,7 +561,7 @@ KILL_WHILE_THE_SPARE_IS_MADE = """
 import os
 import signal
 
-from anyio_fastapi_testkit import _databases
+from anyio_fastapi_testkit._provisioning import databases as _databases
 
 _mark = _databases._mark
 
@@ -580,7 +583,7 @@ import signal
 
 from psycopg import sql
 
-from anyio_fastapi_testkit import _spares
+from anyio_fastapi_testkit._provisioning import spares as _spares
 
 _connect_admin = _spares.connect_admin
 

@@ -11,7 +11,9 @@ import anyio_fastapi_testkit as kit
 
 
 def test_every_public_name_resolves() -> None:
-    from anyio_fastapi_testkit import _client, _factories, _websocket
+    from anyio_fastapi_testkit._http import client as _client
+    from anyio_fastapi_testkit._http import websocket as _websocket
+    from anyio_fastapi_testkit._isolation import factories as _factories
 
     assert {name for name in kit.__all__ if not hasattr(kit, name)} == set()
     assert kit.persist_with is _factories.persist_with

@@ -42,9 +42,9 @@ import pytest
 from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, database_names, drop_by_hand, sql_rows
 from sqlalchemy.engine import URL, make_url
 
-from anyio_fastapi_testkit._cache import FOLDER_PREFIX
-from anyio_fastapi_testkit._server import RunningServer
-from anyio_fastapi_testkit._sysuser import run
+from anyio_fastapi_testkit._postgres.cache import FOLDER_PREFIX
+from anyio_fastapi_testkit._postgres.server import RunningServer
+from anyio_fastapi_testkit._postgres.sysuser import run
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 needs_root = pytest.mark.skipif(

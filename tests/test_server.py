@@ -30,19 +30,22 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import anyio_fastapi_testkit
-from anyio_fastapi_testkit import _binaries, _processes, _server, _sysuser
-from anyio_fastapi_testkit._binaries import binaries_version, embedded_bin_dir
-from anyio_fastapi_testkit._errors import DatabaseError
-from anyio_fastapi_testkit._orphans import cleanup_orphans
-from anyio_fastapi_testkit._server import (
+from anyio_fastapi_testkit._core.errors import DatabaseError
+from anyio_fastapi_testkit._core.urls import mask_secrets, mask_url
+from anyio_fastapi_testkit._postgres import binaries as _binaries
+from anyio_fastapi_testkit._postgres import processes as _processes
+from anyio_fastapi_testkit._postgres import server as _server
+from anyio_fastapi_testkit._postgres import sysuser as _sysuser
+from anyio_fastapi_testkit._postgres.binaries import binaries_version, embedded_bin_dir
+from anyio_fastapi_testkit._postgres.orphans import cleanup_orphans
+from anyio_fastapi_testkit._postgres.server import (
     RunningServer,
     check_server_version,
     start_server,
     system_bin_dir,
     version_text,
 )
-from anyio_fastapi_testkit._sysuser import grant_traversal, open_install_tree
-from anyio_fastapi_testkit._urls import mask_secrets, mask_url
+from anyio_fastapi_testkit._postgres.sysuser import grant_traversal, open_install_tree
 
 SETTINGS = ("--testkit-db-url", "TESTKIT_DATABASE_URL", "testkit_database_url")
 AS_ROOT = os.geteuid() == 0
@@ -366,7 +369,7 @@ def test_version_text(number: int, rendered: str) -> None:
 ORPHAN_SCRIPT = """
 import sys, time
 from pathlib import Path
-from anyio_fastapi_testkit._server import start_server
+from anyio_fastapi_testkit._postgres.server import start_server
 server = start_server(None, base_dir=Path(sys.argv[1]), tcp=False, prefer="embedded")
 print(server.state_dir, flush=True)
 time.sleep(600)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import ITEMS_APP, Project, leftovers
 
-from anyio_fastapi_testkit._server import start_server
+from anyio_fastapi_testkit._postgres.server import start_server
 
 # The third test ends the server the way a crash or an OOM kill does: SIGQUIT to the
 # postmaster is PostgreSQL's immediate shutdown (every backend ends at once, no checkpoint).

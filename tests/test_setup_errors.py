@@ -17,7 +17,7 @@ import pytest
 from conftest import ITEMS_APP, Project
 
 import anyio_fastapi_testkit
-from anyio_fastapi_testkit._server import RunningServer
+from anyio_fastapi_testkit._postgres.server import RunningServer
 
 UNREACHABLE = "postgresql://u:s3cretpw@127.0.0.1:1/db"
 # What a frame of the kit's own looks like in a traceback (absolute or relative path).
@@ -373,7 +373,7 @@ def test_a_trio_skip_points_at_the_test(project: Project) -> None:
 # --- anyio_backend overridden in a conftest.py ----------------------------------------------
 
 BACKEND_PROBE = """
-from anyio_fastapi_testkit._backends import running_library
+from anyio_fastapi_testkit._core.backends import running_library
 
 async def test_backend(anyio_backend):
     assert running_library() == anyio_backend == "asyncio"

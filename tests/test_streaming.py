@@ -269,7 +269,7 @@ def test_httpx_sse_and_httpx2_sse_read_the_endless_stream(project: Project) -> N
             assert stream_app.seen == ["events closed"]
 
         async def test_httpx2_sse(app_lifespan):
-            from anyio_fastapi_testkit._streaming import streaming_transport
+            from anyio_fastapi_testkit._http.streaming import streaming_transport
 
             stream_app.seen.clear()
             transport = streaming_transport(httpx2, app_lifespan)
@@ -380,7 +380,7 @@ def test_plain_requests_are_answered_as_by_asgi_transport(project: Project, libr
         f"""
         import {library} as library
         import stream_app
-        from anyio_fastapi_testkit._streaming import StreamingASGITransport
+        from anyio_fastapi_testkit._http.streaming import StreamingASGITransport
 
         async def body():
             yield b"abc"
@@ -435,7 +435,7 @@ def test_the_transport_must_be_opened_with_the_client(project: Project) -> None:
         f"""
         import {PREFERRED_LIBRARY} as http
         import pytest
-        from anyio_fastapi_testkit._streaming import streaming_transport
+        from anyio_fastapi_testkit._http.streaming import streaming_transport
 
         async def test_unopened(app_lifespan):
             client = http.AsyncClient(transport=streaming_transport(http, app_lifespan))
@@ -596,8 +596,8 @@ import anyio
 import pytest
 import {library} as library
 import inline_app
-from anyio_fastapi_testkit._client import client_class
-from anyio_fastapi_testkit._streaming import streaming_transport
+from anyio_fastapi_testkit._http.client import client_class
+from anyio_fastapi_testkit._http.streaming import streaming_transport
 from stream_errors import raises_from_the_body
 
 BASE = "http://testserver"

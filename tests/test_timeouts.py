@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import Project, database_names
 
-from anyio_fastapi_testkit._server import RunningServer
+from anyio_fastapi_testkit._postgres.server import RunningServer
 
 HANGING = """
     import anyio

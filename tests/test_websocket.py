@@ -117,7 +117,7 @@ def test_chat_round_trip_and_close_codes(project: Project) -> None:
         import pytest
         import ws_app
         from starlette.websockets import WebSocketDisconnect
-        from anyio_fastapi_testkit._websocket import WebSocketClosed
+        from anyio_fastapi_testkit._http.websocket import WebSocketClosed
 
         def app_tasks():
             # By name: the loop's own tasks come and go (trio's run_sync_soon task, the
@@ -186,7 +186,7 @@ def test_rejections_errors_timeouts_and_overrides(project: Project) -> None:
         import anyio
         import pytest
         import ws_app
-        from anyio_fastapi_testkit._websocket import WebSocketRejected
+        from anyio_fastapi_testkit._http.websocket import WebSocketRejected
 
         async def test_rejected_handshake_has_the_close_code(websocket_connect):
             with pytest.raises(WebSocketRejected, match="rejected .* /private") as rejected:

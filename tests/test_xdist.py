@@ -27,7 +27,7 @@ from conftest import (
 )
 from sqlalchemy.engine import URL
 
-from anyio_fastapi_testkit._server import RunningServer
+from anyio_fastapi_testkit._postgres.server import RunningServer
 
 TESTS_PER_MODULE = 6
 

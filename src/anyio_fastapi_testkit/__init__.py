@@ -9,22 +9,22 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._errors import AppError, ConfigError, DatabaseError, TestkitError
-from ._warnings import BlockedLoopWarning, LeakedTaskWarning, TestkitWarning
+from ._core.errors import AppError, ConfigError, DatabaseError, TestkitError
+from ._core.warnings import BlockedLoopWarning, LeakedTaskWarning, TestkitWarning
 
 if TYPE_CHECKING:
-    from ._client import ClientFactory, override_dependencies
-    from ._factories import persist_with
-    from ._websocket import WebSocketClosed, WebSocketRejected
+    from ._http.client import ClientFactory, override_dependencies
+    from ._http.websocket import WebSocketClosed, WebSocketRejected
+    from ._isolation.factories import persist_with
 
 # Imported on first use: pytest imports this package to load the plugin in every process,
 # pytest-xdist's controller too, which runs no test and need not pay for SQLAlchemy's ORM.
 _LAZY = {
-    "ClientFactory": "._client",
-    "override_dependencies": "._client",
-    "persist_with": "._factories",
-    "WebSocketClosed": "._websocket",
-    "WebSocketRejected": "._websocket",
+    "ClientFactory": "._http.client",
+    "override_dependencies": "._http.client",
+    "persist_with": "._isolation.factories",
+    "WebSocketClosed": "._http.websocket",
+    "WebSocketRejected": "._http.websocket",
 }
 
 __all__ = [

@@ -19,18 +19,19 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from ._app import ASGIApp, check_uses_dependency, load_app, running_lifespan
-from ._backends import ANYIO_BACKEND_DOC, backend_name
-from ._client import ClientFactory, http_library, override_dependencies
-from ._config import Settings, get_settings, load_once
-from ._errors import ConfigError
-from ._factories import bound_factories, load_factories
-from ._imports import import_from_path
-from ._live_server import live_server as serve_live
-from ._provision import DatabaseURL, TestDatabases
-from ._queries import QueryCounter, QueryLimit
-from ._timeouts import timeout_for
-from ._transaction import (
+from ._core.backends import ANYIO_BACKEND_DOC, backend_name
+from ._core.config import Settings, get_settings, load_once
+from ._core.errors import ConfigError
+from ._core.imports import import_from_path
+from ._diagnostics.queries import QueryCounter, QueryLimit
+from ._diagnostics.timeouts import timeout_for
+from ._diagnostics.watched import runs_watched
+from ._http.app import ASGIApp, check_uses_dependency, load_app, running_lifespan
+from ._http.client import ClientFactory, http_library, override_dependencies
+from ._http.live_server import live_server as serve_live
+from ._http.websocket import WebSocketConnect, websocket_connector
+from ._isolation.factories import bound_factories, load_factories
+from ._isolation.transaction import (
     TRANSACTION_KEY,
     AsyncDatabase,
     SyncDatabase,
@@ -41,9 +42,8 @@ from ._transaction import (
     is_async_dependency,
     session_options,
 )
-from ._watched import runs_watched
-from ._websocket import WebSocketConnect, websocket_connector
-from ._xdist import server_plan, xdist_worker_id
+from ._provisioning.run_databases import DatabaseURL, TestDatabases
+from ._provisioning.xdist import server_plan, xdist_worker_id
 
 __all__ = [
     "anyio_backend",  # noqa: F822 (made on access: see __getattr__)

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from ._backends import ANYIO_BACKEND_DOC, check_backend_overrides, use_fixtures
-from ._config import (
+from ._core.backends import ANYIO_BACKEND_DOC, check_backend_overrides, use_fixtures
+from ._core.config import (
     Settings,
     add_options,
     get_settings,
@@ -28,14 +28,15 @@ from ._config import (
     read_settings,
     store_settings,
 )
-from ._diagnostics import explain_exception
-from ._errors import ConfigError, TestkitError
-from ._frames import is_user_code, last_line_in, raised_by_the_kit
-from ._interrupts import TestInterrupted, restore_sigterm, stop_on_sigterm
-from ._timeouts import MARKER, timed_fixture_setup
-from ._urls import SecretURL, mask_url
-from ._watched import watched_test
-from ._xdist import finish_run, hand_to_worker, is_xdist_controller, plan_run
+from ._core.errors import ConfigError, TestkitError
+from ._core.urls import SecretURL, mask_url
+from ._diagnostics.explanations import explain_exception
+from ._diagnostics.frames import is_user_code, last_line_in, raised_by_the_kit
+from ._diagnostics.interrupts import TestInterrupted, restore_sigterm, stop_on_sigterm
+from ._diagnostics.timeouts import MARKER, timed_fixture_setup
+from ._diagnostics.watched import watched_test
+from ._postgres.limits import limit_admin_waits
+from ._provisioning.xdist import finish_run, hand_to_worker, is_xdist_controller, plan_run
 
 PLUGIN_NAME = "anyio_fastapi_testkit.plugin"
 FIXTURES_PLUGIN_NAME = "anyio_fastapi_testkit.fixtures"
@@ -135,8 +136,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     if not settings.database_env:
         return
     store_settings(config, settings)
+    limit_admin_waits(settings.timeout)
     if option(config, "testkit_doctor"):  # it reports, instead of stopping the run
-        from ._import_order import EARLY_IMPORTS_KEY, imported_too_early
+        from ._core.import_order import EARLY_IMPORTS_KEY, imported_too_early
 
         early = imported_too_early(settings)
         config.stash[EARLY_IMPORTS_KEY] = early
@@ -158,7 +160,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 def _apply_database_env(config: pytest.Config, settings: Settings, imported_by: str) -> None:
     """Make the test database and set ``testkit_database_env`` for it, unless the app's
     modules were imported already (then stop: the app would run on the shell's settings)."""
-    from ._import_order import imported_too_early, too_early_message
+    from ._core.import_order import imported_too_early, too_early_message
 
     early = imported_too_early(settings)
     if early:
@@ -187,6 +189,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     store_settings(config, settings)
+    limit_admin_waits(settings.timeout)
     manager = config.pluginmanager
     # Registered now, after every autoloaded plugin, so that the kit's session-scoped
     # anyio_backend wins over anyio's module-scoped one however the kit itself was loaded.
@@ -197,7 +200,7 @@ def pytest_configure(config: pytest.Config) -> None:
             manager.register(fixtures, FIXTURES_PLUGIN_NAME)
         bound = fixtures.config_fixtures(config)
         if not manager.has_plugin(SERVER_LOSS_PLUGIN_NAME):
-            from . import _server_loss
+            from ._diagnostics import server_loss as _server_loss
 
             manager.register(_server_loss, SERVER_LOSS_PLUGIN_NAME)
     if not manager.has_plugin(SESSION_PLUGIN_NAME):
@@ -214,7 +217,7 @@ def pytest_configure(config: pytest.Config) -> None:
         _apply_database_env(config, settings, "by a conftest.py (the kit was loaded late)")
     plan_run(config, settings)  # where the server comes from; nothing is started yet
     if _manages_a_database(settings) and not is_xdist_controller(config):
-        from ._foreign import guard
+        from ._provisioning.foreign_guard import guard
 
         guard().start()  # no engine connects anywhere but to the kit's databases
 
@@ -224,7 +227,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     # As pytest's own --fixtures and --markers: report instead of running the session.
     if not config.getoption("testkit_doctor"):
         return None
-    from ._doctor import run_doctor
+    from ._diagnostics.doctor import run_doctor
 
     return run_doctor(config, _check_pytest_asyncio)
 
@@ -258,7 +261,7 @@ def _close_run(config: pytest.Config) -> None:
     if config.stash.get(_CLOSED_KEY, False):
         return
     config.stash[_CLOSED_KEY] = True
-    foreign = sys.modules.get("anyio_fastapi_testkit._foreign")
+    foreign = sys.modules.get("anyio_fastapi_testkit._provisioning.foreign_guard")
     if foreign is not None:
         foreign.guard().stop()
     try:

@@ -1,0 +1,2 @@
+"""What the kit watches and reports: time limits, leaked tasks, blocked loops, queries and
+the doctor."""

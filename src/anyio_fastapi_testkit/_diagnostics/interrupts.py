@@ -1,0 +1,136 @@
+"""Ctrl-C and SIGTERM are ordinary stops: the test is cancelled, the run cleans up.
+
+A KeyboardInterrupt raised in the middle of an async test escapes the event loop from
+whatever frame was running, and anyio's pytest runner does not survive that: the
+interruption is raised again by the next fixture teardown on the loop, so the run ended in a
+crash traceback (or in an error blaming the app's lifespan) instead of pytest's interrupted
+summary, and the app's shutdown never ran. As ``asyncio.run`` does for its main task, the
+kit handles SIGINT itself while an async test runs: it cancels the test, notes where the
+test's tasks were waiting, lets the kit's own teardown run on the loop, and only then raises
+KeyboardInterrupt for pytest, outside the loop. A second Ctrl-C interrupts at once.
+
+CI cancels a job with SIGTERM, whose default action ends the process with no cleanup at all
+(no atexit handler, no server stop): the kit turns it into the same ordinary stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from types import FrameType, TracebackType
+from typing import Any
+
+import anyio
+
+from .._core.clock import loop_poster
+from .timeouts import task_report
+
+_HANDLED: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+
+
+class TestInterrupted(Exception):
+    """An async test was cancelled by Ctrl-C or SIGTERM; raised again as KeyboardInterrupt."""
+
+    __test__ = False
+
+    def __init__(
+        self, signal_name: str, nodeid: str, report: str, waiting: TracebackType | None
+    ) -> None:
+        super().__init__(
+            f"{nodeid} was interrupted ({signal_name}). Where each task was waiting:\n\n{report}"
+        )
+        self.signal_name = signal_name
+        self.waiting = waiting  # the test's frames down to where it was waiting
+
+    def as_keyboard_interrupt(self, test_file: str) -> KeyboardInterrupt:
+        """For pytest, whose summary names the last frame: cut after the test file's last."""
+        entries: list[TracebackType] = []
+        tb = self.waiting
+        while tb is not None:
+            entries.append(tb)
+            tb = tb.tb_next
+        in_test = [i for i, e in enumerate(entries) if e.tb_frame.f_code.co_filename == test_file]
+        kept = entries[: in_test[-1] + 1] if in_test else entries
+        chain: TracebackType | None = None
+        for entry in reversed(kept):
+            chain = TracebackType(chain, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+        return KeyboardInterrupt(self.signal_name).with_traceback(chain)
+
+
+def _ours_to_handle(signum: int) -> bool:
+    current = signal.getsignal(signum)
+    if signum == signal.SIGINT:
+        return current is signal.default_int_handler
+    return current in (signal.SIG_DFL, None) or current is _terminate
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the run was asked to stop")
+
+
+def stop_on_sigterm() -> None:
+    """Until ``restore_sigterm()``, SIGTERM raises KeyboardInterrupt as Ctrl-C does (main
+    thread only, and only where nobody else handles SIGTERM)."""
+    if threading.current_thread() is threading.main_thread() and _ours_to_handle(signal.SIGTERM):
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+def restore_sigterm() -> None:
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is _terminate
+    ):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _handlers(handler: Callable[[int, FrameType | None], None]) -> Iterator[list[int]]:
+    installed: list[int] = []
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in _HANDLED:
+            if _ours_to_handle(signum):
+                previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, handler)
+                installed.append(signum)
+    try:
+        yield installed
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+async def run_interruptible(
+    test: Callable[..., Awaitable[Any]], nodeid: str, test_file: str, /, **kwargs: Any
+) -> Any:
+    """Run ``test``; on SIGINT or SIGTERM cancel it, then raise ``TestInterrupted``."""
+    __tracebackhide__ = True
+    post = loop_poster()
+    scope = anyio.CancelScope()
+    caught: list[tuple[str, str]] = []
+
+    def cancel_on_loop(name: str) -> None:
+        if not caught:
+            caught.append((name, task_report(test_file)))
+            scope.cancel()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        # A second signal while the test winds down interrupts at once, as Python would.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        post(lambda: cancel_on_loop(name))
+
+    result = None
+    waiting: TracebackType | None = None
+    with _handlers(on_signal), scope:
+        try:
+            result = await test(**kwargs)
+        except anyio.get_cancelled_exc_class() as exc:
+            waiting = exc.__traceback__
+            raise
+    if caught:
+        name, report = caught[0]
+        raise TestInterrupted(name, nodeid, report, waiting)
+    return result

@@ -1,0 +1,1 @@
+"""The app under test: import, lifespan, HTTP and websocket clients, the live server."""

@@ -1,0 +1,1 @@
+"""Per-test isolation: the outer transaction, sessions on it, the leak check, factories."""

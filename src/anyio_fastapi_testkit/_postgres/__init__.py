@@ -1,0 +1,1 @@
+"""The PostgreSQL server: binaries, the system user, clusters, the cache, processes."""

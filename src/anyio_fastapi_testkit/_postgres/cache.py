@@ -1,0 +1,556 @@
+"""A cluster kept between runs with its template ready, so a warm start skips initdb and the schema.
+
+Per project (one pytest cache folder), in the kit's base folder:
+
+``cache-<id>/`` (id: a digest of the pytest cache folder's path)
+    ``lock``: held (flock) by the run using the cluster, from configure to unconfigure; a
+    second concurrent run finds it taken and uses a throwaway cluster instead of waiting.
+    ``cache.json``: the marker: the binaries, version and password of the cluster, and the
+    key of the schema its template holds, set only after that template was built.
+    ``cluster/``: the state folder (data, log, socket; the server user's as root).
+    ``project.json``: the pytest cache folder it serves. A cache folder whose pytest cache
+    folder is gone (the project was deleted, or its ``.pytest_cache``) would be rebuilt from
+    scratch by its next run, if any: the next run of any project deletes it.
+
+pytest's cache (``config.cache``, key ``CACHE_KEY``) holds the pointer to that folder: a run
+without it (the first, or after ``--cache-clear``) rebuilds the cluster from scratch. The data
+lives in the kit's base folder, not in pytest's cache folder, because as root the server user
+must reach it (a project under a 0700 home is out of its reach) and its socket path must be
+short.
+
+Whatever is found in a cache folder, a run either uses what it has verified or rebuilds it:
+anything in the way (a file where a folder belongs, a folder where a file does) is deleted, a
+cluster that does not start or answer is made anew, a template whose tables no longer hold
+what they held when it was built is rebuilt (see ``ClusterCache.check_databases``), and only a
+folder the kit cannot even delete makes the run use a throwaway cluster, with a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from .._core.warnings import TestkitWarning
+from .cluster import Cluster, LocalSource, shutdown
+from .state_folder import (
+    fixed_state_dir,
+    open_private,
+    prepare_base_dir,
+    read_owner,
+    recorded_socket_dir,
+    write_private_text,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cache, a throwaway cluster per run as before
+    fcntl = None  # type: ignore[assignment]
+
+CACHE_FORMAT = 1  # bump when the layout or the template's contents change meaning
+CACHE_KEY = "anyio_fastapi_testkit/cluster"
+FOLDER_PREFIX = "cache-"
+MARKER_FILE = "cache.json"
+LOCK_FILE = "lock"
+PROJECT_FILE = "project.json"
+CLUSTER_FOLDER = "cluster"
+TEMPLATE_RUN_ID = "cached template"  # in the template's ownership comment
+_KEPT = (LOCK_FILE, PROJECT_FILE)  # what a wipe leaves in the cache folder
+
+
+class CacheWarning(TestkitWarning):
+    """The cached cluster could not be used or rebuilt: the run used a throwaway cluster."""
+
+
+class CacheStore:
+    """What the kit needs of pytest's ``config.cache``: ``get`` and ``set`` of JSON values."""
+
+    def __init__(self, pytest_cache: Any) -> None:
+        self._cache = pytest_cache
+
+    def pointer(self) -> object:
+        return self._cache.get(CACHE_KEY, None)
+
+    def set_pointer(self, folder: Path) -> None:
+        self._cache.set(CACHE_KEY, self.expected_pointer(folder))
+
+    @staticmethod
+    def expected_pointer(folder: Path) -> dict[str, object]:
+        return {"format": CACHE_FORMAT, "folder": str(folder)}
+
+
+@dataclass
+class CacheLock:
+    """The lock on a cache folder, held while a run uses it."""
+
+    folder: Path
+    handle: IO[bytes] | None
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing the file releases the flock
+            self.handle = None
+
+
+def cache_folder(base: Path, pytest_cache_dir: Path) -> Path:
+    """The cache folder of the project whose pytest cache folder is ``pytest_cache_dir``."""
+    digest = hashlib.sha256(str(pytest_cache_dir.resolve()).encode()).hexdigest()[:16]
+    return base / f"{FOLDER_PREFIX}{digest}"
+
+
+def try_lock(folder: Path) -> CacheLock | None:
+    """Take the folder's lock without waiting; None when another run holds it."""
+    if fcntl is None:
+        return None
+    path = folder / LOCK_FILE
+    if not _is_plain(path, stat.S_ISREG):
+        remove_path(path)  # a folder or link there: nobody can hold a lock on it
+    handle = os.fdopen(open_private(path, os.O_WRONLY | os.O_APPEND), "ab")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Another project's run may have deleted this folder (remove_forgotten) between the
+        # open and the lock, and a run may have made it anew since: a lock on a file that is
+        # no longer the folder's guards nothing.
+        held = os.path.samestat(os.fstat(handle.fileno()), path.stat())
+    except OSError:  # locked by another run, or the folder is gone
+        held = False
+    if not held:
+        handle.close()
+        return None
+    return CacheLock(folder, handle)
+
+
+def make_cache_folder(base_dir: Path | None, pytest_cache_dir: Path) -> Path:
+    """Create (if missing) the project's cache folder in the kit's base folder."""
+    base = prepare_base_dir(base_dir)
+    folder = cache_folder(base, pytest_cache_dir)
+    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    mode = 0o711 if as_root else 0o700  # as root the server user passes through to cluster/
+    if not _is_plain(folder, stat.S_ISDIR):
+        remove_path(folder)  # a file or a link in the kit's own base folder: in the way
+    folder.mkdir(mode=mode, exist_ok=True)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise OSError(f"{folder} is not a folder of this user")
+    folder.chmod(mode)
+    _record_project(folder, pytest_cache_dir)
+    return folder
+
+
+def _record_project(folder: Path, pytest_cache_dir: Path) -> None:
+    record = {"pytest_cache_dir": str(pytest_cache_dir.resolve())}
+    path = folder / PROJECT_FILE
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()) == record:
+            return
+    temporary = folder / f".{PROJECT_FILE}.tmp"
+    for stale in (temporary, path):
+        if not _is_plain(stale, stat.S_ISREG):
+            remove_path(stale)  # e.g. a folder where the file belongs
+    write_private_text(path, json.dumps(record))
+
+
+def _recorded_project(folder: Path) -> Path | None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        recorded = json.loads((folder / PROJECT_FILE).read_text()).get("pytest_cache_dir")
+        if isinstance(recorded, str):
+            return Path(recorded)
+    return None
+
+
+def remove_path(path: Path) -> None:
+    """Delete whatever is at ``path`` (file, link, folder tree; links are not followed).
+
+    Folders the current user cannot write or search are opened up first. Raises ``OSError``
+    when something is left (e.g. a read-only file system).
+    """
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        path.unlink()
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    if not path.exists() and not path.is_symlink():
+        return
+    with contextlib.suppress(OSError):
+        path.chmod(0o700)
+    for root, dirs, _files in os.walk(path):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                Path(root, name).chmod(0o700)  # before os.walk lists it
+    shutil.rmtree(path)
+
+
+def _is_plain(path: Path, kind: Callable[[int], bool]) -> bool:
+    """Whether ``path`` is missing, or there and of this kind (``stat.S_ISDIR``, ...), no link."""
+    try:
+        return kind(path.lstat().st_mode)
+    except FileNotFoundError:
+        return True
+
+
+@dataclass(frozen=True)
+class Marker:
+    """``cache.json``: what the cluster is, and which schema its template holds (if any).
+
+    ``template_name`` and ``template_check`` (see ``_owned.database_summary``) are what the
+    template held when it was built, for the check of the next run.
+    """
+
+    bin_dir: str
+    version_num: int
+    password: str
+    template_key: str | None
+    template_name: str | None = None
+    template_check: dict[str, Any] | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "format": CACHE_FORMAT,
+            "bin_dir": self.bin_dir,
+            "version_num": self.version_num,
+            "password": self.password,
+            "template_key": self.template_key,
+            "template_name": self.template_name,
+            "template_check": self.template_check,
+        }
+
+
+class ClusterCache:
+    """A locked cache folder: start its cluster (rebuilt when unfit), and track its template."""
+
+    def __init__(self, folder: Path, *, rebuild: bool) -> None:
+        self.folder = folder
+        self.rebuild = rebuild  # no pointer in pytest's cache: start from scratch
+        self.reused_cluster = False  # for reports and tests: initdb was skipped
+        self.admin_url: URL | None = None  # of the started cluster, for the template's check
+        self.dropped: list[str] = []  # for reports and tests: what check_databases dropped
+        self._marker: Marker | None = None
+
+    @property
+    def cluster_dir(self) -> Path:
+        return self.folder / CLUSTER_FOLDER
+
+    @property
+    def marker_file(self) -> Path:
+        return self.folder / MARKER_FILE
+
+    def start_cluster(
+        self,
+        source: LocalSource,
+        bin_dir: Path,
+        version_num: int,
+        user: str | None,
+        tcp: bool,
+        settings: dict[str, str],
+        owner_pid: int | None = None,
+    ) -> Cluster:
+        """The cached cluster, started; initdb'd anew when missing, foreign, half-made or
+        damaged in any way that keeps it from starting. Raises ``OSError`` only when the
+        folder cannot be cleared for a new one."""
+        marker = None if self.rebuild else self._read_marker()
+        if (
+            marker is not None
+            and marker.bin_dir == str(bin_dir)
+            and marker.version_num == version_num
+        ):
+            cluster = self._reuse(marker, source, bin_dir, user, tcp, settings, owner_pid)
+            if cluster is not None:
+                return cluster
+        return self._initdb(source, bin_dir, version_num, user, tcp, settings, owner_pid)
+
+    def _reuse(
+        self,
+        marker: Marker,
+        source: LocalSource,
+        bin_dir: Path,
+        user: str | None,
+        tcp: bool,
+        settings: dict[str, str],
+        owner_pid: int | None,
+    ) -> Cluster | None:
+        """Start the cluster as the marker describes it; None when it does not start."""
+        data_dir = self.cluster_dir / "data"
+        cluster = None
+        try:
+            if not (
+                _is_plain(self.cluster_dir, stat.S_ISDIR)
+                and self.cluster_dir.is_dir()
+                and _is_plain(data_dir, stat.S_ISDIR)
+                and (data_dir / "PG_VERSION").is_file()
+            ):
+                return None
+            cluster = self._cluster(source, bin_dir, user, marker.password, tcp, settings)
+            # A killed run may have left its server running: stop it before starting anew.
+            shutdown(cluster.data_dir, bin_dir, modes=("fast", "immediate"))
+            remove_path(cluster.log_file)
+            cluster.socket_dir = fixed_state_dir(self.cluster_dir, bin_dir, user, owner_pid)
+            cluster.start()
+        except Exception:  # whatever is wrong in the folder: make the cluster anew
+            if cluster is not None:
+                with contextlib.suppress(Exception):
+                    cluster.stop()
+            return None
+        self._marker = marker
+        self.reused_cluster = True
+        return cluster
+
+    def _initdb(
+        self,
+        source: LocalSource,
+        bin_dir: Path,
+        version_num: int,
+        user: str | None,
+        tcp: bool,
+        settings: dict[str, str],
+        owner_pid: int | None,
+    ) -> Cluster:
+        self.wipe()
+        password = secrets.token_hex(16)
+        cluster = self._cluster(source, bin_dir, user, password, tcp, settings)
+        try:
+            cluster.socket_dir = fixed_state_dir(self.cluster_dir, bin_dir, user, owner_pid)
+            cluster.init(version_num)
+            # Written only once initdb succeeded: a folder without it is half-made.
+            self._write_marker(Marker(str(bin_dir), version_num, password, None))
+            cluster.start()
+        except BaseException:
+            cluster.stop()
+            with contextlib.suppress(OSError):  # the first error is the one to report
+                self.wipe()
+            raise
+        self.reused_cluster = False
+        return cluster
+
+    def _cluster(
+        self,
+        source: LocalSource,
+        bin_dir: Path,
+        user: str | None,
+        password: str,
+        tcp: bool,
+        settings: dict[str, str],
+    ) -> Cluster:
+        socket_dir = self.cluster_dir / "s"
+        return Cluster(source, bin_dir, self.cluster_dir, socket_dir, user, password, tcp, settings)
+
+    def wipe(self) -> None:
+        """Stop the cluster if it runs and delete everything of it (the lock and the project
+        record stay). Raises ``OSError`` when something cannot be deleted."""
+        self._marker = None
+        data_dir = self.cluster_dir / "data"
+        with contextlib.suppress(OSError):
+            if _is_plain(self.cluster_dir, stat.S_ISDIR) and _is_plain(data_dir, stat.S_ISDIR):
+                shutdown(data_dir, _recorded_bin_dir(self.cluster_dir), modes=("immediate",))
+        owner = read_owner(self.cluster_dir) if _is_plain(self.cluster_dir, stat.S_ISDIR) else None
+        for path in sorted(self.folder.iterdir()):
+            if path.name not in _KEPT:
+                remove_path(path)
+        outside = recorded_socket_dir(owner)
+        if outside is not None:
+            shutil.rmtree(outside, ignore_errors=True)
+
+    def check_databases(self, admin_url: URL) -> None:
+        """On a reused cluster, before the run uses it: keep the template (and its spares)
+        only if it still holds what it held when it was built, and drop every other database:
+        leftovers of killed runs, marked or not (the cluster is the kit's alone, under its
+        lock). A template found changed or unreadable is dropped, to be rebuilt.
+
+        Raises ``DatabaseError`` when that fails: the caller makes the cluster anew.
+        """
+        from .._provisioning.databases import ownership_comment
+        from .._provisioning.owned import clean_own_cluster
+        from .._provisioning.spares import spare_run_id
+
+        self.admin_url = admin_url
+        marker = self._marker
+        if marker is None:
+            return
+        key = marker.template_key
+        kept = clean_own_cluster(
+            admin_url,
+            template=marker.template_name if key is not None else None,
+            template_mark=ownership_comment(TEMPLATE_RUN_ID),
+            spare_mark=ownership_comment(spare_run_id(key)) if key is not None else None,
+            expected=marker.template_check,
+        )
+        self.dropped = kept.dropped
+        if not kept.template:
+            self.set_template(None)
+
+    def template_ready(self, key: str) -> bool:
+        """Whether the template was built, completely, for the schema with this key."""
+        return self._marker is not None and self._marker.template_key == key
+
+    def set_template(self, key: str | None) -> None:
+        """Record the template's schema key (None before a rebuild starts: never half-marked),
+        and what the template holds, for the next run's check."""
+        if self._marker is None:
+            return
+        name, check = (None, None) if key is None else self._template_check()
+        marker = Marker(
+            self._marker.bin_dir, self._marker.version_num, self._marker.password, key, name, check
+        )
+        self._write_marker(marker)
+
+    def _template_check(self) -> tuple[str | None, dict[str, Any] | None]:
+        """The cached template's name and summary; (None, None) if it cannot be read, so that
+        the next run rebuilds it rather than trust it unchecked."""
+        from .._core.errors import DatabaseError
+        from .._provisioning.databases import ownership_comment
+        from .._provisioning.owned import database_summary, marked_databases
+
+        if self.admin_url is None:
+            return None, None
+        try:
+            mark = ownership_comment(TEMPLATE_RUN_ID)
+            names = [
+                name
+                for name, comment in marked_databases(self.admin_url).items()
+                if comment == mark
+            ]
+            if len(names) != 1:
+                return None, None
+            return names[0], database_summary(self.admin_url, names[0])
+        except DatabaseError:
+            return None, None
+
+    def _read_marker(self) -> Marker | None:
+        try:
+            data = json.loads(self.marker_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+            return None
+        bin_dir, version_num = data.get("bin_dir"), data.get("version_num")
+        password, key = data.get("password"), data.get("template_key")
+        name, check = data.get("template_name"), data.get("template_check")
+        if not (
+            isinstance(bin_dir, str)
+            and isinstance(version_num, int)
+            and isinstance(password, str)
+            and (key is None or isinstance(key, str))
+        ):
+            return None
+        if not (isinstance(name, str) and isinstance(check, dict)):
+            name, check = None, None  # nothing to check the template against: rebuilt
+        return Marker(bin_dir, version_num, password, key, name, check)
+
+    def _write_marker(self, marker: Marker) -> None:
+        temporary = self.folder / f".{MARKER_FILE}.tmp"
+        for path in (temporary, self.marker_file):
+            if not _is_plain(path, stat.S_ISREG):
+                remove_path(path)  # e.g. a folder where the file belongs
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(marker.as_json(), handle)
+        temporary.replace(self.marker_file)  # readers never see half a marker
+        self._marker = marker
+
+
+def template_key(fingerprint: str, version_num: int) -> str:
+    """The key of a template: the kit's format, the server version and the schema's digest."""
+    text = json.dumps([CACHE_FORMAT, version_num, fingerprint])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _recorded_bin_dir(cluster_dir: Path) -> Path | None:
+    # From the marker, which the kit wrote (owner.json is the server user's to rewrite).
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        recorded = json.loads((cluster_dir.parent / MARKER_FILE).read_text()).get("bin_dir")
+        if isinstance(recorded, str):
+            return Path(recorded)
+    return None
+
+
+def remove_replaced(pointer: object, folder: Path) -> bool:
+    """Delete the cache folder an old pointer names instead of ``folder`` (the project moved,
+    or its cache_dir changed), if it is a kit's cache folder beside it that no run holds."""
+    recorded = pointer.get("folder") if isinstance(pointer, dict) else None
+    if not isinstance(recorded, str):
+        return False
+    old = Path(recorded)
+    if old == folder or old.parent != folder.parent or not old.name.startswith(FOLDER_PREFIX):
+        return False
+    return _remove_unheld(old)
+
+
+def remove_forgotten(folder: Path) -> list[Path]:
+    """Delete the kit's cache folders beside ``folder`` whose pytest cache folder is gone (the
+    project, or its ``.pytest_cache``, was deleted) and that no run holds. Their next run, if
+    any, would rebuild them from scratch. Returns the folders deleted.
+
+    Folders from before the kit recorded their project are kept: nothing says they are unused.
+    """
+    removed = []
+    for other in sorted(folder.parent.glob(f"{FOLDER_PREFIX}*")):
+        if other == folder:
+            continue
+        project = _recorded_project(other)
+        if project is None or project.exists():
+            continue
+        with contextlib.suppress(OSError):
+            if _remove_unheld(other):
+                removed.append(other)
+    return removed
+
+
+def _remove_unheld(old: Path) -> bool:
+    """Delete the cache folder ``old`` with its cluster, unless a run holds it."""
+    if old.is_symlink() or not (old / LOCK_FILE).is_file():
+        return False
+    lock = try_lock(old)
+    if lock is None:
+        return False
+    try:
+        ClusterCache(old, rebuild=True).wipe()
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError:  # another project's folder the kit cannot delete: not this run's failure
+        return False
+    finally:
+        lock.release()
+    return True
+
+
+def stop_abandoned(base_dir: Path) -> list[Path]:
+    """Stop the cached servers in ``base_dir`` that no run holds (their run was killed).
+
+    The clusters themselves are kept for the next run of their project. Returns the folders
+    whose server was stopped.
+    """
+    stopped = []
+    for folder in sorted(base_dir.glob(f"{FOLDER_PREFIX}*")):
+        data_dir = folder / CLUSTER_FOLDER / "data"
+        # One folder the kit cannot inspect (damaged, unreadable) must not stop this run.
+        with contextlib.suppress(OSError):
+            if not (data_dir / "postmaster.pid").exists():
+                continue
+            with _held(folder) as held:
+                if held:
+                    bin_dir = _recorded_bin_dir(folder / CLUSTER_FOLDER)
+                    shutdown(data_dir, bin_dir, modes=("fast",))
+                    stopped.append(folder)
+    return stopped
+
+
+@contextlib.contextmanager
+def _held(folder: Path) -> Iterator[bool]:
+    lock = try_lock(folder) if (folder / LOCK_FILE).exists() else None
+    try:
+        yield lock is not None
+    finally:
+        if lock is not None:
+            lock.release()

@@ -1,0 +1,278 @@
+"""A throwaway local PostgreSQL cluster: initdb, start on a free port, stop, delete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shlex
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from .._core.clock import now
+from .._core.errors import DatabaseError
+from .._core.fixes import LOCAL_FIXES
+from .processes import is_postmaster_of, pid_running, postmasters_of, resume_server
+from .state_folder import new_state_dir, remove_state
+from .sysuser import run, write_private
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+LocalSource = Literal["embedded", "system"]
+
+ADMIN_USER = "postgres"
+ADMIN_DATABASE = "postgres"
+LOCALHOST = "127.0.0.1"
+
+_PORT_ATTEMPTS = 3
+_UNSAFE = -1  # "run pg_ctl as nobody": skip it
+
+
+@dataclass
+class Cluster:
+    """A throwaway cluster in a private state folder."""
+
+    source: LocalSource
+    bin_dir: Path
+    state_dir: Path
+    socket_dir: Path
+    user: str | None  # the system user it runs as; None: the current user
+    password: str
+    tcp: bool
+    settings: dict[str, str]  # extra -c settings
+    port: int = 0
+    destroyed: bool = False
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "server.log"
+
+    def admin_url(self) -> URL:
+        # Here, not at import: pytest-xdist's controller loads this module to stop the run's
+        # server, and needs no SQLAlchemy for it.
+        from sqlalchemy.engine import URL
+
+        if self.tcp:
+            return URL.create(
+                "postgresql", ADMIN_USER, self.password, LOCALHOST, self.port, ADMIN_DATABASE
+            )
+        return URL.create(
+            "postgresql",
+            ADMIN_USER,
+            self.password,
+            None,
+            self.port,  # names the socket file, and keeps PGPORT out of it
+            ADMIN_DATABASE,
+            query={"host": str(self.socket_dir)},
+        )
+
+    def init(self, version_num: int) -> None:
+        pwfile = self.state_dir / "pwfile"
+        write_private(pwfile, self.password, self.user)
+        try:
+            result = self._tool("initdb", _initdb_args(self.data_dir, pwfile, version_num))
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise DatabaseError(
+                f"initdb of {self.bin_dir} failed (exit {result.returncode}):\n"
+                f"{_tail(result.stdout + result.stderr)}\n{LOCAL_FIXES}"
+            )
+
+    def start(self) -> None:
+        """Start on a free port; another process may grab it first, hence the retries."""
+        for _attempt in range(_PORT_ATTEMPTS):
+            self.port = _free_port()
+            result = self._tool("pg_ctl", self._start_args(), timeout=90)
+            if result.returncode == 0:
+                return
+            log = _read_tail(self.log_file)
+            if "already in use" not in log:
+                break
+        raise DatabaseError(
+            f"PostgreSQL did not start (pg_ctl exit {result.returncode}). pg_ctl said: "
+            f"{(result.stdout + result.stderr).strip()}\nLast lines of the server log:\n{log}\n"
+            f"{LOCAL_FIXES}"
+        )
+
+    def _start_args(self) -> list[str]:
+        options = [
+            "-k", str(self.socket_dir),
+            "-p", str(self.port),
+            "-c", f"listen_addresses={LOCALHOST if self.tcp else ''}",
+            # A throwaway cluster: durability buys nothing and costs time.
+            "-c", "fsync=off",
+            "-c", "synchronous_commit=off",
+            "-c", "full_page_writes=off",
+            *(arg for key, value in self.settings.items() for arg in ("-c", f"{key}={value}")),
+        ]  # fmt: skip
+        return [
+            "-D", str(self.data_dir),
+            "-l", str(self.log_file),
+            "-w", "-t", "60",
+            "-o", shlex.join(options),
+            "start",
+        ]  # fmt: skip
+
+    def destroy(self) -> None:
+        if self.destroyed:
+            return
+        self.destroyed = True
+        shutdown(self.data_dir, self.bin_dir, modes=("fast", "immediate"))
+        remove_state(self.state_dir, self.socket_dir)
+
+    def stop(self) -> None:
+        """Stop the server and keep its data (a cached cluster); idempotent."""
+        if self.destroyed:
+            return
+        self.destroyed = True
+        shutdown(self.data_dir, self.bin_dir, modes=("fast", "immediate"))
+        if not self.socket_dir.is_relative_to(self.state_dir):
+            remove_state(self.socket_dir, None)  # a short one elsewhere, made for this start
+
+    def _tool(
+        self, name: str, args: Sequence[str], timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return run([str(self.bin_dir / name), *args], self.user, timeout, cwd=self.state_dir)
+
+
+def new_cluster(
+    source: LocalSource,
+    bin_dir: Path,
+    base: Path,
+    user: str | None,
+    tcp: bool,
+    settings: dict[str, str],
+    owner_pid: int | None = None,
+) -> Cluster:
+    """A cluster in a new state folder in ``base``, not yet initialised.
+
+    ``owner_pid``: the pytest process it belongs to (default: this one), for ``_orphans``.
+    """
+    state_dir, socket_dir = new_state_dir(base, bin_dir, user, owner_pid)
+    # hex: safe in URLs without escaping, and free of "%" that libpq would decode.
+    password = secrets.token_hex(16)
+    return Cluster(source, bin_dir, state_dir, socket_dir, user, password, tcp, settings)
+
+
+def _initdb_args(data_dir: Path, pwfile: Path, version_num: int) -> list[str]:
+    args = [
+        "-D", str(data_dir),
+        "-U", ADMIN_USER,
+        f"--pwfile={pwfile}",
+        "--auth-local=scram-sha-256",
+        "--auth-host=scram-sha-256",
+        "--encoding=UTF8",
+        "--locale=C",
+        "--no-sync",
+    ]  # fmt: skip
+    if version_num >= 140000:
+        args.append("--no-instructions")
+    if version_num >= 180000:
+        args.append("--no-data-checksums")  # on by default since 18; a throwaway needs none
+    return args
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _tail(text: str, lines: int = 30) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _read_tail(path: Path) -> str:
+    try:
+        return _tail(path.read_text(errors="replace"))
+    except OSError as exc:
+        return f"(no log: {exc})"
+
+
+def shutdown(data_dir: Path, bin_dir: Path | None, *, modes: Sequence[str]) -> None:
+    """Stop the postmaster of ``data_dir``: pg_ctl in each mode, then SIGKILL.
+
+    Only a process proven to be that folder's server is stopped (see ``is_postmaster_of``):
+    a ``postmaster.pid`` left by a killed server names a pid that anything may hold now (pg_ctl
+    would signal it blindly), so such a file is deleted instead, which also keeps the next
+    start from taking that process for a live server.
+    """
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        if not pid_file.exists():
+            return
+    except OSError:  # an unreadable folder: no server of the kit's can run in it
+        return
+    postmaster = _proven_postmaster(data_dir)
+    if postmaster is None:
+        for stray in postmasters_of(data_dir):  # running, with its pid file damaged
+            _kill(stray)
+        with contextlib.suppress(OSError):
+            pid_file.unlink()
+        return
+    resume_server(postmaster)  # a stopped server would wait out every pg_ctl timeout
+    user = _data_owner(data_dir)
+    if user != _UNSAFE and bin_dir is not None and (bin_dir / "pg_ctl").exists():
+        for mode in modes:
+            args = ["-D", str(data_dir), "-m", mode, "-w", "-t", "30", "stop"]
+            cwd = data_dir.parent
+            result = run([str(bin_dir / "pg_ctl"), *args], user, timeout=45, cwd=cwd)
+            if result.returncode == 0 or not pid_file.exists():
+                return
+    _kill_postmaster(data_dir)
+
+
+def _proven_postmaster(data_dir: Path) -> int | None:
+    """The pid in ``data_dir``'s postmaster.pid, if it is that folder's running server."""
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        written = pid_file.stat().st_mtime
+        pid = int(pid_file.read_text(errors="replace").split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if is_postmaster_of(pid, data_dir, written) else None
+
+
+def _data_owner(data_dir: Path) -> int | None:
+    """Who runs pg_ctl on ``data_dir``: None for the current user; ``_UNSAFE``: nobody.
+
+    pg_ctl refuses root too, so root runs it as the owner of the data folder. The bin_dir
+    comes from owner.json, which that owner could rewrite: never run it as root.
+    """
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    try:
+        info = data_dir.lstat()
+    except OSError:
+        return _UNSAFE
+    if stat.S_ISLNK(info.st_mode) or info.st_uid == 0:
+        return _UNSAFE
+    return info.st_uid
+
+
+def _kill_postmaster(data_dir: Path) -> None:
+    pid = _proven_postmaster(data_dir)
+    if pid is not None:
+        _kill(pid)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = now() + 5
+    while pid_running(pid) and now() < deadline:
+        time.sleep(0.05)

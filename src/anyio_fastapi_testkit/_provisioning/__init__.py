@@ -1,0 +1,1 @@
+"""The test databases: schema into a template, working clones, spares, xdist runs."""

@@ -1,0 +1,445 @@
+"""This pytest process's test database: server, template, working clone, environment, cleanup."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from psycopg import sql
+from sqlalchemy.engine import URL
+
+from .._core.config import Settings
+from .._core.errors import ConfigError, DatabaseError, TestkitError
+from .._core.urls import SecretURL, mask_url
+from .._core.warnings import TestkitWarning
+from .._isolation.leaks import LeakDetector
+from .._postgres.cache import TEMPLATE_RUN_ID, template_key
+from .._postgres.server import RunningServer, connect_admin, server_answers_at, start_server
+from .databases import (
+    RUN_ID,
+    TEMPLATE_SUFFIX,
+    create_database,
+    database_url,
+    drop_database,
+    is_ours,
+    test_database_names,
+)
+from .fingerprint import schema_fingerprint
+from .foreign_guard import guard
+from .liveness import RunLock, run_token
+from .owned import drop_databases_except, drop_dead_runs
+from .schema import ALEMBIC_PREFIX, build_schema
+from .spares import SPARE_WAIT, SpareMaker, claim_spare, spare_name, spares_of
+from .xdist import (
+    ServerPlan,
+    failure_record,
+    recorded_server,
+    recorded_template_key,
+    server_record,
+)
+
+DEFAULT_BASE_NAME = "app"  # test_app, test_app_template for the kit's own server
+# On a configured server, which other runs may share, names carry the run's token
+# (test_appdb_1a2b3c4d, test_appdb_1a2b3c4d_template) and the run holds its lock (_liveness).
+# The kit's own cluster is the run's alone (a throwaway; or the cache, under its flock), and
+# keeps fixed names: its cached template and spares are found by name by the next run.
+
+
+class LeakWarning(UserWarning):
+    """Rows were committed outside the test's transaction (testkit_leak_check = warn)."""
+
+
+class LeftoverWarning(TestkitWarning):
+    """Databases that killed runs left on a shared server could not be dropped."""
+
+
+DatabaseURL = SecretURL
+
+
+def render_env(entries: tuple[str, ...], url: URL, driver_url: URL) -> dict[str, str]:
+    """The variables of ``testkit_database_env`` for the database at ``url``.
+
+    ``NAME`` gets the whole URL (with the configured driver); ``NAME=template`` gets the
+    template with {url} {host} {port} {user} {password} {database} filled in.
+    """
+    parts = {
+        "url": driver_url.render_as_string(hide_password=False),
+        "host": url.host or str(url.query.get("host", "")),
+        "port": str(url.port or 5432),
+        "user": url.username or "",
+        "password": url.password or "",
+        "database": url.database or "",
+    }
+    values: dict[str, str] = {}
+    for entry in entries:
+        name, sep, template = entry.partition("=")
+        if not name.isidentifier():
+            raise ConfigError(
+                f"testkit_database_env entry {entry!r} must be NAME or NAME=template "
+                "(e.g. DATABASE_URL, or DB_HOST={host})."
+            )
+        try:
+            values[name] = template.format(**parts) if sep else parts["url"]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                f"testkit_database_env entry {entry!r} uses an unknown placeholder ({exc}); "
+                "known ones: {url} {host} {port} {user} {password} {database}."
+            ) from None
+    return values
+
+
+def _leftovers_message(admin: URL, failed: Mapping[str, str]) -> str:
+    drops = " ".join(
+        f"DROP DATABASE {sql.Identifier(name).as_string()} WITH (FORCE);" for name in failed
+    )
+    return (
+        f"Runs of anyio-fastapi-testkit that were killed left databases on {mask_url(admin)} "
+        "(each carries the kit's mark, and no session holds the advisory lock its comment "
+        "names, so no run uses them), and this run could not drop them; it goes on without "
+        "them:\n  " + "\n  ".join(failed.values()) + f"\nFix: as their owner or a superuser, "
+        f"run {drops} Or give the runs on this server one user, so that each can drop what "
+        "the others left."
+    )
+
+
+class TestDatabases:
+    """The server and the databases the kit created for this process; built on first use.
+
+    Thread-safe: the first async test builds it from a worker thread, so that the event loop
+    is never blocked by initdb or by migrations.
+    """
+
+    __test__ = False
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        rootdir: Path,
+        worker_id: str | None,
+        plan: ServerPlan | None = None,
+    ) -> None:
+        self.settings = settings
+        self.rootdir = rootdir
+        self.worker_id = worker_id
+        self.plan = plan or ServerPlan()
+        self._lock = threading.RLock()
+        self._server: RunningServer | None = None
+        self._created: list[str] = []
+        self._url: DatabaseURL | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self.description = "not started"
+        self.leaks: LeakDetector | None = None
+        self._failure: TestkitError | None = None
+        # How the database came to be, for reports and tests: "cold", "warm", "shared", ...
+        self.provenance: dict[str, object] = {}
+        self._template_key: str | None = None  # of a cached template: its spares' key
+        self._spare_maker: SpareMaker | None = None
+        self._working_built = False  # built beside the template: no clone needed
+        self._run_lock: RunLock | None = None  # on a configured server: this run is alive
+        self._lost = False  # the server stopped answering mid-run (see _server_loss)
+
+    @property
+    def ready(self) -> bool:
+        return self._url is not None
+
+    @property
+    def admin_url(self) -> URL | None:
+        """The server's admin URL, once the server was started or found (else None)."""
+        server = self._server
+        return None if server is None else server.info.admin_url
+
+    def mark_lost(self) -> None:
+        """The server stopped answering: later tests get that error, the end drops nothing."""
+        with self._lock:
+            self._lost = True
+            self._failure = DatabaseError(
+                f"The PostgreSQL server {self.description} stopped answering earlier in this run."
+            )
+
+    def working_url(self) -> DatabaseURL:
+        """The URL (with the configured driver) of this worker's test database."""
+        with self._lock:
+            if self._failure is not None:
+                # Every test asking again would start a server again: report the first error.
+                raise self._failure.with_traceback(None)  # not lengthened by each raise
+            if self._url is None:
+                try:
+                    self._url = self._build()
+                except TestkitError as exc:
+                    self._failure = exc
+                    raise
+            return self._url
+
+    def apply_env(self) -> None:
+        """Set ``testkit_database_env`` variables for the working database (before app import)."""
+        if self.settings.database_env:
+            self.working_url()  # sets them before it imports the schema source
+
+    @staticmethod
+    def _allow(admin: URL, template: str, working: str) -> None:
+        """Let engines of this process connect to these databases of the kit's (see _foreign)."""
+        guard().allow(admin.port, (template, working, spare_name(template, working)))
+
+    def _set_env(self, url: URL) -> None:
+        for name, value in self._env_for(url).items():
+            self._saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+
+    def take_leak_baseline(self) -> None:
+        if self.leaks is not None and self.ready:
+            self.leaks.take_baseline()
+
+    def leak_query(self) -> str | None:
+        """The leak check's counting query, for the shared connection (None: no check)."""
+        if self.leaks is None or not self.ready:
+            return None
+        return self.leaks.query
+
+    def check_leaks(self, rows: Iterable[Sequence[Any]] | None = None) -> None:
+        """Fail (or warn, per testkit_leak_check) if rows were committed outside the test.
+
+        ``rows``: the result of ``leak_query()`` run elsewhere; without it the detector counts
+        on its own connection.
+        """
+        if self.leaks is None or not self.ready:
+            return
+        report = self.leaks.check() if rows is None else self.leaks.check_rows(rows)
+        if not report:
+            return
+        message = self.leaks.describe(report)
+        if self.settings.leak_check == "warn":
+            warnings.warn(message, LeakWarning, stacklevel=2)
+        else:
+            pytest.fail(message, pytrace=False)
+
+    def close(self) -> None:
+        """Drop the databases the kit created, stop its server, restore the environment."""
+        with self._lock:
+            try:
+                if self.leaks is not None:
+                    self.leaks.close()
+                    self.leaks = None
+                if self._spare_maker is not None:
+                    # Before the server stops under it; at once when the server is gone.
+                    self._spare_maker.join(0 if self._lost else SPARE_WAIT)
+                    self._spare_maker = None
+                if self._server is not None and not self._lost:
+                    self._drop_created(self._server.info.admin_url)
+            finally:
+                if self._run_lock is not None:
+                    self._run_lock.release()  # after the drops: until then they are in use
+                    self._run_lock = None
+                if self._server is not None:
+                    self._server.stop()
+                    self._server = None
+                self._url = None
+                for name, value in self._saved_env.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
+                self._saved_env.clear()
+
+    def _drop_created(self, admin: URL) -> None:
+        try:
+            for name in reversed(self._created):
+                drop_database(admin, name)
+        except DatabaseError:
+            # A server that died after the last test: nothing to drop them on. A configured
+            # server's next run drops them (this run's lock is gone), an embedded one is deleted.
+            if self.admin_url is None or server_answers_at(self.admin_url):
+                raise
+        self._created.clear()
+
+    def _env_for(self, url: URL) -> Mapping[str, str]:
+        driver_url = url.set(drivername=f"postgresql+{self.settings.database_driver}")
+        return render_env(self.settings.database_env, url, driver_url)
+
+    def _build(self) -> DatabaseURL:
+        started = time.monotonic()
+        shared = self.plan.shared
+        run_id = shared.run_id if shared is not None else RUN_ID
+        try:
+            if shared is None:
+                server = self._server = self._start_server(None)
+                self.description = server.info.description  # also after a failed schema build
+                self.provenance["server_seconds"] = round(server.startup_seconds, 3)
+                self._hold_run_lock(server, run_id)
+                template, working = self._names(server, run_id)
+                self._template(server, template, working, run_id)
+            else:
+                server, template, working = self._shared_template()
+            admin = server.info.admin_url
+            self._allow(admin, template, working)
+            self._set_env(database_url(admin, working, None))  # again: a reader of the record
+            self._working_database(admin, template, working, run_id)
+            self.description = f"{server.info.description}, database {working}"
+            self.provenance["seconds"] = round(time.monotonic() - started, 3)
+            driver = self.settings.database_driver
+            url = database_url(admin, working, "asyncpg" if driver == "asyncpg" else "psycopg")
+            rendered = url.render_as_string(hide_password=False)
+            if self.settings.leak_check != "off":
+                self.leaks = LeakDetector(rendered, self.settings.timeout)
+            return DatabaseURL(rendered)
+        except BaseException:
+            self.close()
+            raise
+
+    def _working_database(self, admin: URL, template: str, working: str, run_id: str) -> None:
+        """Clone the template, or claim the cached template's spare clone and make the next."""
+        key = self._template_key
+        spare = spare_name(template, working) if key is not None else None
+        if self._working_built:
+            self.provenance["database"] = "built beside the template"
+        elif (
+            key is not None
+            and spare is not None
+            and claim_spare(admin, spare, working, key, run_id)
+        ):
+            self.provenance["database"] = "spare"
+            self._created.append(working)
+        else:
+            create_database(admin, working, template=template, run_id=run_id, locked=self._locked)
+            self.provenance["database"] = "cloned"
+            self._created.append(working)
+        if key is not None and spare is not None:
+            self._spare_maker = SpareMaker(admin, template, spare, key)
+
+    def _start_server(self, owner_pid: int | None) -> RunningServer:
+        return start_server(
+            self.settings.database_url,
+            tcp=self.settings.server_tcp,
+            cache=self.plan.cache,
+            owner_pid=owner_pid,
+        )
+
+    @property
+    def _locked(self) -> bool:
+        return self._run_lock is not None
+
+    def _hold_run_lock(self, server: RunningServer, run_id: str) -> None:
+        """On a configured server: show the server this run is alive while it has databases."""
+        if server.info.source == "url" and self._run_lock is None:
+            self._run_lock = RunLock(server.info.admin_url, run_id)
+
+    def _names(self, server: RunningServer, run_id: str) -> tuple[str, str]:
+        admin = server.info.admin_url
+        shared = server.info.source == "url"
+        base = admin.database if shared and admin.database else None
+        token = run_token(run_id) if shared else None
+        template, working = test_database_names(base or DEFAULT_BASE_NAME, self.worker_id, token)
+        if self.worker_id and self.plan.shared is None:
+            # xdist without the kit's hand-over (e.g. --tx without -n): a template per worker.
+            template = f"{working}{TEMPLATE_SUFFIX}"
+        return template, working
+
+    def _shared_template(self) -> tuple[RunningServer, str, str]:
+        """Under xdist: the run's server and template, set up by the first worker to ask."""
+        shared = self.plan.shared
+        assert shared is not None
+        with shared.locked():
+            record = shared.read()
+            if record is not None:
+                attached, template = recorded_server(record)
+                self._template_key = recorded_template_key(record)
+                self._server = attached
+                self.description = attached.info.description
+                self.provenance["shared"] = "attached"
+                self._hold_run_lock(attached, shared.run_id)
+                return attached, template, self._names(attached, shared.run_id)[1]
+            try:
+                server = self._start_server(shared.owner_pid)
+            except TestkitError as exc:
+                shared.write(failure_record(str(exc)))
+                raise
+            self._server = server
+            self.description = server.info.description
+            try:
+                self._hold_run_lock(server, shared.run_id)
+                template, working = self._names(server, shared.run_id)
+                self._template(server, template, working, shared.run_id)
+            except TestkitError as exc:
+                shared.write(failure_record(str(exc)))
+                raise
+            # From now on the controller drops the run's databases and stops the server.
+            shared.write(server_record(server, template, self._template_key))
+            self._server = RunningServer(server.info)
+            self._created = [name for name in self._created if name != template]
+            self.provenance["shared"] = "started"
+            return server, template, working
+
+    def _template(self, server: RunningServer, template: str, working: str, run_id: str) -> None:
+        """Make the template hold the schema: reuse a cached one built for the same schema."""
+        admin = server.info.admin_url
+        self._allow(admin, template, working)
+        # Before the schema source is imported: models modules often import the app's
+        # settings, which read these variables once.
+        self._set_env(database_url(admin, working, None))
+        if self._locked:
+            # What killed runs left on the shared server (their locks are free).
+            dropped, failed = drop_dead_runs(admin)
+            self.provenance["dropped_leftovers"] = dropped
+            if failed:
+                warnings.warn(_leftovers_message(admin, failed), LeftoverWarning, stacklevel=2)
+        cache = self.plan.cache if server.keep else None
+        key = None
+        if cache is not None:
+            self.provenance["cluster"] = "reused" if cache.reused_cluster else "initdb"
+            fingerprint = schema_fingerprint(self.settings.schema, self.rootdir)
+            key = template_key(fingerprint, server.info.version_num) if fingerprint else None
+            ready = key is not None and cache.template_ready(key)
+            if ready and key is not None and self._exists(admin, template):
+                # Left by killed runs: every database of the kit's but the template and spares.
+                drop_databases_except(admin, {template, *spares_of(admin, key, template, working)})
+                self.provenance["template"] = "reused"
+                self._template_key = key
+                return
+            cache.set_template(None)  # a rebuild killed half-way must not count as complete
+            drop_databases_except(admin, set())  # the old template, its spares, leftovers
+        source = self.settings.schema
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="testkit-schema") as pool:
+            # create_all is cheap: building the working database with it at the same time
+            # saves copying the template afterwards (0.3 s here). Migrations are not run twice.
+            beside = None
+            if source is None or not source.startswith(ALEMBIC_PREFIX):
+                beside = pool.submit(self._new_database, admin, working, run_id)
+            create_database(
+                admin,
+                template,
+                run_id=TEMPLATE_RUN_ID if cache else run_id,
+                locked=self._locked,
+            )
+            if cache is None:
+                self._created.append(template)
+            self._build_schema_in(admin, template)
+            if beside is not None:
+                beside.result()  # its error, if any
+        self.provenance["template"] = "built"
+        if cache is not None:
+            cache.set_template(key)
+            self._template_key = key
+            if self.plan.store is not None:
+                self.plan.store.set_pointer(cache.folder)
+
+    def _new_database(self, admin: URL, name: str, run_id: str) -> None:
+        create_database(admin, name, run_id=run_id, locked=self._locked)
+        self._created.append(name)
+        self._build_schema_in(admin, name)
+        self._working_built = True
+
+    def _build_schema_in(self, admin: URL, name: str) -> None:
+        url = database_url(admin, name, None)
+        build_schema(self.settings.schema, url, rootdir=self.rootdir, env=self._env_for(url))
+
+    @staticmethod
+    def _exists(admin: URL, name: str) -> bool:
+        with connect_admin(admin) as conn:
+            return is_ours(conn, name)
