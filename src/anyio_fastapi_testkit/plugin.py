@@ -32,7 +32,13 @@ from ._core.errors import ConfigError, TestkitError
 from ._core.urls import SecretURL, mask_url
 from ._diagnostics.explanations import explain_exception
 from ._diagnostics.frames import is_user_code, last_line_in, raised_by_the_kit
-from ._diagnostics.interrupts import TestInterrupted, restore_sigterm, stop_on_sigterm
+from ._diagnostics.interrupts import (
+    TestInterrupted,
+    asked_to_stop,
+    cleaning_up,
+    restore_sigterm,
+    stop_on_sigterm,
+)
 from ._diagnostics.timeouts import MARKER, timed_fixture_setup
 from ._diagnostics.watched import watched_test
 from ._postgres.limits import limit_admin_waits
@@ -236,9 +242,31 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     # Here rather than in a fixture finalizer, so that a session that failed or was
     # interrupted still drops its databases and stops its server.
     try:
-        _close_run(config)
+        with cleaning_up():
+            _close_run(config)
     finally:
         restore_sigterm()
+    stop = asked_to_stop()
+    session = config.stash.get(_SESSION_KEY, None)
+    if (
+        stop is not None
+        and session is not None
+        and session.exitstatus != pytest.ExitCode.INTERRUPTED
+    ):
+        # Asked to stop where no KeyboardInterrupt could reach pytest (during the cleanup,
+        # or raised where Python discards it): the run still ends as interrupted.
+        session.exitstatus = pytest.ExitCode.INTERRUPTED
+        sys.stderr.write(
+            f"anyio-fastapi-testkit: {stop.removeprefix('deferred ')} asked the run to stop; "
+            "the kit finished its cleanup first.\n"
+        )
+
+
+_SESSION_KEY = pytest.StashKey[pytest.Session]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_SESSION_KEY] = session
 
 
 def _manages_a_database(settings: Settings) -> bool:

@@ -66,8 +66,47 @@ def _ours_to_handle(signum: int) -> bool:
     return current in (signal.SIG_DFL, None) or current is _terminate
 
 
+# Signals that asked the run to stop: a KeyboardInterrupt raised where Python discards it
+# (a weakref callback, a __del__) must still end the run as interrupted.
+_asked_to_stop: list[str] = []
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the run was asked to stop")
+    name = signal.Signals(signum).name
+    _asked_to_stop.append(name)
+    raise KeyboardInterrupt(f"{name}: the run was asked to stop")
+
+
+def asked_to_stop() -> str | None:
+    """The signal that asked the run to stop (SIGTERM, or one deferred by ``cleaning_up``)."""
+    return _asked_to_stop[0] if _asked_to_stop else None
+
+
+@contextlib.contextmanager
+def cleaning_up() -> Iterator[None]:
+    """While the kit cleans up at the end of the run, SIGINT and SIGTERM are noted instead of
+    interrupting it half-way (a server left running, a database left behind); a second
+    signal interrupts at once. ``asked_to_stop()`` then names the first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in _HANDLED}
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if _asked_to_stop and _asked_to_stop[-1] == f"deferred {name}":
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+            raise KeyboardInterrupt(f"{name}, twice: the kit's cleanup was interrupted")
+        _asked_to_stop.append(f"deferred {name}")
+
+    for signum in _HANDLED:
+        signal.signal(signum, note)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def stop_on_sigterm() -> None:
