@@ -32,7 +32,7 @@ def test_trio_requested_but_not_installed(project: Project) -> None:
     project.module("test_any", "async def test_one():\n    pass\n")
     result = project.run()
     result.stderr.fnmatch_lines(
-        ["*trio is not installed; install it with `pip install anyio-fastapi-testkit[[]trio[]]`*"]
+        ["*trio is not installed; install it with `pip install 'anyio-fastapi-testkit[[]trio[]]'`*"]
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
 

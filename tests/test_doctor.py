@@ -256,7 +256,7 @@ def test_trio_asked_but_not_importable(project: Project, private_tmpdir: Path) -
             "OK       backend asyncio: *",
             "PROBLEM  backend trio: --testkit-backends asks for the trio backend, but trio cannot "
             "be imported (No module named 'trio' (hidden by the test)). Install it with "
-            "`pip install anyio-fastapi-testkit[trio]`, or remove trio from --testkit-backends.",
+            "`pip install 'anyio-fastapi-testkit[trio]'`, or remove trio from --testkit-backends.",
             "OK       lifespan on asyncio: *",
         ]
     )

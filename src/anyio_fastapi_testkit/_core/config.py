@@ -481,7 +481,7 @@ def _check_backends(backends: tuple[str, ...], setting: str) -> None:
         except ImportError:
             raise ConfigError(
                 f"{setting} asks for the trio backend, but trio is not installed; install it "
-                "with `pip install anyio-fastapi-testkit[trio]`, or remove trio from "
+                "with `pip install 'anyio-fastapi-testkit[trio]'`, or remove trio from "
                 f"{setting}."
             ) from None
 

@@ -173,7 +173,7 @@ def check_backends(config: pytest.Config, report: Report) -> tuple[str, ...]:
                     "PROBLEM",
                     "backend trio",
                     f"{setting} asks for the trio backend, but trio cannot be imported ({exc}). "
-                    "Install it with `pip install anyio-fastapi-testkit[trio]`, or remove trio "
+                    "Install it with `pip install 'anyio-fastapi-testkit[trio]'`, or remove trio "
                     f"from {setting}.",
                 )
             else:

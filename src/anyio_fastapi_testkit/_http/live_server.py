@@ -54,7 +54,7 @@ def _import_server(backend: str) -> Any:
     except ImportError:
         raise ConfigError(
             f"live_server on {backend} serves the app with {name}, which is not installed: "
-            "`pip install anyio-fastapi-testkit[live]`."
+            "`pip install 'anyio-fastapi-testkit[live]'`."
         ) from None
 
 

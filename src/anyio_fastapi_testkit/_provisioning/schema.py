@@ -124,7 +124,7 @@ def _alembic_upgrade(config_path: Path, url: URL, env: Mapping[str, str]) -> Non
     except ImportError:
         raise ConfigError(
             "testkit_schema names an Alembic config, but Alembic is not installed; "
-            "`pip install anyio-fastapi-testkit[alembic]`."
+            "`pip install 'anyio-fastapi-testkit[alembic]'`."
         ) from None
     password = url.password or ""
     # psycopg's dialect serves both a sync and an async env.py; plain "postgresql://" would
