@@ -67,6 +67,7 @@ __all__ = [
 
 @pytest.fixture(scope="session")
 async def _testkit_loop(anyio_backend: object) -> AsyncIterator[None]:
+    """Internal to the kit: keeps the backend's event loop for the session."""
     __tracebackhide__ = True
     # Holding a runner lease for the whole session keeps one event loop per backend alive
     # between tests; it is released when pytest moves on to the next backend.
@@ -201,6 +202,7 @@ def websocket_connect(
 
 @pytest.fixture(scope="session")
 async def _testkit_live_server(app_lifespan: ASGIApp, anyio_backend: object) -> AsyncIterator[str]:
+    """Internal to the kit: the server per backend; tests use ``live_server``."""
     __tracebackhide__ = True
     async with serve_live(app_lifespan, backend_name(anyio_backend)) as url:
         yield url
@@ -385,16 +387,19 @@ def config_fixtures(config: pytest.Config) -> dict[str, Any]:
         return _database_url(config)
 
     async def _testkit_async_database(anyio_backend: object) -> AsyncIterator[AsyncDatabase]:
+        """Internal to the kit: the test database, async; tests use ``db_engine``."""
         __tracebackhide__ = True
         async with _async_database(config, anyio_backend) as database:
             yield database
 
     def _testkit_sync_database() -> Iterator[SyncDatabase]:
+        """Internal to the kit: the test database, sync; tests use ``db_session_sync``."""
         __tracebackhide__ = True
         with _sync_database(config) as database:
             yield database
 
     def _testkit_config() -> pytest.Config:
+        """Internal to the kit: the session's config; tests use ``pytestconfig``."""
         __tracebackhide__ = True
         return config
 
@@ -467,6 +472,7 @@ _NEEDS_CONNECTION = frozenset({"db_session", "db_connection"})
 def _testkit_sync_transaction(
     _testkit_sync_database: SyncDatabase, request: pytest.FixtureRequest
 ) -> Iterator[SyncTestTransaction]:
+    """Internal to the kit: the test's sync transaction; tests use ``db_session_sync``."""
     __tracebackhide__ = True
     bindings = app_bindings(request.config)
     transaction = SyncTestTransaction(_testkit_sync_database, bindings.session_options)
@@ -490,6 +496,7 @@ def _testkit_sync_transaction(
 def _testkit_transaction(
     _testkit_async_database: AsyncDatabase, request: pytest.FixtureRequest
 ) -> Iterator[TestTransaction]:
+    """Internal to the kit: the test's transaction; tests use ``db_session`` or ``client``."""
     # A plain fixture, and the only per-test one of the kit that the loop is needed for: for
     # an async test that the kit runs, the test's own call ends the transaction (see
     # run_in_transaction), so that the test enters the loop once; otherwise, and as soon as an
@@ -564,22 +571,20 @@ def promote_to_closer(fixturedef: pytest.FixtureDef[Any], request: pytest.Fixtur
 
 @pytest.fixture
 async def _testkit_connect(_testkit_async_database: AsyncDatabase) -> AsyncConnection:
-    """The shared connection, opened on the loop (skipped on trio).
-
-    Requested by the test's transaction only when the connection is not open yet: the first
-    test of a backend, or the test after one that broke it.
-    """
+    """Internal to the kit: opens the shared connection; tests use ``db_connection``."""
+    # Opened on the loop (skipped on trio). Requested by the test's transaction only when the
+    # connection is not open yet: the first test of a backend, or the test after one that
+    # broke it.
     __tracebackhide__ = True
     return await _testkit_async_database.shared_connection()
 
 
 @pytest.fixture
 async def _testkit_transaction_closer(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    """Opens the test's task group and, in its teardown, ends the test's transaction.
-
-    For the tests whose own call does not end it (see ``_testkit_transaction``). Cost: two
-    trips into the loop.
-    """
+    """Internal to the kit: ends the test's transaction in its teardown."""
+    # Opens the test's task group and, in its teardown, ends the test's transaction: for the
+    # tests whose own call does not end it (see ``_testkit_transaction``). Cost: two trips into
+    # the loop.
     __tracebackhide__ = True
     transaction = request.node.stash[TRANSACTION_KEY]
     client_error: BaseException | None = None

@@ -181,7 +181,21 @@ def _apply_database_env(config: pytest.Config, settings: Settings, imported_by: 
         ) from exc
 
 
+def _check_platform() -> None:
+    """Refuse Windows once, clearly, before any POSIX-only part of the kit runs."""
+    if sys.platform == "win32":
+        raise pytest.UsageError(
+            "anyio-fastapi-testkit supports POSIX systems only (Linux, macOS), and this is "
+            "Windows (sys.platform == 'win32'). Unsupported there: the embedded PostgreSQL "
+            "server (run as a system user the kit makes, its cache locked with fcntl), and "
+            "stopping servers and cleaning up with POSIX signals. To fix: run the tests under "
+            "WSL 2 or in a Linux container, or, for runs that do not use the kit, disable it "
+            "with -p no:anyio_fastapi_testkit.plugin or uninstall anyio-fastapi-testkit."
+        )
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _check_platform()
     mark_configured(config)
     stop_on_sigterm()  # CI's cancel: clean up as on Ctrl-C
     config.addinivalue_line(
