@@ -341,6 +341,11 @@ def _store(config: pytest.Config) -> CacheStore | None:
         # imported), pytest's cache provider has not made config.cache yet. pytest has no
         # public way to open its cache earlier: Cache.for_config is what the provider itself
         # calls (the tests of warm starts with testkit_database_env break if it changes).
+        if not hasattr(config.option, "cacheclear"):
+            # pytest 8.2 reads the option from config.option, which is filled after
+            # this hook; the early namespace already has it (parse fills in the rest).
+            early = getattr(config, "known_args_namespace", None)
+            config.option.cacheclear = bool(getattr(early, "cacheclear", False))
         pytest_cache = pytest.Cache.for_config(config, _ispytest=True)
     return CacheStore(pytest_cache) if pytest_cache is not None else None
 
