@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import re
-import sys
 
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+from .._core.errors import exception_chain
 
 # (pattern in the error text, the likely cause in the user's set-up and the fix)
 _EVENT_LOOP_TRAP: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -44,10 +42,6 @@ _EVENT_LOOP_TRAP: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
-# How many linked exceptions (causes, contexts, members of groups) are looked at, at most.
-_MOST_LINKS = 64
-
-
 def explain(error_text: str) -> str | None:
     """The explanation for an error text showing the event loop trap, if it shows one."""
     for pattern, explanation in _EVENT_LOOP_TRAP:
@@ -69,20 +63,9 @@ def explain_exception(error: BaseException) -> str | None:
 
 def _messages(error: BaseException) -> list[str]:
     texts: list[str] = []
-    seen: set[int] = set()
-    pending = [error]
-    while pending and len(seen) < _MOST_LINKS:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
+    for current in exception_chain(error):
         try:
             texts.append(f"{type(current).__name__}: {current}")
         except Exception:  # an exception whose str() fails says nothing of the trap
             texts.append(type(current).__name__)
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        pending.extend(
-            linked for linked in (current.__cause__, current.__context__) if linked is not None
-        )
     return texts
