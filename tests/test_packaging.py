@@ -1,8 +1,8 @@
 """The built wheel and sdist: what they hold, their metadata, and ``twine check``.
 
 Built once per module with ``python -m build --no-isolation`` (the build backend, hatchling,
-comes with the ``test`` extra, so no download is needed); the sdist is built first and the
-wheel from it, so the wheel test also shows the sdist is complete enough to build.
+comes with the ``test`` dependency group, so no download is needed); the sdist is built first
+and the wheel from it, so the wheel test also shows the sdist is complete enough to build.
 """
 
 from __future__ import annotations
@@ -108,7 +108,13 @@ def test_the_wheel_metadata(dist: Path) -> None:
     assert all(url.startswith("https://") for url in urls.values())
     assert set(CLASSIFIERS) - set(metadata.get_all("Classifier") or []) == set()
     assert not [c for c in metadata.get_all("Classifier") or [] if c.startswith("License ::")]
-    assert "embedded" in (metadata.get_all("Provides-Extra") or [])
+    # What users install are extras; what the kit's own tests, docs and development need are
+    # dependency groups, which are not published.
+    extras = metadata.get_all("Provides-Extra") or []
+    assert "embedded" in extras
+    assert not [extra for extra in extras if extra in ("test", "docs", "dev")], extras
+    requires = metadata.get_all("Requires-Dist") or []
+    assert not [r for r in requires if "pytest-xdist" in r or "mkdocs" in r or "ruff" in r]
     # The long description is the README, rendered as Markdown on the package index.
     assert metadata["Description-Content-Type"] == "text/markdown"
     assert metadata.get_payload() == (ROOT / "README.md").read_text()
