@@ -166,8 +166,9 @@ _INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (
         "testkit_fresh_db",
         "bool",
         "Always start the kit's own server as a throwaway cluster (initdb and schema every "
-        "run) instead of reusing the cluster and template cached between runs. Also "
-        f"--testkit-fresh-db and ${FRESH_DB_ENV}=1. Default: false.",
+        "run) instead of reusing the cluster and template cached between runs; on a "
+        "configured server, build the template each run instead of the one kept between "
+        f"runs. Also --testkit-fresh-db and ${FRESH_DB_ENV}=1. Default: false.",
         False,
     ),
     (

@@ -21,8 +21,10 @@ short.
 Whatever is found in a cache folder, a run either uses what it has verified or rebuilds it:
 anything in the way (a file where a folder belongs, a folder where a file does) is deleted, a
 cluster that does not start or answer is made anew, a template whose tables no longer hold
-what they held when it was built is rebuilt (see ``ClusterCache.check_databases``), and only a
-folder the kit cannot even delete makes the run use a throwaway cluster, with a warning.
+what they held when it was built is rebuilt (``ClusterCache.check_databases`` runs the check
+that ``_provisioning.template_check`` gives it: this module knows folders and markers, not what
+a database holds), and only a folder the kit cannot even delete makes the run use a throwaway
+cluster, with a warning.
 """
 
 from __future__ import annotations
@@ -65,8 +67,12 @@ MARKER_FILE = "cache.json"
 LOCK_FILE = "lock"
 PROJECT_FILE = "project.json"
 CLUSTER_FOLDER = "cluster"
-TEMPLATE_RUN_ID = "cached template"  # in the template's ownership comment
 _KEPT = (LOCK_FILE, PROJECT_FILE)  # what a wipe leaves in the cache folder
+
+
+# Checks the template of a reused cluster against the marker, before the run uses it: given
+# by the provisioning layer (``_provisioning.template_check.check_cached_template``).
+TemplateCheck = Callable[["ClusterCache", "URL"], None]
 
 
 class CacheWarning(TestkitWarning):
@@ -206,8 +212,8 @@ def _is_plain(path: Path, kind: Callable[[int], bool]) -> bool:
 class Marker:
     """``cache.json``: what the cluster is, and which schema its template holds (if any).
 
-    ``template_name`` and ``template_check`` (see ``_owned.database_summary``) are what the
-    template held when it was built, for the check of the next run.
+    ``template_name`` and ``template_check`` (see ``_provisioning.owned.database_summary``) are
+    what the template held when it was built, for the check of the next run.
     """
 
     bin_dir: str
@@ -230,15 +236,20 @@ class Marker:
 
 
 class ClusterCache:
-    """A locked cache folder: start its cluster (rebuilt when unfit), and track its template."""
+    """A locked cache folder: start its cluster (rebuilt when unfit), and track its template.
 
-    def __init__(self, folder: Path, *, rebuild: bool) -> None:
+    ``check_template`` checks a reused cluster's template against the marker (see
+    ``check_databases``).
+    """
+
+    def __init__(self, folder: Path, *, rebuild: bool, check_template: TemplateCheck) -> None:
         self.folder = folder
         self.rebuild = rebuild  # no pointer in pytest's cache: start from scratch
         self.reused_cluster = False  # for reports and tests: initdb was skipped
         self.admin_url: URL | None = None  # of the started cluster, for the template's check
         self.dropped: list[str] = []  # for reports and tests: what check_databases dropped
         self._marker: Marker | None = None
+        self._check_template = check_template
 
     @property
     def cluster_dir(self) -> Path:
@@ -351,82 +362,43 @@ class ClusterCache:
         """Stop the cluster if it runs and delete everything of it (the lock and the project
         record stay). Raises ``OSError`` when something cannot be deleted."""
         self._marker = None
-        data_dir = self.cluster_dir / "data"
-        with contextlib.suppress(OSError):
-            if _is_plain(self.cluster_dir, stat.S_ISDIR) and _is_plain(data_dir, stat.S_ISDIR):
-                shutdown(data_dir, _recorded_bin_dir(self.cluster_dir), modes=("immediate",))
-        owner = read_owner(self.cluster_dir) if _is_plain(self.cluster_dir, stat.S_ISDIR) else None
-        for path in sorted(self.folder.iterdir()):
-            if path.name not in _KEPT:
-                remove_path(path)
-        outside = recorded_socket_dir(owner)
-        if outside is not None:
-            shutil.rmtree(outside, ignore_errors=True)
+        wipe_folder(self.folder)
 
     def check_databases(self, admin_url: URL) -> None:
-        """On a reused cluster, before the run uses it: keep the template (and its spares)
-        only if it still holds what it held when it was built, and drop every other database:
-        leftovers of killed runs, marked or not (the cluster is the kit's alone, under its
-        lock). A template found changed or unreadable is dropped, to be rebuilt.
+        """On a reused cluster, before the run uses it: check its template against the marker
+        (``check_template``), which keeps it only if it still holds what it held when it was
+        built, and drops every other database.
 
         Raises ``DatabaseError`` when that fails: the caller makes the cluster anew.
         """
-        from .._provisioning.databases import ownership_comment
-        from .._provisioning.owned import clean_own_cluster
-        from .._provisioning.spares import spare_run_id
-
         self.admin_url = admin_url
-        marker = self._marker
-        if marker is None:
-            return
-        key = marker.template_key
-        kept = clean_own_cluster(
-            admin_url,
-            template=marker.template_name if key is not None else None,
-            template_mark=ownership_comment(TEMPLATE_RUN_ID),
-            spare_mark=ownership_comment(spare_run_id(key)) if key is not None else None,
-            expected=marker.template_check,
-        )
-        self.dropped = kept.dropped
-        if not kept.template:
-            self.set_template(None)
+        if self._marker is not None:
+            self._check_template(self, admin_url)
+
+    @property
+    def marker(self) -> Marker | None:
+        """What ``cache.json`` says of the cluster and its template (None: nothing yet)."""
+        return self._marker
 
     def template_ready(self, key: str) -> bool:
         """Whether the template was built, completely, for the schema with this key."""
         return self._marker is not None and self._marker.template_key == key
 
-    def set_template(self, key: str | None) -> None:
+    def set_template(
+        self, key: str | None, name: str | None = None, check: dict[str, Any] | None = None
+    ) -> None:
         """Record the template's schema key (None before a rebuild starts: never half-marked),
-        and what the template holds, for the next run's check."""
+        with its name and what it holds (``check``) for the next run's check; without them
+        (the template could not be read), the next run rebuilds it rather than trust it
+        unchecked."""
         if self._marker is None:
             return
-        name, check = (None, None) if key is None else self._template_check()
+        if key is None:
+            name, check = None, None
         marker = Marker(
             self._marker.bin_dir, self._marker.version_num, self._marker.password, key, name, check
         )
         self._write_marker(marker)
-
-    def _template_check(self) -> tuple[str | None, dict[str, Any] | None]:
-        """The cached template's name and summary; (None, None) if it cannot be read, so that
-        the next run rebuilds it rather than trust it unchecked."""
-        from .._core.errors import DatabaseError
-        from .._provisioning.databases import ownership_comment
-        from .._provisioning.owned import database_summary, marked_databases
-
-        if self.admin_url is None:
-            return None, None
-        try:
-            mark = ownership_comment(TEMPLATE_RUN_ID)
-            names = [
-                name
-                for name, comment in marked_databases(self.admin_url).items()
-                if comment == mark
-            ]
-            if len(names) != 1:
-                return None, None
-            return names[0], database_summary(self.admin_url, names[0])
-        except DatabaseError:
-            return None, None
 
     def _read_marker(self) -> Marker | None:
         try:
@@ -465,6 +437,23 @@ def template_key(fingerprint: str, version_num: int) -> str:
     """The key of a template: the kit's format, the server version and the schema's digest."""
     text = json.dumps([CACHE_FORMAT, version_num, fingerprint])
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def wipe_folder(folder: Path) -> None:
+    """Stop the cache folder's cluster if it runs and delete everything of it (the lock and
+    the project record stay). Raises ``OSError`` when something cannot be deleted."""
+    cluster_dir = folder / CLUSTER_FOLDER
+    data_dir = cluster_dir / "data"
+    with contextlib.suppress(OSError):
+        if _is_plain(cluster_dir, stat.S_ISDIR) and _is_plain(data_dir, stat.S_ISDIR):
+            shutdown(data_dir, _recorded_bin_dir(cluster_dir), modes=("immediate",))
+    owner = read_owner(cluster_dir) if _is_plain(cluster_dir, stat.S_ISDIR) else None
+    for path in sorted(folder.iterdir()):
+        if path.name not in _KEPT:
+            remove_path(path)
+    outside = recorded_socket_dir(owner)
+    if outside is not None:
+        shutil.rmtree(outside, ignore_errors=True)
 
 
 def _recorded_bin_dir(cluster_dir: Path) -> Path | None:
@@ -516,7 +505,7 @@ def _remove_unheld(old: Path) -> bool:
     if lock is None:
         return False
     try:
-        ClusterCache(old, rebuild=True).wipe()
+        wipe_folder(old)
         shutil.rmtree(old, ignore_errors=True)
     except OSError:  # another project's folder the kit cannot delete: not this run's failure
         return False

@@ -192,6 +192,40 @@ def drop_leftover(admin_url: URL, name: str) -> None:
         _drop(conn, name)
 
 
+def rename_marked(
+    admin_url: URL,
+    name: str,
+    new_name: str,
+    comment: str,
+    *,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+) -> bool:
+    """Rename the kit's database ``name`` to ``new_name`` and give it ``comment``, in one
+    transaction: a kill in between leaves it as it was. False, and nothing changed, when
+    ``new_name`` is taken or a session stays on ``name`` for ``busy_timeout`` seconds."""
+    for checked in (name, new_name):
+        _check_name(checked)
+    with connect_admin(admin_url) as conn:
+        if not is_ours(conn, name) or _exists(conn, new_name):
+            return False
+        _wait_until_unused(conn, name, now() + busy_timeout)
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                        sql.Identifier(name), sql.Identifier(new_name)
+                    )
+                )
+                conn.execute(
+                    sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                        sql.Identifier(new_name), sql.Literal(comment)
+                    )
+                )
+        except psycopg.Error:  # taken meanwhile, or a session connected to it
+            return False
+    return True
+
+
 def _check_name(name: str) -> None:
     size = len(name.encode())
     if 0 < size <= MAX_NAME_BYTES and "\x00" not in name:

@@ -8,6 +8,7 @@ import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from .._core.errors import ConfigError, DatabaseError, TestkitError
 from .._core.urls import SecretURL, mask_url
 from .._core.warnings import TestkitWarning
 from .._isolation.leaks import LeakDetector
-from .._postgres.cache import TEMPLATE_RUN_ID, template_key
+from .._postgres.cache import template_key
 from .._postgres.server import RunningServer, connect_admin, server_answers_at, start_server
 from .databases import (
     RUN_ID,
@@ -33,10 +34,13 @@ from .databases import (
 )
 from .fingerprint import schema_fingerprint
 from .foreign_guard import guard
+from .kept_template import find_kept_template, keep_template
 from .liveness import RunLock, run_token
 from .owned import drop_databases_except, drop_dead_runs
+from .progress import Progress
 from .schema import ALEMBIC_PREFIX, build_schema
 from .spares import SPARE_WAIT, SpareMaker, claim_spare, spare_name, spares_of
+from .template_check import TEMPLATE_RUN_ID, record_template
 from .xdist import (
     ServerPlan,
     failure_record,
@@ -109,6 +113,23 @@ def _leftovers_message(admin: URL, failed: Mapping[str, str]) -> str:
     )
 
 
+@dataclass(frozen=True)
+class _Kept:
+    """The kept template of this run's schema on a configured server (``kept_template``)."""
+
+    name: str
+    key: str
+    reusable: bool  # there, and this run may clone it
+
+
+def _how_built(source: str | None) -> str:
+    if source is None:
+        return "empty"
+    if source.startswith(ALEMBIC_PREFIX):
+        return "alembic upgrade head"
+    return f"create_all of {source}"
+
+
 class TestDatabases:
     """The server and the databases the kit created for this process; built on first use.
 
@@ -145,6 +166,7 @@ class TestDatabases:
         self._working_built = False  # built beside the template: no clone needed
         self._run_lock: RunLock | None = None  # on a configured server: this run is alive
         self._lost = False  # the server stopped answering mid-run (see _server_loss)
+        self._progress = Progress(None)  # what _build is doing, said when slow
 
     @property
     def ready(self) -> bool:
@@ -264,6 +286,10 @@ class TestDatabases:
         return render_env(self.settings.database_env, url, driver_url)
 
     def _build(self) -> DatabaseURL:
+        with Progress(self.plan.say) as self._progress:
+            return self._build_in_steps()
+
+    def _build_in_steps(self) -> DatabaseURL:
         started = time.monotonic()
         shared = self.plan.shared
         run_id = shared.run_id if shared is not None else RUN_ID
@@ -274,7 +300,7 @@ class TestDatabases:
                 self.provenance["server_seconds"] = round(server.startup_seconds, 3)
                 self._hold_run_lock(server, run_id)
                 template, working = self._names(server, run_id)
-                self._template(server, template, working, run_id)
+                template = self._template(server, template, working, run_id)
             else:
                 server, template, working = self._shared_template()
             admin = server.info.admin_url
@@ -307,6 +333,7 @@ class TestDatabases:
             self.provenance["database"] = "spare"
             self._created.append(working)
         else:
+            self._progress.step(f"copying the template database into {working}")
             create_database(admin, working, template=template, run_id=run_id, locked=self._locked)
             self.provenance["database"] = "cloned"
             self._created.append(working)
@@ -314,6 +341,10 @@ class TestDatabases:
             self._spare_maker = SpareMaker(admin, template, spare, key)
 
     def _start_server(self, owner_pid: int | None) -> RunningServer:
+        if self.settings.database_url:
+            self._progress.step("connecting to the configured PostgreSQL server")
+        else:
+            self._progress.step("starting the kit's own PostgreSQL server")
         return start_server(
             self.settings.database_url,
             tcp=self.settings.server_tcp,
@@ -365,7 +396,7 @@ class TestDatabases:
             try:
                 self._hold_run_lock(server, shared.run_id)
                 template, working = self._names(server, shared.run_id)
-                self._template(server, template, working, shared.run_id)
+                template = self._template(server, template, working, shared.run_id)
             except TestkitError as exc:
                 shared.write(failure_record(str(exc)))
                 raise
@@ -376,8 +407,9 @@ class TestDatabases:
             self.provenance["shared"] = "started"
             return server, template, working
 
-    def _template(self, server: RunningServer, template: str, working: str, run_id: str) -> None:
-        """Make the template hold the schema: reuse a cached one built for the same schema."""
+    def _template(self, server: RunningServer, template: str, working: str, run_id: str) -> str:
+        """Make the template hold the schema: reuse a cached (or, on a configured server, a
+        kept) one built for the same schema. Returns the name of the template to clone."""
         admin = server.info.admin_url
         self._allow(admin, template, working)
         # Before the schema source is imported: models modules often import the app's
@@ -401,10 +433,16 @@ class TestDatabases:
                 drop_databases_except(admin, {template, *spares_of(admin, key, template, working)})
                 self.provenance["template"] = "reused"
                 self._template_key = key
-                return
+                return template
             cache.set_template(None)  # a rebuild killed half-way must not count as complete
             drop_databases_except(admin, set())  # the old template, its spares, leftovers
+        kept = self._kept_template(server, run_id) if cache is None else None
+        if kept is not None and kept.reusable:
+            self.provenance["template"] = "kept"
+            self._allow(admin, kept.name, working)
+            return kept.name
         source = self.settings.schema
+        self._progress.step(f"building the template database ({_how_built(source)})")
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="testkit-schema") as pool:
             # create_all is cheap: building the working database with it at the same time
             # saves copying the template afterwards (0.3 s here). Migrations are not run twice.
@@ -424,10 +462,34 @@ class TestDatabases:
                 beside.result()  # its error, if any
         self.provenance["template"] = "built"
         if cache is not None:
-            cache.set_template(key)
+            record_template(cache, key)
             self._template_key = key
             if self.plan.store is not None:
                 self.plan.store.set_pointer(cache.folder)
+        elif kept is not None and keep_template(admin, template, kept.name, kept.key):
+            # Kept for the next runs: no longer this run's to drop.
+            self._created.remove(template)
+            self.provenance["template"] = "built and kept"
+            self._allow(admin, kept.name, working)
+            return kept.name
+        return template
+
+    def _kept_template(self, server: RunningServer, run_id: str) -> _Kept | None:
+        """On a configured server (and unless the plan says otherwise): the template kept by
+        earlier runs for this schema, and the name to keep this run's under if there is none.
+        None: the schema cannot be told, or keeping is off."""
+        if not (self.plan.keep_template and server.info.source == "url" and self._locked):
+            return None
+        admin = server.info.admin_url
+        self._progress.step("looking for the template database kept by earlier runs")
+        fingerprint = schema_fingerprint(self.settings.schema, self.rootdir)
+        if fingerprint is None:
+            return None
+        key = template_key(fingerprint, server.info.version_num)
+        base = admin.database or DEFAULT_BASE_NAME
+        found = find_kept_template(admin, base, key, run_id, replace=self.plan.replace_kept)
+        self.provenance["dropped_kept_templates"] = found.dropped
+        return _Kept(found.name, key, found.reusable)
 
     def _new_database(self, admin: URL, name: str, run_id: str) -> None:
         create_database(admin, name, run_id=run_id, locked=self._locked)

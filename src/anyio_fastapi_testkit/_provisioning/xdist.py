@@ -20,7 +20,7 @@ import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +46,8 @@ from .._postgres.state_folder import (
     remove_state,
     write_owner,
 )
+from .progress import terminal_line
+from .template_check import check_cached_template
 
 if TYPE_CHECKING:
     from .._postgres.server import RunningServer
@@ -143,6 +145,11 @@ class ServerPlan:
     cache: ClusterCache | None = None
     store: CacheStore | None = None  # pytest's cache, for the pointer to the cache folder
     shared: SharedRun | None = None
+    # On a configured server: keep the template between runs (see ``kept_template``), as the
+    # cache keeps the kit's own cluster: not with --testkit-fresh-db or -p no:cacheprovider.
+    keep_template: bool = False
+    replace_kept: bool = False  # --cache-clear: build it anew, and keep the new one
+    say: Callable[[str], None] | None = None  # a line on the terminal (see ``progress``)
 
 
 @dataclass
@@ -212,19 +219,31 @@ def plan_run(config: pytest.Config, settings: Settings) -> None:
     if _STATE_KEY in config.stash:
         return
     store = _store(config)
+    state = _plan_run(config, settings, store)
+    plan = state.plan
+    plan.keep_template = bool(settings.database_url) and store is not None and not settings.fresh_db
+    plan.replace_kept = bool(option(config, "cacheclear"))
+    plan.say = terminal_line(config)
+    config.stash[_STATE_KEY] = state
+
+
+def _plan_run(config: pytest.Config, settings: Settings, store: CacheStore | None) -> _RunState:
     if is_xdist_worker(config):
         workerinput = getattr(config, "workerinput", None)
         given = workerinput.get(WORKERINPUT_KEY) if workerinput is not None else None
         if given is None:
             given = _inherited_hand_over()
         plan = _worker_plan(given, store) if isinstance(given, dict) else ServerPlan()
-        config.stash[_STATE_KEY] = _RunState(plan)
-        return
+        return _RunState(plan)
     lock = _lock_cache(config, settings, store)
     rebuild = lock is not None and (
         _needs_rebuild(store, lock.folder) or bool(option(config, "cacheclear"))
     )
-    cache = ClusterCache(lock.folder, rebuild=rebuild) if lock else None
+    cache = (
+        ClusterCache(lock.folder, rebuild=rebuild, check_template=check_cached_template)
+        if lock
+        else None
+    )
     state = _RunState(ServerPlan(cache, store), lock)
     if is_xdist_controller(config):
         state.controller_input = _start_shared_run(cache)
@@ -234,7 +253,7 @@ def plan_run(config: pytest.Config, settings: Settings) -> None:
         if settings.database_url:
             run_id = str(state.controller_input["run_id"])
             state.run_lock = _ControllerRunLock(str(settings.database_url), run_id)
-    config.stash[_STATE_KEY] = state
+    return state
 
 
 _LOAD_FOR_FINISH = "anyio_fastapi_testkit.xdist-load-for-finish"
@@ -383,7 +402,11 @@ def _needs_rebuild(store: CacheStore | None, folder: Path) -> bool:
 def _worker_plan(given: dict[str, Any], store: CacheStore | None) -> ServerPlan:
     folder = given.get("cache_folder")
     cache = (
-        ClusterCache(Path(folder), rebuild=bool(given.get("rebuild")))
+        ClusterCache(
+            Path(folder),
+            rebuild=bool(given.get("rebuild")),
+            check_template=check_cached_template,
+        )
         if isinstance(folder, str)
         else None
     )

@@ -1,0 +1,329 @@
+"""On a configured server the template is kept between runs while its schema key matches: the
+next run clones its working database from it instead of building the schema again. Only a
+template the kit made and marked for that key, owned by the run's user, is reused; a schema
+change builds a new one (and the old one goes once no other run is alive); a database of
+somebody else's under the kept name is never touched. Working databases stay per run.
+
+The sub-sessions run with pytest's cache provider on (as users run), which the kit needs to
+keep anything between runs; the module's embedded server (``pg_server``) stands in for the
+configured server, the URL naming the database ``keptdb`` on it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import (
+    ITEMS_APP,
+    SUBSESSION_TIMEOUT,
+    Project,
+    assert_nothing_left,
+    database_names,
+    drop_by_hand,
+    sql_rows,
+)
+from psycopg import sql
+from sqlalchemy.engine import URL
+
+from anyio_fastapi_testkit._postgres.server import RunningServer
+from anyio_fastapi_testkit._provisioning.databases import PENDING_PREFIX, ownership_comment
+from anyio_fastapi_testkit._provisioning.kept_template import KEPT_RUN_ID, kept_key
+from anyio_fastapi_testkit._provisioning.progress import Progress
+
+BASE = "keptdb"
+KEPT_PREFIX = ownership_comment(f"{KEPT_RUN_ID} ")
+
+# Records what the run's database is, and what the server holds while the run uses it.
+RECORDING_TEST = """
+import json
+import os
+
+import psycopg
+from sqlalchemy import inspect
+from sqlalchemy.engine import make_url
+
+
+def test_record(database_url, request):
+    url = make_url(str(database_url)).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
+        databases = dict(conn.execute(
+            "SELECT datname, oid::bigint FROM pg_database"
+        ).fetchall())
+        columns = [name for (name,) in conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = 'items' ORDER BY column_name"
+        )]
+    label = os.environ.get("RUN_LABEL", "run")
+    with open(f"{label}.json", "w") as handle:
+        json.dump({"database": url.database, "databases": databases, "columns": columns}, handle)
+"""
+
+# The items app with a column more: another schema, another key.
+CHANGED_APP = ITEMS_APP.replace(
+    "    name: Mapped[str] = mapped_column(String(100), unique=True)\n",
+    "    name: Mapped[str] = mapped_column(String(100), unique=True)\n"
+    "    note: Mapped[str | None] = mapped_column(String(100), default=None)\n",
+)
+
+
+@pytest.fixture
+def keptdb(pg_server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[URL]:
+    """The configured URL (database ``keptdb``, set in TESTKIT_DATABASE_URL); everything made
+    on the server is dropped afterwards."""
+    admin = pg_server.info.admin_url
+    before = set(database_names(admin))
+    sql_rows(admin, f"CREATE DATABASE {BASE}")
+    url = admin.set(database=BASE)
+    monkeypatch.setenv("TESTKIT_DATABASE_URL", url.render_as_string(hide_password=False))
+    yield url
+    for name in set(database_names(admin)) - before:
+        drop_by_hand(admin, name)
+
+
+def comments(url: URL) -> dict[str, str | None]:
+    rows = sql_rows(url, "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database")
+    return {str(name): comment for name, comment in rows}
+
+
+def kept_templates(url: URL) -> dict[str, str]:
+    """The kit's kept templates on the server, by name: their schema key."""
+    found = {}
+    for name, comment in comments(url).items():
+        key = kept_key(comment) if comment else None
+        if key is not None:
+            found[name] = key
+    return found
+
+
+def kit_databases(url: URL) -> list[str]:
+    """What runs on ``keptdb`` made or left: named test_keptdb_..., or pending."""
+    return sorted(
+        name for name in database_names(url) if name.startswith((f"test_{BASE}_", PENDING_PREFIX))
+    )
+
+
+def items_project(project: Project, app: str = ITEMS_APP, env: bool = False) -> None:
+    project.module("items_app", app)
+    settings = {"testkit_app": "items_app:app", "testkit_schema": "items_app:Base.metadata"}
+    if env:
+        settings["testkit_database_env"] = "DATABASE_URL"
+    project.ini(**settings)
+    project.module("test_record", RECORDING_TEST)
+
+
+def run(project: Project, label: str, *args: str, passed: int = 1) -> dict[str, Any]:
+    """A run with pytest's cache provider on; what its test recorded, and its output."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RUN_LABEL", label)
+        result = project.pytester.runpytest_subprocess(
+            "-p", "no:randomly", *args, timeout=SUBSESSION_TIMEOUT
+        )
+    result.assert_outcomes(passed=passed)
+    record: dict[str, Any] = json.loads((project.pytester.path / f"{label}.json").read_text())
+    record["output"] = "\n".join([*result.outlines, *result.errlines])
+    return record
+
+
+def test_the_second_run_clones_the_template_the_first_kept(
+    project: Project, private_tmpdir: Path, keptdb: URL
+) -> None:
+    items_project(project)
+    first = run(project, "first")
+    kept = kept_templates(keptdb)
+    assert len(kept) == 1, comments(keptdb)
+    (template,) = kept
+    assert template.startswith(f"test_{BASE}_") and template.endswith("_template")
+    assert kit_databases(keptdb) == [template], "the run dropped its working database"
+    oid = first["databases"][template]
+
+    second = run(project, "second")
+
+    assert kept_templates(keptdb) == kept
+    assert second["databases"][template] == oid, "the kept template was built again"
+    assert second["columns"] == ["id", "name"]
+    assert second["database"] != first["database"], "working databases are per run"
+    assert first["database"] not in second["databases"]
+    assert kit_databases(keptdb) == [template]
+    # One template in use: the run cloned the kept one and built none of its own.
+    assert [name for name in second["databases"] if name.endswith("_template")] == [template]
+    assert_nothing_left(private_tmpdir)
+
+
+def test_a_schema_change_builds_a_new_template_and_drops_the_old(
+    project: Project, private_tmpdir: Path, keptdb: URL
+) -> None:
+    items_project(project)
+    run(project, "first")
+    old = kept_templates(keptdb)
+    assert len(old) == 1
+
+    items_project(project, CHANGED_APP)
+    changed = run(project, "changed")
+
+    new = kept_templates(keptdb)
+    assert len(new) == 1 and new.keys() != old.keys(), (old, new)
+    assert set(new.values()) != set(old.values())
+    assert changed["columns"] == ["id", "name", "note"]
+    assert kit_databases(keptdb) == sorted(new), "the old template was not dropped"
+    again = run(project, "again")
+    assert again["columns"] == ["id", "name", "note"]
+    (template,) = new
+    assert again["databases"][template] == changed["databases"][template]
+    assert_nothing_left(private_tmpdir)
+
+
+@pytest.mark.parametrize(
+    "comment",
+    [None, "created by anyio-fastapi-testkit; run 4242-0badf00d", "another key"],
+    ids=["unmarked", "a-runs-mark", "another-keys-mark"],
+)
+def test_a_database_under_the_kept_name_that_is_not_the_kept_template_is_never_touched(
+    project: Project, private_tmpdir: Path, keptdb: URL, comment: str | None
+) -> None:
+    items_project(project)
+    run(project, "first")
+    (name, key) = next(iter(kept_templates(keptdb).items()))
+    drop_by_hand(keptdb, name)
+    # Somebody else's database, under the name the kit keeps its template of this key under.
+    sql_rows(keptdb, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    sql_rows(keptdb, "CREATE TABLE precious (note text)", name)
+    sql_rows(keptdb, "INSERT INTO precious VALUES ('keep me')", name)
+    if comment == "another key":
+        comment = f"{KEPT_PREFIX}{'0' * 64}"
+    if comment is not None:
+        statement = sql.SQL("COMMENT ON DATABASE {} IS {}")
+        sql_rows(keptdb, statement.format(sql.Identifier(name), sql.Literal(comment)))
+    oid = sql_rows(keptdb, sql.SQL("SELECT oid FROM pg_database WHERE datname = {}").format(name))
+
+    for label in ("second", "third"):
+        record = run(project, label)
+        assert record["columns"] == ["id", "name"]
+        own_templates = [db for db in record["databases"] if db.endswith("_template")]
+        assert len(own_templates) == 2, own_templates  # the foreign one, and the run's own
+
+    assert sql_rows(keptdb, "SELECT note FROM precious", name) == [("keep me",)]
+    assert comments(keptdb)[name] == comment
+    assert (
+        sql_rows(keptdb, sql.SQL("SELECT oid FROM pg_database WHERE datname = {}").format(name))
+        == oid
+    )
+    assert kit_databases(keptdb) == [name], "a run left its own template or database"
+    assert key not in [value for db, value in kept_templates(keptdb).items() if db != name]
+    assert_nothing_left(private_tmpdir)
+
+
+def test_a_slow_build_before_collection_says_what_the_kit_is_doing(
+    project: Project, private_tmpdir: Path, keptdb: URL
+) -> None:
+    # Building the template takes 2 s at least: the schema's create_all waits in the server.
+    slow_app = ITEMS_APP + (
+        "\nfrom sqlalchemy import DDL, event\n\n"
+        'event.listen(Base.metadata, "after_create", DDL("SELECT pg_sleep(2)"))\n'
+    )
+    items_project(project, slow_app, env=True)  # built before collection
+    first = run(project, "first")
+    line = (
+        "anyio-fastapi-testkit: building the template database "
+        "(create_all of items_app:Base.metadata)…"
+    )
+    assert line in first["output"].splitlines(), first["output"]
+    assert first["output"].count("anyio-fastapi-testkit: building") == 1
+    assert "password" not in first["output"].lower()
+    assert_nothing_left(private_tmpdir)
+
+
+def test_progress_says_the_step_once_it_is_slow_and_nothing_when_fast() -> None:
+    said: list[str] = []
+    heard = threading.Event()
+
+    def say(text: str) -> None:
+        said.append(text)
+        heard.set()
+
+    with Progress(say, after=3600) as progress:
+        progress.step("starting")
+    assert said == [], "a fast start printed something"
+
+    with Progress(say, after=0) as progress:
+        progress.step("building the template database (alembic upgrade head)")
+        assert heard.wait(SUBSESSION_TIMEOUT)
+        progress.step("copying the template database into test_app")
+    assert said == [
+        "building the template database (alembic upgrade head)…",
+        "copying the template database into test_app…",
+    ]
+    with Progress(None, after=0) as progress:  # no terminal: silent, and no thread
+        progress.step("starting")
+
+
+# A's test holds its databases until B is done.
+HOLDING_TEST = """
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from items_app import Item
+
+
+async def test_hold(db_session):
+    db_session.add(Item(name="a"))
+    await db_session.flush()
+    Path("a-ready").write_text("")
+    deadline = time.monotonic() + 90
+    while not Path("b-done").exists():
+        assert time.monotonic() < deadline, "B never finished"
+        time.sleep(0.05)
+    assert await db_session.scalar(select(func.count(Item.id))) == 1
+"""
+
+
+def test_a_run_with_another_schema_leaves_a_live_runs_template_alone(
+    project: Project, private_tmpdir: Path, keptdb: URL
+) -> None:
+    items_project(project)
+    run(project, "first")
+    (old,) = kept_templates(keptdb)
+    project.module("test_hold", HOLDING_TEST)
+    a = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:randomly", "test_hold.py"],
+        cwd=project.pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        ready = project.pytester.path / "a-ready"
+        deadline_reached = threading.Event()
+        timer = threading.Timer(SUBSESSION_TIMEOUT, deadline_reached.set)
+        timer.start()
+        try:
+            while not ready.exists():
+                assert a.poll() is None, a.communicate()[0]
+                assert not deadline_reached.is_set(), "A never got ready"
+                deadline_reached.wait(0.05)
+        finally:
+            timer.cancel()
+        # B: another schema, while A (the old one's) is alive. It may not drop A's template.
+        items_project(project, CHANGED_APP)
+        b = run(project, "b", "test_record.py")
+        assert b["columns"] == ["id", "name", "note"]
+        assert old in database_names(keptdb), "B dropped the template of a live run"
+    finally:
+        (project.pytester.path / "b-done").write_text("")
+        output = a.communicate(timeout=SUBSESSION_TIMEOUT)[0]
+    assert a.returncode == 0, output
+    assert len(kept_templates(keptdb)) == 2  # A's, and the one B kept
+    # The next run with B's schema finds no other run alive: the old template goes.
+    run(project, "after", "test_record.py")
+    assert old not in kept_templates(keptdb)
+    assert len(kept_templates(keptdb)) == 1
+    assert kit_databases(keptdb) == sorted(kept_templates(keptdb))
+    assert_nothing_left(private_tmpdir)
