@@ -26,7 +26,6 @@ RANK = {room: rank for rank, room in enumerate(ORDER)}
 
 # (importing module, imported room): upward imports left to remove.
 KNOWN_UPWARD = {
-    ("_core/import_order.py", "_provisioning"),  # ALEMBIC_PREFIX, to tell an Alembic schema
     ("_provisioning/run_databases.py", "_isolation"),  # the leak check's detector
 }
 

@@ -21,6 +21,8 @@ DATABASE_URL_ENV = "TESTKIT_DATABASE_URL"
 DEFAULT_BLOCKED_LOOP = 0.5
 FRESH_DB_ENV = "TESTKIT_FRESH_DB"
 DEFAULT_BASE_URL = "http://testserver"
+# testkit_schema = "alembic:<path to alembic.ini>" names an Alembic project.
+ALEMBIC_PREFIX = "alembic:"
 
 # (ini name, type, help, default); flags are registered separately below.
 _INI_OPTIONS: tuple[tuple[str, str, str, object], ...] = (

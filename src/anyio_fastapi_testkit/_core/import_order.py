@@ -14,8 +14,7 @@ import sys
 
 import pytest
 
-from .._provisioning.schema import ALEMBIC_PREFIX
-from .config import Settings
+from .config import ALEMBIC_PREFIX, Settings
 
 _OWN_PACKAGE = __name__.partition(".")[0]
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlalchemy import create_mock_engine
 
-from .schema import ALEMBIC_PREFIX, load_metadata
+from .._core.config import ALEMBIC_PREFIX
+from .schema import load_metadata
 
 _SKIPPED_PARTS = ("__pycache__",)
 _SKIPPED_SUFFIXES = (".pyc", ".pyo")

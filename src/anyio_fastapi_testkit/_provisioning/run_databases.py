@@ -16,7 +16,7 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from .._core.config import Settings
+from .._core.config import ALEMBIC_PREFIX, Settings
 from .._core.errors import ConfigError, DatabaseError, TestkitError
 from .._core.urls import SecretURL, mask_url
 from .._core.warnings import TestkitWarning
@@ -38,7 +38,7 @@ from .kept_template import find_kept_template, keep_template
 from .liveness import RunLock, run_token
 from .owned import drop_databases_except, drop_dead_runs
 from .progress import Progress
-from .schema import ALEMBIC_PREFIX, build_schema
+from .schema import build_schema
 from .spares import SPARE_WAIT, SpareMaker, claim_spare, spare_name, spares_of
 from .template_check import TEMPLATE_RUN_ID, record_template
 from .xdist import (

@@ -14,6 +14,7 @@ from sqlalchemy import MetaData, create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
+from .._core.config import ALEMBIC_PREFIX
 from .._core.errors import ConfigError, DatabaseError
 from .._core.imports import import_from_path
 from .._core.urls import mask_secrets, mask_url
@@ -22,7 +23,6 @@ from .._postgres import children as children
 from .._postgres.children import WATCH_PARENT, parent_env
 from .foreign_guard import DEFAULT_PORT, ForeignDatabaseError
 
-ALEMBIC_PREFIX = "alembic:"
 _ALEMBIC_TIMEOUT = 600.0
 
 # Runs in a fresh interpreter, so that an async env.py may call asyncio.run() and an app's
