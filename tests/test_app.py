@@ -124,15 +124,15 @@ CLIENT_TEST = """
     """
 
 
-def test_a_client_test_needs_no_fixture_holding_the_config(project: Project) -> None:
-    # The plugin's session fixtures are bound to the config: one fixture fewer for pytest to
-    # resolve for every test than with a fixture that hands them the config.
+def test_a_client_test_sets_up_the_apps_lifespan_once_for_the_session(project: Project) -> None:
     project.ini(testkit_app="simple_app:app")
-    project.module("test_hello", CLIENT_TEST)
+    project.module("test_hello", CLIENT_TEST + CLIENT_TEST.replace("test_hello", "test_again"))
     plan = project.run("--setup-plan")
-    plan.stdout.fnmatch_lines(["*SETUP    S app_lifespan (fixtures used: anyio_backend, app)"])
-    assert "_testkit_config" not in plan.stdout.str()
-    project.run().assert_outcomes(passed=1)
+    plan.stdout.fnmatch_lines(
+        ["*SETUP    S app_lifespan (fixtures used: _testkit_config, anyio_backend, app)"]
+    )
+    assert plan.stdout.str().count("SETUP    S app_lifespan") == 1
+    project.run().assert_outcomes(passed=2)
 
 
 def test_a_conftest_that_imports_the_fixtures_gets_working_copies(project: Project) -> None:

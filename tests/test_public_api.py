@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -10,17 +11,75 @@ from conftest import Project
 
 import anyio_fastapi_testkit as kit
 
+# Every public name and the private module that defines it: adding, removing or moving a
+# public name must change this list.
+PUBLIC_NAMES = {
+    "AppError": "_core.errors",
+    "BlockedLoopWarning": "_core.warnings",
+    "CacheWarning": "_postgres.cache",
+    "ClientFactory": "_http.client",
+    "ClientOptions": "_http.client",
+    "ConfigError": "_core.errors",
+    "DatabaseError": "_core.errors",
+    "ForeignDatabaseError": "_provisioning.foreign_guard",
+    "LeakedTaskWarning": "_core.warnings",
+    "QueryCounter": "_diagnostics.queries",
+    "QueryLimit": "_diagnostics.queries",
+    "QueryLog": "_diagnostics.queries",
+    "TestkitError": "_core.errors",
+    "TestkitWarning": "_core.warnings",
+    "WebSocketClosed": "_http.websocket",
+    "WebSocketConnect": "_http.websocket",
+    "WebSocketRejected": "_http.websocket",
+    "WebSocketSession": "_http.websocket",
+    "override_dependencies": "_http.client",
+    "persist_with": "_isolation.factories",
+}
 
-def test_every_public_name_resolves() -> None:
-    from anyio_fastapi_testkit._http import client as _client
-    from anyio_fastapi_testkit._http import websocket as _websocket
-    from anyio_fastapi_testkit._isolation import factories as _factories
 
-    assert {name for name in kit.__all__ if not hasattr(kit, name)} == set()
-    assert kit.persist_with is _factories.persist_with
-    assert kit.override_dependencies is _client.override_dependencies
-    assert kit.WebSocketClosed is _websocket.WebSocketClosed
-    assert set(kit.__all__) <= set(dir(kit))
+def test_the_public_names_are_these_and_each_is_its_modules_object() -> None:
+    assert sorted(kit.__all__) == sorted(PUBLIC_NAMES)
+    wrong = {}
+    for name, module in PUBLIC_NAMES.items():
+        where = f"anyio_fastapi_testkit.{module}"
+        value = getattr(kit, name)
+        if value is not getattr(importlib.import_module(where), name) or value.__module__ != where:
+            wrong[name] = value.__module__
+    assert wrong == {}
+
+
+# The fixtures that `from anyio_fastapi_testkit.fixtures import *` gives a conftest.py.
+FIXTURE_NAMES = [
+    "anyio_backend",
+    "app",
+    "app_lifespan",
+    "assert_max_queries",
+    "assert_num_queries",
+    "client",
+    "client_factory",
+    "count_queries",
+    "database_url",
+    "db_connection",
+    "db_engine",
+    "db_session",
+    "db_session_sync",
+    "dependency_overrides",
+    "live_server",
+    "websocket_connect",
+]
+
+
+def test_import_star_from_the_fixtures_module_gives_these_fixtures() -> None:
+    namespace: dict[str, object] = {}
+    exec("from anyio_fastapi_testkit.fixtures import *", namespace)
+    imported = sorted(name for name in namespace if name != "__builtins__")
+    assert imported == FIXTURE_NAMES
+    not_fixtures = [
+        name
+        for name in FIXTURE_NAMES
+        if type(namespace[name]).__name__ != "FixtureFunctionDefinition"
+    ]
+    assert not_fixtures == []
 
 
 def test_an_unknown_name_is_an_attribute_error() -> None:
@@ -42,13 +101,15 @@ def test_loading_the_plugin_loads_no_database_library() -> None:
     assert done.stdout.strip() == "[]"
 
 
-def test_the_fixtures_module_makes_its_conftest_copies_on_access() -> None:
+def test_the_fixtures_module_makes_its_anyio_backend_copy_on_access() -> None:
     from anyio_fastapi_testkit import fixtures
 
-    # Not module attributes (the plugin registers only its bound copies), yet importable.
-    assert "app" not in vars(fixtures)
-    assert fixtures.app.__name__ == "app"
-    assert "The app under test" in (fixtures.app.__doc__ or "")
+    # Not a module attribute (the plugin registers the session's own), yet importable.
+    assert "anyio_backend" not in vars(fixtures)
+    assert fixtures.anyio_backend.__name__ == "anyio_backend"
+    assert "backend" in (fixtures.anyio_backend.__doc__ or "")
+    # The others are the module's own, one definition each.
+    assert "app" in vars(fixtures)
     with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
         fixtures.nothing_here  # noqa: B018
 

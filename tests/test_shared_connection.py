@@ -125,15 +125,14 @@ async def test_01_commits_and_leaves_its_savepoint_open(db_session):
     db_session.autoflush = False
 
 
-async def test_02_same_session_clean_and_reset(db_session, statements):
+async def test_02_a_new_session_clean_and_reset(db_session, statements):
     assert db_session.info == {} and db_session.autoflush is True
     assert len(db_session.identity_map) == 0
     assert await db_session.scalar(COUNT) == 0
     db_session.add(Thing(name="a"))  # the same unique name: the first test's row is gone
     await db_session.commit()
-    # The kept session went on inside its savepoint, begun again after the rollback:
-    # no SAVEPOINT before its first statement.
-    assert not statements[0].startswith("SAVEPOINT"), statements
+    # A new session, in a savepoint of its own begun at its first statement.
+    assert statements[0].startswith("SAVEPOINT"), statements
 
 
 async def test_03_leaves_begin_nested_open(db_session):
@@ -191,7 +190,7 @@ async def test_11_clean(db_session):
 
 
 @pytest.mark.usefixtures("db_driver")
-def test_the_session_kept_between_tests_starts_each_test_clean(project: Project) -> None:
+def test_each_tests_session_starts_clean(project: Project) -> None:
     project.ini(testkit_schema="things_models:Base.metadata", testkit_leak_check="fail")
     project.module("things_models", MODELS)
     project.module("test_session", SESSION_TESTS)

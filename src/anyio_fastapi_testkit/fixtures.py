@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
@@ -25,36 +26,29 @@ from ._core.errors import ConfigError
 from ._core.imports import import_from_path
 from ._diagnostics.queries import QueryCounter, QueryLimit
 from ._diagnostics.timeouts import timeout_for
-from ._diagnostics.watched import runs_watched
+from ._diagnostics.watched import AROUND_CALL_KEY, runs_watched
 from ._http.app import ASGIApp, check_uses_dependency, load_app, running_lifespan
 from ._http.client import ClientFactory, http_library, override_dependencies
 from ._http.live_server import live_server as serve_live
 from ._http.websocket import WebSocketConnect, websocket_connector
+from ._isolation.dependency import AsyncDatabase, is_async_dependency
 from ._isolation.factories import bound_factories, load_factories
-from ._isolation.transaction import (
-    TRANSACTION_KEY,
-    AsyncDatabase,
-    SyncDatabase,
-    SyncTestTransaction,
-    TestTransaction,
-    bound_sessionmaker,
-    check_sessionmaker,
-    is_async_dependency,
-    session_options,
-)
+from ._isolation.sessionmaker import bound_sessionmaker, check_sessionmaker, session_options
+from ._isolation.sync import SyncDatabase, SyncTestTransaction
+from ._isolation.transaction import TRANSACTION_KEY, TestTransaction
 from ._provisioning.run_databases import DatabaseURL, TestDatabases
 from ._provisioning.xdist import server_plan, xdist_worker_id
 
 __all__ = [
     "anyio_backend",  # noqa: F822 (made on access: see __getattr__)
-    "app",  # noqa: F822 (made on access: see __getattr__)
-    "app_lifespan",  # noqa: F822 (made on access: see __getattr__)
+    "app",
+    "app_lifespan",
     "assert_max_queries",
     "assert_num_queries",
     "client",
     "client_factory",
     "count_queries",
-    "database_url",  # noqa: F822 (made on access: see __getattr__)
+    "database_url",
     "db_connection",
     "db_engine",
     "db_session",
@@ -94,15 +88,18 @@ def preload_app(config: pytest.Config) -> None:
         http_library(settings.http_client)
 
 
-def _app(config: pytest.Config) -> ASGIApp:
+@pytest.fixture(scope="session")
+def app(_testkit_config: pytest.Config) -> ASGIApp:
     """The app under test, imported from the ``testkit_app`` ini option (session-scoped).
 
     ``"pkg.module:app"`` names an app; ``"pkg.module:create_app()"`` calls a factory once per
-    session. Override this fixture in conftest.py to build the app yourself. Cost: one import
-    per session, done when the tests have been collected (before the first test runs). An
-    error stops the session at the first test that needs the app (see the plugin).
+    session. Override this fixture in conftest.py to build the app yourself (a conftest.py of
+    a sub-folder may give its tests an app of their own). Cost: one import per session, done
+    when the tests have been collected (before the first test runs). An error stops the
+    session at the first test that needs the app (see the plugin).
     """
     __tracebackhide__ = True
+    config = _testkit_config
     settings = get_settings(config)
     if settings.app is None:
         raise ConfigError(
@@ -114,15 +111,42 @@ def _app(config: pytest.Config) -> ASGIApp:
     return load_once(config, _APP_KEY, lambda: load_app(app_path))
 
 
-@contextlib.asynccontextmanager
-async def _app_lifespan(app: ASGIApp, config: pytest.Config) -> AsyncIterator[ASGIApp]:
-    """The app after its lifespan startup, ready for requests (session-scoped, per backend).
+class _StartedApps:
+    """The apps started on a backend: the first test's app, and any other app that a
+    sub-folder's conftest.py overrides ``app`` with, started for the first test that needs it.
 
-    Startup and shutdown run once per backend through asgi-lifespan; requests get a copy of
-    the lifespan state. A failing or hung startup stops the session with the app's error.
-    Limits: ``testkit_startup_timeout`` / ``testkit_shutdown_timeout``. Cost: one startup and
-    one shutdown of the app per backend.
+    pytest caches the session-scoped ``app_lifespan`` with the app of the first test that set
+    it up, whatever app a later test's folder overrides ``app`` with: the clients take the
+    started app from here instead, by the test's own ``app``.
     """
+
+    def __init__(self, config: pytest.Config, task_group: anyio.abc.TaskGroup) -> None:
+        self.config = config
+        # id of the app -> the app ready for requests (which holds the app: ids not reused)
+        self.started: dict[int, ASGIApp] = {}
+        self._task_group = task_group
+        self._stop = anyio.Event()
+
+    async def start(self, app: ASGIApp) -> None:
+        """Start ``app``'s lifespan in a task of its own, running until ``stop``."""
+        __tracebackhide__ = True
+        self.started[id(app)] = await self._task_group.start(self._serve, app)
+
+    async def _serve(self, app: ASGIApp, *, task_status: anyio.abc.TaskStatus[ASGIApp]) -> None:
+        __tracebackhide__ = True
+        async with _running(app, self.config) as started:
+            task_status.started(started)
+            await self._stop.wait()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+_STARTED_KEY = pytest.StashKey[_StartedApps]()
+
+
+@contextlib.asynccontextmanager
+async def _running(app: ASGIApp, config: pytest.Config) -> AsyncIterator[ASGIApp]:
     __tracebackhide__ = True
     settings = get_settings(config)
     async with running_lifespan(
@@ -131,6 +155,50 @@ async def _app_lifespan(app: ASGIApp, config: pytest.Config) -> AsyncIterator[AS
         shutdown_timeout=settings.shutdown_timeout,
     ) as started:
         yield started
+
+
+@pytest.fixture(scope="session")
+async def app_lifespan(
+    app: ASGIApp, anyio_backend: object, _testkit_config: pytest.Config
+) -> AsyncIterator[ASGIApp]:
+    """The app after its lifespan startup, ready for requests (session-scoped, per backend).
+
+    Startup and shutdown run once per backend through asgi-lifespan; requests get a copy of
+    the lifespan state. A failing or hung startup stops the session with the app's error.
+    Limits: ``testkit_startup_timeout`` / ``testkit_shutdown_timeout``. Cost: one startup and
+    one shutdown of the app per backend (and of each app a sub-folder's conftest.py gives).
+    """
+    __tracebackhide__ = True
+    config = _testkit_config
+    # The other apps' task group inside the app's lifespan: its startup error reaches the
+    # test as it is, and the other apps, started later, shut down first.
+    async with _running(app, config) as started, anyio.create_task_group() as task_group:
+        apps = _StartedApps(config, task_group)
+        apps.started[id(app)] = started
+        config.stash[_STARTED_KEY] = apps
+        try:
+            yield started
+        finally:
+            del config.stash[_STARTED_KEY]
+            apps.stop()
+
+
+@pytest.fixture
+async def _testkit_start_app(app: ASGIApp, _testkit_config: pytest.Config) -> None:
+    """Internal to the kit: starts the lifespan of a test's app that is not started yet."""
+    # Requested by the test's transaction only for an app not started yet on this backend:
+    # one that a sub-folder's conftest.py overrides `app` with.
+    __tracebackhide__ = True
+    await _testkit_config.stash[_STARTED_KEY].start(app)
+
+
+def _started_app(app: ASGIApp, app_lifespan: ASGIApp, config: pytest.Config) -> ASGIApp:
+    """The test's app, started by ``app_lifespan`` or, for another app, by the test's
+    transaction (``_testkit_start_app``)."""
+    apps = config.stash.get(_STARTED_KEY, None)
+    if apps is None:  # an app_lifespan fixture of the project's own
+        return app_lifespan
+    return apps.started[id(app)]
 
 
 def _client_factory(app: ASGIApp, transaction: TestTransaction) -> ClientFactory:
@@ -148,7 +216,12 @@ def _client_factory(app: ASGIApp, transaction: TestTransaction) -> ClientFactory
 
 
 @pytest.fixture
-def client(app_lifespan: ASGIApp, _testkit_transaction: TestTransaction) -> Any:
+def client(
+    app: ASGIApp,
+    app_lifespan: ASGIApp,
+    _testkit_config: pytest.Config,
+    _testkit_transaction: TestTransaction,
+) -> Any:
     """An ``httpx.AsyncClient`` (or ``httpx2.AsyncClient``) on the started app.
 
     Requests go in-process through an ASGI transport to ``testkit_base_url``
@@ -163,11 +236,16 @@ def client(app_lifespan: ASGIApp, _testkit_transaction: TestTransaction) -> Any:
     microseconds).
     """
     __tracebackhide__ = True
-    return _client_factory(app_lifespan, _testkit_transaction)()
+    return _client_factory(_started_app(app, app_lifespan, _testkit_config), _testkit_transaction)()
 
 
 @pytest.fixture
-def client_factory(app_lifespan: ASGIApp, _testkit_transaction: TestTransaction) -> ClientFactory:
+def client_factory(
+    app: ASGIApp,
+    app_lifespan: ASGIApp,
+    _testkit_config: pytest.Config,
+    _testkit_transaction: TestTransaction,
+) -> ClientFactory:
     """``client_factory(**options)``: a new client on the started app at each call, as ``client``.
 
     For several clients in one test (an anonymous one and a logged-in one, two users): each
@@ -181,12 +259,15 @@ def client_factory(app_lifespan: ASGIApp, _testkit_transaction: TestTransaction)
     until called; each call costs what ``client`` does (tens of microseconds).
     """
     __tracebackhide__ = True
-    return _client_factory(app_lifespan, _testkit_transaction)
+    return _client_factory(_started_app(app, app_lifespan, _testkit_config), _testkit_transaction)
 
 
 @pytest.fixture
 def websocket_connect(
-    app_lifespan: ASGIApp, _testkit_transaction: TestTransaction
+    app: ASGIApp,
+    app_lifespan: ASGIApp,
+    _testkit_config: pytest.Config,
+    _testkit_transaction: TestTransaction,
 ) -> WebSocketConnect:
     """``websocket_connect(path, **headers)``: an async websocket client on the started app.
 
@@ -197,7 +278,7 @@ def websocket_connect(
     Cost: nothing until a connection is opened.
     """
     __tracebackhide__ = True
-    return websocket_connector(app_lifespan)
+    return websocket_connector(_started_app(app, app_lifespan, _testkit_config))
 
 
 @pytest.fixture(scope="session")
@@ -216,7 +297,9 @@ def live_server(_testkit_live_server: str, _testkit_transaction: TestTransaction
     server runs on the test's own event loop (uvicorn on asyncio, hypercorn on trio; extra
     ``live``), started once per backend on a free port; the app's lifespan is the kit's, not
     run again. During the test the app's session dependency yields sessions on the test's
-    transaction as with ``client``. Cost: one server start per backend; nothing per test.
+    transaction as with ``client``. It serves the app of the first test that uses it on a
+    backend (a sub-folder's conftest.py that overrides ``app`` does not change it). Cost: one
+    server start per backend; nothing per test.
     """
     __tracebackhide__ = True
     return _testkit_live_server
@@ -268,7 +351,8 @@ def close_test_databases(config: pytest.Config) -> None:
 test_databases.__test__ = False  # type: ignore[attr-defined]
 
 
-def _database_url(config: pytest.Config) -> DatabaseURL:
+@pytest.fixture(scope="session")
+def database_url(_testkit_config: pytest.Config) -> DatabaseURL:
     """URL of this worker's test database (a ``str``; its repr hides the password).
 
     The database is the kit's own ``test_...`` clone of a template holding the schema from
@@ -279,7 +363,7 @@ def _database_url(config: pytest.Config) -> DatabaseURL:
     are reused, see ``--testkit-fresh-db``); later uses are free.
     """
     __tracebackhide__ = True
-    return test_databases(config).working_url()
+    return test_databases(_testkit_config).working_url()
 
 
 @dataclass
@@ -291,21 +375,25 @@ class _AppBindings:
     dependency: Callable[..., Any] | None  # testkit_session_dependency
     dependency_path: str | None
     factories: list[type]
-    _app: ASGIApp | None = None  # whose dependency_overrides get the dependency
+    # The apps checked to use the dependency: the `app` fixture's value, and any other app
+    # that a sub-folder's conftest.py overrides it with.
+    _checked: dict[int, ASGIApp] = field(default_factory=dict)
 
     def app(self, request: pytest.FixtureRequest) -> ASGIApp:
-        """The app whose session dependency is overridden, checked to use it, looked up once.
+        """The test's app, whose session dependency is overridden; each app checked once to
+        use the dependency.
 
-        Looked up by the first test that needs it rather than by the session fixture, which
-        would need a ``request`` argument (a cost pytest charges every test).
+        Looked up for each test (a folder's conftest.py may override ``app``), through the
+        test's transaction rather than by a fixture argument of the kit's, which would need
+        its own ``request`` (a cost pytest charges every test).
         """
         __tracebackhide__ = True
-        if self._app is None:
-            app_object = request.getfixturevalue("app")
+        app_object: ASGIApp = request.getfixturevalue("app")
+        if id(app_object) not in self._checked:
             assert self.dependency is not None and self.dependency_path is not None
             check_uses_dependency(app_object, self.dependency, self.dependency_path)
-            self._app = app_object
-        return self._app
+            self._checked[id(app_object)] = app_object  # kept: its id is not reused
+        return app_object
 
 
 _BINDINGS_KEY = pytest.StashKey["_AppBindings | ConfigError"]()
@@ -343,126 +431,55 @@ def _load_bindings(settings: Settings) -> _AppBindings:
     )
 
 
-@contextlib.asynccontextmanager
-async def _async_database(
-    config: pytest.Config, anyio_backend: object
+@pytest.fixture(scope="session")
+async def _testkit_async_database(
+    anyio_backend: object, _testkit_config: pytest.Config
 ) -> AsyncIterator[AsyncDatabase]:
+    """Internal to the kit: the test database, async; tests use ``db_engine``."""
     __tracebackhide__ = True
-    database = AsyncDatabase(test_databases(config), backend_name(anyio_backend))
+    database = AsyncDatabase(test_databases(_testkit_config), backend_name(anyio_backend))
     try:
         yield database
     finally:
         await database.dispose()
 
 
-@contextlib.contextmanager
-def _sync_database(config: pytest.Config) -> Iterator[SyncDatabase]:
+@pytest.fixture(scope="session")
+def _testkit_sync_database(_testkit_config: pytest.Config) -> Iterator[SyncDatabase]:
+    """Internal to the kit: the test database, sync; tests use ``db_session_sync``."""
     __tracebackhide__ = True
-    database = SyncDatabase(test_databases(config))
+    database = SyncDatabase(test_databases(_testkit_config))
     try:
         yield database
     finally:
         database.dispose()
 
 
-def config_fixtures(config: pytest.Config) -> dict[str, Any]:
-    """The kit's session fixtures that read the config, bound to this session's ``config``.
-
-    The plugin registers them with the backends' fixture. Bound, they need no fixture to
-    hand them the config: one fixture fewer in every test's closure, which pytest resolves
-    when it collects each test and again when it sets each one up.
-    """
-
-    def app() -> ASGIApp:
-        __tracebackhide__ = True
-        return _app(config)
-
-    async def app_lifespan(app: ASGIApp, anyio_backend: object) -> AsyncIterator[ASGIApp]:
-        __tracebackhide__ = True
-        async with _app_lifespan(app, config) as started:
-            yield started
-
-    def database_url() -> DatabaseURL:
-        __tracebackhide__ = True
-        return _database_url(config)
-
-    async def _testkit_async_database(anyio_backend: object) -> AsyncIterator[AsyncDatabase]:
-        """Internal to the kit: the test database, async; tests use ``db_engine``."""
-        __tracebackhide__ = True
-        async with _async_database(config, anyio_backend) as database:
-            yield database
-
-    def _testkit_sync_database() -> Iterator[SyncDatabase]:
-        """Internal to the kit: the test database, sync; tests use ``db_session_sync``."""
-        __tracebackhide__ = True
-        with _sync_database(config) as database:
-            yield database
-
-    def _testkit_config() -> pytest.Config:
-        """Internal to the kit: the session's config; tests use ``pytestconfig``."""
-        __tracebackhide__ = True
-        return config
-
-    app.__doc__, app_lifespan.__doc__ = _app.__doc__, _app_lifespan.__doc__
-    database_url.__doc__ = _database_url.__doc__
-    functions = (
-        app,
-        app_lifespan,
-        database_url,
-        _testkit_async_database,
-        _testkit_sync_database,
-        _testkit_config,
-    )
-    return {function.__name__: pytest.fixture(function, scope="session") for function in functions}
+def _anyio_backend(_testkit_backend: str) -> str:
+    __tracebackhide__ = True
+    return _testkit_backend
 
 
-def _conftest_copies() -> dict[str, Callable[..., Any]]:
-    """For conftest.py files that import this module's fixtures (``import *``): copies of the
-    fixtures the plugin binds to the session, taking what it binds from its fixtures
-    (``_testkit_config``, ``_testkit_backend``).
-
-    Made on access (the module's ``__getattr__``) rather than held by the module, so that the
-    plugin, which registers this module, registers only its own copies: one of each for
-    pytest to resolve, and in ``pytest --fixtures``.
-    """
-
-    def anyio_backend(_testkit_backend: str) -> str:
-        __tracebackhide__ = True
-        return _testkit_backend
-
-    def app(_testkit_config: pytest.Config) -> ASGIApp:
-        __tracebackhide__ = True
-        return _app(_testkit_config)
-
-    async def app_lifespan(
-        app: ASGIApp, anyio_backend: object, _testkit_config: pytest.Config
-    ) -> AsyncIterator[ASGIApp]:
-        __tracebackhide__ = True
-        async with _app_lifespan(app, _testkit_config) as started:
-            yield started
-
-    def database_url(_testkit_config: pytest.Config) -> DatabaseURL:
-        __tracebackhide__ = True
-        return _database_url(_testkit_config)
-
-    anyio_backend.__doc__ = ANYIO_BACKEND_DOC
-    app.__doc__, app_lifespan.__doc__ = _app.__doc__, _app_lifespan.__doc__
-    database_url.__doc__ = _database_url.__doc__
-    return {
-        function.__name__: function for function in (anyio_backend, app, app_lifespan, database_url)
-    }
+_anyio_backend.__doc__ = ANYIO_BACKEND_DOC
+_anyio_backend.__name__ = _anyio_backend.__qualname__ = "anyio_backend"
 
 
 def __getattr__(name: str) -> Any:
-    function = _conftest_copies().get(name)
-    if function is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return pytest.fixture(function, scope="session")
+    # `anyio_backend` for conftest.py files that `import *`: a conftest's definition beats
+    # anyio's own module-scoped one, whatever the order the plugins were loaded in. Made on
+    # access rather than held by the module, so that the plugin, which registers this module,
+    # does not register it beside the session's own (see plugin._session_fixtures): pytest
+    # would resolve both, and `pytest --fixtures` list both.
+    if name == "anyio_backend":
+        return pytest.fixture(_anyio_backend, scope="session", name="anyio_backend")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _ASYNC_TRANSACTION = "_testkit_transaction"
 _CLOSER = "_testkit_transaction_closer"
 _CONNECT = "_testkit_connect"
+_START_APP = "_testkit_start_app"
+_STARTS_APP = "app_lifespan"
 # Fixtures that need the shared connection at once: the transaction takes it in its own set-up,
 # so that they can be plain fixtures, which cost a test less than async ones.
 _NEEDS_CONNECTION = frozenset({"db_session", "db_connection"})
@@ -517,6 +534,14 @@ def _testkit_transaction(
             sync_transaction = request.getfixturevalue("_testkit_sync_transaction")
             overrides[bindings.dependency] = sync_transaction.database.dependency
     fixturenames = request.fixturenames
+    if _STARTS_APP in fixturenames:
+        # The test's client: on the test's own app, which a sub-folder's conftest.py may
+        # override, started on this backend's first test that uses it.
+        apps = request.config.stash.get(_STARTED_KEY, None)  # None: a project's own app_lifespan
+        if app_object is None:
+            app_object = request.getfixturevalue("app")
+        if apps is not None and id(app_object) not in apps.started:
+            request.getfixturevalue(_START_APP)
     if not _NEEDS_CONNECTION.isdisjoint(fixturenames) or (
         bindings.sessionmaker is not None and database.backend == "asyncio"
     ):
@@ -525,6 +550,7 @@ def _testkit_transaction(
             connection = request.getfixturevalue(_CONNECT)  # opens it on the loop, or skips
         transaction.take_connection(connection)
     request.node.stash[TRANSACTION_KEY] = transaction
+    request.node.stash[AROUND_CALL_KEY] = transaction.around_call
     transaction.in_call = runs_watched(request.node, fixturenames)
     # Only what is configured is entered: every context costs the test its enter and exit.
     bound = contextlib.ExitStack()
@@ -545,6 +571,7 @@ def _testkit_transaction(
         finally:
             database.current = None
             del request.node.stash[TRANSACTION_KEY]
+            del request.node.stash[AROUND_CALL_KEY]
     if transaction.in_call:
         transaction.finish_after_call()
 

@@ -64,16 +64,13 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         pluginmanager.register(anyio.pytest_plugin, "anyio")
 
 
-def _session_fixtures(
-    config: pytest.Config, backends: tuple[str, ...], bound: dict[str, Any]
-) -> types.ModuleType:
-    """A plugin module of this session's own fixtures: the configured backends, and ``bound``,
-    the kit's session fixtures bound to this config (``fixtures.config_fixtures``).
+def _session_fixtures(config: pytest.Config, backends: tuple[str, ...]) -> types.ModuleType:
+    """A plugin module of this session's own fixtures: the configured backends, and
+    ``_testkit_config``, the config that the kit's session fixtures read.
 
-    Bound to the config, those fixtures need no ``pytestconfig``, which asks for ``request``
-    (pytest builds a definition of ``request`` anew for every test whose closure holds a
-    fixture asking for it, even once the fixture's value is cached), nor a fixture of the
-    kit's holding the config (one more fixture for pytest to resolve for every test).
+    Bound to the config, ``_testkit_config`` needs no ``pytestconfig``, which asks for
+    ``request`` (pytest builds a definition of ``request`` anew for every test whose closure
+    holds a fixture asking for it, even once the fixture's value is cached).
 
     The backends' fixture is parametrized (test ids ``[asyncio]``, ``[trio]``) only when there
     are several, as anyio's own ``anyio_backend`` is not: parametrizing every test with a
@@ -97,14 +94,27 @@ def _session_fixtures(
     # anyio_backend itself, and under the name that the fixtures module's copy for conftest.py
     # files (`import *`) asks for.
     anyio_backend = pytest.fixture(backend, scope="session", params=params, name="anyio_backend")
+    # A copy of the function, for a docstring of its own in `pytest --fixtures -v`.
+    internal = types.FunctionType(
+        backend.__code__, backend.__globals__, "_testkit_backend", None, backend.__closure__
+    )
+    internal.__doc__ = (
+        "Internal to the kit: the backend, for the conftest.py copy of ``anyio_backend``; "
+        "tests use ``anyio_backend``."
+    )
     _testkit_backend = pytest.fixture(
-        backend, scope="session", params=params, name="_testkit_backend"
+        internal, scope="session", params=params, name="_testkit_backend"
     )
     plugin = types.ModuleType(SESSION_PLUGIN_NAME)
     plugin.anyio_backend = anyio_backend  # type: ignore[attr-defined]
     plugin._testkit_backend = _testkit_backend  # type: ignore[attr-defined]
-    for name, fixture in bound.items():
-        setattr(plugin, name, fixture)
+
+    def _testkit_config() -> pytest.Config:
+        """Internal to the kit: the session's config; tests use ``pytestconfig``."""
+        return config
+
+    config_fixture = pytest.fixture(_testkit_config, scope="session")
+    plugin._testkit_config = config_fixture  # type: ignore[attr-defined]
     return plugin
 
 
@@ -213,18 +223,16 @@ def pytest_configure(config: pytest.Config) -> None:
     manager = config.pluginmanager
     # Registered now, after every autoloaded plugin, so that the kit's session-scoped
     # anyio_backend wins over anyio's module-scoped one however the kit itself was loaded.
-    bound: dict[str, Any] = {}
     if not _only_distributes(config):
         fixtures = _fixtures()
         if not manager.has_plugin(FIXTURES_PLUGIN_NAME) and not manager.is_registered(fixtures):
             manager.register(fixtures, FIXTURES_PLUGIN_NAME)
-        bound = fixtures.config_fixtures(config)
         if not manager.has_plugin(SERVER_LOSS_PLUGIN_NAME):
             from ._diagnostics import server_loss as _server_loss
 
             manager.register(_server_loss, SERVER_LOSS_PLUGIN_NAME)
     if not manager.has_plugin(SESSION_PLUGIN_NAME):
-        plugin = _session_fixtures(config, settings.backends, bound)
+        plugin = _session_fixtures(config, settings.backends)
         manager.register(plugin, SESSION_PLUGIN_NAME)
     if (
         settings.database_env

@@ -36,6 +36,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from .._core.config import (
+    ALEMBIC_PREFIX,
     DATABASE_URL_ENV,
     DEFAULT_BACKENDS,
     KNOWN_BACKENDS,
@@ -50,8 +51,9 @@ from .._core.import_order import _packages as app_packages
 from .._core.imports import import_from_path
 from .._core.urls import MASK, mask_secrets, mask_url
 from .._http.app import ASGIApp, app_name, check_uses_dependency, load_app, running_lifespan
+from .._isolation.dependency import is_async_dependency
 from .._isolation.factories import _is_polyfactory, bound_factories, load_factories
-from .._isolation.transaction import check_sessionmaker, is_async_dependency, session_options
+from .._isolation.sessionmaker import check_sessionmaker, session_options
 from .._postgres.binaries import embedded_bin_dir
 from .._postgres.server import connect_admin, system_bin_dir
 from .._provisioning import schema as _schema
@@ -768,7 +770,7 @@ def engines_main(argv: list[str]) -> None:
 
 def _app_modules(settings: Settings) -> list[str]:
     paths = [settings.app, settings.session_dependency, settings.sessionmaker]
-    if settings.schema is not None and not settings.schema.startswith(_schema.ALEMBIC_PREFIX):
+    if settings.schema is not None and not settings.schema.startswith(ALEMBIC_PREFIX):
         paths.append(settings.schema)
     modules: list[str] = []
     for path in paths:

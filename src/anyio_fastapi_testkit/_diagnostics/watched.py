@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -26,12 +25,20 @@ from .interrupts import run_interruptible
 from .tasks import TaskTracker, leak_report
 from .timeouts import MARKER, timeout_for, with_timeout
 
-if TYPE_CHECKING:
-    from .._isolation.transaction import TestTransaction
 
-# Loaded by the kit's transaction fixture: until then no test has a transaction. Not imported
-# here, so that pytest-xdist's controller, which loads the plugin, need not load SQLAlchemy.
-_TRANSACTION_MODULE = "anyio_fastapi_testkit._isolation.transaction"
+class AroundCall(Protocol):
+    """What the kit's transaction fixture puts in the item's stash (``AROUND_CALL_KEY``) for
+    the test's call: it wraps the test, within its time limit, so that the same call ends the
+    test's transaction (``TestTransaction.around_call``)."""
+
+    def __call__(
+        self, test: Callable[..., Awaitable[Any]], end_limit: tuple[float, str] | None, /
+    ) -> Callable[..., Awaitable[Any]]: ...
+
+
+# Through the stash, rather than an import of the transaction's module: pytest-xdist's
+# controller, which loads the plugin, must not load SQLAlchemy.
+AROUND_CALL_KEY = pytest.StashKey[AroundCall]()
 
 
 def runs_watched(item: pytest.Item, fixturenames: Sequence[str]) -> bool:
@@ -51,23 +58,17 @@ def watched_test(item: pytest.Function, settings: Settings) -> Callable[..., Awa
     # Innermost: Ctrl-C cancels the test alone; its time limit and transaction end as usual.
     test = functools.partial(run_interruptible, test, item.nodeid, str(item.path))
     seconds = timeout_for(item, settings.timeout)
-    module = sys.modules.get(_TRANSACTION_MODULE)
-    transaction: TestTransaction | None = (
-        item.stash.get(module.TRANSACTION_KEY, None) if module is not None else None
-    )
-    if transaction is not None and not transaction.in_call:
-        transaction = None
+    end_limit: tuple[float, str] | None = None
     if seconds is not None:
         marked = item.get_closest_marker(MARKER) is not None
         setting = f"@pytest.mark.{MARKER}" if marked else "testkit_timeout / --testkit-timeout"
         test = with_timeout(test, seconds, item.nodeid, setting)
-        if transaction is not None:
-            transaction.end_limit = (seconds, setting)
-    if transaction is not None:
+        end_limit = (seconds, setting)
+    around_call = item.stash.get(AROUND_CALL_KEY, None)
+    if around_call is not None:
         # Outside the test's time limit, as a fixture's teardown would be, with a limit of its
         # own: a test cancelled at its limit still gets its database cleaned up.
-        assert module is not None
-        test = functools.partial(module.run_in_transaction, test, transaction)
+        test = around_call(test, end_limit)
     backend = backend_name(requested)
     # trio needs no tracker: a nursery cannot be left before its tasks end.
     track = settings.leaked_tasks != "off" and backend == "asyncio"
