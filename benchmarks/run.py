@@ -390,6 +390,53 @@ def report(
     return "\n".join(lines), stats
 
 
+# (subject, reference, what the issue asks of the pair)
+PAIRED_TARGETS = (
+    ("K", "F3", "median paired difference ≤ 0.5 ms per test"),
+    ("K", "B", "K faster than B in ≥ 8 of 9 rounds"),
+)
+
+
+def paired_verdict(timings: dict[str, Timings], n: int, rounds: int) -> str:
+    """The per-test costs paired by round (every round runs every set-up): the median over the
+    rounds of the per-round difference and ratio, their spread, and the rounds K won."""
+    import paired
+
+    blocks = []
+    for what, per_test in (
+        ("per-test wall", Timings.per_test_ms),
+        ("per-test CPU", Timings.cpu_per_test_ms),
+    ):
+        pairings = [
+            paired.Pairing(
+                subject,
+                reference,
+                per_test(timings[subject], n),
+                per_test(timings[reference], n),
+            )
+            for subject, reference, _ in PAIRED_TARGETS
+            if subject in timings and reference in timings
+        ]
+        if pairings:
+            blocks.append(paired.paired_table(pairings, what, "ms"))
+    if not blocks:
+        return ""
+    targets = "; ".join(
+        f"{subject} against {reference}: {text}" for subject, reference, text in PAIRED_TARGETS
+    )
+    return "\n".join(
+        [
+            f"Paired verdict ({rounds} rounds; each round runs every set-up, so the per-test "
+            "costs of one round are compared with each other):",
+            "",
+            blocks[0],
+            "",
+            *(blocks[1:] and [blocks[1], ""]),
+            f"Targets (issue 19, item 4): {targets}.",
+        ]
+    )
+
+
 def memory_report(result: dict[str, dict[int, list[int]]]) -> str:
     low, high = MEMORY_NS
     lines = [
@@ -508,6 +555,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Machine: {machine(server)}; driver {args.driver}.")
         print()
         print(table)
+        verdict = paired_verdict(timings, args.n, args.rounds)
+        if verdict:
+            print()
+            print(verdict)
         raw: dict[str, object] = {
             "n": args.n,
             "rounds": args.rounds,

@@ -1,0 +1,225 @@
+# ruff: noqa: RUF001, RUF002, RUF003  (the printed tables use ×, − and the en dash)
+"""Whole-suite wall and CPU time of real-shaped suites: the kit against hand-written conftests.
+
+    python benchmarks/suites.py [--rounds 9] [--only small,api40,generated] [--n 300] [--smoke]
+
+The suites (``suites/<name>/``: an app, its tests, and two ways to run them, ``kit/`` and
+``hand/``):
+
+* ``small``: a notes service shaped like a popular template: pydantic-settings behind an
+  ``lru_cache``, asyncpg, the schema from two Alembic migrations (async ``env.py`` reading the
+  app's settings), 14 tests, and a 2–3 s app import (``smallapp/catalog.py`` builds 1500
+  pydantic models at import, real work; ``BENCH_IMPORT_MODELS`` changes the count).
+  Hand-written: anyio's plugin with a session-scoped backend, ``alembic upgrade head`` once
+  per run (``downgrade base`` at the end), savepoint session, dependency override, httpx.
+* ``api40``: a 40-test shop API: CRUD, routers nested two deep, a billing service that opens a
+  session of its own from the app's sessionmaker. Hand-written: pytest-asyncio with a session
+  loop, ``create_all``/``drop_all`` per run, the app's sessionmaker bound to the test's
+  connection in savepoint mode, dependency override, httpx.
+* ``generated``: run.py's generated bench (``--n`` tests): set-up K against set-up B.
+
+Each suite runs three ways per round, back to back in a rotating order: ``kit-emb`` (the kit
+on its own embedded server, its cluster cache warm, in a private state folder deleted at the
+end), ``kit-conf`` (the kit on a configured server: the bench's server, by
+``--testkit-db-url``) and ``hand`` (the hand-written conftest on the bench's server). Printed:
+per suite, the paired verdict of each kit way against ``hand`` on wall and on CPU time (CPU:
+see paired.py). Target 2 of issue 19: ratio ≤ 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE / "sample_app"))
+
+import paired  # noqa: E402
+import run  # noqa: E402
+from generate import BY_KEY, generate  # noqa: E402
+
+SUITES_DIR = HERE / "suites"
+WAYS = ("kit-emb", "kit-conf", "hand")
+DEFAULT_N = 300
+SMOKE_N = 10
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    tests: int  # expected passes (generated: --n)
+    hand_runner: str  # "anyio" or "asyncio"
+    driver: str  # the app's driver (hand-written side's URL)
+    title: str
+
+
+SUITES = {
+    "small": Suite("small", 14, "anyio", "asyncpg", "Alembic, asyncpg, 2–3 s app import, 14 tests"),
+    "api40": Suite("api40", 40, "asyncio", "psycopg", "40-test API, nested routers, a service"),
+    "generated": Suite("generated", DEFAULT_N, "asyncio", "psycopg", "run.py's generated bench"),
+}
+
+
+def build(suite: Suite, way: str, base: Path, n: int) -> Path:
+    """The project of ``suite`` run the ``way`` way (kit or hand), in ``base``."""
+    dest = base / f"{suite.name}-{way}"
+    if suite.name == "generated":
+        return generate(BY_KEY["K" if way == "kit" else "B"], n, dest)
+    source = SUITES_DIR / suite.name
+    shutil.copytree(
+        source,
+        dest,
+        ignore=shutil.ignore_patterns("kit", "hand", "__pycache__", ".pytest_cache"),
+    )
+    for item in (source / way).iterdir():
+        shutil.copy2(item, dest / item.name)
+    return dest
+
+
+class Bench:
+    def __init__(self, base: Path, suites: list[Suite], n: int) -> None:
+        self.base = base
+        self.n = n
+        self.kit_state = Path(tempfile.mkdtemp(prefix="tkbs-", dir="/tmp"))
+        try:
+            self.server = run.Server()
+        except BaseException:
+            shutil.rmtree(self.kit_state, ignore_errors=True)
+            raise
+        try:
+            paired.become_subreaper()  # see paired.py: the kit's embedded server's CPU time
+            self.runner = paired.Runner(server_cpu=self.server.cpu_seconds)
+            self.suites = suites
+            self.projects = {
+                (suite.name, way): build(suite, way, base, n)
+                for suite in suites
+                for way in ("kit", "hand")
+            }
+            self._create_databases()
+        except BaseException:  # nothing left behind: the server, the state folder
+            self.close()
+            raise
+
+    def _create_databases(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.server.url("postgres", None), autocommit=True) as conn:
+            for suite in self.suites:
+                for side in ("k", "h"):
+                    name = sql.Identifier(f"suite_{suite.name}_{side}")
+                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+
+    def expected(self, suite: Suite) -> int:
+        return self.n if suite.name == "generated" else suite.tests
+
+    def run(self, suite: Suite, way: str, *extra: str) -> paired.Result:
+        args = [sys.executable, "-m", "pytest", "-p", "no:randomly", "-q"]
+        env = paired.python_env()
+        if way.startswith("kit"):
+            args += ["-p", "no:asyncio"]
+            env["TMPDIR"] = str(self.kit_state)
+            if way == "kit-conf":
+                args += ["--testkit-db-url", self.server.url(f"suite_{suite.name}_k", None)]
+            project = self.projects[suite.name, "kit"]
+        else:
+            args += ["-p", "no:anyio_fastapi_testkit.plugin"]
+            if suite.hand_runner == "anyio":
+                args += ["-p", "no:asyncio"]
+            env["BENCH_DATABASE_URL"] = self.server.url(f"suite_{suite.name}_h", suite.driver)
+            project = self.projects[suite.name, "hand"]
+        result = self.runner.run(f"{suite.name} {way}", [*args, *extra], project, env)
+        paired.expect(result, {"passed": self.expected(suite)}, 0)
+        return result
+
+    def close(self) -> None:
+        self.server.stop()
+        paired.reap_orphans(set(), wait=10)
+        shutil.rmtree(self.kit_state, ignore_errors=True)
+
+
+def measure(
+    bench: Bench, rounds: int, warm: bool = True
+) -> dict[tuple[str, str], list[paired.Result]]:
+    for suite in bench.suites if warm else ():  # not timed: bytecode, rewritten asserts, cache
+        for way in WAYS:
+            bench.run(suite, way)
+    results: dict[tuple[str, str], list[paired.Result]] = defaultdict(list)
+    for round_index in range(rounds):
+        paired.stderr(f"round {round_index + 1}/{rounds}: ", end="")
+        for suite in bench.suites:
+            for way in paired.rotate(WAYS, round_index):
+                result = bench.run(suite, way)
+                results[suite.name, way].append(result)
+                paired.stderr(f"{suite.name}/{way} {result.wall:.2f}s ", end="")
+        paired.stderr("")
+    return results
+
+
+def report(bench: Bench, results: dict[tuple[str, str], list[paired.Result]], rounds: int) -> str:
+    lines = []
+    for suite in bench.suites:
+        tests = bench.expected(suite)
+        lines += [f"### {suite.name}: {suite.title} ({tests} tests), {rounds} paired rounds", ""]
+        for what, attr in (("wall", "wall"), ("CPU", "cpu")):
+            ref = [getattr(r, attr) for r in results[suite.name, "hand"]]
+            pairings = [
+                paired.Pairing(
+                    way, "hand", [getattr(r, attr) for r in results[suite.name, way]], ref
+                )
+                for way in ("kit-emb", "kit-conf")
+            ]
+            lines += [paired.paired_table(pairings, what), ""]
+    lines.append("Target 2 of issue 19: every ratio ≤ 1.0 (kit-emb and kit-conf, every suite).")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9, help="paired rounds (default 9)")
+    parser.add_argument("--only", default=",".join(SUITES), help="suites, comma-separated")
+    parser.add_argument("--n", type=int, default=DEFAULT_N, help="tests of the generated suite")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"one round, the generated suite with {SMOKE_N} tests: every way passes",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the projects (debugging)")
+    args = parser.parse_args(argv)
+    names = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite(s) {unknown}; known: {', '.join(SUITES)}")
+    rounds, n = (1, SMOKE_N) if args.smoke else (args.rounds, args.n)
+    started = time.perf_counter()
+    base = Path(tempfile.mkdtemp(prefix="tksuites-"))
+    bench: Bench | None = None
+    try:
+        bench = Bench(base, [SUITES[name] for name in names], n)
+        results = measure(bench, rounds, warm=not args.smoke)
+        print(paired.header("Real-suite wall time (benchmarks/suites.py)"))
+        print(f"Server: {bench.server.version.split(' (')[0]}.\n")
+        print(report(bench, results, rounds))
+        if args.smoke:
+            print(f"smoke: every way of {', '.join(names)} passed")
+    finally:
+        if bench is not None:
+            bench.close()
+        if args.keep:
+            paired.stderr(f"projects kept in {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    paired.stderr(f"(total {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""A small notes service shaped like a popular template: pydantic-settings, asyncpg, Alembic."""
