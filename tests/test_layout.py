@@ -1,16 +1,14 @@
 """The kit's rooms import downward only: a module of a lower subpackage never imports a higher one.
 
-The order, lowest first: ``_core`` (settings, errors, URLs), ``_postgres`` (the server),
-``_provisioning`` (template and working databases), ``_isolation`` (connection, transaction,
-sessions), ``_http`` (app, client). Every import is read from the source with ``ast``, those
-inside functions too (a lazy import is still a dependency); strings (scripts for subprocesses)
-are not imports.
-
-``_diagnostics`` has no rank: its modules sit at different heights (``timeouts`` and
-``queries`` are used by the lower rooms, ``doctor``, ``server_loss`` and ``watched`` use the
-higher ones). The upward imports that remain are listed in ``KNOWN_UPWARD``, each a defect to
-remove (issue 18): the test fails on a new one, and on a listed one that is gone, so that the
-list stays true.
+The order, lowest first: ``_core`` (settings, errors, URLs, the real clock), ``_diagnostics``
+(time limits, task and stack reports, query counting: what the rooms above watch with),
+``_postgres`` (the server), ``_provisioning`` (template and working databases),
+``_isolation`` (connection, transaction, sessions), ``_http`` (app, client). The public
+modules and ``_doctor`` (which checks everything) sit on top. Every import is read from the
+source with ``ast``, those inside functions too (a lazy import is still a dependency);
+strings (scripts for subprocesses) are not imports. Upward imports that had to stay would be
+listed in ``KNOWN_UPWARD``: the test fails on a new one, and on a listed one that is gone, so
+that the list stays true.
 """
 
 from __future__ import annotations
@@ -21,13 +19,11 @@ from pathlib import Path
 import anyio_fastapi_testkit
 
 PACKAGE = Path(anyio_fastapi_testkit.__file__).parent
-ORDER = ("_core", "_postgres", "_provisioning", "_isolation", "_http")
+ORDER = ("_core", "_diagnostics", "_postgres", "_provisioning", "_isolation", "_http")
 RANK = {room: rank for rank, room in enumerate(ORDER)}
 
 # (importing module, imported room): upward imports left to remove.
-KNOWN_UPWARD = {
-    ("_provisioning/run_databases.py", "_isolation"),  # the leak check's detector
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 
 def imported_rooms(path: Path) -> set[str]:
@@ -67,7 +63,7 @@ def upward_imports() -> set[tuple[str, str]]:
         relative = path.relative_to(PACKAGE)
         room = relative.parts[0]
         if len(relative.parts) == 1 or room not in RANK:
-            continue  # the public modules and _diagnostics: no rank
+            continue  # the public modules and the doctor: no rank
         for imported in imported_rooms(path):
             if imported in RANK and RANK[imported] > RANK[room]:
                 found.add((relative.as_posix(), imported))

@@ -35,7 +35,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from .._core.config import (
+from ._core.config import (
     ALEMBIC_PREFIX,
     DATABASE_URL_ENV,
     DEFAULT_BACKENDS,
@@ -45,21 +45,21 @@ from .._core.config import (
     parse_backends,
     read_settings,
 )
-from .._core.errors import ConfigError, TestkitError
-from .._core.import_order import EARLY_IMPORTS_KEY, imported_too_early, too_early_message
-from .._core.import_order import _packages as app_packages
-from .._core.imports import import_from_path
-from .._core.urls import MASK, mask_secrets, mask_url
-from .._http.app import ASGIApp, app_name, check_uses_dependency, load_app, running_lifespan
-from .._isolation.dependency import is_async_dependency
-from .._isolation.factories import _is_polyfactory, bound_factories, load_factories
-from .._isolation.sessionmaker import check_sessionmaker, session_options
-from .._postgres.binaries import embedded_bin_dir
-from .._postgres.server import connect_admin, system_bin_dir
-from .._provisioning import schema as _schema
-from .._provisioning.foreign_guard import APP_ADVICE, DEFAULT_PORT, Guard, guard, target
-from .._provisioning.run_databases import TestDatabases, render_env
-from .._provisioning.xdist import finish_run, is_xdist_controller, plan_run, server_plan
+from ._core.errors import ConfigError, TestkitError
+from ._core.import_order import EARLY_IMPORTS_KEY, imported_too_early, too_early_message
+from ._core.import_order import _packages as app_packages
+from ._core.imports import import_from_path
+from ._core.urls import MASK, mask_secrets, mask_url
+from ._http.app import ASGIApp, app_name, check_uses_dependency, load_app, running_lifespan
+from ._isolation.dependency import is_async_dependency
+from ._isolation.factories import _is_polyfactory, bound_factories, load_factories
+from ._isolation.sessionmaker import check_sessionmaker, session_options
+from ._postgres.binaries import embedded_bin_dir
+from ._postgres.server import connect_admin, system_bin_dir
+from ._provisioning import schema as _schema
+from ._provisioning.foreign_guard import APP_ADVICE, DEFAULT_PORT, Guard, guard, target
+from ._provisioning.run_databases import TestDatabases, render_env
+from ._provisioning.xdist import finish_run, is_xdist_controller, plan_run, server_plan
 
 Status = Literal["OK", "PROBLEM", "SKIP", "WARN"]
 PACKAGE_DIR: Final = Path(__file__).parents[1]
@@ -801,7 +801,7 @@ def app_engines(settings: Settings, url: URL, rootdir: Path) -> list[AppEngine]:
         [
             sys.executable,
             "-c",
-            "import sys; from anyio_fastapi_testkit._diagnostics.doctor import engines_main; "
+            "import sys; from anyio_fastapi_testkit._doctor import engines_main; "
             "engines_main(sys.argv[1:])",
             " ".join(modules),
             " ".join(app_packages(settings)),

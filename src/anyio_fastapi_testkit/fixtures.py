@@ -36,8 +36,10 @@ from ._isolation.factories import bound_factories, load_factories
 from ._isolation.sessionmaker import bound_sessionmaker, check_sessionmaker, session_options
 from ._isolation.sync import SyncDatabase, SyncTestTransaction
 from ._isolation.transaction import TRANSACTION_KEY, TestTransaction
-from ._provisioning.run_databases import DatabaseURL, TestDatabases
-from ._provisioning.xdist import server_plan, xdist_worker_id
+from ._provisioning.run_databases import (
+    DatabaseURL,
+    test_databases,
+)
 
 __all__ = [
     "anyio_backend",  # noqa: F822 (made on access: see __getattr__)
@@ -319,38 +321,6 @@ def dependency_overrides(
         yield live
 
 
-_DATABASES_KEY = pytest.StashKey[TestDatabases]()
-
-
-def test_databases(config: pytest.Config) -> TestDatabases:
-    """This process's TestDatabases (made on first use, closed at unconfigure)."""
-    __tracebackhide__ = True
-    databases = config.stash.get(_DATABASES_KEY, None)
-    if databases is None:
-        databases = TestDatabases(
-            get_settings(config),
-            rootdir=config.rootpath,
-            worker_id=xdist_worker_id(config),
-            plan=server_plan(config),
-        )
-        config.stash[_DATABASES_KEY] = databases
-    return databases
-
-
-def current_test_databases(config: pytest.Config) -> TestDatabases | None:
-    """The run's databases, if a test or the plugin has asked for them (never builds them)."""
-    return config.stash.get(_DATABASES_KEY, None)
-
-
-def close_test_databases(config: pytest.Config) -> None:
-    databases = config.stash.get(_DATABASES_KEY, None)
-    if databases is not None:
-        databases.close()
-
-
-test_databases.__test__ = False  # type: ignore[attr-defined]
-
-
 @pytest.fixture(scope="session")
 def database_url(_testkit_config: pytest.Config) -> DatabaseURL:
     """URL of this worker's test database (a ``str``; its repr hides the password).
@@ -497,7 +467,7 @@ def _testkit_sync_transaction(
     seconds = timeout_for(request.node, databases.settings.timeout)
     if seconds is not None:
         transaction.limit(seconds, "testkit_timeout")
-    databases.take_leak_baseline()
+    _testkit_sync_database.leaks.take_baseline()
     _testkit_sync_database.current = transaction
     try:
         yield transaction
@@ -506,7 +476,7 @@ def _testkit_sync_transaction(
         transaction.close()
     # The async transaction, when the test has one, checks for both.
     if _ASYNC_TRANSACTION not in request.fixturenames:
-        databases.check_leaks()
+        _testkit_sync_database.leaks.check()
 
 
 @pytest.fixture
@@ -523,7 +493,7 @@ def _testkit_transaction(
     database = _testkit_async_database
     bindings = app_bindings(request.config)
     transaction = TestTransaction(database, bindings.session_options)
-    database.databases.take_leak_baseline()  # once, if the database is ready
+    database.leaks.take_baseline()  # once, if the database is ready
     overrides: dict[Callable[..., Any], Callable[..., Any]] = {}
     app_object: ASGIApp | None = None
     if bindings.dependency is not None:

@@ -163,7 +163,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
             # database; a failure is kept by the databases, and the doctor reports it.
             plan_run(config, settings)
             with contextlib.suppress(TestkitError):
-                _fixtures().test_databases(config).apply_env()
+                _run_databases().test_databases(config).apply_env()
             atexit.register(_close_run, config)
         return
     _apply_database_env(config, settings, "by a plugin loaded at start-up")
@@ -183,7 +183,7 @@ def _apply_database_env(config: pytest.Config, settings: Settings, imported_by: 
         raise pytest.UsageError(too_early_message(early, imported_by))
     plan_run(config, settings)  # where the server comes from
     try:
-        _fixtures().test_databases(config).apply_env()
+        _run_databases().test_databases(config).apply_env()
     except TestkitError as exc:
         raise pytest.UsageError(
             "The test database is prepared before the app is imported (testkit_database_env "
@@ -228,7 +228,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if not manager.has_plugin(FIXTURES_PLUGIN_NAME) and not manager.is_registered(fixtures):
             manager.register(fixtures, FIXTURES_PLUGIN_NAME)
         if not manager.has_plugin(SERVER_LOSS_PLUGIN_NAME):
-            from ._diagnostics import server_loss as _server_loss
+            from ._provisioning import server_loss as _server_loss
 
             manager.register(_server_loss, SERVER_LOSS_PLUGIN_NAME)
     if not manager.has_plugin(SESSION_PLUGIN_NAME):
@@ -255,7 +255,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     # As pytest's own --fixtures and --markers: report instead of running the session.
     if not config.getoption("testkit_doctor"):
         return None
-    from ._diagnostics.doctor import run_doctor
+    from ._doctor import run_doctor
 
     return run_doctor(config, _check_pytest_asyncio)
 
@@ -315,9 +315,9 @@ def _close_run(config: pytest.Config) -> None:
     if foreign is not None:
         foreign.guard().stop()
     try:
-        fixtures = sys.modules.get(FIXTURES_PLUGIN_NAME)
-        if fixtures is not None:  # else no test database was made in this process
-            fixtures.close_test_databases(config)
+        run_databases = sys.modules.get(_RUN_DATABASES)
+        if run_databases is not None:  # else no test database was made in this process
+            run_databases.close_test_databases(config)
     finally:
         try:
             finish_run(config)  # the xdist controller stops the workers' shared server
@@ -342,6 +342,15 @@ def _only_distributes(config: pytest.Config) -> bool:
         return False
     listing = ("collectonly", "showfixtures", "show_fixtures_per_test")
     return not any(config.getoption(name, default=False) for name in listing)
+
+
+_RUN_DATABASES = "anyio_fastapi_testkit._provisioning.run_databases"
+
+
+def _run_databases() -> types.ModuleType:
+    """The module that makes and drops the run's databases, imported on first use (it loads
+    SQLAlchemy and psycopg, which pytest-xdist's controller does without)."""
+    return importlib.import_module(_RUN_DATABASES)
 
 
 def _fixtures() -> types.ModuleType:

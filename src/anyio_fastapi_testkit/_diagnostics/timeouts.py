@@ -227,7 +227,7 @@ def timeout_failure(what: str, report: str) -> BaseException:
         f"\n\n{report}"
     )
     failure = pytest.fail.Exception(message, pytrace=False)
-    setattr(failure, TIMED_OUT, True)  # a hung server looks like this: see _server_loss
+    setattr(failure, TIMED_OUT, True)  # how a hung server shows: see server_loss
     return failure
 
 

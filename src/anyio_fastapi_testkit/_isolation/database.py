@@ -24,6 +24,7 @@ from .._core.backends import ASYNC_DRIVERS_ASYNCIO_ONLY
 from .._core.clock import now
 from .._diagnostics.queries import NOT_COUNTED
 from .._provisioning.run_databases import TestDatabases
+from .leaks import leak_check
 from .script import ScriptReply
 
 SAVEPOINT_MODE: Final = "create_savepoint"
@@ -58,6 +59,7 @@ class SharedConnection:
 
     def __init__(self, databases: TestDatabases, backend: str) -> None:
         self.databases = databases
+        self.leaks = leak_check(databases)
         self.backend = backend
         self.driver = databases.settings.database_driver
         self._engine: AsyncEngine | None = None
@@ -89,7 +91,7 @@ class SharedConnection:
             url = await anyio.to_thread.run_sync(self.databases.working_url, abandon_on_cancel=True)
             self._engine = create_async_engine(str(url))
             self._drop_savepoints_with_the_rollback(self._engine)
-            self.databases.take_leak_baseline()
+            self.leaks.take_baseline()
         return self._engine
 
     async def shared_connection(self) -> AsyncConnection:
@@ -175,7 +177,7 @@ class SharedConnection:
         self, used: bool, session: AsyncSession | None, *, defer: bool = False
     ) -> Any:
         """After a test: close its ``session``, undo its work on the shared connection, and
-        count its tables' rows for the leak check (``TestDatabases.check_leaks``), which this
+        count its tables' rows for the leak check (``LeakCheck.check``), which this
         returns.
 
         Savepoints left open (the test's session's, its own ``begin_nested()``, a request's
@@ -218,7 +220,7 @@ class SharedConnection:
                 # the next test begins a new one.
                 await self.end_outer_transaction()
                 return None
-        query = self.databases.leak_query()
+        query = self.leaks.query()
         return await self._end_and_count(query, defer) or []
 
     async def _end_and_count(self, query: str | None, defer: bool) -> Any:

@@ -10,15 +10,21 @@ when no shared connection is open (trio, sync-only tests).
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from .._core.urls import mask_url
 from .._postgres.server import connect_admin
+
+if TYPE_CHECKING:
+    from .._provisioning.run_databases import TestDatabases
 
 LeakReport = list[tuple[str, int, int]]  # (table, rows before, rows after)
 
@@ -127,3 +133,74 @@ class LeakDetector:
         if self._connection is not None:
             connection, self._connection = self._connection, None
             connection.close()
+
+
+class LeakWarning(UserWarning):
+    """Rows were committed outside the test's transaction (testkit_leak_check = warn)."""
+
+
+class LeakCheck:
+    """The leak check of one run's test databases, per ``testkit_leak_check``.
+
+    Its detector is made once the working database exists, and closed by the databases'
+    ``close()`` before they are dropped. Shared by the async and the sync fixtures, so that
+    one baseline serves both.
+    """
+
+    def __init__(self, databases: TestDatabases) -> None:
+        self._databases = databases
+        self._detector: LeakDetector | None = None
+        self._off = databases.settings.leak_check == "off"
+
+    def _ready(self) -> LeakDetector | None:
+        if self._detector is None:
+            databases = self._databases
+            if self._off or not databases.ready:
+                return None
+            self._detector = LeakDetector(str(databases.working_url()), databases.settings.timeout)
+            databases.before_close(self.close)
+        return self._detector
+
+    def take_baseline(self) -> None:
+        detector = self._ready()
+        if detector is not None:
+            detector.take_baseline()
+
+    def query(self) -> str | None:
+        """The counting query, for the shared connection (None: no check)."""
+        detector = self._ready()
+        return None if detector is None else detector.query
+
+    def check(self, rows: Iterable[Sequence[Any]] | None = None) -> None:
+        """Fail (or warn, per testkit_leak_check) if rows were committed outside the test.
+
+        ``rows``: the result of ``query()`` run elsewhere; without it the detector counts on
+        its own connection.
+        """
+        detector = self._ready()
+        if detector is None:
+            return
+        report = detector.check() if rows is None else detector.check_rows(rows)
+        if not report:
+            return
+        message = detector.describe(report)
+        if self._databases.settings.leak_check == "warn":
+            warnings.warn(message, LeakWarning, stacklevel=2)
+        else:
+            pytest.fail(message, pytrace=False)
+
+    def close(self) -> None:
+        if self._detector is not None:
+            detector, self._detector = self._detector, None
+            detector.close()
+
+
+_CHECKS: weakref.WeakKeyDictionary[TestDatabases, LeakCheck] = weakref.WeakKeyDictionary()
+
+
+def leak_check(databases: TestDatabases) -> LeakCheck:
+    """The leak check of ``databases``, made on first use."""
+    check = _CHECKS.get(databases)
+    if check is None:
+        check = _CHECKS[databases] = LeakCheck(databases)
+    return check

@@ -20,6 +20,7 @@ from .._postgres.bounded import shut_down_socket
 from .._provisioning.run_databases import TestDatabases
 from .database import SAVEPOINT_MODE
 from .dependency import OUTSIDE_A_TEST, signed
+from .leaks import leak_check
 from .request_sessions import close_sync_request_session, request_session_class
 
 
@@ -52,6 +53,7 @@ class SyncDatabase:
 
     def __init__(self, databases: TestDatabases) -> None:
         self.databases = databases
+        self.leaks = leak_check(databases)
         self.share_session = databases.settings.share_session  # as AsyncDatabase's
         self._engine: Engine | None = None
         self.current: SyncTestTransaction | None = None  # as AsyncDatabase.current
@@ -66,7 +68,7 @@ class SyncDatabase:
             # connection and never answers would hang the test otherwise.
             connect_args = {} if "connect_timeout" in sync_url.query else {"connect_timeout": 5}
             self._engine = create_engine(sync_url, poolclass=NullPool, connect_args=connect_args)
-            self.databases.take_leak_baseline()
+            self.leaks.take_baseline()
         return self._engine
 
     def dispose(self) -> None:

@@ -223,7 +223,7 @@ class TestTransaction:
 
     def check_leaks(self, rows: Any) -> None:
         __tracebackhide__ = True
-        self.database.databases.check_leaks(rows)
+        self.database.leaks.check(rows)
 
     async def close(self) -> None:
         """``end()``, then the leak check."""

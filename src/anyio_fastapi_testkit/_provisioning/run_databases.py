@@ -6,21 +6,19 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from .._core.config import ALEMBIC_PREFIX, Settings
+from .._core.config import ALEMBIC_PREFIX, Settings, get_settings
 from .._core.errors import ConfigError, DatabaseError, TestkitError
 from .._core.urls import SecretURL, mask_url
 from .._core.warnings import TestkitWarning
-from .._isolation.leaks import LeakDetector
 from .._postgres.cache import template_key
 from .._postgres.server import RunningServer, connect_admin, server_answers_at, start_server
 from .databases import (
@@ -46,7 +44,9 @@ from .xdist import (
     failure_record,
     recorded_server,
     recorded_template_key,
+    server_plan,
     server_record,
+    xdist_worker_id,
 )
 
 DEFAULT_BASE_NAME = "app"  # test_app, test_app_template for the kit's own server
@@ -54,10 +54,6 @@ DEFAULT_BASE_NAME = "app"  # test_app, test_app_template for the kit's own serve
 # (test_appdb_1a2b3c4d, test_appdb_1a2b3c4d_template) and the run holds its lock (_liveness).
 # The kit's own cluster is the run's alone (a throwaway; or the cache, under its flock), and
 # keeps fixed names: its cached template and spares are found by name by the next run.
-
-
-class LeakWarning(UserWarning):
-    """Rows were committed outside the test's transaction (testkit_leak_check = warn)."""
 
 
 class LeftoverWarning(TestkitWarning):
@@ -157,7 +153,9 @@ class TestDatabases:
         self._url: DatabaseURL | None = None
         self._saved_env: dict[str, str | None] = {}
         self.description = "not started"
-        self.leaks: LeakDetector | None = None
+        # Called first by close(), before the databases are dropped: what rooms above hold
+        # open on them (the leak check's connection).
+        self._closers: list[Callable[[], None]] = []
         self._failure: TestkitError | None = None
         # How the database came to be, for reports and tests: "cold", "warm", "shared", ...
         self.provenance: dict[str, object] = {}
@@ -165,7 +163,7 @@ class TestDatabases:
         self._spare_maker: SpareMaker | None = None
         self._working_built = False  # built beside the template: no clone needed
         self._run_lock: RunLock | None = None  # on a configured server: this run is alive
-        self._lost = False  # the server stopped answering mid-run (see _server_loss)
+        self._lost = False  # the server stopped answering mid-run (see server_loss)
         self._progress = Progress(None)  # what _build is doing, said when slow
 
     @property
@@ -215,40 +213,16 @@ class TestDatabases:
             self._saved_env.setdefault(name, os.environ.get(name))
             os.environ[name] = value
 
-    def take_leak_baseline(self) -> None:
-        if self.leaks is not None and self.ready:
-            self.leaks.take_baseline()
-
-    def leak_query(self) -> str | None:
-        """The leak check's counting query, for the shared connection (None: no check)."""
-        if self.leaks is None or not self.ready:
-            return None
-        return self.leaks.query
-
-    def check_leaks(self, rows: Iterable[Sequence[Any]] | None = None) -> None:
-        """Fail (or warn, per testkit_leak_check) if rows were committed outside the test.
-
-        ``rows``: the result of ``leak_query()`` run elsewhere; without it the detector counts
-        on its own connection.
-        """
-        if self.leaks is None or not self.ready:
-            return
-        report = self.leaks.check() if rows is None else self.leaks.check_rows(rows)
-        if not report:
-            return
-        message = self.leaks.describe(report)
-        if self.settings.leak_check == "warn":
-            warnings.warn(message, LeakWarning, stacklevel=2)
-        else:
-            pytest.fail(message, pytrace=False)
+    def before_close(self, closer: Callable[[], None]) -> None:
+        """Have ``close()`` call ``closer`` first, before it drops the databases."""
+        self._closers.append(closer)
 
     def close(self) -> None:
         """Drop the databases the kit created, stop its server, restore the environment."""
         with self._lock:
             try:
-                if self.leaks is not None:
-                    self.leaks.close()
-                    self.leaks = None
+                while self._closers:
+                    self._closers.pop()()
                 if self._spare_maker is not None:
                     # Before the server stops under it; at once when the server is gone.
                     self._spare_maker.join(0 if self._lost else SPARE_WAIT)
@@ -311,10 +285,7 @@ class TestDatabases:
             self.provenance["seconds"] = round(time.monotonic() - started, 3)
             driver = self.settings.database_driver
             url = database_url(admin, working, "asyncpg" if driver == "asyncpg" else "psycopg")
-            rendered = url.render_as_string(hide_password=False)
-            if self.settings.leak_check != "off":
-                self.leaks = LeakDetector(rendered, self.settings.timeout)
-            return DatabaseURL(rendered)
+            return DatabaseURL(url.render_as_string(hide_password=False))
         except BaseException:
             self.close()
             raise
@@ -505,3 +476,35 @@ class TestDatabases:
     def _exists(admin: URL, name: str) -> bool:
         with connect_admin(admin) as conn:
             return is_ours(conn, name)
+
+
+_DATABASES_KEY = pytest.StashKey[TestDatabases]()
+
+
+def test_databases(config: pytest.Config) -> TestDatabases:
+    """This process's TestDatabases (made on first use, closed at unconfigure)."""
+    __tracebackhide__ = True
+    databases = config.stash.get(_DATABASES_KEY, None)
+    if databases is None:
+        databases = TestDatabases(
+            get_settings(config),
+            rootdir=config.rootpath,
+            worker_id=xdist_worker_id(config),
+            plan=server_plan(config),
+        )
+        config.stash[_DATABASES_KEY] = databases
+    return databases
+
+
+def current_test_databases(config: pytest.Config) -> TestDatabases | None:
+    """The run's databases, if a test or the plugin has asked for them (never builds them)."""
+    return config.stash.get(_DATABASES_KEY, None)
+
+
+def close_test_databases(config: pytest.Config) -> None:
+    databases = config.stash.get(_DATABASES_KEY, None)
+    if databases is not None:
+        databases.close()
+
+
+test_databases.__test__ = False  # type: ignore[attr-defined]

@@ -18,11 +18,11 @@ import psycopg
 import pytest
 
 from .._core.errors import DatabaseError, exception_chain
+from .._diagnostics.timeouts import timed_out
 from .._postgres.server import PROBE_TIMEOUT, server_answers_at
-from .timeouts import timed_out
 
 if TYPE_CHECKING:
-    from .._provisioning.run_databases import TestDatabases
+    from .run_databases import TestDatabases
 
 _LOST_KEY = pytest.StashKey[str]()
 _LOST_IN_KEY = pytest.StashKey[str]()  # the test that found the server gone
@@ -83,7 +83,7 @@ def pytest_runtest_makereport(
         else:
             report.longrepr = "The PostgreSQL server was lost (see the first error)."
         return report
-    from ..fixtures import current_test_databases  # the plugin has loaded it already
+    from .run_databases import current_test_databases  # loaded with the fixtures already
 
     databases = current_test_databases(config)
     if databases is None or not _from_the_database(call.excinfo.value) or server_answers(databases):
