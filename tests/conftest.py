@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib.util
+import os
+import shutil
+import tempfile
 import textwrap
+from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
 
 SUBSESSION_TIMEOUT = 120.0
@@ -45,8 +53,9 @@ async def hello(request: Request):
 class Project:
     """A throwaway project inside pytester's folder: ini settings, modules and tests."""
 
-    def __init__(self, pytester: pytest.Pytester) -> None:
+    def __init__(self, pytester: pytest.Pytester, share: SubsessionShare | None = None) -> None:
         self.pytester = pytester
+        self.share = share
         self.driver: str | None = None  # set by the db_driver fixture
 
     def ini(self, **settings: str) -> None:
@@ -59,16 +68,91 @@ class Project:
     def module(self, name: str, source: str) -> None:
         self.pytester.makepyfile(**{name: textwrap.dedent(source)})
 
-    def run(self, *args: str) -> pytest.RunResult:
-        return self.pytester.runpytest_subprocess(
-            "-p", "no:cacheprovider", "-p", "no:randomly", *args, timeout=SUBSESSION_TIMEOUT
-        )
+    def run(self, *args: str, autoload: bool = False) -> pytest.RunResult:
+        """Run pytest on the project in a fresh process; its result.
+
+        Plugin autoloading is off (loading every installed plugin costs each sub-session
+        more than some of its tests): the sub-session loads the kit and ``SUBSESSION_PLUGINS``
+        by name. ``autoload=True`` runs it as installed (for the tests of loading by entry
+        point); so does a test that set ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` itself, as it
+        loads the kit its own way.
+
+        Its embedded servers come from one cached cluster shared by the sub-sessions of
+        this process (see ``SubsessionShare``), unless the test has a TMPDIR of its own
+        (``private_tmpdir``): then pytest's cache provider is off, and the sub-session makes
+        and deletes a throwaway cluster in that TMPDIR, for the test to check.
+        """
+        options: list[str] = ["-p", "no:randomly"]
+        after: list[str] = []
+        if not autoload and "PYTEST_DISABLE_PLUGIN_AUTOLOAD" not in os.environ:
+            options.append("--disable-plugin-autoload")
+            for name in SUBSESSION_PLUGINS:
+                if f"no:{name}" not in args:
+                    options += ["-p", name]
+            # Last, to win over the test's own -W options (``-W error``, ``-W always``).
+            after += ["-W", _ASYNCIO_BY_NAME]
+        share = self.share
+        isolated = share is None or os.environ.get("TMPDIR") != share.outer_tmpdir
+        with pytest.MonkeyPatch.context() as env:
+            if isolated:
+                options += ["-p", "no:cacheprovider"]
+            else:
+                assert share is not None
+                env.setenv("TMPDIR", str(share.tmpdir))
+                options += ["-o", f"cache_dir={share.cache_dir}"]
+            return self.pytester.runpytest_subprocess(
+                *options, *args, *after, timeout=SUBSESSION_TIMEOUT
+            )
+
+
+# Loaded by name into the sub-sessions (autoload is off): by entry point name, as autoload
+# registers them (the kit checks for pytest-asyncio as "asyncio"). pytest-asyncio is there
+# because most of the kit's users have it installed beside the kit, and the project ini
+# sets its option; xdist for ``-n`` (its workers get these options with the command line).
+SUBSESSION_PLUGINS = ("anyio_fastapi_testkit.plugin", "asyncio", "xdist", "timeout")
+# `-p asyncio` names the entry point, but pytest first marks a module of that name (the
+# standard library's, imported already) for assertion rewriting, and warns that it cannot.
+_ASYNCIO_BY_NAME = (
+    "ignore:Module already imported so cannot be rewritten; asyncio:"
+    "pytest.PytestAssertRewriteWarning"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SubsessionShare:
+    """What the sub-sessions of one outer pytest process share: a TMPDIR (the kit's base
+    folder goes inside) and a pytest cache folder, so that the kit's cluster cache keeps one
+    cluster (initdb once, then a start) for all of them. One per outer process (xdist
+    worker): the cache's lock makes a concurrent second run use a throwaway cluster."""
+
+    tmpdir: Path
+    cache_dir: Path
+    outer_tmpdir: str | None  # TMPDIR as the outer session found it
+
+
+@pytest.fixture(scope="session")
+def subsession_share() -> Iterator[SubsessionShare]:
+    """The folders the sub-sessions of this process share; at the end, the cached cluster
+    (and anything a killed sub-session left running there) is stopped and all deleted."""
+    from anyio_fastapi_testkit._postgres.cache import stop_abandoned
+
+    # Under /tmp and short: the server's unix socket goes inside the kit's base folder.
+    folder = Path(tempfile.mkdtemp(prefix="tks-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    yield SubsessionShare(folder, folder / ".pytest_cache", os.environ.get("TMPDIR"))
+    base = folder / f"anyio-fastapi-testkit-{os.getuid()}"
+    if base.is_dir():
+        with contextlib.suppress(Exception):
+            stop_abandoned(base)  # the cached cluster's server, if a killed run left it up
+    for process in postgres_processes_under(folder):
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
-def project(pytester: pytest.Pytester) -> Project:
+def project(pytester: pytest.Pytester, subsession_share: SubsessionShare) -> Project:
     """An empty project with the simple app module available as ``simple_app``."""
-    proj = Project(pytester)
+    proj = Project(pytester, subsession_share)
     proj.module("simple_app", SIMPLE_APP)
     return proj
 
@@ -88,15 +172,8 @@ def db_driver(request: pytest.FixtureRequest, project: Project) -> str:
 
 # --- database helpers (test_db_fixtures.py, test_db_errors.py) ----------------------------
 
-import contextlib  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import psutil  # noqa: E402
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 from sqlalchemy.engine import URL  # noqa: E402
@@ -267,3 +344,34 @@ def pg_server() -> Iterator[RunningServer]:
 def drop_by_hand(url: URL, name: str) -> None:
     drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
     sql_rows(url, drop)
+
+
+# --- shared checks (appended; see also scaffolding.py) ------------------------------------------
+
+from collections.abc import Sequence  # noqa: E402
+
+
+def assert_nothing_left(tmpdir: Path, *, besides: Sequence[Path] = ()) -> None:
+    """Fail, naming each, if a sub-session left a server or a state folder in ``tmpdir``.
+
+    ``besides``: folders whose servers may run on (a cached cluster another run is using).
+    """
+    __tracebackhide__ = True
+    allowed = tuple(
+        f"pid {process.pid}:" for folder in besides for process in postgres_processes_under(folder)
+    )
+    left = [item for item in leftovers(tmpdir) if not item.startswith(allowed)]
+    if left:
+        base = tmpdir / f"anyio-fastapi-testkit-{os.getuid()}"
+        lines = "\n".join(f"  {item if item.startswith('pid ') else base / item}" for item in left)
+        pytest.fail(
+            f"the sub-session left {len(left)} thing(s) behind (a state folder of a run, or a "
+            f"PostgreSQL process whose command line or working folder is in {tmpdir}):\n{lines}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+def no_configured_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No developer's TESTKIT_DATABASE_URL reaches the sub-sessions: the embedded server."""
+    monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)

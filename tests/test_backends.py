@@ -267,10 +267,11 @@ def test_kit_backend_fixture_wins_however_loaded(
     if conftest:
         project.pytester.makeconftest(conftest)
     project.module("test_how", BACKEND_PROBE)
-    result = project.run("-v", "--setup-plan", *extra_args)
+    # As installed: the test is of how the kit is loaded.
+    result = project.run("-v", "--setup-plan", *extra_args, autoload=True)
     # Session scope of the kit's fixture shows in the setup plan as "S".
     result.stdout.fnmatch_lines(["*SETUP    S anyio_backend*"])
-    result = project.run("-v", *extra_args)
+    result = project.run("-v", *extra_args, autoload=True)
     result.assert_outcomes(passed=2)
 
 

@@ -3,24 +3,22 @@ request, never shared by two runs at once.
 
 Each sub-session runs with pytest's cache provider on (the cache's pointer lives there) and in
 a private TMPDIR (the cached cluster lives in the kit's base folder inside it). A test of the
-sub-session records what the server was: its system identifier changes with every initdb, the
-template's oid with every rebuild of the template.
+sub-session records what the server was (``scaffolding.RECORDING_TESTS``): its system
+identifier changes with every initdb, the template's oid with every rebuild of the template.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
-from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, leftovers, postgres_processes_under
+from conftest import Project, assert_nothing_left, postgres_processes_under
+from scaffolding import CachedProject, Damage, deal_in_turn, same_template
 
 from anyio_fastapi_testkit._postgres import cache as _cache
 from anyio_fastapi_testkit._postgres.cache import (
@@ -34,125 +32,10 @@ from anyio_fastapi_testkit._postgres.cache import (
 from anyio_fastapi_testkit._postgres.orphans import cleanup_orphans
 from anyio_fastapi_testkit._provisioning.fingerprint import schema_fingerprint
 
-RECORDING_TESTS = """
-import json
-import os
-import time
-from pathlib import Path
-
-import psycopg
-from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-
-from items_app import Item
-
-
-def rows(url, statement):
-    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
-        return conn.execute(statement).fetchall()
-
-
-def test_record_the_server(database_url):
-    url = make_url(str(database_url)).set(drivername="postgresql")
-    system = rows(url, "SELECT system_identifier FROM pg_control_system()")[0][0]
-    template = rows(url, "SELECT oid FROM pg_database WHERE datname = 'test_app_template'")
-    working = rows(url, "SELECT oid FROM pg_database WHERE datname = current_database()")
-    columns = rows(url, "SELECT column_name FROM information_schema.columns "
-                        "WHERE table_name = 'items' ORDER BY column_name")
-    spare = None
-    deadline = time.monotonic() + 30
-    while os.environ.get("WAIT_FOR_SPARE") and spare is None and time.monotonic() < deadline:
-        found = rows(url, "SELECT oid FROM pg_database WHERE datname LIKE 'test_spare_%' "
-                          "AND shobj_description(oid, 'pg_database') IS NOT NULL")
-        spare = found[0][0] if found else time.sleep(0.05)
-    names = rows(url, "SELECT datname FROM pg_database ORDER BY datname")
-    record = {
-        "system": str(system),
-        "spare": spare,
-        "template": template[0][0] if template else None,
-        "working": working[0][0],
-        "database": url.database,
-        "databases": [name for (name,) in names],
-        "data_directory": rows(url, "SHOW data_directory")[0][0],
-        "columns": [name for (name,) in columns],
-    }
-    with Path("runs.jsonl").open("a") as handle:
-        handle.write(json.dumps(record) + "\\n")
-    if os.environ.get("KILL_PYTEST"):
-        os.kill(os.getpid(), 9)  # a run killed with its cached server running
-
-
-async def test_rows_are_rolled_back(db_session):
-    assert await db_session.scalar(select(func.count(Item.id))) == 0
-    db_session.add(Item(name="pen"))
-    await db_session.flush()
-"""
-
-
-class CachedProject:
-    """A project run with the cache provider on, recording each run's server."""
-
-    def __init__(self, project: Project, tmpdir: Path) -> None:
-        self.project = project
-        self.tmpdir = tmpdir
-        project.module("items_app", ITEMS_APP)
-        project.ini(testkit_app="items_app:app", testkit_schema="items_app:Base.metadata")
-        project.module("test_recording", RECORDING_TESTS)
-
-    @property
-    def path(self) -> Path:
-        return self.project.pytester.path
-
-    def run(self, *args: str, passed: int = 2, beside_cache_user: bool = False) -> dict[str, Any]:
-        result = self.project.pytester.runpytest_subprocess(
-            "-p", "no:randomly", *args, timeout=SUBSESSION_TIMEOUT
-        )
-        result.assert_outcomes(passed=passed)
-        left = leftovers(self.tmpdir)
-        if beside_cache_user:  # another run's cached server is running: not this run's
-            cached = {
-                f"pid {process.pid}:"
-                for folder in self.cache_folders()
-                for process in postgres_processes_under(folder)
-            }
-            left = [item for item in left if not _listed(item, cached)]
-        assert left == [], "a server or throwaway cluster was left behind"
-        return self.last_run()
-
-    def last_run(self) -> dict[str, Any]:
-        lines = (self.path / "runs.jsonl").read_text().splitlines()
-        record: dict[str, Any] = json.loads(lines[-1])
-        return record
-
-    def cache_folders(self) -> list[Path]:
-        base = self.tmpdir / f"anyio-fastapi-testkit-{os.getuid()}"
-        return sorted(base.glob(f"{FOLDER_PREFIX}*"))
-
-    def cache_folder(self) -> Path:
-        folders = self.cache_folders()
-        assert len(folders) == 1, folders
-        return folders[0]
-
-    def marker(self) -> dict[str, Any]:
-        marker: dict[str, Any] = json.loads((self.cache_folder() / MARKER_FILE).read_text())
-        return marker
-
-    def edit_marker(self, **changes: object) -> None:
-        path = self.cache_folder() / MARKER_FILE
-        path.write_text(json.dumps({**self.marker(), **changes}))
-
 
 @pytest.fixture
 def cached(project: Project, private_tmpdir: Path) -> CachedProject:
     return CachedProject(project, private_tmpdir)
-
-
-def _listed(item: str, pids: set[str]) -> bool:
-    return any(item.startswith(pid) for pid in pids)
-
-
-def in_cache(record: dict[str, Any], cached: CachedProject) -> bool:
-    return Path(record["data_directory"]).is_relative_to(cached.cache_folder())
 
 
 # --- reuse ---------------------------------------------------------------------------------
@@ -160,13 +43,12 @@ def in_cache(record: dict[str, Any], cached: CachedProject) -> bool:
 
 def test_a_warm_run_reuses_the_cached_cluster_and_template(cached: CachedProject) -> None:
     first = cached.run()
-    assert in_cache(first, cached)
     assert first["database"] == "test_app"
     assert first["template"] is not None
     marker = cached.marker()
     assert marker["template_key"]
     pointer = cached.path / ".pytest_cache" / "v" / CACHE_KEY
-    assert json.loads(pointer.read_text())["folder"] == str(cached.cache_folder())
+    assert json.loads(pointer.read_text())["folder"] == str(cached.folder())
 
     second = cached.run()
 
@@ -175,19 +57,18 @@ def test_a_warm_run_reuses_the_cached_cluster_and_template(cached: CachedProject
     assert second["data_directory"] == first["data_directory"]
     assert cached.marker() == marker
     # Between runs the server is stopped and only the template and a spare clone are kept.
-    assert not (cached.cache_folder() / "cluster" / "data" / "postmaster.pid").exists()
+    assert not (cached.data / "postmaster.pid").exists()
 
 
 def test_a_warm_run_gets_its_database_from_the_spare_made_by_the_run_before(
-    cached: CachedProject, monkeypatch: pytest.MonkeyPatch
+    cached: CachedProject,
 ) -> None:
-    monkeypatch.setenv("WAIT_FOR_SPARE", "1")  # each run records the spare it made
-    first = cached.run()
-    assert first["spare"] is not None, "the cold run made a spare in the background"
-    second = cached.run()
+    # Each run records the spare it made in the background, once it is made.
+    first = cached.run(WAIT_FOR_SPARE="1")
+    second = cached.run(WAIT_FOR_SPARE="1")
     assert second["working"] == first["spare"], "the warm run renamed the spare"
-    assert second["spare"] is not None and second["spare"] != first["spare"]
-    third = cached.run()
+    assert second["spare"] != first["spare"]
+    third = cached.run(WAIT_FOR_SPARE="1")
     assert third["working"] == second["spare"]
     kit_databases = sorted(name for name in third["databases"] if name.startswith("test_"))
     spares = [name for name in kit_databases if name.startswith("test_spare_")]
@@ -196,19 +77,12 @@ def test_a_warm_run_gets_its_database_from_the_spare_made_by_the_run_before(
 
 
 def test_the_warm_run_drops_what_a_killed_run_left_and_restarts_its_server(
-    cached: CachedProject, monkeypatch: pytest.MonkeyPatch
+    cached: CachedProject,
 ) -> None:
     first = cached.run()
-    monkeypatch.setenv("KILL_PYTEST", "1")
-    result = cached.project.pytester.runpytest_subprocess(
-        "-p", "no:randomly", "-k", "record", timeout=SUBSESSION_TIMEOUT
-    )
-    assert result.ret != 0  # killed
-    killed = cached.last_run()
+    killed = cached.killed_run(KILL_PYTEST="1")
     assert killed["system"] == first["system"]
-    left = postgres_processes_under(cached.cache_folder())
-    assert left, "killing pytest leaves its cached server running"
-    monkeypatch.delenv("KILL_PYTEST")
+    left = cached.servers()
 
     after = cached.run()
 
@@ -249,73 +123,52 @@ def test_a_schema_change_rebuilds_the_template_in_the_same_cluster(
     assert cached.marker()["template_key"] not in (None, old_key)
 
 
-@pytest.mark.parametrize(
-    "damage",
-    ["no-completion-mark", "no-marker", "corrupt-data", "data-folder-gone", "cache-cleared"],
-)
-def test_a_half_built_or_damaged_cache_is_rebuilt(cached: CachedProject, damage: str) -> None:
-    first = cached.run()
-    cluster = cached.cache_folder() / "cluster"
-    args: tuple[str, ...] = ()
-    if damage == "no-completion-mark":
-        cached.edit_marker(template_key=None)  # as left by a run killed while building
-    elif damage == "no-marker":
-        (cached.cache_folder() / MARKER_FILE).unlink()  # as left by a run killed in initdb
-    elif damage == "corrupt-data":
-        (cluster / "data" / "global" / "pg_control").write_bytes(b"garbage")
-    elif damage == "data-folder-gone":
-        shutil.rmtree(cluster)
-    else:
-        args = ("--cache-clear",)
+# Dealt in turn to one project (see scaffolding.deal_in_turn).
+DAMAGE: dict[str, tuple[Damage, str]] = {
+    # As left by a run killed while building the template.
+    "no completion mark": (lambda c, r: c.edit_marker(template_key=None), "template only"),
+    # As left by a run killed in initdb.
+    "no marker": (lambda c, r: (c.folder() / MARKER_FILE).unlink(), "initdb"),
+    "corrupt data": (
+        lambda c, r: (c.data / "global" / "pg_control").write_bytes(b"garbage"),
+        "initdb",
+    ),
+    "data folder gone": (lambda c, r: shutil.rmtree(c.cluster), "initdb"),
+    "cache cleared": (lambda c, r: ("--cache-clear",), "initdb"),
+}
 
-    second = cached.run(*args)
 
-    assert in_cache(second, cached)
-    if damage == "no-completion-mark":
-        assert second["system"] == first["system"]
-        assert second["template"] != first["template"]
-    else:
-        assert second["system"] != first["system"], "a damaged cluster must be made anew"
-    assert cached.marker()["template_key"]
-    third = cached.run()
-    assert (third["system"], third["template"]) == (second["system"], second["template"])
+def test_a_half_built_or_damaged_cache_is_rebuilt(cached: CachedProject) -> None:
+    deal_in_turn(cached, DAMAGE)
 
 
 # --- bypass and concurrency ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["flag", "env", "ini"])
-def test_fresh_db_bypasses_the_cache(
-    cached: CachedProject, monkeypatch: pytest.MonkeyPatch, how: str
-) -> None:
+def test_fresh_db_bypasses_the_cache(cached: CachedProject) -> None:
     first = cached.run()
     marker = cached.marker()
-    args: tuple[str, ...] = ()
-    if how == "flag":
-        args = ("--testkit-fresh-db",)
-    elif how == "env":
-        monkeypatch.setenv("TESTKIT_FRESH_DB", "1")
-    else:
-        args = ("-o", "testkit_fresh_db=true")
-
-    fresh = cached.run(*args)
-
-    assert fresh["system"] != first["system"]
-    assert not in_cache(fresh, cached)
-    assert cached.marker() == marker  # untouched
-    monkeypatch.delenv("TESTKIT_FRESH_DB", raising=False)
+    for how, args, env in [
+        ("flag", ("--testkit-fresh-db",), {}),
+        ("env", (), {"TESTKIT_FRESH_DB": "1"}),
+        ("ini", ("-o", "testkit_fresh_db=true"), {}),
+    ]:
+        fresh = cached.run(*args, cached=False, **env)
+        assert fresh["system"] != first["system"], how
+        assert cached.marker() == marker, f"{how}: the cache was touched"
+    # None of the three changed the cache in a way the marker does not show.
     again = cached.run()
-    assert (again["system"], again["template"]) == (first["system"], first["template"])
+    assert same_template(again, first)
 
 
+# Holds the cache until the test lets it go (a run of its own; bounded by its caller).
 WAITING_TEST = """
 import time
 from pathlib import Path
 
 def test_hold_the_cache(database_url):
     Path("holding").write_text(str(database_url))
-    deadline = time.monotonic() + 60
-    while not Path("release").exists() and time.monotonic() < deadline:
+    while not Path("release").exists():
         time.sleep(0.05)
 """
 
@@ -325,65 +178,53 @@ def test_a_concurrent_run_uses_a_throwaway_cluster_and_leaves_the_cache_alone(
 ) -> None:
     first = cached.run()
     cached.project.module("test_waiting", WAITING_TEST)
-    holder = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:randomly", "-q", "-k", "hold"],
-        cwd=cached.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + SUBSESSION_TIMEOUT
-        while not (cached.path / "holding").exists() and time.monotonic() < deadline:
+    with cached.holder("test_waiting.py") as holder:
+        while not (cached.path / "holding").exists():  # the holder has the cache now
             assert holder.poll() is None, holder.communicate()[0]
             time.sleep(0.05)
-        # While the first run holds the cache:
-        second = cached.run("-k", "not hold", beside_cache_user=True)
-    finally:
-        (cached.path / "release").write_text("")
-        output = holder.communicate(timeout=SUBSESSION_TIMEOUT)[0]
+        try:
+            second = cached.run("-k", "not hold_the_cache", cached=False, besides=cached.folders())
+        finally:
+            (cached.path / "release").write_text("")
+        output = holder.communicate()[0]
     assert holder.returncode == 0, output
     assert second["system"] != first["system"]
-    assert not in_cache(second, cached)
-    third = cached.run("-k", "not hold")
-    assert (third["system"], third["template"]) == (first["system"], first["template"])
-    assert leftovers(cached.tmpdir) == []
+    third = cached.run("-k", "not hold_the_cache")
+    assert same_template(third, first)
 
 
 def test_without_the_cache_provider_nothing_is_cached(
     cached: CachedProject,
 ) -> None:
-    cached.project.run()  # Project.run disables the cache provider
-    assert cached.cache_folders() == []
-    assert leftovers(cached.tmpdir) == []
+    cached.project.run()  # Project.run disables the cache provider in a private TMPDIR
+    assert cached.folders() == []
+    assert_nothing_left(cached.tmpdir)
 
 
 # --- orphans and fingerprints ----------------------------------------------------------------
 
 
 def test_orphan_cleanup_stops_an_abandoned_cached_server_and_keeps_its_cluster(
-    cached: CachedProject, monkeypatch: pytest.MonkeyPatch
+    cached: CachedProject,
 ) -> None:
     first = cached.run()
-    monkeypatch.setenv("KILL_PYTEST", "1")
-    cached.project.pytester.runpytest_subprocess(
-        "-p", "no:randomly", "-k", "record", timeout=SUBSESSION_TIMEOUT
-    )
-    monkeypatch.delenv("KILL_PYTEST")
-    folder = cached.cache_folder()
-    assert postgres_processes_under(folder)
+    cached.killed_run(KILL_PYTEST="1")
+    folder = cached.folder()
+    servers = cached.servers()
     base = folder.parent
 
     assert cleanup_orphans(base) == []  # removes no cache
     assert stop_abandoned(base) == [folder]
 
-    deadline = time.monotonic() + 10
-    while postgres_processes_under(folder) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # pg_ctl waited for the stop: the server's children have ended, and the postmaster
+    # removes its pid file as it exits; wait for that exit (no deadline: nothing is slow here).
+    assert not (cached.data / "postmaster.pid").exists()
+    while any(_alive(process) for process in servers):
+        time.sleep(0.01)
     assert postgres_processes_under(folder) == []
-    assert (folder / "cluster" / "data" / "PG_VERSION").exists()
+    assert (cached.data / "PG_VERSION").exists()
     again = cached.run()
-    assert (again["system"], again["template"]) == (first["system"], first["template"])
+    assert same_template(again, first)
 
 
 MODELS = """
@@ -428,50 +269,35 @@ def test_the_fingerprint_follows_the_ddl_and_the_migration_files(
     assert schema_fingerprint("alembic:alembic.ini", tmp_path) is None  # not followed: no reuse
 
 
-def run_copy(path: Path) -> dict[str, Any]:
-    """Run a copy of the cached project (in a folder of its own) and return its record."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:randomly", "-q"],
-        cwd=path,
-        capture_output=True,
-        text=True,
-        timeout=SUBSESSION_TIMEOUT,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    record: dict[str, Any] = json.loads((path / "runs.jsonl").read_text().splitlines()[-1])
-    return record
-
-
 def test_the_cache_of_a_moved_project_replaces_the_old_one(cached: CachedProject) -> None:
     first = cached.run()
-    old = cached.cache_folder()
+    old = cached.folder()
     moved = cached.path.parent / f"{cached.path.name}-moved"
     shutil.copytree(cached.path, moved)  # with its .pytest_cache, whose pointer names `old`
-    moved_run = run_copy(moved)
+    moved_run = cached.run_elsewhere(moved)
     assert moved_run["system"] != first["system"]  # its own cluster, keyed by its new path
     assert not old.exists(), "the old cache folder was left behind"
-    assert len(cached.cache_folders()) == 1
-    assert leftovers(cached.tmpdir) == []
+    assert len(cached.folders()) == 1
+    assert_nothing_left(cached.tmpdir)
 
 
 def test_the_cache_of_a_deleted_project_is_deleted_by_the_next_run_of_another(
     cached: CachedProject,
 ) -> None:
     cached.run()
-    gone = cached.cache_folder()
+    gone = cached.folder()
     other = cached.path.parent / f"{cached.path.name}-other"
     # Another project: the same files without the pytest cache (and its pointer).
     shutil.copytree(cached.path, other, ignore=shutil.ignore_patterns(".pytest_cache"))
 
-    first = run_copy(other)
-    assert len(cached.cache_folders()) == 2  # each project its own, the first one's kept
-    kept = next(folder for folder in cached.cache_folders() if folder != gone)
+    first = cached.run_elsewhere(other)
+    assert len(cached.folders()) == 2  # each project its own, the first one's kept
+    kept = next(folder for folder in cached.folders() if folder != gone)
     shutil.rmtree(cached.path / ".pytest_cache")  # as if the project had been deleted
-    second = run_copy(other)
-    assert cached.cache_folders() == [kept], "the deleted project's cache was left behind"
+    second = cached.run_elsewhere(other)
+    assert cached.folders() == [kept], "the deleted project's cache was left behind"
     assert second["system"] == first["system"]  # the other project's cluster, reused
-    assert leftovers(cached.tmpdir) == []
+    assert_nothing_left(cached.tmpdir)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the cache lock needs fcntl")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from conftest import HTTP_LIBRARIES, ITEMS_APP, Project
+from conftest import HTTP_LIBRARIES, Project
+from scaffolding import items_on_the_tests_transaction
 
 import anyio_fastapi_testkit
 from anyio_fastapi_testkit._core.config import _base_url
@@ -261,13 +262,7 @@ def test_more_bad_base_urls(value: str) -> None:
 def test_clients_of_the_factory_share_the_tests_transaction(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)  # the embedded server
-    project.ini(
-        testkit_app="items_app:app",
-        testkit_schema="items_app:Base.metadata",
-        testkit_session_dependency="items_app:get_session",
-    )
-    project.module("items_app", ITEMS_APP)
+    items_on_the_tests_transaction(project, monkeypatch)
     project.module(
         "test_shared",
         """

@@ -23,9 +23,9 @@ from conftest import (
     ITEMS_APP,
     SUBSESSION_TIMEOUT,
     Project,
+    assert_nothing_left,
     database_names,
     drop_by_hand,
-    leftovers,
     sql_rows,
 )
 from psycopg import sql
@@ -297,7 +297,7 @@ def test_two_runs_at_once_on_one_server_leave_each_other_alone(
         assert re.fullmatch(rf"test_{BASE}_{a_token}_gw[01]", a_database), a_database
     assert kit_names(shared) == [], "each run dropped its own databases at its end"
     assert BASE in database_names(shared)
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 # Under xdist --dist loadfile each file goes to a worker of its own. The worker of
@@ -385,7 +385,7 @@ def test_a_run_is_alive_while_none_of_its_workers_holds_a_database(
     assert a.returncode == 0, output
     assert "3 passed" in output, output
     assert kit_names(shared) == []
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 # Loaded with -p: the process dies as it would if killed between CREATE DATABASE and the
@@ -461,7 +461,7 @@ def test_the_next_run_drops_what_killed_runs_left_and_nothing_else(
     finally:
         lock.release()
     assert BASE in database_names(shared)
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def wait_until_no_database_is_being_created(url: URL) -> None:
@@ -502,7 +502,7 @@ def test_a_leftover_the_run_may_not_drop_is_reported_and_the_run_goes_on(
         for name in kit_names(shared):
             drop_by_hand(shared, name)
         sql_rows(shared, "DROP ROLE IF EXISTS tk_other")
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 # The kit's own cached cluster: a run killed between CREATE DATABASE and COMMENT must not
@@ -554,4 +554,4 @@ def test_a_run_killed_before_the_mark_does_not_block_the_cached_cluster(
     seen = json.loads((project.pytester.path / "cached.json").read_text())
     assert seen["database"] == "test_app"
     assert [name for name in seen["databases"] if name.startswith(PENDING_PREFIX)] == []
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)

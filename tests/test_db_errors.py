@@ -8,14 +8,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ITEMS_APP, Project, database_names, drop_by_hand, leftovers, sql_rows
+from conftest import (
+    ITEMS_APP,
+    Project,
+    assert_nothing_left,
+    database_names,
+    drop_by_hand,
+    sql_rows,
+)
+from scaffolding import (
+    UNREACHABLE_MASKED,
+    UNREACHABLE_PASSWORD,
+    UNREACHABLE_URL,
+    output_of,
+    write_alembic,
+)
 from sqlalchemy.engine import URL
 
 from anyio_fastapi_testkit._postgres.server import RunningServer
 
 URL_SETTINGS = ("--testkit-db-url", "TESTKIT_DATABASE_URL", "testkit_database_url")
-UNREACHABLE = "postgresql://u:s3cretpw@127.0.0.1:1/db"
-UNREACHABLE_MASKED = "postgresql://u:***@127.0.0.1:1/db"
 
 # A test through database_url alone, one through the async fixtures: the first to need the
 # server stops the session (test_setup_errors.py has the async fixtures first).
@@ -34,13 +46,7 @@ async def test_session(db_session):
 """
 
 
-@pytest.fixture(autouse=True)
-def _no_configured_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)
-
-
-def output_of(result: pytest.RunResult) -> str:
-    return "\n".join([*result.outlines, *result.errlines])
+pytestmark = pytest.mark.usefixtures("no_configured_server")
 
 
 def items_project(project: Project, **settings: str) -> None:
@@ -55,26 +61,26 @@ def items_project(project: Project, **settings: str) -> None:
 def test_an_unreachable_server_is_reported_masked_with_the_settings(
     project: Project, private_tmpdir: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    settings = {"testkit_database_url": UNREACHABLE} if how == "ini" else {}
+    settings = {"testkit_database_url": UNREACHABLE_URL} if how == "ini" else {}
     if how == "flag-with-database-env":
         settings["testkit_database_env"] = "DATABASE_URL"  # provisioned at configure time
     project.ini(**settings)
     project.module("test_db", DB_TESTS)
-    args = [f"--testkit-db-url={UNREACHABLE}"] if how.startswith("flag") else []
+    args = [f"--testkit-db-url={UNREACHABLE_URL}"] if how.startswith("flag") else []
     if how == "env":
-        monkeypatch.setenv("TESTKIT_DATABASE_URL", UNREACHABLE)
+        monkeypatch.setenv("TESTKIT_DATABASE_URL", UNREACHABLE_URL)
     result = project.run(*args)
     output = output_of(result)
     assert f"Could not connect to PostgreSQL at {UNREACHABLE_MASKED}" in output
     assert "Connection refused" in output  # the driver's own words
     assert all(setting in output for setting in URL_SETTINGS), output
-    assert "s3cretpw" not in output
+    assert UNREACHABLE_PASSWORD not in output
     if how == "flag-with-database-env":
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         assert "testkit_database_env is set" in output and "Could not connect" in output
     else:
         result.assert_outcomes(errors=1)  # the session stops there
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 @pytest.mark.parametrize(
@@ -87,8 +93,8 @@ def test_an_unreachable_server_is_reported_masked_with_the_settings(
 @pytest.mark.parametrize(
     "configured",
     [
-        pytest.param("postgresql://u:s3cretpw@127.0.0.1:notaport/db", id="unparseable"),
-        pytest.param(UNREACHABLE, id="unreachable"),
+        pytest.param(UNREACHABLE_URL.replace(":1/", ":notaport/"), id="unparseable"),
+        pytest.param(UNREACHABLE_URL, id="unreachable"),
     ],
 )
 def test_no_traceback_shows_the_configured_password(
@@ -100,7 +106,7 @@ def test_no_traceback_shows_the_configured_password(
     project.module("test_db", DB_TESTS)
     result = project.run(tb, f"--testkit-db-url={configured}")
     result.assert_outcomes(errors=1)  # the session stops there
-    assert "s3cretpw" not in output_of(result)
+    assert UNREACHABLE_PASSWORD not in output_of(result)
 
 
 def test_a_wrong_password_is_reported_masked(project: Project, pg_server: RunningServer) -> None:
@@ -152,29 +158,8 @@ def test_a_wrong_schema_setting_names_the_setting_and_leaves_nothing(
     result = project.run()
     result.stdout.fnmatch_lines([expected])
     result.assert_outcomes(errors=1)
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
-
-ALEMBIC_INI = """
-[alembic]
-script_location = %(here)s/migrations
-path_separator = os
-"""
-
-# A sync env.py, taking the URL the kit sets in the config.
-ALEMBIC_ENV = """
-from alembic import context
-from sqlalchemy import create_engine, pool
-from sqlalchemy.engine import make_url
-
-url = make_url(context.config.get_main_option("sqlalchemy.url"))
-engine = create_engine(url.set(drivername="postgresql+psycopg"), poolclass=pool.NullPool)
-with engine.connect() as connection:
-    context.configure(connection=connection, target_metadata=None)
-    with context.begin_transaction():
-        context.run_migrations()
-engine.dispose()
-"""
 
 FAILING_REVISION = """
 import sqlalchemy as sa
@@ -190,14 +175,6 @@ def upgrade():
 """
 
 
-def write_alembic(project: Project) -> None:
-    project.pytester.makefile(".ini", alembic=ALEMBIC_INI)
-    versions = project.pytester.mkdir("migrations") / "versions"
-    versions.mkdir()
-    (project.pytester.path / "migrations" / "env.py").write_text(ALEMBIC_ENV)
-    (versions / "0001_failing.py").write_text(FAILING_REVISION)
-
-
 def test_a_missing_alembic_config_is_named(project: Project, private_tmpdir: Path) -> None:
     items_project(project, testkit_schema="alembic:migrations/alembic.ini")
     project.module("test_db", DB_TEST)
@@ -207,14 +184,14 @@ def test_a_missing_alembic_config_is_named(project: Project, private_tmpdir: Pat
         [f"*testkit_schema names the Alembic config '{config}', which does not exist*"]
     )
     result.assert_outcomes(errors=1)
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_a_failing_migration_shows_alembics_error_and_leaves_nothing(
     project: Project, private_tmpdir: Path
 ) -> None:
     items_project(project, testkit_schema="alembic:alembic.ini")
-    write_alembic(project)
+    write_alembic(project.pytester.path, {"0001_failing.py": FAILING_REVISION})
     project.module("test_db", DB_TEST)
     result = project.run()
     result.stdout.fnmatch_lines(
@@ -225,7 +202,7 @@ def test_a_failing_migration_shows_alembics_error_and_leaves_nothing(
         ]
     )
     result.assert_outcomes(errors=1)
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 @pytest.fixture
@@ -245,7 +222,7 @@ def test_a_failing_migration_on_a_configured_server_drops_the_template(
 ) -> None:
     # With testkit_database_env the schema is built at configure time: a usage error.
     items_project(project, testkit_schema="alembic:alembic.ini", testkit_database_env=database_env)
-    write_alembic(project)
+    write_alembic(project.pytester.path, {"0001_failing.py": FAILING_REVISION})
     project.module("test_db", DB_TEST)
     result = project.run(f"--testkit-db-url={appdb.render_as_string(hide_password=False)}")
     output = output_of(result)
@@ -305,7 +282,7 @@ def test_an_unknown_placeholder_in_database_env_is_a_usage_error(
     result.stderr.fnmatch_lines(
         ["*testkit_database_env entry 'DB_HOST={hostname}' uses an unknown placeholder*"]
     )
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 # --- the test database's URL in assertion reports ---------------------------------------------

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ITEMS_APP, Project, database_names, drop_by_hand, leftovers, sql_rows
+from conftest import (
+    ITEMS_APP,
+    Project,
+    assert_nothing_left,
+    database_names,
+    drop_by_hand,
+    sql_rows,
+)
 from sqlalchemy.engine import URL
 
 from anyio_fastapi_testkit._postgres.server import RunningServer
@@ -573,7 +580,7 @@ def test_nothing_is_left_after_the_session(
     assert during["pid"] in during["found"]
     # ... and neither survived it.
     assert not running(during["pid"])
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 # --- URL mode: a server of the developer's ----------------------------------------------------
@@ -637,7 +644,7 @@ def test_a_configured_server_gets_test_databases_that_are_dropped_after(
     project.run(*args).assert_outcomes(passed=2)
     assert not [name for name in database_names(appdb) if name.startswith("test_appdb")]
     assert sql_rows(appdb, "SELECT id, note FROM precious") == [(1, "keep me")]
-    assert leftovers(private_tmpdir) == []  # no embedded server was started
+    assert_nothing_left(private_tmpdir)  # no embedded server was started
 
 
 @pytest.mark.parametrize(
@@ -670,6 +677,12 @@ def test_the_driver_comes_from_the_setting_else_from_the_url(
     project.run(f"--testkit-db-url={url}").assert_outcomes(passed=1)
 
 
+KEPT_TEMPLATES = (
+    "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') "
+    "LIKE 'created by anyio-fastapi-testkit; run kept template %'"
+)
+
+
 def test_a_database_the_kit_did_not_create_is_left_alone(project: Project, appdb: URL) -> None:
     # Named as the kit named its databases before runs had tokens, and as it names them now:
     # without the kit's mark, neither is touched. (A run's names are its own, so a clash with
@@ -686,9 +699,10 @@ def test_a_database_the_kit_did_not_create_is_left_alone(project: Project, appdb
     for name in foreign:
         assert sql_rows(appdb, "SELECT note FROM mine", name) == [("not the kit's",)]
     assert sql_rows(appdb, "SELECT id, note FROM precious") == [(1, "keep me")]
-    assert sorted(name for name in database_names(appdb) if name.startswith("test_")) == sorted(
-        foreign
-    )
+    kits = {name for name in database_names(appdb) if name.startswith("test_")} - set(foreign)
+    # All the run left of its own is the template it keeps for the next run, marked as such.
+    kept = sql_rows(appdb, KEPT_TEMPLATES)
+    assert sorted(name for (name,) in kept) == sorted(kits), kept
 
 
 # --- Alembic -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import SUBSESSION_TIMEOUT
+from conftest import SUBSESSION_TIMEOUT, SubsessionShare
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -114,13 +114,21 @@ def test_the_docs_have_runnable_examples() -> None:
 
 
 @pytest.mark.parametrize(("page", "config"), variants())
+@pytest.mark.usefixtures("no_configured_server")
 def test_doc_example_passes(
-    page: Page, config: str, pytester: pytest.Pytester, private_tmpdir: Path
+    page: Page,
+    config: str,
+    pytester: pytest.Pytester,
+    subsession_share: SubsessionShare,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     expected = write_project(pytester.path, page, config)
+    # As installed (plugins autoloaded), with the embedded server of one cached cluster that
+    # the examples share (initdb once; each page's schema makes its own template in it).
+    monkeypatch.setenv("TMPDIR", str(subsession_share.tmpdir))
     result = pytester.runpytest_subprocess(
-        "-p",
-        "no:cacheprovider",
+        "-o",
+        f"cache_dir={subsession_share.cache_dir}",
         "-p",
         "no:randomly",
         "-p",

@@ -12,7 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, leftovers
+from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, assert_nothing_left
+from scaffolding import (
+    UNREACHABLE_MASKED,
+    UNREACHABLE_PASSWORD,
+    UNREACHABLE_URL,
+    output_of,
+    write_alembic,
+)
 
 from anyio_fastapi_testkit._postgres.server import RunningServer
 
@@ -47,9 +54,7 @@ app = FastAPI(title="boom", lifespan=lifespan)
 """
 
 
-@pytest.fixture(autouse=True)
-def _no_developer_database(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)
+pytestmark = pytest.mark.usefixtures("no_configured_server")
 
 
 def doctor(project: Project, *args: str) -> pytest.RunResult:
@@ -93,7 +98,7 @@ def test_a_clean_project_is_all_ok_on_both_backends(project: Project, private_tm
         ]
     )
     assert result.ret == 0
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_an_app_without_database_settings_skips_the_database(
@@ -112,7 +117,7 @@ def test_an_app_without_database_settings_skips_the_database(
         ]
     )
     assert result.ret == 0
-    assert leftovers(private_tmpdir) == []  # nothing was started for it
+    assert_nothing_left(private_tmpdir)  # nothing was started for it
 
 
 @pytest.mark.parametrize(
@@ -143,7 +148,7 @@ def test_a_bad_app_setting_is_named_with_its_fix(
     result = doctor(project)
     result.stdout.fnmatch_lines([problem, "SKIP     lifespan on asyncio: needs the app"])
     assert result.ret == 1
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_the_doctor_also_runs_as_a_module(project: Project) -> None:
@@ -192,7 +197,7 @@ def test_a_missing_schema_module_is_named_and_the_server_is_stopped(
         ]
     )
     assert result.ret == 1
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_session_settings_the_app_does_not_use_are_named(
@@ -219,7 +224,7 @@ def test_session_settings_the_app_does_not_use_are_named(
         ]
     )
     assert result.ret == 1
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_an_unreachable_database_url_is_named_without_its_password(
@@ -227,11 +232,11 @@ def test_an_unreachable_database_url_is_named_without_its_password(
 ) -> None:
     project.module("items_app", ITEMS_APP)
     project.ini(**ITEMS_SETTINGS)
-    result = doctor(project, "--testkit-db-url", "postgresql://tester:s3cret-pw@127.0.0.1:1/db")
+    result = doctor(project, "--testkit-db-url", UNREACHABLE_URL)
     result.stdout.fnmatch_lines(
         [
             "PROBLEM  database server: Could not connect to PostgreSQL at "
-            "postgresql://tester:***@127.0.0.1:1/db: *Connection refused",
+            f"{UNREACHABLE_MASKED}: *Connection refused",
             "*Fix: start that server; or correct the URL * in --testkit-db-url, *",
             "SKIP     schema: needs the database server",
             "SKIP     database driver: needs the database server",
@@ -241,9 +246,9 @@ def test_an_unreachable_database_url_is_named_without_its_password(
         ]
     )
     result.stdout.fnmatch_lines(["testkit doctor: * 1 PROBLEM, *"])  # the server alone
-    assert "s3cret-pw" not in result.stdout.str() + result.stderr.str()
+    assert UNREACHABLE_PASSWORD not in output_of(result)
     assert result.ret == 1
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_trio_asked_but_not_importable(project: Project, private_tmpdir: Path) -> None:
@@ -336,7 +341,7 @@ def test_no_false_alarm_on_the_example_projects(private_tmpdir: Path, example: s
     assert "PROBLEM " not in output, output
     assert "OK       lifespan on trio: " in output, output
     assert re.search(r"testkit doctor: \d+ OK, 0 PROBLEM", output), output
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 @pytest.mark.parametrize("imported_by", ["nothing", "plugin", "late-kit"])
@@ -365,7 +370,7 @@ def test_the_import_order_of_the_app_and_its_settings_is_checked(
             ["PROBLEM  import order: *'items_app'* were imported by a*before the kit could*"]
         )
         assert result.ret == 1
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_a_password_on_the_command_line_is_warned_about(
@@ -460,7 +465,7 @@ def test_the_apps_engines_are_checked_as_a_test_run_imports_them(
     assert "s3cr3t-key" not in output
     assert "shelldb" not in output  # engines_app:engine got the test database's URL
     assert result.ret == 1
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_a_malformed_database_env_skips_what_needs_it(
@@ -490,28 +495,8 @@ def test_a_malformed_database_env_skips_what_needs_it(
     )
     result.stdout.no_fnmatch_line("PROBLEM  database server*")
     assert result.ret == 1
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
-
-ALEMBIC_INI = """
-[alembic]
-script_location = %(here)s/migrations
-path_separator = os
-"""
-
-ALEMBIC_ENV = """
-from alembic import context
-from sqlalchemy import create_engine, pool
-from sqlalchemy.engine import make_url
-
-url = make_url(context.config.get_main_option("sqlalchemy.url"))
-engine = create_engine(url.set(drivername="postgresql+psycopg"), poolclass=pool.NullPool)
-with engine.connect() as connection:
-    context.configure(connection=connection, target_metadata=None)
-    with context.begin_transaction():
-        context.run_migrations()
-engine.dispose()
-"""
 
 REVISION = """
 import sqlalchemy as sa
@@ -531,13 +516,14 @@ def test_the_cached_cluster_is_used_and_the_alembic_version_shown(
 ) -> None:
     project.module("items_app", ITEMS_APP)
     project.ini(**{**ITEMS_SETTINGS, "testkit_schema": "alembic:alembic.ini"})
-    project.pytester.makefile(".ini", alembic=ALEMBIC_INI)
-    versions = project.pytester.mkdir("migrations") / "versions"
-    versions.mkdir()
-    (versions.parent / "env.py").write_text(ALEMBIC_ENV)
-    for revision, down, table in (("0001", None, "items"), ("0002", "0001", "tags")):
-        source = REVISION.format(revision=revision, down=down, table=table)
-        (versions / f"{revision}.py").write_text(source)
+    revisions = (("0001", None, "items"), ("0002", "0001", "tags"))
+    write_alembic(
+        project.pytester.path,
+        {
+            f"{revision}.py": REVISION.format(revision=revision, down=down, table=table)
+            for revision, down, table in revisions
+        },
+    )
     project.module("test_would_run", WOULD_RUN)
     runs = []
     for _ in range(2):  # with pytest's cache provider, as a test run has it
@@ -553,7 +539,7 @@ def test_the_cached_cluster_is_used_and_the_alembic_version_shown(
             ]
         )
         assert not (project.pytester.path / "a-test-ran").exists()
-        assert leftovers(private_tmpdir) == []  # the cached server is stopped, its data kept
+        assert_nothing_left(private_tmpdir)  # the cached server is stopped, its data kept
         runs.append(result)
     runs[0].stdout.fnmatch_lines(
         [

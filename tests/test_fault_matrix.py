@@ -54,13 +54,15 @@ import psutil
 import psycopg
 import pytest
 from conftest import (
+    ITEMS_APP,
     SUBSESSION_TIMEOUT,
     Project,
+    assert_nothing_left,
     database_names,
-    leftovers,
     postgres_processes_under,
 )
 from psycopg import sql
+from scaffolding import items_revision, write_alembic
 from sqlalchemy.engine import URL, make_url
 
 # The only import of the kit's internals: it starts the server the "configured" cells use.
@@ -113,50 +115,6 @@ PENDING_PREFIX = "anyio_fastapi_testkit_creating_"
 
 # --- the project -------------------------------------------------------------------------------
 
-APP = """
-from fastapi import Depends, FastAPI
-from pydantic import BaseModel
-from sqlalchemy import String, select
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Item(Base):
-    __tablename__ = "items"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
-
-
-async def get_session():
-    raise RuntimeError("the kit overrides this dependency during tests")
-    yield
-
-
-class ItemIn(BaseModel):
-    name: str
-
-
-app = FastAPI(title="items")
-
-
-@app.post("/items", status_code=201)
-async def create_item(body: ItemIn, session: AsyncSession = Depends(get_session)):
-    item = Item(name=body.name)
-    session.add(item)
-    await session.commit()
-    return {"id": item.id, "name": item.name}
-
-
-@app.get("/items")
-async def list_items(session: AsyncSession = Depends(get_session)):
-    return list(await session.scalars(select(Item.name).order_by(Item.name)))
-"""
-
 # Shared by env.py, conftest.py and the tests: where the markers go, and how to wait.
 FAULT_HELPERS = """
 import json
@@ -191,14 +149,7 @@ def wait_for(name):
         time.sleep(0.05)
 """
 
-ALEMBIC_INI = """
-[alembic]
-script_location = %(here)s/migrations
-prepend_sys_path = %(here)s
-path_separator = os
-"""
-
-ALEMBIC_ENV = """
+FAULT_ALEMBIC_ENV = """
 from alembic import context
 from sqlalchemy import create_engine, pool
 
@@ -217,28 +168,6 @@ engine.dispose()
 if PHASE == "working_db" and claim("claim-working_db"):
     mark("template-built", {"url": url})
     wait_for("go")
-"""
-
-REVISION = """
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0001"
-down_revision = None
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-    op.create_table(
-        "items",
-        sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("name", sa.String(100), nullable=False, unique=True),
-    )
-
-
-def downgrade():
-    op.drop_table("items")
 """
 
 CONFTEST = """
@@ -300,15 +229,11 @@ TEST_COUNT = 4
 
 
 def make_project(project: Project) -> None:
-    project.module("items_app", APP)
+    project.module("items_app", ITEMS_APP)  # its get_session fails unless overridden
     project.module("fault_helpers", FAULT_HELPERS)
     project.module("conftest", CONFTEST)
     project.module("test_items", TESTS)
-    project.pytester.makefile(".ini", alembic=ALEMBIC_INI)
-    migrations = project.pytester.mkdir("migrations")
-    (migrations / "env.py").write_text(ALEMBIC_ENV)
-    (migrations / "versions").mkdir()
-    (migrations / "versions" / "0001_items.py").write_text(REVISION)
+    write_alembic(project.pytester.path, {"0001_items.py": items_revision()}, env=FAULT_ALEMBIC_ENV)
     project.ini(
         testkit_app="items_app:app",
         testkit_schema="alembic:alembic.ini",
@@ -661,7 +586,7 @@ def test_the_next_run_passes_and_nothing_is_left(
 
         alive = [describe(process) for process in stragglers if running(process)]
         assert alive == [], f"processes of the disturbed run are still running: {alive}"
-        assert leftovers(private_tmpdir) == []
+        assert_nothing_left(private_tmpdir)
         assert postgres_processes_under(private_tmpdir) == []
         if configured is not None:
             assert configured.snapshot() == canaries, "a database not of the kit's changed"

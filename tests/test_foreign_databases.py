@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Project, drop_by_hand, leftovers, sql_rows
+from conftest import Project, assert_nothing_left, drop_by_hand, sql_rows
 from sqlalchemy.engine import URL
 
 from anyio_fastapi_testkit._postgres.server import RunningServer
@@ -169,7 +169,7 @@ def test_an_env_py_reading_the_apps_settings_never_migrates_the_shells_database(
     assert "testkit_database_env" in output
     assert str(canary.password) not in output
     assert result.ret != pytest.ExitCode.OK
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_with_the_database_env_the_same_env_py_migrates_the_template(
@@ -178,7 +178,7 @@ def test_with_the_database_env_the_same_env_py_migrates_the_template(
     alembic_project(project, SETTINGS_ENV_PY, testkit_database_env="DATABASE_URL")
     project.module("test_db", DB_TEST)
     project.run().assert_outcomes(passed=1)
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_an_env_py_that_migrates_nothing_is_reported(
@@ -191,7 +191,7 @@ def test_an_env_py_that_migrates_nothing_is_reported(
     output = "\n".join([*result.outlines, *result.errlines])
     assert "is not at head (0001): it holds no version table" in output, output
     assert result.ret != pytest.ExitCode.OK
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 APP_ENGINE_TEST = """
@@ -213,7 +213,7 @@ def test_the_apps_own_engine_never_reaches_the_shells_database(
     project.ini(testkit_app="settings_app:app", testkit_schema="settings_app:Base.metadata")
     project.module("test_app_engine", APP_ENGINE_TEST)
     project.run().assert_outcomes(passed=1)
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_with_the_database_env_the_apps_engine_writes_to_the_test_database(
@@ -238,7 +238,7 @@ def test_with_the_database_env_the_apps_engine_writes_to_the_test_database(
         """,
     )
     project.run().assert_outcomes(passed=1)
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_a_metadata_without_tables_is_one_clear_error(
@@ -254,4 +254,4 @@ def test_a_metadata_without_tables_is_one_clear_error(
     output = "\n".join([*result.outlines, *result.errlines])
     assert "is a MetaData with no tables" in output, output
     assert result.ret != pytest.ExitCode.OK
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)

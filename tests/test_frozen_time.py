@@ -65,7 +65,6 @@ def test_timeouts_fire_on_time_and_lifespan_waits_work_while_time_is_frozen(
                 "*await anyio.Event().wait()",
             ]
         )
-    assert result.duration < 30
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -102,7 +101,6 @@ def test_lifespan_startup_limit_while_time_is_frozen(
     if startup == "hangs":
         # Fired after its second of real time, though the loop's clock stands still.
         result.stdout.fnmatch_lines(["*lifespan startup*did not finish within 1 s*"])
-        assert result.duration < 30
     else:
         # Not at once, though freezing moved the loop's clock decades ahead.
         result.assert_outcomes(passed=1)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, leftovers
+from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, assert_nothing_left
 
 # The app writes its lifespan's end to a file, so the test can see that shutdown ran.
 APP = (
@@ -92,7 +92,7 @@ def test_a_signal_from_the_test_itself_stops_the_run_cleanly(
     output = "\n".join(result.outlines + result.errlines)
     _check_ordinary_stop(output, result.ret, project.pytester.path, signal_name)
     assert "1 passed" in output
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
@@ -114,4 +114,4 @@ def test_a_signal_from_outside_stops_the_run_cleanly(
         os.kill(process.pid, getattr(signal, signal_name))
         output, _ = process.communicate(timeout=SUBSESSION_TIMEOUT)
     _check_ordinary_stop(output, process.returncode, folder, signal_name)
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)

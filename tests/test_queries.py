@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Project, leftovers
+from conftest import Project, assert_nothing_left
 
 LIBRARY_APP = """
 import os
@@ -202,7 +202,7 @@ def test_the_limit_passes_under_it_and_fails_over_it_listing_the_statements(
     result.stdout.no_fnmatch_line("*_queries.py*")
     result.stdout.no_fnmatch_line("*await client.get*")
     result.assert_outcomes(passed=3, failed=4)
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 @pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
@@ -242,7 +242,7 @@ def test_the_kits_plumbing_is_not_counted(
     )
     result = project.run("-v")
     result.assert_outcomes(passed=3)
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_the_listener_is_removed_after_the_block(project: Project, private_tmpdir: Path) -> None:
@@ -292,7 +292,7 @@ def test_the_listener_is_removed_after_the_block(project: Project, private_tmpdi
     )
     result = project.run("-v")
     result.assert_outcomes(passed=5)
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_on_trio_counting_works_and_only_async_database_tests_skip(
@@ -334,4 +334,4 @@ def test_on_trio_counting_works_and_only_async_database_tests_skip(
         ]
     )
     result.assert_outcomes(passed=5, skipped=1)
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)

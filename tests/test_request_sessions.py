@@ -5,26 +5,20 @@ tests (``now()`` is the start of the transaction, which the kit begins anew for 
 from __future__ import annotations
 
 import pytest
-from conftest import Project
+from conftest import ITEMS_APP, Project
 
-# A shop whose own engine points at a closed port: a request not routed to the test's
-# transaction fails loudly. Endpoints report what the app's session loaded, and which session.
-SHOP_APP = """
-import os
+# A shop built on conftest.ITEMS_APP (its Base, SessionLocal, and get_session, whose engine
+# points at a closed port: a request not routed to the test's transaction fails loudly).
+# Endpoints report what the app's session loaded, and which session.
+SHOP_APP = (
+    ITEMS_APP
+    + """
 from datetime import datetime
 from decimal import Decimal
 
 import anyio
-from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
-from pydantic import BaseModel
-from sqlalchemy import DateTime, Numeric, String, func, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-
-class Base(DeclarativeBase):
-    pass
+from fastapi import BackgroundTasks
+from sqlalchemy import DateTime, Numeric, func
 
 
 class Product(Base):
@@ -38,26 +32,9 @@ class Product(Base):
     )
 
 
-SessionLocal = async_sessionmaker(class_=AsyncSession, expire_on_commit=False)
-_engine = None
-
-
-async def get_session():
-    global _engine
-    if _engine is None:
-        url = os.environ.get("DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/nowhere")
-        _engine = create_async_engine(url)
-        SessionLocal.configure(bind=_engine)
-    async with SessionLocal() as session:
-        yield session
-
-
 class ProductIn(BaseModel):
     name: str
     price: str = "0.00"
-
-
-app = FastAPI(title="shop")
 
 
 @app.post("/products", status_code=201)
@@ -114,6 +91,7 @@ async def add_uncommitted(name: str, session: AsyncSession = Depends(get_session
     await session.flush()  # never committed: production discards it
     return {}
 """
+)
 
 SHOP_SETTINGS = {
     "testkit_app": "shop_app:app",

@@ -40,6 +40,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, database_names, drop_by_hand, sql_rows
+from scaffolding import items_revision, write_alembic
 from sqlalchemy.engine import URL, make_url
 
 from anyio_fastapi_testkit._postgres.cache import FOLDER_PREFIX
@@ -90,16 +91,9 @@ def pause(name, url):
         time.sleep(0.05)
 """
 
-ALEMBIC_INI = """
-[alembic]
-script_location = %(here)s/migrations
-prepend_sys_path = %(here)s
-path_separator = os
-"""
-
 # As the stock async env.py of an app: the URL comes from the app's settings (DATABASE_URL,
 # set by testkit_database_env for the template database).
-ALEMBIC_ENV = """
+ASYNC_ALEMBIC_ENV = """
 import asyncio
 import os
 
@@ -129,28 +123,7 @@ async def main():
 asyncio.run(main())
 """
 
-REVISION = """
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0001"
-down_revision = None
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-    op.create_table(
-        "items",
-        sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("name", sa.String(100), nullable=False, unique=True),
-    )
-    op.execute("INSERT INTO items (name) VALUES ('seeded')")
-
-
-def downgrade():
-    op.drop_table("items")
-"""
+SEEDED_REVISION = items_revision("    op.execute(\"INSERT INTO items (name) VALUES ('seeded')\")\n")
 
 TESTS = """
 from sqlalchemy import text
@@ -183,10 +156,7 @@ def make_project(project: Project) -> None:
         testkit_database_env="DATABASE_URL",
     )
     root = project.pytester.path
-    (root / "alembic.ini").write_text(ALEMBIC_INI)
-    (root / "migrations" / "versions").mkdir(parents=True)
-    (root / "migrations" / "env.py").write_text(ALEMBIC_ENV)
-    (root / "migrations" / "versions" / "0001_items.py").write_text(REVISION)
+    write_alembic(root, {"0001_items.py": SEEDED_REVISION}, env=ASYNC_ALEMBIC_ENV)
     (root / "handshake").mkdir(mode=0o700)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ITEMS_APP, Project, leftovers
+from conftest import ITEMS_APP, Project, assert_nothing_left
 
 from anyio_fastapi_testkit._postgres.server import start_server
 
@@ -65,7 +65,7 @@ def test_a_dead_server_stops_the_run_once(
     assert "stopped answering during test_dies.py::test_03_server_dies" in output
     assert "(27 tests not run)" in output
     assert "password" not in output and "Traceback" not in output
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_a_dead_configured_server_stops_the_run_once(
@@ -88,7 +88,7 @@ def test_a_dead_server_stops_each_xdist_worker_once(project: Project, private_tm
     assert "stopped answering during test_dies.py::" in output
     assert outcomes.get("passed", 0) + outcomes.get("errors", 0) < 30, output
     assert "Traceback" not in output
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def _run_killing_tests(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -196,7 +195,8 @@ def test_session_fixture_takes_the_setting_not_the_marker(project: Project) -> N
 
         @pytest.fixture(scope="session")
         async def slow_resource(anyio_backend):
-            await anyio.sleep(30)
+            # Longer than the sub-session may take: the limit must cancel it, not wait.
+            await anyio.sleep(3600)
             yield
 
         @pytest.mark.testkit_timeout(60)
@@ -210,10 +210,9 @@ def test_session_fixture_takes_the_setting_not_the_marker(project: Project) -> N
         [
             "*The setup of fixture 'slow_resource' (session-scoped) did not finish within 0.5 s "
             "(testkit_timeout / --testkit-timeout)*",
-            "*await anyio.sleep(30)",
+            "*await anyio.sleep(3600)",
         ]
     )
-    assert result.duration < 20
 
 
 def test_hung_lifespan_startup_is_reported_with_the_apps_stack(project: Project) -> None:
@@ -304,7 +303,6 @@ def test_hung_database_provisioning_fails_the_test_instead_of_hanging_it(
             pass
         """,
     )
-    started = time.monotonic()
     result = project.run(f"--testkit-db-url={pg_server.info.admin_url.render_as_string(False)}")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
@@ -316,6 +314,5 @@ def test_hung_database_provisioning_fails_the_test_instead_of_hanging_it(
         ]
     )
     # The abandoned thread finishes its work, and the session's end waits for it to drop the
-    # database it made: no hang for ever, nothing left behind.
-    assert time.monotonic() - started < 60
+    # database it made: nothing left behind (a hang for ever fails at SUBSESSION_TIMEOUT).
     assert not [name for name in database_names(pg_server.info.admin_url) if "test_" in name]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import ITEMS_APP, Project
+from scaffolding import items_on_the_tests_transaction
 
 WS_APP = """
 import json
@@ -249,13 +250,7 @@ async def items_ws(websocket: WebSocket, session: AsyncSession = Depends(get_ses
 def test_a_websocket_endpoint_uses_the_tests_transaction(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)  # the embedded server
-    project.ini(
-        testkit_app="items_app:app",
-        testkit_schema="items_app:Base.metadata",
-        testkit_session_dependency="items_app:get_session",
-    )
-    project.module("items_app", ITEMS_WS_APP)
+    items_on_the_tests_transaction(project, monkeypatch, app=ITEMS_WS_APP)
     project.module(
         "test_items_ws",
         """

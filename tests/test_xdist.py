@@ -20,6 +20,7 @@ from conftest import (
     ITEMS_APP,
     SUBSESSION_TIMEOUT,
     Project,
+    assert_nothing_left,
     database_names,
     drop_by_hand,
     leftovers,
@@ -149,7 +150,7 @@ def test_two_workers_share_one_server_and_template(
         result.assert_outcomes(passed=2 * TESTS_PER_MODULE)  # the same counts as -n 0
         entries = seen(project)
         check_one_server(entries, {"gw0", "gw1"})
-        assert leftovers(private_tmpdir) == []
+        assert_nothing_left(private_tmpdir)
     if cache:
         base = private_tmpdir / f"anyio-fastapi-testkit-{os.getuid()}"
         assert len(list(base.glob("cache-*"))) == 1
@@ -166,7 +167,7 @@ def test_a_failing_run_with_workers_still_stops_everything(
     if not stop_early:
         assert outcomes.get("passed") == 2 * TESTS_PER_MODULE
         check_one_server(seen(project), {"gw0", "gw1"})
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 def test_each_worker_gets_its_own_database_in_the_environment(
@@ -179,7 +180,7 @@ def test_each_worker_gets_its_own_database_in_the_environment(
     check_one_server(entries, {"gw0", "gw1"})
     for entry in entries:
         assert entry["env"].endswith(f"/{entry['database']}")
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 # Records, in the controller, which of the database stack's modules it loaded before it started
@@ -222,7 +223,7 @@ def test_the_controller_starts_the_workers_before_loading_the_database_stack(
     assert (root / "controller-at-start.txt").read_text() == ""
     # Loaded while the workers ran, for dropping the run's databases and stopping the server.
     assert (root / "controller-at-end.txt").read_text() == "sqlalchemy,psycopg"
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
     # What the controller does itself still has the kit's fixtures.
     listed = run(project, "-n", "2", "--fixtures")
@@ -230,7 +231,7 @@ def test_the_controller_starts_the_workers_before_loading_the_database_stack(
     listed.stdout.fnmatch_lines(["client -- *", "db_session -- *"])
     collected = run(project, "-n", "2", "--collect-only", "-q")
     collected.stdout.fnmatch_lines([f"{2 * TESTS_PER_MODULE} tests collected*"])
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 @pytest.fixture
@@ -264,7 +265,7 @@ def test_two_workers_on_a_configured_server(
         assert templates == [f"test_xdistdb_{token}_template"]
     assert [name for name in database_names(appdb) if name.startswith("test_")] == []
     assert "xdistdb" in database_names(appdb)  # the configured database itself is left alone
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)
 
 
 KILLING_TEST = """
@@ -296,4 +297,4 @@ def test_a_killed_controller_leaves_orphans_that_the_next_run_removes(
 
     result = run(project, "-n", "0", "-k", "not kill")
     result.assert_outcomes(passed=2 * TESTS_PER_MODULE)
-    assert leftovers(private_tmpdir) == []
+    assert_nothing_left(private_tmpdir)

@@ -1,0 +1,407 @@
+"""Scaffolding shared by several test modules: the cached-cluster project, the Alembic files,
+the unreachable server, and the items app on the test's transaction.
+
+``conftest.py`` holds the sub-session basics (``Project``, the apps, ``leftovers``); this module
+holds what only a few modules need, so that each is written once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from conftest import (
+    ITEMS_APP,
+    SUBSESSION_TIMEOUT,
+    Project,
+    assert_nothing_left,
+    postgres_processes_under,
+)
+
+from anyio_fastapi_testkit._postgres.cache import FOLDER_PREFIX, MARKER_FILE
+
+# --- a server that is not there ----------------------------------------------------------------
+
+# Port 1: nothing listens there, so the driver's "Connection refused" comes at once.
+UNREACHABLE_URL = "postgresql://u:s3cretpw@127.0.0.1:1/db"
+UNREACHABLE_MASKED = "postgresql://u:***@127.0.0.1:1/db"
+UNREACHABLE_PASSWORD = "s3cretpw"
+
+
+def output_of(result: pytest.RunResult) -> str:
+    """A sub-session's stdout and stderr as one text, for ``in`` checks."""
+    return "\n".join([*result.outlines, *result.errlines])
+
+
+# --- Alembic -----------------------------------------------------------------------------------
+
+ALEMBIC_INI = """
+[alembic]
+script_location = %(here)s/migrations
+prepend_sys_path = %(here)s
+path_separator = os
+"""
+
+# A sync env.py taking the URL the kit sets in the config (it names no driver: psycopg here).
+ALEMBIC_ENV = """
+from alembic import context
+from sqlalchemy import create_engine, pool
+from sqlalchemy.engine import make_url
+
+url = make_url(context.config.get_main_option("sqlalchemy.url"))
+engine = create_engine(url.set(drivername="postgresql+psycopg"), poolclass=pool.NullPool)
+with engine.connect() as connection:
+    context.configure(connection=connection, target_metadata=None)
+    with context.begin_transaction():
+        context.run_migrations()
+engine.dispose()
+"""
+
+# The items table of conftest.ITEMS_APP as one revision; ``then`` is more of upgrade()'s body.
+_ITEMS_REVISION = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table(
+        "items",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("name", sa.String(100), nullable=False, unique=True),
+    )
+{then}
+
+def downgrade():
+    op.drop_table("items")
+"""
+
+
+def items_revision(then: str = "") -> str:
+    """The Alembic revision that makes the items table, then runs ``then`` (upgrade's body,
+    indented by four spaces; it may use ``op`` and ``sa``)."""
+    return _ITEMS_REVISION.format(then=then)
+
+
+def write_alembic(
+    root: Path, revisions: dict[str, str], *, env: str = ALEMBIC_ENV, ini: str = ALEMBIC_INI
+) -> None:
+    """``alembic.ini``, ``migrations/env.py`` and ``migrations/versions/<name>`` in ``root``."""
+    (root / "alembic.ini").write_text(ini)
+    versions = root / "migrations" / "versions"
+    versions.mkdir(parents=True)
+    (root / "migrations" / "env.py").write_text(env)
+    for name, text in revisions.items():
+        (versions / name).write_text(text)
+
+
+# --- the cached cluster ------------------------------------------------------------------------
+
+# Each run of a cached project writes one record: the system identifier changes with every
+# initdb, the template's oid with every rebuild of the template; the relation files let a test
+# damage the template's files on disk. The second test fails where a template, a spare or a
+# working database does not hold exactly the app's seed rows (SEEDS): a damaged one, or the
+# rows of an earlier run.
+RECORDING_TESTS = """
+import json
+import os
+import time
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+
+import items_app
+from items_app import Item
+
+RELATIONS = ("items", "items_pkey", "items_name_key", "items_id_seq", "pg_class")
+TEMPLATE = "test_app_template"
+
+
+def rows(url, statement, database=None):
+    target = url.set(database=database) if database else url
+    with psycopg.connect(target.render_as_string(hide_password=False), autocommit=True) as conn:
+        cursor = conn.execute(statement)
+        return cursor.fetchall() if cursor.description else []
+
+
+def the_spare(url):
+    # The kit clones the next run's spare in the background; a marked one is finished. No
+    # deadline of its own: the sub-session's timeout bounds the wait.
+    while True:
+        found = rows(url, "SELECT oid FROM pg_database WHERE datname LIKE 'test_spare_%' "
+                          "AND shobj_description(oid, 'pg_database') IS NOT NULL")
+        if found:
+            return found[0][0]
+        time.sleep(0.05)
+
+
+def test_record_the_server(database_url):
+    url = make_url(str(database_url)).set(drivername="postgresql")
+    spare = the_spare(url) if os.environ.get("WAIT_FOR_SPARE") else None  # before the names
+    template = rows(url, f"SELECT oid FROM pg_database WHERE datname = '{TEMPLATE}'")
+    columns = rows(url, "SELECT column_name FROM information_schema.columns "
+                        "WHERE table_name = 'items' ORDER BY column_name")
+    record = {
+        "system": str(rows(url, "SELECT system_identifier FROM pg_control_system()")[0][0]),
+        "template": template[0][0] if template else None,
+        "working": rows(url, "SELECT oid FROM pg_database "
+                             "WHERE datname = current_database()")[0][0],
+        "database": url.database,
+        "databases": [name for (name,) in rows(url, "SELECT datname FROM pg_database")],
+        "data_directory": rows(url, "SHOW data_directory")[0][0],
+        "columns": [name for (name,) in columns],
+        "files": {
+            name: rows(url, f"SELECT pg_relation_filenode('{name}')", TEMPLATE)[0][0]
+            for name in (RELATIONS if template else ())
+        },
+        "spare": spare,
+    }
+    with Path("runs.jsonl").open("a") as handle:
+        handle.write(json.dumps(record) + "\\n")
+    if os.environ.get("UNMARK"):  # as a run killed between CREATE DATABASE and COMMENT
+        rows(url, f"COMMENT ON DATABASE {os.environ['UNMARK']} IS NULL")
+    if os.environ.get("KILL_PYTEST") or os.environ.get("UNMARK"):
+        os.kill(os.getpid(), 9)  # a run killed with its cached server running
+
+
+async def test_only_the_seed_rows_are_there(db_session):
+    names = list(await db_session.scalars(select(Item.name).order_by(Item.name)))
+    assert names == getattr(items_app, "SEEDS", [])
+    db_session.add(Item(name="pen"))
+    await db_session.flush()
+"""
+
+# The items app with two rows seeded in its template, so that a table file damaged to empty
+# shows in the rows.
+SEEDED_ITEMS_APP = (
+    ITEMS_APP
+    + """
+from sqlalchemy import DDL, event
+
+SEEDS = ["seed-a", "seed-b"]
+event.listen(
+    Item.__table__, "after_create", DDL("INSERT INTO items (name) VALUES ('seed-a'), ('seed-b')")
+)
+"""
+)
+
+# Plugin autoload off (it costs a second of CPU a run); the kit loads anyio's plugin itself.
+# The ini is written here, not by Project.ini: it must name no other plugin's setting.
+CACHED_RUN_ARGS = ("-p", "no:randomly", "-p", "anyio_fastapi_testkit.plugin", "-rw")
+CACHED_RUN_ENV = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+CACHED_INI = """[pytest]
+pythonpath = .
+testkit_app = items_app:app
+testkit_schema = items_app:Base.metadata
+"""
+
+
+class CachedProject:
+    """A project run with pytest's cache provider on (where the cache's pointer lives), in a
+    private TMPDIR (where the kit's base folder, with the cached cluster, lives)."""
+
+    def __init__(self, project: Project, tmpdir: Path, *, app: str = ITEMS_APP) -> None:
+        self.project = project
+        self.tmpdir = tmpdir
+        self.output = ""
+        project.module("items_app", app)
+        project.pytester.makefile(".ini", pytest=CACHED_INI)
+        project.module("test_recording", RECORDING_TESTS)
+
+    @property
+    def path(self) -> Path:
+        return self.project.pytester.path
+
+    def sub_session(self, *args: str, **env: str) -> pytest.RunResult:
+        """One sub-session in the project, with ``env`` set for it; its outcome unchecked."""
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in {**CACHED_RUN_ENV, **env}.items():
+                patch.setenv(name, value)
+            result = self.project.pytester.runpytest_subprocess(
+                *CACHED_RUN_ARGS, *args, timeout=SUBSESSION_TIMEOUT
+            )
+        self.output = output_of(result)
+        return result
+
+    def run(
+        self,
+        *args: str,
+        cached: bool = True,
+        warnings: int = 0,
+        besides: Sequence[Path] = (),
+        **env: str,
+    ) -> dict[str, Any]:
+        """A run that must pass, leave nothing running (but the servers of ``besides``, the
+        cache folders of other runs), and use the cache (or not); its record."""
+        __tracebackhide__ = True
+        result = self.sub_session(*args, **env)
+        assert "INTERNALERROR" not in self.output, self.output
+        result.assert_outcomes(passed=2, warnings=warnings)
+        assert_nothing_left(self.tmpdir, besides=besides)
+        record = self.last_run()
+        assert self.in_cache(record) == cached, (
+            ("the cache was bypassed" if cached else "the cache was used") + "\n" + self.output
+        )
+        return record
+
+    def killed_run(self, **env: str) -> dict[str, Any]:
+        """A run whose recording test kills pytest (``KILL_PYTEST`` or ``UNMARK`` in ``env``)
+        with its cached server running; its record."""
+        __tracebackhide__ = True
+        result = self.sub_session("-k", "record", **env)
+        assert result.ret == -9, self.output  # killed, its server left running
+        assert self.servers(), "killing pytest leaves its cached server running"
+        return self.last_run()
+
+    def last_run(self) -> dict[str, Any]:
+        lines = (self.path / "runs.jsonl").read_text().splitlines()
+        record: dict[str, Any] = json.loads(lines[-1])
+        return record
+
+    def in_cache(self, record: dict[str, Any]) -> bool:
+        data_directory = Path(record["data_directory"])
+        return any(data_directory.is_relative_to(folder) for folder in self.folders())
+
+    def folders(self) -> list[Path]:
+        base = self.tmpdir / f"anyio-fastapi-testkit-{os.getuid()}"
+        return sorted(base.glob(f"{FOLDER_PREFIX}*"))
+
+    def folder(self) -> Path:
+        """The one cache folder."""
+        folders = self.folders()
+        assert len(folders) == 1, folders
+        return folders[0]
+
+    @property
+    def cluster(self) -> Path:
+        return self.folder() / "cluster"
+
+    @property
+    def data(self) -> Path:
+        return self.cluster / "data"
+
+    def servers(self) -> list[psutil.Process]:
+        """The PostgreSQL processes running in the cache folder."""
+        return postgres_processes_under(self.folder())
+
+    def template_file(self, record: dict[str, Any], relation: str) -> Path:
+        return self.data / "base" / str(record["template"]) / str(record["files"][relation])
+
+    def marker(self) -> dict[str, Any]:
+        marker: dict[str, Any] = json.loads((self.folder() / MARKER_FILE).read_text())
+        return marker
+
+    def edit_marker(self, **changes: object) -> None:
+        (self.folder() / MARKER_FILE).write_text(json.dumps({**self.marker(), **changes}))
+
+    def run_elsewhere(self, path: Path) -> dict[str, Any]:
+        """Run a copy of this project in ``path`` (outside pytester); its record."""
+        completed = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", *CACHED_RUN_ARGS],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            timeout=SUBSESSION_TIMEOUT,
+            check=False,
+            env={**os.environ, **CACHED_RUN_ENV},
+        )
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        record: dict[str, Any] = json.loads((path / "runs.jsonl").read_text().splitlines()[-1])
+        return record
+
+    @contextlib.contextmanager
+    def holder(self, test_module: str) -> Iterator[subprocess.Popen[str]]:
+        """A run of ``test_module``'s tests alone, in the background, until the block ends."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", *CACHED_RUN_ARGS, test_module],
+            cwd=self.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **CACHED_RUN_ENV},
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:  # the block failed before the run was let go
+                process.kill()
+                process.communicate()
+
+
+def same_cluster(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return bool(a["system"] == b["system"])
+
+
+def same_template(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return same_cluster(a, b) and a["template"] == b["template"]
+
+
+# A damage done to a cached project between runs, given the record of the run before; a tuple
+# it returns is added to the next run's command line (anything else it returns is ignored).
+Damage = Callable[[CachedProject, dict[str, Any]], object]
+
+# What a damage must lead to in the next run. "initdb": a new cluster; "template": a new
+# template (in the same cluster or a new one); "template only": a new template in the same
+# cluster; "reused": repaired in place, cluster and template kept; "any": one of these.
+EXPECTED = ("initdb", "template", "template only", "reused", "any")
+
+
+def deal_in_turn(cached: CachedProject, damages: dict[str, tuple[Damage, str]]) -> None:
+    """Each damage in turn to the one project, each followed by two runs: the first must
+    repair or rebuild as expected, the second must reuse what the first left.
+
+    One project for all: the second run after a damage has shown the cache whole and reused,
+    the state a cold and a warm run leave, where the next damage starts.
+    """
+    __tracebackhide__ = True
+    whole = cached.run()
+    for name, (harm, expected) in damages.items():
+        assert expected in EXPECTED, expected
+        try:
+            args = harm(cached, whole)
+            after = cached.run(*(args if isinstance(args, tuple) else ()))
+            if expected == "initdb":
+                assert not same_cluster(after, whole), "a damaged cluster must be made anew"
+            elif expected in ("template", "template only"):
+                assert not same_template(after, whole), "the damaged template was reused"
+                if expected == "template only":
+                    assert same_cluster(after, whole), "a whole cluster was made anew"
+            elif expected == "reused":
+                assert same_template(after, whole), "the cache was rebuilt, not repaired"
+            assert cached.marker()["template_key"], "the rebuilt template is not marked done"
+            whole = cached.run()
+            assert same_template(whole, after), "the second run after the damage rebuilt again"
+        except BaseException as error:
+            error.add_note(f"damage: {name}")
+            raise
+
+
+# --- the items app on the test's transaction --------------------------------------------------
+
+
+def items_on_the_tests_transaction(
+    project: Project, monkeypatch: pytest.MonkeyPatch, app: str = ITEMS_APP
+) -> None:
+    """The items app (or ``app``, built on it) as ``items_app``, its ``get_session`` overridden
+    with the test's session, on the embedded server (not a developer's configured one)."""
+    monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)
+    project.ini(
+        testkit_app="items_app:app",
+        testkit_schema="items_app:Base.metadata",
+        testkit_session_dependency="items_app:get_session",
+    )
+    project.module("items_app", app)
