@@ -36,7 +36,9 @@ def run_example(name: str, *args: str) -> tuple[int, dict[str, int], str]:
         check=False,
     )
     output = completed.stdout + completed.stderr
-    last = output.strip().splitlines()[-1] if output.strip() else ""
+    # From stdout: the kit's progress lines before collection go to stderr.
+    summary = completed.stdout.strip()
+    last = summary.splitlines()[-1] if summary else ""
     counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|error)", last)}
     return completed.returncode, counts, output
 
