@@ -319,8 +319,10 @@ def test_a_lifespan_stopped_by_a_missing_setting_points_at_database_env(
 
 
 def test_an_app_import_stopped_by_a_missing_setting_points_at_database_env(
-    project: Project,
+    project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Missing in the sub-session whatever this process's environment holds.
+    monkeypatch.delenv("DATABASE_URL", raising=False)
     project.ini(testkit_app="import_app:app")
     project.module("import_app", "import os\n\nDATABASE_URL = os.environ['DATABASE_URL']\n")
     project.module("test_any", "async def test_one(client):\n    pass\n")
