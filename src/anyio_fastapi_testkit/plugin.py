@@ -25,6 +25,7 @@ from ._core.config import (
     get_settings,
     mark_configured,
     option,
+    parse_early_options,
     read_settings,
     store_settings,
 )
@@ -135,10 +136,13 @@ def _check_pytest_asyncio(config: pytest.Config) -> None:
 _EARLY_ENV_KEY = pytest.StashKey[bool]()
 
 
-def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
     # A plain hook: after pytest's own `pythonpath` (tryfirst) and before it imports the
     # conftest.py files (trylast), which often import the app and with it its settings.
     config = early_config
+    parse_early_options(config, parser, args)
     if (
         is_xdist_controller(config)  # it runs no test: its workers set their own
         or option(config, "help")

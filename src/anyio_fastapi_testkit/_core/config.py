@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import copy
 import os
 import shlex
 import sys
@@ -335,6 +337,7 @@ def split_env_entries(lines: list[str]) -> tuple[str, ...]:
 
 
 _CONFIGURED_KEY = pytest.StashKey[bool]()
+_EARLY_OPTIONS_KEY = pytest.StashKey[argparse.Namespace]()
 
 
 def mark_configured(config: pytest.Config) -> None:
@@ -342,16 +345,23 @@ def mark_configured(config: pytest.Config) -> None:
     config.stash[_CONFIGURED_KEY] = True
 
 
+def parse_early_options(config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """Parse the command line (``args``: with ``addopts``) with the options known so far, for
+    ``option`` in ``pytest_load_initial_conftests``, through pytest's public parser."""
+    namespace = parser.parse_known_args(args, namespace=copy.copy(config.option))
+    config.stash[_EARLY_OPTIONS_KEY] = namespace
+
+
 def option(config: pytest.Config, name: str) -> Any:
     """A command-line option's value, also before ``pytest_configure``.
 
     In ``pytest_load_initial_conftests`` (where the kit sets ``testkit_database_env`` before
     any conftest.py is imported) ``config.option`` still holds the defaults; the command line
-    and ``addopts`` parsed so far are in ``config.known_args_namespace``.
+    and ``addopts`` parsed so far are those ``parse_early_options`` kept.
     """
     if config.stash.get(_CONFIGURED_KEY, False):
         return config.getoption(name, default=None)
-    namespace = getattr(config, "known_args_namespace", None)
+    namespace = config.stash.get(_EARLY_OPTIONS_KEY, None)
     if namespace is not None and hasattr(namespace, name):
         return getattr(namespace, name)
     return config.getoption(name, default=None)

@@ -18,7 +18,7 @@ from typing import Any, Final
 import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.sql.elements import (
+from sqlalchemy.sql.expression import (
     ReleaseSavepointClause,
     RollbackToSavepointClause,
     SavepointClause,

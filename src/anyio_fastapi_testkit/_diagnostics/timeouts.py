@@ -69,9 +69,11 @@ def _generator_of_step(awaitable: object) -> object:
 
 @functools.cache
 def _library_dirs() -> tuple[str, ...]:
-    names = ("anyio", "asyncio", __name__.split(".")[0], "trio", "_pytest", "pluggy")
+    names = ("anyio", "asyncio", __name__.split(".")[0], "trio", "pluggy")
     modules = [sys.modules.get(name) for name in names]
     folders = [os.path.dirname(m.__file__) + os.sep for m in modules if m and m.__file__]
+    # pytest's own folder, found through a public class defined there.
+    folders.append(os.path.dirname(inspect.getfile(pytest.Item)) + os.sep)
     # The standard library's own frames (threading, queue, contextlib, selectors) are noise too.
     folders.append(os.path.join(sysconfig.get_paths()["stdlib"], ""))
     return tuple(folders)

@@ -10,8 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from asgi_lifespan import LifespanManager
-from asgi_lifespan._exceptions import LifespanNotSupported
+from asgi_lifespan import LifespanManager, LifespanNotSupported
 
 from .._core.errors import AppError, ConfigError
 from .._core.imports import import_from_path

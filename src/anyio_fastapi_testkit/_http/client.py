@@ -151,18 +151,24 @@ def client_class(library: ModuleType) -> type[Any]:
     """
     base = library.AsyncClient
 
+    def __init__(self: Any, *args: Any, transport: Any = None, **kwargs: Any) -> None:
+        base.__init__(self, *args, transport=transport, **kwargs)
+        # The transport as given, kept under a name of the kit's: httpx keeps it in a
+        # private attribute.
+        self._testkit_transport = transport
+
     async def send(self: Any, request: Any, *, stream: bool = False, **kwargs: Any) -> Any:
         __tracebackhide__ = True
         # Around the whole send: the redirects and auth retries it follows are buffered too.
         # Only this client's own transport takes the mark (not a mounted one).
-        token = buffered_send.set(None if stream else self._transport)
+        token = buffered_send.set(None if stream else self._testkit_transport)
         try:
             return await base.send(self, request, stream=stream, **kwargs)
         finally:
             buffered_send.reset(token)
 
     def streaming_transport(self: Any) -> StreamingASGITransport:
-        transport: StreamingASGITransport = self._transport
+        transport: StreamingASGITransport = self._testkit_transport
         return transport
 
     send.__doc__ = base.send.__doc__
@@ -170,6 +176,7 @@ def client_class(library: ModuleType) -> type[Any]:
     namespace = {
         "__module__": __name__,
         "__doc__": f"{base.__doc__}\n\nThe kit's subclass: buffered sends run the app inline.",
+        "__init__": __init__,
         "send": send,
         "streaming_transport": property(streaming_transport),
     }

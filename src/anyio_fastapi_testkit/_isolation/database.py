@@ -11,6 +11,7 @@ from typing import Any, Final
 
 import anyio
 import pytest
+from psycopg import pq
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -36,6 +37,7 @@ FRESH_FOR: Final = 1.0
 # What SharedConnection.end_test(defer=True) returns when the leak check's rows are still on their
 # way (read them with take_deferred()).
 DEFERRED: Final = object()
+_IDLE: Final = pq.TransactionStatus.IDLE
 
 
 def require_asyncio(backend: str, driver: str) -> None:
@@ -230,8 +232,8 @@ class SharedConnection:
         asyncpg = type(raw).__module__.startswith("asyncpg")
         statements: list[str] = []
         # (A server in no transaction, as a fresh connection is before its first statement,
-        # would warn at a ROLLBACK; libpq's status 0 is IDLE.)
-        if raw.is_in_transaction() if asyncpg else raw.pgconn.transaction_status != 0:
+        # would warn at a ROLLBACK.)
+        if raw.is_in_transaction() if asyncpg else raw.info.transaction_status != _IDLE:
             statements.append("ROLLBACK")
         statements.append("BEGIN")
         self._began = now()

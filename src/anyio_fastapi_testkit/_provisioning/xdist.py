@@ -362,9 +362,8 @@ def _store(config: pytest.Config) -> CacheStore | None:
         # calls (the tests of warm starts with testkit_database_env break if it changes).
         if not hasattr(config.option, "cacheclear"):
             # pytest 8.2 reads the option from config.option, which is filled after
-            # this hook; the early namespace already has it (parse fills in the rest).
-            early = getattr(config, "known_args_namespace", None)
-            config.option.cacheclear = bool(getattr(early, "cacheclear", False))
+            # this hook; the early options already have it (parse fills in the rest).
+            config.option.cacheclear = bool(option(config, "cacheclear"))
         pytest_cache = pytest.Cache.for_config(config, _ispytest=True)
     return CacheStore(pytest_cache) if pytest_cache is not None else None
 
