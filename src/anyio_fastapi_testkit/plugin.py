@@ -45,7 +45,6 @@ from ._diagnostics.watched import watched_test
 from ._postgres.limits import limit_admin_waits
 from ._provisioning.xdist import finish_run, hand_to_worker, is_xdist_controller, plan_run
 
-PLUGIN_NAME = "anyio_fastapi_testkit.plugin"
 FIXTURES_PLUGIN_NAME = "anyio_fastapi_testkit.fixtures"
 SERVER_LOSS_PLUGIN_NAME = "anyio_fastapi_testkit.server_loss"
 SESSION_PLUGIN_NAME = "anyio_fastapi_testkit.session"

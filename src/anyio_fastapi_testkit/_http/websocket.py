@@ -364,23 +364,6 @@ def _session(
     return WebSocketSession(app, scope, close_timeout=close_timeout)
 
 
-def websocket_connect(
-    app: ASGIApp,
-    path: str,
-    *,
-    subprotocols: Sequence[str] = (),
-    close_timeout: float = CLOSE_TIMEOUT,
-    **headers: str,
-) -> WebSocketSession:
-    """A websocket connection to ``path`` on ``app``, for ``async with``.
-
-    Headers are keyword arguments, underscores standing for dashes
-    (``authorization="Bearer x"``, ``x_token="abc"``). ``close_timeout``: how long the app
-    gets to return after the test closed the connection, before it is cancelled.
-    """
-    return _session(app, path, subprotocols, headers, close_timeout)
-
-
 class WebSocketConnect(Protocol):
     """What the ``websocket_connect`` fixture returns."""
 

@@ -51,6 +51,7 @@ from .state_folder import (
     recorded_socket_dir,
     write_private_text,
 )
+from .sysuser import as_root
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -141,8 +142,7 @@ def make_cache_folder(base_dir: Path | None, pytest_cache_dir: Path) -> Path:
     """Create (if missing) the project's cache folder in the kit's base folder."""
     base = prepare_base_dir(base_dir)
     folder = cache_folder(base, pytest_cache_dir)
-    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
-    mode = 0o711 if as_root else 0o700  # as root the server user passes through to cluster/
+    mode = 0o711 if as_root() else 0o700  # as root the server user passes through to cluster/
     if not _is_plain(folder, stat.S_ISDIR):
         remove_path(folder)  # a file or a link in the kit's own base folder: in the way
     folder.mkdir(mode=mode, exist_ok=True)

@@ -21,7 +21,7 @@ from .._core.errors import DatabaseError
 from .._core.fixes import LOCAL_FIXES
 from .processes import is_postmaster_of, pid_running, postmasters_of, resume_server
 from .state_folder import new_state_dir, remove_state
-from .sysuser import run, write_private
+from .sysuser import as_root, run, write_private
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -127,20 +127,16 @@ class Cluster:
         ]  # fmt: skip
 
     def destroy(self) -> None:
-        if self.destroyed:
-            return
-        self.destroyed = True
-        shutdown(self.data_dir, self.bin_dir, modes=("fast", "immediate"))
-        remove_state(self.state_dir, self.socket_dir)
+        """Stop the server and delete its state folder; idempotent."""
+        if not self.destroyed:
+            self.destroyed = True
+            stop_cluster(self.state_dir, self.bin_dir, self.socket_dir, keep=False)
 
     def stop(self) -> None:
         """Stop the server and keep its data (a cached cluster); idempotent."""
-        if self.destroyed:
-            return
-        self.destroyed = True
-        shutdown(self.data_dir, self.bin_dir, modes=("fast", "immediate"))
-        if not self.socket_dir.is_relative_to(self.state_dir):
-            remove_state(self.socket_dir, None)  # a short one elsewhere, made for this start
+        if not self.destroyed:
+            self.destroyed = True
+            stop_cluster(self.state_dir, self.bin_dir, self.socket_dir, keep=True)
 
     def _tool(
         self, name: str, args: Sequence[str], timeout: float = 120
@@ -203,6 +199,19 @@ def _read_tail(path: Path) -> str:
         return f"(no log: {exc})"
 
 
+def stop_cluster(
+    state_dir: Path, bin_dir: Path | None, socket_dir: Path | None, *, keep: bool
+) -> None:
+    """Stop the server of the state folder ``state_dir``; then delete the folder, or, with
+    ``keep`` (a cached cluster), only a socket folder made elsewhere for this start. For a
+    ``Cluster`` and for the cluster that pytest-xdist's controller knows from its record."""
+    shutdown(state_dir / "data", bin_dir, modes=("fast", "immediate"))
+    if not keep:
+        remove_state(state_dir, socket_dir)
+    elif socket_dir is not None and not socket_dir.is_relative_to(state_dir):
+        remove_state(socket_dir, None)
+
+
 def shutdown(data_dir: Path, bin_dir: Path | None, *, modes: Sequence[str]) -> None:
     """Stop the postmaster of ``data_dir``: pg_ctl in each mode, then SIGKILL.
 
@@ -253,7 +262,7 @@ def _data_owner(data_dir: Path) -> int | None:
     pg_ctl refuses root too, so root runs it as the owner of the data folder. The bin_dir
     comes from owner.json, which that owner could rewrite: never run it as root.
     """
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+    if not as_root():
         return None
     try:
         info = data_dir.lstat()

@@ -26,7 +26,7 @@ from typing import Any
 from .._core.errors import DatabaseError
 from .._core.fixes import URL_SETTINGS
 from .processes import pid_running, process_start
-from .sysuser import SERVER_USER, give_to, grant_traversal
+from .sysuser import SERVER_USER, as_root, give_to, grant_traversal
 
 OWNER_FILE = "owner.json"
 STATE_PREFIX = "run-"
@@ -48,9 +48,8 @@ def default_base_dir() -> Path:
 def prepare_base_dir(base_dir: Path | None) -> Path:
     """Create the base folder (default: ``default_base_dir()``) and return it."""
     base = base_dir or default_base_dir()
-    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
     # As root the server user must reach its state folder; listing stays private (0711).
-    mode = 0o711 if as_root else 0o700
+    mode = 0o711 if as_root() else 0o700
     try:
         base.mkdir(mode=mode, parents=True)
         base.chmod(mode)  # mkdir's mode is cut by the umask
@@ -63,7 +62,7 @@ def prepare_base_dir(base_dir: Path | None) -> Path:
         ) from None
     if base_dir is None:
         _check_base_dir(base)
-    if as_root:
+    if as_root():
         # e.g. pytest's /tmp/pytest-of-root is 0700: the server user must pass through it.
         grant_traversal(base)
     remove_dead_socket_dirs()
@@ -251,7 +250,7 @@ def remove_dead_socket_dirs(grace: float = SOCKET_DIR_GRACE_SECONDS) -> list[Pat
 
 def _socket_dir_owners() -> set[int]:
     owners = {os.getuid()}
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
+    if as_root():
         import pwd
 
         with contextlib.suppress(KeyError):

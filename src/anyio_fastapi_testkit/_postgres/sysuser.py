@@ -24,9 +24,14 @@ from . import children as children
 SERVER_USER = "testkit_postgres"  # the system user clusters run as when pytest runs as root
 
 
+def as_root() -> bool:
+    """Whether the kit runs as root (then the server runs as ``SERVER_USER``)."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
 def server_user() -> str | None:
     """PostgreSQL refuses to run as root: as root, run it as an unprivileged system user."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+    if not as_root():
         return None
     _ensure_system_user(SERVER_USER)
     return SERVER_USER

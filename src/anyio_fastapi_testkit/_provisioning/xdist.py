@@ -38,12 +38,11 @@ from .._postgres.cache import (
     remove_replaced,
     try_lock,
 )
-from .._postgres.cluster import shutdown
+from .._postgres.cluster import stop_cluster
 from .._postgres.state_folder import (
     STATE_PREFIX,
     open_private,
     prepare_base_dir,
-    remove_state,
     write_owner,
 )
 from .progress import terminal_line
@@ -462,12 +461,7 @@ def stop_recorded_server(record: dict[str, Any], run_id: str) -> None:
     finally:
         state_dir, bin_dir = record.get("state_dir"), record.get("bin_dir")
         if isinstance(state_dir, str):
-            state = Path(state_dir)
             recorded_bin = Path(bin_dir) if isinstance(bin_dir, str) else None
-            shutdown(state / "data", recorded_bin, modes=("fast", "immediate"))
             socket_dir = record.get("socket_dir")
             socket = Path(socket_dir) if isinstance(socket_dir, str) else None
-            if not record.get("keep"):
-                remove_state(state, socket)
-            elif socket is not None and not socket.is_relative_to(state):
-                remove_state(socket, None)
+            stop_cluster(Path(state_dir), recorded_bin, socket, keep=bool(record.get("keep")))
