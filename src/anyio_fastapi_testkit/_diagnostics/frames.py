@@ -10,7 +10,7 @@ import sys
 import sysconfig
 import traceback
 from collections.abc import Iterable
-from types import CodeType, TracebackType
+from types import CodeType, FrameType, TracebackType
 
 import pytest
 
@@ -29,6 +29,23 @@ def _library_dirs() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     folders = {paths["stdlib"], paths["purelib"], paths["platlib"]}
     return (*(os.path.join(folder, "") for folder in folders), _kit_dir())
+
+
+@functools.cache
+def _machinery_dirs() -> tuple[str, ...]:
+    names = ("anyio", "asyncio", __name__.split(".")[0], "trio", "pluggy")
+    modules = [sys.modules.get(name) for name in names]
+    folders = [os.path.dirname(m.__file__) + os.sep for m in modules if m and m.__file__]
+    # The standard library's own frames (threading, queue, contextlib, selectors) are noise too.
+    return (*folders, _pytest_dir(), os.path.join(sysconfig.get_paths()["stdlib"], ""))
+
+
+def without_machinery(frames: list[FrameType]) -> list[FrameType]:
+    """The frames that say where a task or thread waits: those of the event loop, pytest, the
+    standard library and the kit are dropped. Unlike ``is_user_code``, installed libraries
+    stay (a task waiting inside the database driver is worth seeing there)."""
+    machinery = _machinery_dirs()
+    return [f for f in frames if not f.f_code.co_filename.startswith(machinery)]
 
 
 def is_kit_file(filename: str) -> bool:

@@ -8,9 +8,7 @@ import asyncio
 import functools
 import gc
 import inspect
-import os
 import sys
-import sysconfig
 import threading
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,6 +20,7 @@ import anyio
 import pytest
 
 from .._core.clock import Timer, call_later, loop_poster
+from .frames import without_machinery
 
 MARKER = "testkit_timeout"
 TIMED_OUT = "_testkit_timed_out"
@@ -65,24 +64,6 @@ def _generator_of_step(awaitable: object) -> object:
     if awaitable is None or not inspect.isawaitable(awaitable):
         return None
     return next((ref for ref in gc.get_referents(awaitable) if inspect.isasyncgen(ref)), None)
-
-
-@functools.cache
-def _library_dirs() -> tuple[str, ...]:
-    names = ("anyio", "asyncio", __name__.split(".")[0], "trio", "pluggy")
-    modules = [sys.modules.get(name) for name in names]
-    folders = [os.path.dirname(m.__file__) + os.sep for m in modules if m and m.__file__]
-    # pytest's own folder, found through a public class defined there.
-    folders.append(os.path.dirname(inspect.getfile(pytest.Item)) + os.sep)
-    # The standard library's own frames (threading, queue, contextlib, selectors) are noise too.
-    folders.append(os.path.join(sysconfig.get_paths()["stdlib"], ""))
-    return tuple(folders)
-
-
-def _user_frames(frames: list[FrameType]) -> list[FrameType]:
-    """Frames of the test's and the app's code: the event loop's own internals are noise."""
-    library = _library_dirs()
-    return [f for f in frames if not f.f_code.co_filename.startswith(library)]
 
 
 def _format(title: str, frames: list[FrameType]) -> str:
@@ -129,7 +110,7 @@ def _busy_threads() -> list[tuple[str, list[FrameType]]]:
     return [
         (names.get(ident, str(ident)), user_frames)
         for ident, frame in sys._current_frames().items()
-        if ident != here and (user_frames := _user_frames(_thread_frames(frame)))
+        if ident != here and (user_frames := without_machinery(_thread_frames(frame)))
     ]
 
 
@@ -139,7 +120,7 @@ def task_report(in_file: str | None = None) -> str:
     reports = [
         _format(f"task {name}, awaiting at", user_frames)
         for name, frames in _running_tasks()
-        if (user_frames := _user_frames(frames))
+        if (user_frames := without_machinery(frames))
         and (in_file is None or any(f.f_code.co_filename == in_file for f in user_frames))
     ]
     reports += [_format(f"thread {name}, running", frames) for name, frames in _busy_threads()]
