@@ -1,7 +1,7 @@
 """testkit_session_dependency is found in the app shapes real projects use, on the installed
 FastAPI (in-process: the check reads the app, it needs no pytest sub-session).
 
-These tests break the day a FastAPI release hides its routes from the walk in _routes.py.
+These tests break the day a FastAPI release hides its routes from the walk in _http/routes.py.
 """
 
 from __future__ import annotations

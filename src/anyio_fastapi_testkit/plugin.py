@@ -49,7 +49,7 @@ FIXTURES_PLUGIN_NAME = "anyio_fastapi_testkit.fixtures"
 SERVER_LOSS_PLUGIN_NAME = "anyio_fastapi_testkit.server_loss"
 SESSION_PLUGIN_NAME = "anyio_fastapi_testkit.session"
 # What every async test uses: the backend and the shared loop. The guard that checks that the
-# test really runs on its backend is part of the test's wrapper (see _watched).
+# test really runs on its backend is part of the test's wrapper (see _diagnostics.watched).
 ASYNC_TEST_FIXTURES = ("anyio_backend", "_testkit_loop")
 
 

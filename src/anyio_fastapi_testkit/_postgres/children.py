@@ -6,7 +6,7 @@ cancelled) cannot end them itself: on Linux the kernel is asked to (``PR_SET_PDE
 such a child gets SIGKILL as soon as its parent dies. Elsewhere, the Alembic subprocess watches
 its parent itself (``WATCH_PARENT``); the server, which is meant to outlive the helper that
 started it (pg_ctl forks it, and a fork clears the setting), is ended by the next run's orphan
-cleanup (``_orphans``, ``_cache.stop_abandoned``).
+cleanup (``orphans``, ``cache.stop_abandoned``).
 
 Linux sends the signal when the *thread* that started the child ends, not the process. The
 only way in here is ``run``, which waits for the child in the thread that started it: that

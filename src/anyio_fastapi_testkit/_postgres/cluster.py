@@ -155,7 +155,7 @@ def new_cluster(
 ) -> Cluster:
     """A cluster in a new state folder in ``base``, not yet initialised.
 
-    ``owner_pid``: the pytest process it belongs to (default: this one), for ``_orphans``.
+    ``owner_pid``: the pytest process it belongs to (default: this one), for ``orphans``.
     """
     state_dir, socket_dir = new_state_dir(base, bin_dir, user, owner_pid)
     # hex: safe in URLs without escaping, and free of "%" that libpq would decode.

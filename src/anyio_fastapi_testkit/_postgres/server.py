@@ -5,9 +5,9 @@ In order: a configured URL; else a throwaway cluster made with the binaries of t
 Throwaway clusters live in a private state folder per run, and a run that dies without
 stopping its cluster has it stopped and deleted by the next run (see ``cleanup_orphans``).
 
-The parts: ``_binaries`` finds the binaries, ``_cluster`` runs a cluster in a folder of
-``_state_folder``, ``_sysuser`` runs it as an unprivileged user when pytest runs as root,
-and ``_orphans`` removes the clusters of dead runs.
+The parts: ``binaries`` finds the binaries, ``cluster`` runs a cluster in a folder of
+``state_folder``, ``sysuser`` runs it as an unprivileged user when pytest runs as root,
+and ``orphans`` removes the clusters of dead runs.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A base folder (per user) holds one state folder per cluster: its data, its log, its unix
 socket folder (or a short one elsewhere when the path is too long for a socket) and
-``owner.json``, which names the pytest process that made it (see ``_orphans``).
+``owner.json``, which names the pytest process that made it (see ``orphans``).
 
 A short socket folder elsewhere (``/tmp/testkit-sock-*``) is removed with its cluster's
 state folder, or at the stop of a cached cluster; one that a killed run left is removed by the

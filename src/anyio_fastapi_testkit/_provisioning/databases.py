@@ -5,7 +5,7 @@ that mark is somebody else's: the kit refuses to recreate or drop it. CREATE DAT
 COMMENT are two statements, which a kill can separate: so the kit creates each database under
 a name of its own (``PENDING_PREFIX``, the run's token, a nonce), marks it, and only then
 renames it. A database under a final name is therefore always marked; an unmarked one under a
-pending name is a half-made one of the kit's, dropped once its run is gone (see ``_owned``).
+pending name is a half-made one of the kit's, dropped once its run is gone (see ``owned``).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def database_url(admin_url: URL, name: str, driver: Driver | None) -> URL:
 
 def ownership_comment(run_id: str, *, locked: bool = False) -> str:
     """The comment that marks a database as made by run ``run_id``; ``locked``: guarded by
-    the run's advisory lock (see ``_liveness``), which the comment names."""
+    the run's advisory lock (see ``liveness``), which the comment names."""
     return f"{OWNERSHIP_MARK}; run {run_id}" + (lock_clause(run_token(run_id)) if locked else "")
 
 
@@ -182,7 +182,7 @@ def drop_database(admin_url: URL, name: str) -> None:
 
 def drop_leftover(admin_url: URL, name: str) -> None:
     """Drop database ``name`` if it is the kit's or a half-made one of the kit's (pending
-    name); nothing if it does not exist. Its run must be gone: see ``_owned``."""
+    name); nothing if it does not exist. Its run must be gone: see ``owned``."""
     _check_name(name)
     with connect_admin(admin_url) as conn:
         if not _exists(conn, name):

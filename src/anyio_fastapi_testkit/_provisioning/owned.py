@@ -38,7 +38,7 @@ def marked_databases(admin_url: URL) -> dict[str, str]:
 
 
 def pending_databases(admin_url: URL) -> list[str]:
-    """Databases the kit is making, or left half-made (see ``_databases.PENDING_PREFIX``)."""
+    """Databases the kit is making, or left half-made (see ``databases.PENDING_PREFIX``)."""
     with connect_admin(admin_url) as conn:
         return _pending(conn)
 
@@ -84,7 +84,7 @@ def drop_dead_runs(admin_url: URL) -> tuple[list[str], dict[str, str]]:
     left, and must not stop this run.
 
     A run takes its lock before it makes its first database and holds it until it has
-    dropped its last (see ``_liveness``), so a free lock means the run was killed (or has
+    dropped its last (see ``liveness``), so a free lock means the run was killed (or has
     just finished, and drops them itself). Databases without the kit's mark and a lock in
     it (somebody else's, or a run's from before the kit took locks) are never touched.
     """

@@ -51,7 +51,7 @@ from .xdist import (
 
 DEFAULT_BASE_NAME = "app"  # test_app, test_app_template for the kit's own server
 # On a configured server, which other runs may share, names carry the run's token
-# (test_appdb_1a2b3c4d, test_appdb_1a2b3c4d_template) and the run holds its lock (_liveness).
+# (test_appdb_1a2b3c4d, test_appdb_1a2b3c4d_template) and the run holds its lock (liveness).
 # The kit's own cluster is the run's alone (a throwaway; or the cache, under its flock), and
 # keeps fixed names: its cached template and spares are found by name by the next run.
 
@@ -205,7 +205,7 @@ class TestDatabases:
 
     @staticmethod
     def _allow(admin: URL, template: str, working: str) -> None:
-        """Let engines of this process connect to these databases of the kit's (see _foreign)."""
+        """Let engines of this process connect to these databases of the kit's (foreign_guard)."""
         guard().allow(admin.port, (template, working, spare_name(template, working)))
 
     def _set_env(self, url: URL) -> None:

@@ -158,7 +158,7 @@ class _RunState:
     plan: ServerPlan
     lock: CacheLock | None = None
     controller_input: dict[str, Any] | None = None  # handed to each xdist worker
-    run_lock: _ControllerRunLock | None = None  # on a configured server (see _liveness)
+    run_lock: _ControllerRunLock | None = None  # on a configured server (see liveness)
 
 
 _STATE_KEY = pytest.StashKey[_RunState]()
@@ -276,7 +276,7 @@ class _LoadForFinish:
 
 
 class _ControllerRunLock:
-    """The controller's share of the run's lock on a configured server (see ``_liveness``).
+    """The controller's share of the run's lock on a configured server (see ``liveness``).
 
     Held from configure until the controller has dropped the run's databases, so that the run
     counts as alive also when no worker holds the lock: after the worker that built the
@@ -415,8 +415,8 @@ def _worker_plan(given: dict[str, Any], store: CacheStore | None) -> ServerPlan:
 def _start_shared_run(cache: ClusterCache | None) -> dict[str, Any]:
     base = prepare_base_dir(None)
     # Named like a state folder, with owner.json: a killed controller's is an orphan the next
-    # run removes (see _orphans), as it removes the throwaway cluster a worker started in the
-    # controller's name; a cached one is stopped by _cache.stop_abandoned.
+    # run removes (see orphans), as it removes the throwaway cluster a worker started in the
+    # controller's name; a cached one is stopped by cache.stop_abandoned.
     folder = Path(tempfile.mkdtemp(prefix=f"{STATE_PREFIX}xdist-", dir=base))
     write_owner(folder, None, None)
     return {
