@@ -151,7 +151,7 @@ MKDOCS = shutil.which("mkdocs", path=str(Path(sys.executable).parent)) or shutil
 
 @pytest.mark.skipif(
     importlib.util.find_spec("mkdocs") is None or MKDOCS is None,
-    reason="mkdocs is not installed (pip install -e '.[docs]')",
+    reason="mkdocs is not installed (pip install -e . --group docs)",
 )
 def test_the_site_builds_without_a_warning(tmp_path: Path) -> None:
     assert MKDOCS is not None
