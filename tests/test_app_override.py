@@ -142,13 +142,15 @@ def test_each_app_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
         return made
 
     checked: list[object] = []
-    check = fixtures.check_uses_dependency
+    from anyio_fastapi_testkit._http import app as http_app
+
+    check = http_app.check_uses_dependency
 
     def counting_check(app: object, dependency: object, path: str) -> None:
         checked.append(app)
         check(app, dependency, path)
 
-    monkeypatch.setattr(fixtures, "check_uses_dependency", counting_check)
+    monkeypatch.setattr(http_app, "check_uses_dependency", counting_check)
 
     class Request:  # what the bindings ask of pytest's request: the test's `app`
         def __init__(self, app: FastAPI) -> None:

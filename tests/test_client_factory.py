@@ -52,7 +52,7 @@ async def ping(request: Request):
 NO_DATABASE = """
 
 def test_zz_no_database_was_started(request):
-    from anyio_fastapi_testkit.fixtures import test_databases
+    from anyio_fastapi_testkit._provisioning.run_databases import test_databases
 
     assert not test_databases(request.config).ready
 """

@@ -101,6 +101,32 @@ def test_loading_the_plugin_loads_no_database_library() -> None:
     assert done.stdout.strip() == "[]"
 
 
+NO_DATABASE_TESTS = """
+import sys
+
+
+async def test_async(anyio_backend):
+    pass
+
+
+def test_sync():
+    pass
+
+
+def test_zz_nothing_of_the_database_stack_was_loaded():
+    stack = ("sqlalchemy", "psycopg", "asyncpg", "httpx", "starlette")
+    loaded = [name for name in stack if name in sys.modules]
+    assert loaded == []
+"""
+
+
+def test_a_run_without_the_database_loads_no_database_library(project: Project) -> None:
+    # The plugin registers the fixtures module in every run: its database and HTTP stacks
+    # are loaded by the fixtures that use them.
+    project.module("test_plain", NO_DATABASE_TESTS)
+    project.run("-p", "no:randomly").assert_outcomes(passed=3)
+
+
 def test_the_fixtures_module_makes_its_anyio_backend_copy_on_access() -> None:
     from anyio_fastapi_testkit import fixtures
 

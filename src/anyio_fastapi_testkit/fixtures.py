@@ -12,34 +12,36 @@ import contextlib
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-from sqlalchemy.orm import Session
 
 from ._core.backends import ANYIO_BACKEND_DOC, backend_name
 from ._core.config import Settings, get_settings, load_once
 from ._core.errors import ConfigError
 from ._core.imports import import_from_path
-from ._diagnostics.queries import QueryCounter, QueryLimit
 from ._diagnostics.timeouts import timeout_for
 from ._diagnostics.watched import AROUND_CALL_KEY, runs_watched
-from ._http.app import ASGIApp, check_uses_dependency, load_app, running_lifespan
-from ._http.client import ClientFactory, http_library, override_dependencies
-from ._http.live_server import live_server as serve_live
-from ._http.websocket import WebSocketConnect, websocket_connector
-from ._isolation.dependency import AsyncDatabase, is_async_dependency
-from ._isolation.factories import bound_factories, load_factories
-from ._isolation.sessionmaker import bound_sessionmaker, check_sessionmaker, session_options
-from ._isolation.sync import SyncDatabase, SyncTestTransaction
-from ._isolation.transaction import TRANSACTION_KEY, TestTransaction
-from ._provisioning.run_databases import (
-    DatabaseURL,
-    test_databases,
-)
+from ._isolation.stash import TRANSACTION_KEY
+
+# The database and HTTP stacks (SQLAlchemy, psycopg, httpx, Starlette) are imported by the
+# fixtures that use them, not with this module, which the plugin registers in every run:
+# a run, or a test, that needs no database does not pay for loading them.
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+    from sqlalchemy.orm import Session
+
+    from ._diagnostics.queries import QueryCounter, QueryLimit
+    from ._http.app import ASGIApp
+    from ._http.client import ClientFactory
+    from ._http.websocket import WebSocketConnect
+    from ._isolation.dependency import AsyncDatabase
+    from ._isolation.sync import SyncDatabase, SyncTestTransaction
+    from ._isolation.transaction import TestTransaction
+    from ._provisioning.run_databases import DatabaseURL
+
 
 __all__ = [
     "anyio_backend",  # noqa: F822 (made on access: see __getattr__)
@@ -83,6 +85,9 @@ def preload_app(config: pytest.Config) -> None:
     settings = get_settings(config)
     if settings.app is None:
         return
+    from ._http.app import load_app
+    from ._http.client import http_library
+
     app_path = settings.app
     with contextlib.suppress(ConfigError):  # kept, and reported by the app fixture
         load_once(config, _APP_KEY, lambda: load_app(app_path))
@@ -101,6 +106,8 @@ def app(_testkit_config: pytest.Config) -> ASGIApp:
     session at the first test that needs the app (see the plugin).
     """
     __tracebackhide__ = True
+    from ._http.app import load_app
+
     config = _testkit_config
     settings = get_settings(config)
     if settings.app is None:
@@ -150,6 +157,8 @@ _STARTED_KEY = pytest.StashKey[_StartedApps]()
 @contextlib.asynccontextmanager
 async def _running(app: ASGIApp, config: pytest.Config) -> AsyncIterator[ASGIApp]:
     __tracebackhide__ = True
+    from ._http.app import running_lifespan
+
     settings = get_settings(config)
     async with running_lifespan(
         app,
@@ -205,6 +214,8 @@ def _started_app(app: ASGIApp, app_lifespan: ASGIApp, config: pytest.Config) -> 
 
 def _client_factory(app: ASGIApp, transaction: TestTransaction) -> ClientFactory:
     __tracebackhide__ = True
+    from ._http.client import ClientFactory, http_library
+
     # The settings come through the transaction: a `request` argument would cost every test
     # a lookup of it by pytest.
     settings = transaction.database.databases.settings
@@ -280,6 +291,8 @@ def websocket_connect(
     Cost: nothing until a connection is opened.
     """
     __tracebackhide__ = True
+    from ._http.websocket import websocket_connector
+
     return websocket_connector(_started_app(app, app_lifespan, _testkit_config))
 
 
@@ -287,6 +300,8 @@ def websocket_connect(
 async def _testkit_live_server(app_lifespan: ASGIApp, anyio_backend: object) -> AsyncIterator[str]:
     """Internal to the kit: the server per backend; tests use ``live_server``."""
     __tracebackhide__ = True
+    from ._http.live_server import live_server as serve_live
+
     async with serve_live(app_lifespan, backend_name(anyio_backend)) as url:
         yield url
 
@@ -317,6 +332,8 @@ def dependency_overrides(
     removes is undone at teardown, also when the test fails. Cost: two dict copies.
     """
     __tracebackhide__ = True
+    from ._http.client import override_dependencies
+
     with override_dependencies(app) as live:
         yield live
 
@@ -333,6 +350,8 @@ def database_url(_testkit_config: pytest.Config) -> DatabaseURL:
     are reused, see ``--testkit-fresh-db``); later uses are free.
     """
     __tracebackhide__ = True
+    from ._provisioning.run_databases import test_databases
+
     return test_databases(_testkit_config).working_url()
 
 
@@ -360,6 +379,8 @@ class _AppBindings:
         __tracebackhide__ = True
         app_object: ASGIApp = request.getfixturevalue("app")
         if id(app_object) not in self._checked:
+            from ._http.app import check_uses_dependency
+
             assert self.dependency is not None and self.dependency_path is not None
             check_uses_dependency(app_object, self.dependency, self.dependency_path)
             self._checked[id(app_object)] = app_object  # kept: its id is not reused
@@ -382,6 +403,9 @@ def app_bindings(config: pytest.Config) -> _AppBindings:
 
 def _load_bindings(settings: Settings) -> _AppBindings:
     __tracebackhide__ = True
+    from ._isolation.factories import load_factories
+    from ._isolation.sessionmaker import check_sessionmaker, session_options
+
     maker = None
     if settings.sessionmaker is not None:
         maker = check_sessionmaker(
@@ -407,6 +431,9 @@ async def _testkit_async_database(
 ) -> AsyncIterator[AsyncDatabase]:
     """Internal to the kit: the test database, async; tests use ``db_engine``."""
     __tracebackhide__ = True
+    from ._isolation.dependency import AsyncDatabase
+    from ._provisioning.run_databases import test_databases
+
     database = AsyncDatabase(test_databases(_testkit_config), backend_name(anyio_backend))
     try:
         yield database
@@ -418,6 +445,9 @@ async def _testkit_async_database(
 def _testkit_sync_database(_testkit_config: pytest.Config) -> Iterator[SyncDatabase]:
     """Internal to the kit: the test database, sync; tests use ``db_session_sync``."""
     __tracebackhide__ = True
+    from ._isolation.sync import SyncDatabase
+    from ._provisioning.run_databases import test_databases
+
     database = SyncDatabase(test_databases(_testkit_config))
     try:
         yield database
@@ -461,6 +491,8 @@ def _testkit_sync_transaction(
 ) -> Iterator[SyncTestTransaction]:
     """Internal to the kit: the test's sync transaction; tests use ``db_session_sync``."""
     __tracebackhide__ = True
+    from ._isolation.sync import SyncTestTransaction
+
     bindings = app_bindings(request.config)
     transaction = SyncTestTransaction(_testkit_sync_database, bindings.session_options)
     databases = _testkit_sync_database.databases
@@ -490,6 +522,12 @@ def _testkit_transaction(
     # async fixture of the test's own comes after this one (see promote_to_closer), the closer
     # fixture ends it in its teardown.
     __tracebackhide__ = True
+    from ._http.client import override_dependencies
+    from ._isolation.dependency import is_async_dependency
+    from ._isolation.factories import bound_factories
+    from ._isolation.sessionmaker import bound_sessionmaker
+    from ._isolation.transaction import TestTransaction
+
     database = _testkit_async_database
     bindings = app_bindings(request.config)
     transaction = TestTransaction(database, bindings.session_options)
@@ -642,10 +680,9 @@ def db_session(_testkit_transaction: TestTransaction) -> AsyncSession:
     ``testkit_share_session = true`` (for suites written for the shared-session recipe) the
     app's requests get this very session instead, with the test's objects, and a rollback in
     the app also undoes what the test flushed and expires its objects.
-    The session object is kept for the next test when the test leaves it in its own
-    savepoint or in no transaction (its objects are then expunged, and ``autoflush``,
-    ``expire_on_commit`` and ``info`` reset); otherwise it is closed and the next test gets a
-    new one. asyncio only (skipped on trio). Cost: nothing beyond ``db_connection``'s.
+    A new session per test: listeners or ``info`` a test puts on it do not reach the next.
+    asyncio only (skipped on trio). Cost: one SAVEPOINT at its first statement, beyond
+    ``db_connection``'s.
     """
     __tracebackhide__ = True
     return _testkit_transaction.session_now()
@@ -681,6 +718,8 @@ def count_queries() -> Iterator[QueryCounter]:
     Cost: nothing outside blocks; inside, a listener call per statement (5-10 us measured).
     """
     __tracebackhide__ = True
+    from ._diagnostics.queries import QueryCounter
+
     counter = QueryCounter()
     try:
         yield counter
@@ -699,6 +738,8 @@ def assert_max_queries(request: pytest.FixtureRequest) -> Iterator[QueryLimit]:
     checked. Cost: ``count_queries``'s.
     """
     __tracebackhide__ = True
+    from ._diagnostics.queries import QueryLimit
+
     limit = QueryLimit(exact=False, fixture="assert_max_queries", test=request.node.nodeid)
     try:
         yield limit
@@ -714,6 +755,8 @@ def assert_num_queries(request: pytest.FixtureRequest) -> Iterator[QueryLimit]:
     noticed and the number kept tight. Cost: ``count_queries``'s.
     """
     __tracebackhide__ = True
+    from ._diagnostics.queries import QueryLimit
+
     limit = QueryLimit(exact=True, fixture="assert_num_queries", test=request.node.nodeid)
     try:
         yield limit

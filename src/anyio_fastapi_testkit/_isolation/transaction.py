@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import pytest
 from anyio.abc import TaskGroup
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
@@ -19,10 +18,6 @@ from sqlalchemy.orm import Session
 from .._diagnostics.timeouts import Limit, real_move_on_after, timeout_failure
 from .database import DEFERRED, SAVEPOINT_MODE, SharedConnection
 from .request_sessions import request_session_class
-
-# The running test's transaction, on its item, from the transaction fixture's set-up to its
-# teardown.
-TRANSACTION_KEY = pytest.StashKey["TestTransaction"]()
 
 
 def _anyio_task_id() -> object:

@@ -14,12 +14,10 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING
 
-import psycopg
 import pytest
 
 from .._core.errors import DatabaseError, exception_chain
 from .._diagnostics.timeouts import timed_out
-from .._postgres.server import PROBE_TIMEOUT, server_answers_at
 
 if TYPE_CHECKING:
     from .run_databases import TestDatabases
@@ -35,8 +33,9 @@ def _from_the_database(exc: BaseException) -> bool:
     for link in exception_chain(exc):
         module = type(link).__module__
         if (
-            isinstance(link, (psycopg.Error, OSError, DatabaseError))
-            or module.startswith(("asyncpg", "sqlalchemy.exc"))
+            isinstance(link, (OSError, DatabaseError))
+            # By module: a run that never loaded a driver (nor SQLAlchemy) does not load it here.
+            or module.startswith(("psycopg", "asyncpg", "sqlalchemy.exc"))
             or timed_out(link)  # a server that stopped answering: nothing came back at all
         ):
             return True
@@ -45,11 +44,15 @@ def _from_the_database(exc: BaseException) -> bool:
 
 def server_answers(databases: TestDatabases) -> bool:
     """Whether the server of ``databases`` accepts a connection and answers ``SELECT 1``."""
+    from .._postgres.server import server_answers_at
+
     admin = databases.admin_url
     return True if admin is None else server_answers_at(admin)  # never started: nothing was lost
 
 
 def lost_message(databases: TestDatabases, nodeid: str, when: str, not_run: int) -> str:
+    from .._postgres.server import PROBE_TIMEOUT
+
     return (
         f"The PostgreSQL server {databases.description} stopped answering during {nodeid}: "
         f"its {when} failed on a database error, and a new connection to the server failed "
