@@ -634,13 +634,15 @@ def test_a_configured_server(
         run_and_scan(
             project, scanner, observed, roots, "xdist", ["-n", "2"], ["alembic", "test"], socket_dir
         )
+        # The first run kept its template on the server: the doctor builds one anew, so that
+        # the scanner also looks while Alembic runs for it.
         run_and_scan(
             project,
             scanner,
             observed,
             roots,
             "doctor",
-            ["--testkit-doctor"],
+            ["--testkit-fresh-db", "--testkit-doctor"],
             ["alembic"],
             socket_dir,
         )
