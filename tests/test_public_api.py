@@ -113,6 +113,11 @@ def test_sync():
     pass
 
 
+async def test_failing():
+    # A failure: the kit's report hook asks whether the database server was lost.
+    assert 1 == 2
+
+
 def test_zz_nothing_of_the_database_stack_was_loaded():
     stack = ("sqlalchemy", "psycopg", "asyncpg", "httpx", "starlette")
     loaded = [name for name in stack if name in sys.modules]
@@ -124,7 +129,7 @@ def test_a_run_without_the_database_loads_no_database_library(project: Project) 
     # The plugin registers the fixtures module in every run: its database and HTTP stacks
     # are loaded by the fixtures that use them.
     project.module("test_plain", NO_DATABASE_TESTS)
-    project.run("-p", "no:randomly").assert_outcomes(passed=3)
+    project.run("-p", "no:randomly").assert_outcomes(passed=3, failed=1)
 
 
 def test_the_fixtures_module_makes_its_anyio_backend_copy_on_access() -> None:

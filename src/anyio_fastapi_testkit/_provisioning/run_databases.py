@@ -38,6 +38,7 @@ from .owned import drop_databases_except, drop_dead_runs
 from .progress import Progress
 from .schema import build_schema
 from .spares import SPARE_WAIT, SpareMaker, claim_spare, spare_name, spares_of
+from .stash import DATABASES_KEY
 from .template_check import TEMPLATE_RUN_ID, record_template
 from .xdist import (
     ServerPlan,
@@ -478,13 +479,10 @@ class TestDatabases:
             return is_ours(conn, name)
 
 
-_DATABASES_KEY = pytest.StashKey[TestDatabases]()
-
-
 def test_databases(config: pytest.Config) -> TestDatabases:
     """This process's TestDatabases (made on first use, closed at unconfigure)."""
     __tracebackhide__ = True
-    databases = config.stash.get(_DATABASES_KEY, None)
+    databases = config.stash.get(DATABASES_KEY, None)
     if databases is None:
         databases = TestDatabases(
             get_settings(config),
@@ -492,17 +490,12 @@ def test_databases(config: pytest.Config) -> TestDatabases:
             worker_id=xdist_worker_id(config),
             plan=server_plan(config),
         )
-        config.stash[_DATABASES_KEY] = databases
+        config.stash[DATABASES_KEY] = databases
     return databases
 
 
-def current_test_databases(config: pytest.Config) -> TestDatabases | None:
-    """The run's databases, if a test or the plugin has asked for them (never builds them)."""
-    return config.stash.get(_DATABASES_KEY, None)
-
-
 def close_test_databases(config: pytest.Config) -> None:
-    databases = config.stash.get(_DATABASES_KEY, None)
+    databases = config.stash.get(DATABASES_KEY, None)
     if databases is not None:
         databases.close()
 

@@ -18,6 +18,7 @@ import pytest
 
 from .._core.errors import DatabaseError, exception_chain
 from .._diagnostics.timeouts import timed_out
+from .stash import current_test_databases
 
 if TYPE_CHECKING:
     from .run_databases import TestDatabases
@@ -86,7 +87,6 @@ def pytest_runtest_makereport(
         else:
             report.longrepr = "The PostgreSQL server was lost (see the first error)."
         return report
-    from .run_databases import current_test_databases  # loaded with the fixtures already
 
     databases = current_test_databases(config)
     if databases is None or not _from_the_database(call.excinfo.value) or server_answers(databases):
