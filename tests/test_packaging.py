@@ -117,7 +117,10 @@ def test_the_wheel_metadata(dist: Path) -> None:
     assert not [r for r in requires if "pytest-xdist" in r or "mkdocs" in r or "ruff" in r]
     # The long description is the README, rendered as Markdown on the package index.
     assert metadata["Description-Content-Type"] == "text/markdown"
-    assert metadata.get_payload() == (ROOT / "README.md").read_text()
+    # The body is UTF-8 (the README is not ASCII); read it as bytes, as an index does.
+    body = metadata.get_payload(decode=True)
+    assert isinstance(body, bytes)
+    assert body.decode() == (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_the_sdist_holds_the_license_readme_changelog_and_sources(dist: Path) -> None:
