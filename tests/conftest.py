@@ -84,7 +84,7 @@ class Project:
         """
         options: list[str] = ["-p", "no:randomly"]
         after: list[str] = []
-        if not autoload and "PYTEST_DISABLE_PLUGIN_AUTOLOAD" not in os.environ:
+        if not autoload and _AUTOLOAD_FLAG and "PYTEST_DISABLE_PLUGIN_AUTOLOAD" not in os.environ:
             options.append("--disable-plugin-autoload")
             for name in SUBSESSION_PLUGINS:
                 if f"no:{name}" not in args:
@@ -110,6 +110,9 @@ class Project:
 # because most of the kit's users have it installed beside the kit, and the project ini
 # sets its option; xdist for ``-n`` (its workers get these options with the command line).
 SUBSESSION_PLUGINS = ("anyio_fastapi_testkit.plugin", "asyncio", "xdist", "timeout")
+# --disable-plugin-autoload, and -p by entry point name with autoload off, came with pytest
+# 8.4: on older releases (.ci/lower-bounds) the sub-sessions load the plugins as installed.
+_AUTOLOAD_FLAG = pytest.version_tuple >= (8, 4)
 # `-p asyncio` names the entry point, but pytest first marks a module of that name (the
 # standard library's, imported already) for assertion rewriting, and warns that it cannot.
 _ASYNCIO_BY_NAME = (
