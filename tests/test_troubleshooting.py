@@ -40,9 +40,6 @@ RAISED_CLASSES = {"UsageError", "RuntimeError", "TypeError", "ValueError", "Keyb
 
 # Phrases of messages that need no entry, with the reason.
 NOT_FOR_USERS: dict[str, str] = {
-    "no reply of the tests' shared connection is left to": (
-        "internal assertion of the shared connection's reply queue"
-    ),
     "the kit's statements between two tests failed": (
         "internal: re-raised inside the kit, which reports it as the server-loss or timeout "
         "message documented on the page"

@@ -59,8 +59,9 @@ class TestInterrupted(Exception):
         return KeyboardInterrupt(self.signal_name).with_traceback(chain)
 
 
-def _ours_to_handle(signum: int) -> bool:
-    current = signal.getsignal(signum)
+def _ours_to_handle(signum: int, current: Any) -> bool:
+    """Whether the kit may take ``signum``, whose handler is ``current``: nobody else
+    handles it."""
     if signum == signal.SIGINT:
         return current is signal.default_int_handler
     return current in (signal.SIG_DFL, None) or current is _terminate
@@ -112,7 +113,9 @@ def cleaning_up() -> Iterator[None]:
 def stop_on_sigterm() -> None:
     """Until ``restore_sigterm()``, SIGTERM raises KeyboardInterrupt as Ctrl-C does (main
     thread only, and only where nobody else handles SIGTERM)."""
-    if threading.current_thread() is threading.main_thread() and _ours_to_handle(signal.SIGTERM):
+    if threading.current_thread() is threading.main_thread() and _ours_to_handle(
+        signal.SIGTERM, signal.getsignal(signal.SIGTERM)
+    ):
         signal.signal(signal.SIGTERM, _terminate)
 
 
@@ -124,21 +127,22 @@ def restore_sigterm() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-@contextlib.contextmanager
-def _handlers(handler: Callable[[int, FrameType | None], None]) -> Iterator[list[int]]:
-    installed: list[int] = []
+def _install(handler: Callable[[int, FrameType | None], None]) -> dict[int, Any]:
+    """Make ``handler`` the handler of each of SIGINT and SIGTERM that nobody else handles
+    (main thread only); return the handlers it replaced, for ``_restore``."""
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in _HANDLED:
-            if _ours_to_handle(signum):
-                previous[signum] = signal.getsignal(signum)
+            current = signal.getsignal(signum)
+            if _ours_to_handle(signum, current):
+                previous[signum] = current
                 signal.signal(signum, handler)
-                installed.append(signum)
-    try:
-        yield installed
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
+    return previous
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 async def run_interruptible(
@@ -163,12 +167,19 @@ async def run_interruptible(
 
     result = None
     waiting: TracebackType | None = None
-    with _handlers(on_signal), scope:
-        try:
-            result = await test(**kwargs)
-        except anyio.get_cancelled_exc_class() as exc:
-            waiting = exc.__traceback__
-            raise
+    # Installed per test, not once per run: between tests (pytest's own code, sync fixtures
+    # and tests, an asyncio.run() or trio.run() of theirs, which take SIGINT only where its
+    # handler is Python's default) the signals keep the handlers they had before the kit.
+    previous = _install(on_signal)
+    try:
+        with scope:
+            try:
+                result = await test(**kwargs)
+            except anyio.get_cancelled_exc_class() as exc:
+                waiting = exc.__traceback__
+                raise
+    finally:
+        _restore(previous)
     if caught:
         name, report = caught[0]
         raise TestInterrupted(name, nodeid, report, waiting)

@@ -26,7 +26,7 @@ from .._core.clock import now
 from .._diagnostics.queries import NOT_COUNTED
 from .._provisioning.run_databases import TestDatabases
 from .leaks import leak_check
-from .script import ScriptReply
+from .script import run_script
 
 SAVEPOINT_MODE: Final = "create_savepoint"
 # The outer transaction is begun anew at the end of every test, so that now() (the start of
@@ -34,9 +34,6 @@ SAVEPOINT_MODE: Final = "create_savepoint"
 # many seconds (tests that do not use the database in between), it is begun anew before the
 # next test takes the connection, so that now() is never older than this at a test's start.
 FRESH_FOR: Final = 1.0
-# What SharedConnection.end_test(defer=True) returns when the leak check's rows are still on their
-# way (read them with take_deferred()).
-DEFERRED: Final = object()
 _IDLE: Final = pq.TransactionStatus.IDLE
 
 
@@ -56,7 +53,7 @@ class SharedConnection:
     test as in production, while SQLAlchemy's view of the connection (its transaction, with
     no savepoint left open) stays true. One round trip per test, where a connection per test
     costs a pool checkout, BEGIN, ROLLBACK and the pool's reset. The driver keeps its prepared
-    statements (see ``ScriptReply``).
+    statements (see ``run_script``).
     """
 
     def __init__(self, databases: TestDatabases, backend: str) -> None:
@@ -70,12 +67,6 @@ class SharedConnection:
         # The driver's own connection under the shared one: the kit's statements between
         # tests go through it, skipping SQLAlchemy's per-statement work.
         self._raw: Any = None
-        # The reply to the script that ended the last test, sent but not read yet (see
-        # end_test(defer=True)); the connection takes no other statement until it is read.
-        self._pending: ScriptReply | None = None
-        # Set when that reply did not come or was an error: the connection is in an unknown
-        # state, and the next test that needs it gets a new one.
-        self._broken = False
         # When the server's transaction on the shared connection was last begun (the kit's
         # clock), for FRESH_FOR.
         self._began = 0.0
@@ -100,8 +91,6 @@ class SharedConnection:
         """The session's connection, inside its outer transaction (begun again if a test ended
         it, and begun anew on the server if it began more than ``FRESH_FOR`` seconds ago)."""
         __tracebackhide__ = True
-        if self._broken or self._pending is not None:
-            await self.discard_connection()
         connection = self._connection
         if connection is None or connection.closed or connection.invalidated:
             engine = await self.engine()
@@ -112,7 +101,7 @@ class SharedConnection:
         if current and now() - self._began >= FRESH_FOR:
             if connection.get_nested_transaction() is None:
                 try:
-                    await self._end_and_count(None, defer=False)
+                    await self._end_and_count(None)
                 except BaseException:
                     await self.discard_connection()  # in an unknown state
                     raise
@@ -135,8 +124,6 @@ class SharedConnection:
         connection = self._connection
         if (
             connection is not None
-            and not self._broken
-            and self._pending is None
             and not connection.closed
             and not connection.invalidated
             and self._outer_is_current(connection)
@@ -154,7 +141,7 @@ class SharedConnection:
         Dialect interface), wrapped on this engine's dialect instance only. Not for the round
         trip alone: psycopg drops its whole cache of prepared statements when a command's
         status is ROLLBACK, which is the status of ``ROLLBACK TO SAVEPOINT`` too (see
-        ``ScriptReply``; ``tests/test_shared_connection.py`` checks that they survive).
+        ``run_script``; ``tests/test_shared_connection.py`` checks that they survive).
         """
         dialect = engine.sync_engine.dialect
         rollback = dialect.do_rollback_to_savepoint
@@ -175,9 +162,7 @@ class SharedConnection:
             and connection.sync_connection.get_transaction() is outer.sync_transaction
         )
 
-    async def end_test(
-        self, used: bool, session: AsyncSession | None, *, defer: bool = False
-    ) -> Any:
+    async def end_test(self, used: bool, session: AsyncSession | None) -> Any:
         """After a test: close its ``session``, undo its work on the shared connection, and
         count its tables' rows for the leak check (``LeakCheck.check``), which this
         returns.
@@ -194,9 +179,6 @@ class SharedConnection:
         or ``.rollback()``), or left a savepoint SQLAlchemy would not roll back, whatever it
         began since is rolled back instead, and None is returned: the leak check then counts
         on the detector's own connection.
-
-        With ``defer`` (psycopg), the script is sent but its reply is not waited for: this
-        returns ``DEFERRED``, and ``take_deferred()``, outside the loop, returns the rows.
         """
         connection = self._connection
         if connection is None or not self._outer_is_current(connection):
@@ -223,9 +205,9 @@ class SharedConnection:
                 await self.end_outer_transaction()
                 return None
         query = self.leaks.query()
-        return await self._end_and_count(query, defer) or []
+        return await self._end_and_count(query) or []
 
-    async def _end_and_count(self, query: str | None, defer: bool) -> Any:
+    async def _end_and_count(self, query: str | None) -> Any:
         """Send ``ROLLBACK; BEGIN``, then ``query``, the leak check's count (when not None),
         through the driver."""
         raw = self._raw
@@ -244,24 +226,7 @@ class SharedConnection:
             return None if query is None else await raw.fetch(query)
         if query is not None:
             script = f"{script}; {query}"
-        reply = await ScriptReply.send(raw, script)
-        if defer:
-            self._pending = reply
-            return DEFERRED
-        return await reply.wait()
-
-    def take_deferred(self, timeout: float | None) -> list[tuple[Any, ...]]:
-        """The rows of the reply ``end_test(defer=True)`` left to read, waited for off the loop
-        for at most ``timeout`` seconds (TimeoutError). After any error the connection is
-        marked broken: the next test gets a new one."""
-        reply, self._pending = self._pending, None
-        if reply is None:
-            raise RuntimeError("No reply of the tests' shared connection is left to read.")
-        try:
-            return reply.wait_blocking(timeout)
-        except BaseException:
-            self._broken = True
-            raise
+        return await run_script(raw, script)
 
     async def end_outer_transaction(self) -> None:
         """Roll back whatever transaction is open on the shared connection."""
@@ -273,7 +238,6 @@ class SharedConnection:
         """Forget a shared connection in an unknown state; the next test opens a new one."""
         connection, self._connection, self._outer = self._connection, None, None
         self._raw = None
-        self._pending, self._broken = None, False
         if connection is not None:
             with anyio.CancelScope(shield=True):
                 try:
@@ -283,8 +247,6 @@ class SharedConnection:
 
     async def dispose(self) -> None:
         try:
-            if self._broken or self._pending is not None:
-                await self.discard_connection()  # a reply still on its way, or none to come
             if self._connection is not None:
                 await self.end_outer_transaction()
                 await self._connection.close()

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from .._diagnostics.timeouts import Limit, real_move_on_after, timeout_failure
-from .database import DEFERRED, SAVEPOINT_MODE, SharedConnection
+from .database import SAVEPOINT_MODE, SharedConnection
 from .request_sessions import request_session_class
 
 
@@ -193,10 +193,9 @@ class TestTransaction:
                 first_error = first_error or exc
         return first_error
 
-    async def end(self, *, defer: bool = False) -> Any:
+    async def end(self) -> Any:
         """End the test's database work: close the test's session and roll back (see
-        ``SharedConnection.end_test``); return the leak check's rows for ``check_leaks``, or
-        ``DEFERRED`` (with ``defer``) when they are to be read by ``finish_after_call()``."""
+        ``SharedConnection.end_test``); return the leak check's rows for ``check_leaks``."""
         __tracebackhide__ = True
         if self.lock.busy:
             # A request still closing its session: a live server's request ends its
@@ -210,7 +209,7 @@ class TestTransaction:
         self._session = self._connection = None
         self._ended = True
         try:
-            return await self.database.end_test(used, session, defer=defer)
+            return await self.database.end_test(used, session)
         except BaseException:
             # A connection whose state is unknown must not carry into the next test.
             await self.database.discard_connection()
@@ -247,46 +246,28 @@ class TestTransaction:
             self._end_error = exc
 
     async def _end_within_limit(self) -> Any:
-        # The rollback's reply is read in the teardown (finish_after_call), while pytest
-        # reports the call in between: one wait for the server less per test.
+        """``end()``, its reply awaited on the loop, within the test's time limit if it has
+        one (``end_limit``): a rollback that hangs is cut off there, and its failure waits for
+        ``finish_after_call()``; ``end()`` has dropped the connection, so the next test gets a
+        new one."""
         __tracebackhide__ = True
         if self.end_limit is None:
-            return await self.end(defer=True)
+            return await self.end()
         seconds, setting = self.end_limit
         limit = Limit(seconds)
         with limit.scope:
             limit.start()
             try:
-                return await self.end(defer=True)
+                return await self.end()
             finally:
                 limit.stop()
         # Cancelled by the limit: end() has discarded the connection; the next test opens one.
-        self._end_error = self._end_timeout(seconds, setting, limit.report or "")
-        return None
-
-    @staticmethod
-    def _end_timeout(seconds: float, setting: str, report: str) -> BaseException:
-        return timeout_failure(
+        self._end_error = timeout_failure(
             f"The end of the test's transaction (closing its clients, the rollback and the "
             f"leak check) did not finish within {seconds:g} s ({setting})",
-            report,
+            limit.report or "",
         )
-
-    def _take_deferred_rows(self) -> Any:
-        """The leak check's rows that ``end(defer=True)`` left on their way, read now."""
-        __tracebackhide__ = True
-        seconds, setting = self.end_limit or (None, "")
-        try:
-            return self.database.take_deferred(seconds)
-        except TimeoutError:
-            assert seconds is not None
-            raise self._end_timeout(
-                seconds,
-                setting,
-                "the kit, outside the loop (in the test's teardown), for the server's reply to "
-                "the rollback on the tests' shared connection; that connection is dropped and "
-                "the next test gets a new one",
-            ) from None
+        return None
 
     def finish_after_call(self) -> None:
         """In the fixture's teardown, after ``in_call``: report what ``end_call()`` found.
@@ -302,8 +283,6 @@ class TestTransaction:
         if self._end_error is not None:
             raise self._end_error
         rows, self._leak_rows = self._leak_rows, None
-        if rows is DEFERRED:
-            rows = self._take_deferred_rows()
         self.check_leaks(rows)
         if self._client_error is not None:
             raise self._client_error
