@@ -105,21 +105,51 @@ def _run_killing_tests(
     return result, "\n".join(result.outlines + result.errlines)
 
 
-# The third test stops every process of the server (SIGSTOP), as a hung host or a frozen VM
+# The second test stops every process of the server (SIGSTOP), as a hung host or a frozen VM
 # does: connections stay open, nothing answers. The server is let go (SIGKILL) by the
 # private_tmpdir fixture afterwards.
-HANGING_TESTS = """
+#
+# What is waited out on purpose is the tests' limit (HANG_LIMIT, by marker), then the kit's
+# 3 s probe of a new connection. The server, the template and each worker's database are made
+# before the first test by a session fixture, bounded by the setting per statement only: a
+# loaded machine slows the start, which the short limit would break; a test's own few
+# statements are far within it. The server hangs once every worker has its database, so that
+# no worker waits out the setting while it makes one.
+HANG_LIMIT = 3
+
+HANGING_PREAMBLE = f"""
 import os
 import signal
+import time
+from pathlib import Path
 
 import psutil
+import pytest
 from sqlalchemy import text
+
+pytestmark = pytest.mark.testkit_timeout({HANG_LIMIT})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _provisioned(database_url, pytestconfig):
+    # From xdist's workerinput, not the environment: this run's outer pytest may be a worker.
+    given = getattr(pytestconfig, "workerinput", dict(workerid="main", workercount=1))
+    Path("provisioned-" + given["workerid"]).touch()
+    workers = given["workercount"]
+    deadline = time.monotonic() + 120  # only against waiting forever
+    while len(list(Path().glob("provisioned-*"))) < workers and time.monotonic() < deadline:
+        time.sleep(0.05)
+
 
 def _stop_server(backend):
     postmaster = psutil.Process(psutil.Process(backend).ppid())
     for process in [postmaster, *postmaster.children()]:
         os.kill(process.pid, signal.SIGSTOP)
+"""
 
+HANGING_TESTS = (
+    HANGING_PREAMBLE
+    + """
 async def test_01(db_session):
     assert (await db_session.execute(text("SELECT 1"))).scalar() == 1
 
@@ -132,26 +162,21 @@ def test_03_sync(db_session_sync):
 
 {rest}
 """
+)
 
-SYNC_HANGING_TESTS = """
-import os
-import signal
-
-import psutil
-from sqlalchemy import text
-
+SYNC_HANGING_TESTS = (
+    HANGING_PREAMBLE
+    + """
 def test_01(db_session_sync):
     assert db_session_sync.execute(text("SELECT 1")).scalar() == 1
 
 def test_02_server_hangs(db_session_sync):
-    backend = db_session_sync.execute(text("SELECT pg_backend_pid()")).scalar()
-    postmaster = psutil.Process(psutil.Process(backend).ppid())
-    for process in [postmaster, *postmaster.children()]:
-        os.kill(process.pid, signal.SIGSTOP)
+    _stop_server(db_session_sync.execute(text("SELECT pg_backend_pid()")).scalar())
     db_session_sync.execute(text("SELECT 1"))
 
 {rest}
 """
+)
 
 
 @pytest.mark.parametrize(
