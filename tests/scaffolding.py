@@ -24,9 +24,19 @@ from conftest import (
     Project,
     assert_nothing_left,
     postgres_processes_under,
+    sql_rows,
 )
 
-from anyio_fastapi_testkit._postgres.cache import FOLDER_PREFIX, MARKER_FILE
+from anyio_fastapi_testkit._postgres.cache import (
+    CACHE_KEY,
+    FOLDER_PREFIX,
+    MARKER_FILE,
+    CacheStore,
+    ClusterCache,
+    try_lock,
+)
+from anyio_fastapi_testkit._postgres.server import start_server
+from anyio_fastapi_testkit._provisioning.template_check import check_cached_template
 
 # --- a server that is not there ----------------------------------------------------------------
 
@@ -185,6 +195,8 @@ async def test_only_the_seed_rows_are_there(db_session):
     await db_session.flush()
 """
 
+TEMPLATE = "test_app_template"  # the cached template of the items app (its database test_app)
+
 # The items app with two rows seeded in its template, so that a table file damaged to empty
 # shows in the rows.
 SEEDED_ITEMS_APP = (
@@ -308,6 +320,40 @@ class CachedProject:
     def edit_marker(self, **changes: object) -> None:
         (self.folder() / MARKER_FILE).write_text(json.dumps({**self.marker(), **changes}))
 
+    def assert_reused_as_left(self, record: dict[str, Any]) -> None:
+        """What the next run would decide, checked in this process with the kit's own
+        functions on the real cluster (no Python start-up, no collection, no template
+        build): the pointer names the folder, the lock is free, the cluster starts as it is
+        (the system identifier of ``record``, the last run's) and its template passes the
+        check and is kept (same oid, same key). Nothing is left running after."""
+        __tracebackhide__ = True
+        folder = self.folder()
+        pointer = self.path / ".pytest_cache" / "v" / CACHE_KEY
+        assert json.loads(pointer.read_text()) == CacheStore.expected_pointer(folder), (
+            "the run left a pointer that makes the next run rebuild the cache"
+        )
+        key = self.marker()["template_key"]
+        lock = try_lock(folder)
+        assert lock is not None, "the run left the cache locked"
+        try:
+            cache = ClusterCache(folder, rebuild=False, check_template=check_cached_template)
+            server = start_server(None, base_dir=folder.parent, cache=cache)
+            try:
+                url = server.info.admin_url
+                system = sql_rows(url, "SELECT system_identifier FROM pg_control_system()")
+                template = sql_rows(
+                    url, f"SELECT oid FROM pg_database WHERE datname = '{TEMPLATE}'"
+                )
+            finally:
+                server.stop()
+        finally:
+            lock.release()
+        assert cache.reused_cluster, "the next run would make the cluster anew"
+        assert str(system[0][0]) == record["system"], "the cluster is not the one the run used"
+        assert key and cache.template_ready(key), "the next run would rebuild the template"
+        assert template == [(record["template"],)], "the template is not the one the run left"
+        assert_nothing_left(self.tmpdir)
+
     def run_elsewhere(self, path: Path) -> dict[str, Any]:
         """Run a copy of this project in ``path`` (outside pytester); its record."""
         completed = subprocess.run(
@@ -361,15 +407,20 @@ EXPECTED = ("initdb", "template", "template only", "reused", "any")
 
 
 def deal_in_turn(cached: CachedProject, damages: dict[str, tuple[Damage, str]]) -> None:
-    """Each damage in turn to the one project, each followed by two runs: the first must
-    repair or rebuild as expected, the second must reuse what the first left.
+    """Each damage in turn to the one project, each followed by a run that must repair or
+    rebuild as expected; what that run left must then be reused as it is.
 
-    One project for all: the second run after a damage has shown the cache whole and reused,
-    the state a cold and a warm run leave, where the next damage starts.
+    That reuse is shown by the next damage's run where it must reuse (``"reused"``: its
+    system identifier and template are those the run before left), by one last run after
+    the last damage, and in between by ``CachedProject.assert_reused_as_left`` (the next
+    run's decision, made in this process): a run each is what costs. So the next damage
+    starts from what a repair left, as a cold or a warm run leaves it.
     """
     __tracebackhide__ = True
     whole = cached.run()
-    for name, (harm, expected) in damages.items():
+    proven_by: str | None = None  # the damage whose repair this run must show reusable
+    cases = list(damages.items())
+    for index, (name, (harm, expected)) in enumerate(cases):
         assert expected in EXPECTED, expected
         try:
             args = harm(cached, whole)
@@ -383,11 +434,19 @@ def deal_in_turn(cached: CachedProject, damages: dict[str, tuple[Damage, str]]) 
             elif expected == "reused":
                 assert same_template(after, whole), "the cache was rebuilt, not repaired"
             assert cached.marker()["template_key"], "the rebuilt template is not marked done"
-            whole = cached.run()
-            assert same_template(whole, after), "the second run after the damage rebuilt again"
+            following = cases[index + 1][1][1] if index + 1 < len(cases) else None
+            if following is None:
+                again = cached.run()
+                assert same_template(again, after), "the run after the repair rebuilt again"
+            elif following != "reused":
+                cached.assert_reused_as_left(after)
+            whole = after
         except BaseException as error:
             error.add_note(f"damage: {name}")
+            if proven_by is not None:
+                error.add_note(f"(this run also shows the repair of {proven_by!r} reusable)")
             raise
+        proven_by = name if following == "reused" else None
 
 
 # --- the items app on the test's transaction --------------------------------------------------

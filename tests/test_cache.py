@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import Project, assert_nothing_left, postgres_processes_under
-from scaffolding import CachedProject, Damage, deal_in_turn, same_template
+from scaffolding import CachedProject, Damage, deal_in_turn
 
 from anyio_fastapi_testkit._postgres import cache as _cache
 from anyio_fastapi_testkit._postgres.cache import (
@@ -157,8 +157,7 @@ def test_fresh_db_bypasses_the_cache(cached: CachedProject) -> None:
         assert fresh["system"] != first["system"], how
         assert cached.marker() == marker, f"{how}: the cache was touched"
     # None of the three changed the cache in a way the marker does not show.
-    again = cached.run()
-    assert same_template(again, first)
+    cached.assert_reused_as_left(first)
 
 
 # Holds the cache until the test lets it go (a run of its own; bounded by its caller).
@@ -189,8 +188,7 @@ def test_a_concurrent_run_uses_a_throwaway_cluster_and_leaves_the_cache_alone(
         output = holder.communicate()[0]
     assert holder.returncode == 0, output
     assert second["system"] != first["system"]
-    third = cached.run("-k", "not hold_the_cache")
-    assert same_template(third, first)
+    cached.assert_reused_as_left(first)
 
 
 def test_without_the_cache_provider_nothing_is_cached(
@@ -207,8 +205,7 @@ def test_without_the_cache_provider_nothing_is_cached(
 def test_orphan_cleanup_stops_an_abandoned_cached_server_and_keeps_its_cluster(
     cached: CachedProject,
 ) -> None:
-    first = cached.run()
-    cached.killed_run(KILL_PYTEST="1")
+    first = cached.killed_run(KILL_PYTEST="1")  # the run that made the cache
     folder = cached.folder()
     servers = cached.servers()
     base = folder.parent
@@ -223,8 +220,7 @@ def test_orphan_cleanup_stops_an_abandoned_cached_server_and_keeps_its_cluster(
         time.sleep(0.01)
     assert postgres_processes_under(folder) == []
     assert (cached.data / "PG_VERSION").exists()
-    again = cached.run()
-    assert same_template(again, first)
+    cached.assert_reused_as_left(first)
 
 
 MODELS = """
