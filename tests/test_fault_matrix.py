@@ -66,6 +66,7 @@ from scaffolding import items_revision, write_alembic
 from sqlalchemy.engine import URL, make_url
 
 # The only import of the kit's internals: it starts the server the "configured" cells use.
+from anyio_fastapi_testkit._postgres.cluster import _WAIT_FOR_PG_CTL
 from anyio_fastapi_testkit._postgres.server import RunningServer, start_server
 
 T = TypeVar("T")
@@ -562,7 +563,12 @@ def test_the_next_run_passes_and_nothing_is_left(
     configured = request.getfixturevalue("configured_server") if server == "configured" else None
     canaries = configured.snapshot() if configured else None
 
-    disturbed = start(folder, server, "disturbed", {"FAULT_PHASE": phase})
+    env = {"FAULT_PHASE": phase}
+    if phase in ("server_start", "server_stop"):
+        # The kit ends a start or stop as soon as the server is ready or gone, without waiting
+        # for pg_ctl: told so, it waits for pg_ctl alone, and a frozen pg_ctl holds the step.
+        env[_WAIT_FOR_PG_CTL] = "1"
+    disturbed = start(folder, server, "disturbed", env)
     try:
         with at_phase(disturbed, phase, folder):
             os.killpg(disturbed.pid, sig)

@@ -9,9 +9,9 @@ started it (pg_ctl forks it, and a fork clears the setting), is ended by the nex
 cleanup (``orphans``, ``cache.stop_abandoned``).
 
 Linux sends the signal when the *thread* that started the child ends, not the process. The
-only way in here is ``run``, which waits for the child in the thread that started it: that
-thread outlives the child, whichever thread it is (the kit builds its databases in worker
-threads).
+ways in are ``run`` here and ``sysuser.spawn`` (pg_ctl, watched while it runs): both wait for
+the child in the thread that started it, so that thread outlives the child, whichever thread
+it is (the kit builds its databases in worker threads).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import shlex
@@ -11,7 +12,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -21,7 +22,7 @@ from .._core.errors import DatabaseError
 from .._core.fixes import LOCAL_FIXES
 from .processes import is_postmaster_of, pid_running, postmasters_of, resume_server
 from .state_folder import new_state_dir, remove_state
-from .sysuser import as_root, run, write_private
+from .sysuser import as_root, run, spawn, write_private
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -34,6 +35,14 @@ LOCALHOST = "127.0.0.1"
 
 _PORT_ATTEMPTS = 3
 _UNSAFE = -1  # "run pg_ctl as nobody": skip it
+# How often the kit looks for the end of a start or stop itself: pg_ctl -w looks every 100 ms,
+# which costs a run about 0.1 s per step on top of what the server needs (~10-80 ms).
+_POLL_SECONDS = 0.005
+_PID_LINES = 8  # postmaster.pid: pid, data folder, start time, port, ..., status (since PG 10)
+# Set by the kit's own fault matrix (tests/test_fault_matrix.py), which holds a start or a stop
+# by freezing its pg_ctl: then the kit waits for pg_ctl alone, as before the early look, so that
+# the step cannot end while pg_ctl is frozen. Not a setting: nothing else should set it.
+_WAIT_FOR_PG_CTL = "ANYIO_FASTAPI_TESTKIT_WAIT_FOR_PG_CTL"
 
 
 @dataclass
@@ -95,7 +104,13 @@ class Cluster:
         """Start on a free port; another process may grab it first, hence the retries."""
         for _attempt in range(_PORT_ATTEMPTS):
             self.port = _free_port()
-            result = self._tool("pg_ctl", self._start_args(), timeout=90)
+            result = _race_pg_ctl(
+                [str(self.bin_dir / "pg_ctl"), *self._start_args()],
+                self.user,
+                self.state_dir,
+                timeout=90,
+                done=functools.partial(self._ready, time.time()),
+            )
             if result.returncode == 0:
                 return
             log = _read_tail(self.log_file)
@@ -125,6 +140,24 @@ class Cluster:
             "-o", shlex.join(options),
             "start",
         ]  # fmt: skip
+
+    def _ready(self, launched: float) -> bool:
+        """Whether the server this start launched says it accepts connections.
+
+        What pg_ctl -w waits for: the status line of ``postmaster.pid`` says ``ready``, written
+        by a server started no earlier than 2 s before pg_ctl (a file left by a killed server
+        does not count); here also on this start's port, and by the proven server of the folder.
+        """
+        lines = _pid_file_lines(self.data_dir)
+        if len(lines) < _PID_LINES or lines[7].strip() != "ready":
+            return False
+        try:
+            pid, started, port = int(lines[0]), int(lines[2]), int(lines[3])
+        except ValueError:
+            return False
+        return (
+            port == self.port and started >= launched - 2 and is_postmaster_of(pid, self.data_dir)
+        )
 
     def destroy(self) -> None:
         """Stop the server and delete its state folder; idempotent."""
@@ -236,13 +269,72 @@ def shutdown(data_dir: Path, bin_dir: Path | None, *, modes: Sequence[str]) -> N
     resume_server(postmaster)  # a stopped server would wait out every pg_ctl timeout
     user = _data_owner(data_dir)
     if user != _UNSAFE and bin_dir is not None and (bin_dir / "pg_ctl").exists():
+
+        def gone() -> bool:  # what pg_ctl -w waits for, and the process's exit
+            return not pid_file.exists() and not pid_running(postmaster)
+
         for mode in modes:
             args = ["-D", str(data_dir), "-m", mode, "-w", "-t", "30", "stop"]
-            cwd = data_dir.parent
-            result = run([str(bin_dir / "pg_ctl"), *args], user, timeout=45, cwd=cwd)
+            command = [str(bin_dir / "pg_ctl"), *args]
+            result = _race_pg_ctl(command, user, data_dir.parent, timeout=45, done=gone)
             if result.returncode == 0 or not pid_file.exists():
                 return
     _kill_postmaster(data_dir)
+
+
+def _race_pg_ctl(
+    command: list[str],
+    user: str | int | None,
+    cwd: Path,
+    *,
+    timeout: float,
+    done: Callable[[], bool],
+) -> subprocess.CompletedProcess[str]:
+    """Run ``pg_ctl -w`` and, meanwhile, look every few ms whether ``done()`` (what it waits
+    for) is true: then end pg_ctl, whose next look could be 100 ms away, and report success.
+
+    pg_ctl keeps everything else: it signals (after its own checks) or starts the server, and
+    tells a failure (the server exited, its -t timeout) in its exit status and messages. Ending
+    it is harmless: it only waits, and the server it starts runs in a session of its own.
+    """
+    try:
+        process = spawn(command, user, cwd)
+    except OSError as exc:
+        return subprocess.CompletedProcess(command, -1, "", str(exc))
+    deadline = now() + timeout
+    if os.environ.get(_WAIT_FOR_PG_CTL):
+        done = _never
+    try:
+        while process.poll() is None:
+            if done():
+                _end(process)
+                return subprocess.CompletedProcess(command, 0, "", "")
+            if now() > deadline:
+                _end(process)
+                return subprocess.CompletedProcess(command, -1, "", f"timed out after {timeout} s")
+            time.sleep(_POLL_SECONDS)
+        stdout, stderr = process.communicate()
+        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    finally:
+        if process.returncode is None:  # interrupted (KeyboardInterrupt): as subprocess.run
+            _end(process)
+
+
+def _never() -> bool:
+    return False
+
+
+def _end(process: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(OSError):
+        process.kill()
+    process.communicate()
+
+
+def _pid_file_lines(data_dir: Path) -> list[str]:
+    try:
+        return (data_dir / "postmaster.pid").read_text(errors="replace").splitlines()
+    except OSError:
+        return []
 
 
 def _proven_postmaster(data_dir: Path) -> int | None:

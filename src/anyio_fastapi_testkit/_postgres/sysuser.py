@@ -160,6 +160,29 @@ def run(
         return subprocess.CompletedProcess(command, -1, "", str(exc))
 
 
+def spawn(command: Sequence[str], user: str | int | None, cwd: Path) -> subprocess.Popen[str]:
+    """Start a command as ``run`` does, without waiting: the caller waits for it (and must
+    wait in this thread: the child dies with the thread that started it, see ``children``)."""
+    identity: dict[str, Any] = {}
+    if user is not None:
+        import pwd
+
+        entry = pwd.getpwnam(user) if isinstance(user, str) else pwd.getpwuid(user)
+        identity = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    return subprocess.Popen(
+        list(command),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        cwd=cwd,
+        env=_tool_env(),
+        preexec_fn=children.end_with_parent(),
+        **identity,
+    )
+
+
 def _tool_env() -> dict[str, str]:
     # PGDATA, PGPORT, PGHOST, ... of the developer's shell must not steer the kit's cluster;
     # and the server's user has no use for a configured URL (TESTKIT_DATABASE_URL) or password.

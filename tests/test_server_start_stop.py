@@ -1,0 +1,182 @@
+"""The embedded server's start and stop end when the server is ready or gone (issue 19).
+
+pg_ctl -w looks every 100 ms; the kit looks every few ms itself and ends pg_ctl then. Real
+clusters throughout: what is checked is what a caller relies on right after ``start`` or
+``shutdown`` returns, with nothing waited for in between.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+from conftest import postgres_processes_under
+
+from anyio_fastapi_testkit._core.errors import DatabaseError
+from anyio_fastapi_testkit._postgres.cluster import Cluster, _race_pg_ctl, shutdown
+from anyio_fastapi_testkit._postgres.processes import is_postmaster_of
+from anyio_fastapi_testkit._postgres.server import RunningServer, start_server
+from anyio_fastapi_testkit._postgres.sysuser import spawn
+
+
+@pytest.fixture(scope="module")
+def base_dir() -> Iterator[Path]:
+    """A folder the server user can reach as root (pytest's tmp_path is 0700 up the tree)."""
+    folder = Path(tempfile.mkdtemp(prefix="tkss-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server(base_dir: Path) -> Iterator[RunningServer]:
+    running = start_server(None, base_dir=base_dir, prefer="embedded")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def cluster(server: RunningServer) -> Iterator[Cluster]:
+    """The module's cluster, running again after each test."""
+    cluster = server._cluster
+    assert cluster is not None
+    settings = dict(cluster.settings)
+    yield cluster
+    cluster.settings = settings
+    if not is_postmaster_of(postmaster_pid(cluster), cluster.data_dir):
+        cluster.start()
+
+
+def postmaster_pid(cluster: Cluster) -> int:
+    try:
+        return int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def our_children(name: str) -> list[psutil.Process]:
+    """This process's children (zombies included: an unreaped child counts) named ``name``."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.name() == name:
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def test_start_returns_with_the_server_ready_and_pg_ctl_ended(cluster: Cluster) -> None:
+    shutdown(cluster.data_dir, cluster.bin_dir, modes=("fast",))
+    cluster.start()
+
+    lines = (cluster.data_dir / "postmaster.pid").read_text().splitlines()
+    assert lines[7].strip() == "ready"
+    assert int(lines[3]) == cluster.port
+    assert is_postmaster_of(int(lines[0]), cluster.data_dir)
+    url = cluster.admin_url().render_as_string(hide_password=False)
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert our_children("pg_ctl") == []  # ended and reaped, not left waiting or a zombie
+
+
+def test_stop_returns_with_the_server_gone_and_pg_ctl_ended(cluster: Cluster) -> None:
+    postmaster = postmaster_pid(cluster)
+    assert is_postmaster_of(postmaster, cluster.data_dir)
+
+    shutdown(cluster.data_dir, cluster.bin_dir, modes=("fast",))
+
+    assert not (cluster.data_dir / "postmaster.pid").exists()
+    assert not psutil.pid_exists(postmaster) or (
+        psutil.Process(postmaster).status() == psutil.STATUS_ZOMBIE
+    )
+    assert postgres_processes_under(cluster.state_dir) == []
+    assert our_children("pg_ctl") == []
+
+
+def test_a_ready_pid_file_counts_only_from_the_server_this_start_launched(
+    cluster: Cluster,
+) -> None:
+    pid_file = cluster.data_dir / "postmaster.pid"
+    running = pid_file.read_text()
+    lines = running.splitlines()
+    started = int(lines[2])
+    assert cluster._ready(launched=time.time())
+    assert not cluster._ready(launched=started + 10)  # a server older than this start
+
+    shutdown(cluster.data_dir, cluster.bin_dir, modes=("fast",))
+    # The file a killed server leaves behind, still saying "ready", on this start's port.
+    fresh = [lines[0], lines[1], str(int(time.time())), *lines[3:]]
+    pid_file.write_text("\n".join(fresh) + "\n")
+    try:
+        assert not cluster._ready(launched=time.time())  # its pid runs no server now
+        # ... nor when that pid is now another process's (this one's).
+        pid_file.write_text("\n".join([str(os.getpid()), *fresh[1:]]) + "\n")
+        assert not cluster._ready(launched=time.time())
+    finally:
+        pid_file.unlink()
+
+
+def test_a_start_that_fails_reports_pg_ctl_and_the_server_log(cluster: Cluster) -> None:
+    shutdown(cluster.data_dir, cluster.bin_dir, modes=("fast",))
+    cluster.settings = {"work_mem": "plenty"}
+
+    with pytest.raises(DatabaseError) as failed:
+        cluster.start()
+
+    message = str(failed.value)
+    assert "PostgreSQL did not start (pg_ctl exit 1)" in message
+    assert "could not start server" in message  # pg_ctl's own words
+    assert 'invalid value for parameter "work_mem"' in message  # the log's tail
+    assert postgres_processes_under(cluster.state_dir) == []
+    assert our_children("pg_ctl") == []
+
+
+def test_the_wait_ends_its_pg_ctl_when_done_at_its_bound_and_when_interrupted(
+    tmp_path: Path,
+) -> None:
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    command = [sleep, "600"]  # stands in for a pg_ctl that would wait long
+
+    done = _race_pg_ctl(command, None, tmp_path, timeout=600, done=lambda: True)
+    assert done.returncode == 0
+    assert our_children("sleep") == []
+
+    bounded = _race_pg_ctl(command, None, tmp_path, timeout=0.2, done=lambda: False)
+    assert bounded.returncode == -1
+    assert "timed out after 0.2 s" in bounded.stderr
+    assert our_children("sleep") == []
+
+    def interrupted() -> bool:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _race_pg_ctl(command, None, tmp_path, timeout=600, done=interrupted)
+    assert our_children("sleep") == []
+
+    failed = _race_pg_ctl([sleep, "nonsense"], None, tmp_path, timeout=600, done=lambda: False)
+    assert failed.returncode != 0  # its own exit and message, as pg_ctl's failures are told
+    assert "nonsense" in failed.stderr
+
+
+def test_pg_ctl_started_without_waiting_gets_no_configured_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with ``run``: the environment without the configured URL and the kit's variables."""
+    monkeypatch.setenv("TESTKIT_DATABASE_URL", "postgresql://me:s3cret-pw@db.example/app")
+    monkeypatch.setenv("PGPASSWORD", "s3cret-pw")
+    env = shutil.which("env")
+    assert env is not None
+    process = spawn([env], None, tmp_path)
+    stdout, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert "PATH=" in stdout
+    assert "s3cret-pw" not in stdout
