@@ -15,6 +15,9 @@ differs from the expected one, so that pytest renders a diff):
 Each is run with ``--tb=auto`` and with ``--tb=no``; every round runs the eight runs back to
 back in a rotating order. Printed: the paired verdict (kit against no kit) on wall and CPU
 time. Target 3 of issue 19: ratio ≤ 1.05.
+
+``--smoke``: one round of 3 tests, no warm-up, on the bench server of
+``$BENCH_SMOKE_SERVER_URL`` if given (see run.py).
 """
 
 from __future__ import annotations
@@ -89,9 +92,9 @@ SIDES = {
 
 
 class Bench:
-    def __init__(self, base: Path, n: int) -> None:
+    def __init__(self, base: Path, n: int, smoke: bool = False) -> None:
         self.n = n
-        self.server = run.Server()
+        self.server = run.Server(run.smoke_server_url(smoke))
         try:
             paired.become_subreaper()
             self.runner = paired.Runner(server_cpu=self.server.cpu_seconds)
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     bench: Bench | None = None
     try:
-        bench = Bench(base, n)
+        bench = Bench(base, n, args.smoke)
         if not args.smoke:  # not timed: bytecode and rewritten asserts
             for job in jobs:
                 bench.run(*job)

@@ -20,6 +20,11 @@ time covers). Target 1 of issue 19: K − B ≤ 0.1 s.
 ``--profile`` adds, for a 1-test run of K-emb, K-conf and B: the timestamps of the run's
 phases (``bench_marks`` plugin), the modules only the kit's run imports (``-X importtime``),
 and the kit's functions that take the most time in a cProfile of the run.
+
+``--smoke``: one round, no warm-up; with ``--profile``, each set-up's 1-test run is one run
+with all of its profile's instruments at once (phases, imports, cProfile), instead of a plain
+run and a run per instrument. With the bench server and the kit's cached cluster of
+``$BENCH_SMOKE_SERVER_URL`` and ``$BENCH_SMOKE_KIT_STATE`` if given (see run.py).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -73,13 +79,15 @@ PHASES = (
 class Bench:
     """The projects, the bench's server and how each set-up is run."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, smoke: bool = False) -> None:
         self.base = base
-        self.kit_state = Path(tempfile.mkdtemp(prefix="tkbf-", dir="/tmp"))  # short socket path
+        self.shared_state = run.smoke_kit_state(smoke)
+        # Short: the embedded server's socket goes in it.
+        self.kit_state = self.shared_state or Path(tempfile.mkdtemp(prefix="tkbf-", dir="/tmp"))
         try:
-            self.server = run.Server()
+            self.server = run.Server(run.smoke_server_url(smoke))
         except BaseException:
-            shutil.rmtree(self.kit_state, ignore_errors=True)
+            self._remove_state()
             raise
         try:
             # After the bench's server started (it stays with init): from here on, detached
@@ -107,23 +115,23 @@ class Bench:
             if setup == "K-emb":
                 at = args.index("--testkit-db-url")
                 del args[at : at + 2]
+                args += run.embedded_cache_args(self.shared_state)
         else:
             env["BENCH_DATABASE_URL"] = self.server.url(database_name(spec), "psycopg")
         return args, env, key
 
-    def run(
-        self, setup: str, count: int, *extra: str, env_extra: dict[str, str] | None = None
-    ) -> paired.Result:
+    def run(self, setup: str, count: int) -> paired.Result:
         args, env, key = self.command(setup)
-        env.update(env_extra or {})
-        return self.runner.run(
-            f"{setup} n={count}", [*args, *extra], self.projects[key, count], env
-        )
+        return self.runner.run(f"{setup} n={count}", args, self.projects[key, count], env)
 
     def close(self) -> None:
         self.server.stop()
         paired.reap_orphans(set(), wait=10)
-        shutil.rmtree(self.kit_state, ignore_errors=True)
+        self._remove_state()
+
+    def _remove_state(self) -> None:
+        if self.shared_state is None:  # a shared one is its owner's to remove
+            shutil.rmtree(self.kit_state, ignore_errors=True)
 
 
 def check(result: paired.Result, count: int) -> str | None:
@@ -139,15 +147,15 @@ def check(result: paired.Result, count: int) -> str | None:
 
 
 def measure(
-    bench: Bench, rounds: int, warm: bool = True
+    bench: Bench, rounds: int, warm: bool = True, counts: tuple[int, ...] = COUNTS
 ) -> dict[tuple[str, int], list[paired.Result]]:
     for setup in SETUPS if warm else ():  # not timed: bytecode, rewritten asserts, the cache
-        for count in COUNTS:
+        for count in counts:
             problem = check(bench.run(setup, count), count)
             if problem:
                 raise SystemExit(f"{setup} with {count} test(s) failed its warm-up run: {problem}")
     results: dict[tuple[str, int], list[paired.Result]] = defaultdict(list)
-    jobs = [(setup, count) for setup in SETUPS for count in COUNTS]
+    jobs = [(setup, count) for setup in SETUPS for count in counts]
     for round_index in range(rounds):
         paired.stderr(f"round {round_index + 1}/{rounds}: ", end="")
         for setup, count in paired.rotate(jobs, round_index):
@@ -182,22 +190,64 @@ def report(results: dict[tuple[str, int], list[paired.Result]], rounds: int) -> 
 # --- --profile ------------------------------------------------------------------------------------
 
 
-def phases(bench: Bench, setup: str) -> dict[str, float]:
-    marks = bench.base / f"marks-{setup}.txt"
-    marks.unlink(missing_ok=True)
-    result = bench.run(
-        setup,
-        1,
-        "-p",
-        "bench_marks",
-        env_extra={
-            "BENCH_MARKS_FILE": str(marks),
-            "PYTHONPATH": os.pathsep.join(filter(None, (str(HERE), os.environ.get("PYTHONPATH")))),
-        },
+@dataclass
+class Instrumented:
+    """What one instrumented 1-test run found (None: not asked for)."""
+
+    result: paired.Result | None = None
+    phases: dict[str, float] | None = None
+    imports: dict[str, int] | None = None
+    cprofile: str | None = None
+
+
+def instrumented(
+    bench: Bench,
+    setup: str,
+    *,
+    marks: bool = False,
+    importtime: bool = False,
+    cprofile_top: int | None = None,
+) -> Instrumented:
+    """A 1-test run of ``setup`` with the asked instruments: the phases' timestamps
+    (``bench_marks``), the modules' import times (``-X importtime``) and a cProfile of the
+    kit's functions (the ``cprofile_top`` first by cumulative time)."""
+    args, env, key = bench.command(setup)
+    marks_file = bench.base / f"marks-{setup}.txt"
+    out = bench.base / f"profile-{setup}.pstats"
+    if marks:
+        marks_file.unlink(missing_ok=True)
+        args += ["-p", "bench_marks"]
+        env["BENCH_MARKS_FILE"] = str(marks_file)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(HERE), os.environ.get("PYTHONPATH"))))
+    if importtime:
+        env["PYTHONPROFILEIMPORTTIME"] = "1"
+    if cprofile_top is not None:
+        at = args.index("pytest")
+        args = [*args[: at - 1], "-m", "cProfile", "-o", str(out), "-m", *args[at:]]
+    what = ", ".join(
+        name
+        for name, asked in (
+            ("timestamps", marks),
+            ("-X importtime", importtime),
+            ("cProfile", cprofile_top is not None),
+        )
+        if asked
     )
+    result = bench.runner.run(f"{setup} ({what})", args, bench.projects[key, 1], env)
     problem = check(result, 1)
     if problem:
-        raise SystemExit(f"{setup} (timestamps) failed: {problem}")
+        raise SystemExit(f"{setup} ({what}) failed: {problem}")
+    found = Instrumented(result)
+    if marks:
+        found.phases = _phases(result, marks_file)
+    if importtime:
+        found.imports = _imports(result)
+    if cprofile_top is not None:
+        found.cprofile = _cprofile(out, cprofile_top)
+    return found
+
+
+def _phases(result: paired.Result, marks: Path) -> dict[str, float]:
     stamps = {"launch": result.started_at, "exit": result.ended_at}
     for line in marks.read_text().splitlines():
         name, value = line.split()
@@ -205,13 +255,9 @@ def phases(bench: Bench, setup: str) -> dict[str, float]:
     return {label: stamps[b] - stamps[a] for label, a, b in PHASES if a in stamps and b in stamps}
 
 
-def imports(bench: Bench, setup: str) -> dict[str, int]:
-    """Own import time (µs, ``-X importtime``'s self column) of every module a 1-test run
-    imports."""
-    result = bench.run(setup, 1, env_extra={"PYTHONPROFILEIMPORTTIME": "1"})
-    problem = check(result, 1)
-    if problem:
-        raise SystemExit(f"{setup} (-X importtime) failed: {problem}")
+def _imports(result: paired.Result) -> dict[str, int]:
+    """Own import time (µs, ``-X importtime``'s self column) of every module the run
+    imported."""
     found: dict[str, int] = {}
     for line in result.output.splitlines():
         if not line.startswith("import time:") or "|" not in line:
@@ -224,15 +270,7 @@ def imports(bench: Bench, setup: str) -> dict[str, int]:
     return found
 
 
-def cprofile(bench: Bench, setup: str, top: int) -> str:
-    args, env, key = bench.command(setup)
-    out = bench.base / f"profile-{setup}.pstats"
-    at = args.index("pytest")
-    args = [*args[: at - 1], "-m", "cProfile", "-o", str(out), "-m", *args[at:]]
-    result = bench.runner.run(f"{setup} cProfile", args, bench.projects[key, 1], env)
-    problem = check(result, 1)
-    if problem:
-        raise SystemExit(f"{setup} (cProfile) failed: {problem}")
+def _cprofile(out: Path, top: int) -> str:
     stream = io.StringIO()
     stats = pstats.Stats(str(out), stream=stream)
     stats.sort_stats("cumulative").print_stats("anyio_fastapi_testkit", top)
@@ -243,16 +281,50 @@ def cprofile(bench: Bench, setup: str, top: int) -> str:
     return "\n".join(keep[: top + 1])
 
 
-def profile(bench: Bench, top: int = 25) -> str:
+def instrument(bench: Bench, top: int = 25, smoke: bool = False) -> dict[str, Instrumented]:
+    """The instrumented 1-test runs of every set-up that ``profile`` reports on."""
+    # What each set-up's profile needs: a run per instrument, in this order, each timing
+    # undisturbed by the others; in a smoke, one run per set-up with all of its instruments.
+    needs = {
+        "K-emb": {"marks", "imports", "cprofile"},
+        "K-conf": {"marks", "cprofile"},
+        "B": {"marks", "imports"},
+    }
+
+    def with_(setup: str, instruments: set[str]) -> Instrumented:
+        return instrumented(
+            bench,
+            setup,
+            marks="marks" in instruments,
+            importtime="imports" in instruments,
+            cprofile_top=top if "cprofile" in instruments else None,
+        )
+
+    found = {setup: Instrumented() for setup in SETUPS}
+    if smoke:
+        found = {setup: with_(setup, needs[setup]) for setup in SETUPS}
+    else:
+        for kind in ("marks", "imports", "cprofile"):
+            for setup in SETUPS:
+                if kind in needs[setup]:
+                    one = with_(setup, {kind})
+                    found[setup].phases = found[setup].phases or one.phases
+                    found[setup].imports = found[setup].imports or one.imports
+                    found[setup].cprofile = found[setup].cprofile or one.cprofile
+    return found
+
+
+def profile(found: dict[str, Instrumented]) -> str:
+    """Where K's time goes: the phases, the kit's imports, the cProfile (see ``instrument``)."""
     lines = ["Phases of a 1-test run (wall s; one run each, after the timed rounds):", ""]
-    timed = {setup: phases(bench, setup) for setup in SETUPS}
+    timed = {setup: found[setup].phases or {} for setup in SETUPS}
     lines += ["| phase | " + " | ".join(SETUPS) + " |", "|---|" + "--:|" * len(SETUPS)]
     for label, _, _ in PHASES:
         cells = [f"{timed[s][label]:.3f}" if label in timed[s] else "—" for s in SETUPS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     total = [f"{sum(timed[s].values()):.3f}" for s in SETUPS]
     lines += ["| total | " + " | ".join(total) + " |", ""]
-    kit_imports, b_imports = imports(bench, "K-emb"), imports(bench, "B")
+    kit_imports, b_imports = found["K-emb"].imports or {}, found["B"].imports or {}
     by_package: dict[str, int] = defaultdict(int)
     for name, us in kit_imports.items():
         if name not in b_imports:
@@ -274,7 +346,7 @@ def profile(bench: Bench, top: int = 25) -> str:
             "(inflated by the profiler: read as shares):",
             "",
             "```",
-            cprofile(bench, setup, top),
+            found[setup].cprofile or "",
             "```",
             "",
         ]
@@ -294,15 +366,21 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="tkfixed-"))
     bench: Bench | None = None
     try:
-        bench = Bench(base)
-        results = measure(bench, rounds, warm=not args.smoke)
+        bench = Bench(base, args.smoke)
+        # In a smoke with --profile, each set-up's 1-test run is its instrumented run.
+        folded = args.smoke and args.profile
+        results = measure(bench, rounds, warm=not args.smoke, counts=(0,) if folded else COUNTS)
+        found = instrument(bench, smoke=True) if folded else None
+        for setup, one in (found or {}).items():
+            assert one.result is not None
+            results[setup, 1].append(one.result)
         print(paired.header("Fixed cost per run (benchmarks/fixed_cost.py)"))
         print(f"Server: {bench.server.version.split(' (')[0]}.\n")
         print(report(results, rounds))
         if args.smoke:
             print("smoke: every set-up passed with 0 and 1 test(s)")
         if args.profile:
-            print(profile(bench))
+            print(profile(found or instrument(bench)))
     finally:
         if bench is not None:
             bench.close()

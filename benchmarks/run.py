@@ -13,8 +13,14 @@ set-ups; each set-up has a database of its own on it. Every set-up runs as a sep
 * marginal cost = (wall of N tests - wall of 1 test) / (N - 1)  (fixed costs excluded)
 
 Medians over the rounds are printed as a markdown table with the ratios and the targets.
-``--smoke`` runs every set-up once with 20 tests (two at a time), checks that they pass and
+``--smoke`` runs every set-up once with 10 tests (two at a time), checks that they pass and
 exits non-zero otherwise; it makes no timing claims.
+
+The smokes of every script here (``tests/test_benchmarks.py``) can share what is slow to make:
+with ``--smoke``, ``$BENCH_SMOKE_SERVER_URL`` (an admin URL) is the server to use instead of
+starting one, and ``$BENCH_SMOKE_KIT_STATE`` (a folder) is the TMPDIR of the kit's embedded-server
+runs, with the pytest cache folder ``.pytest_cache`` inside it, so that every project's run
+uses one cached cluster (see ``smoke_server_url`` and ``smoke_kit_state``).
 """
 
 from __future__ import annotations
@@ -42,7 +48,9 @@ sys.path.insert(0, str(HERE / "sample_app"))
 from generate import BY_KEY, RSS_PLUGIN, SETUPS, Setup, database_name, generate  # noqa: E402
 
 DEFAULT_N = 300
-SMOKE_N = 20
+SMOKE_N = 10
+SMOKE_SERVER_ENV = "BENCH_SMOKE_SERVER_URL"
+SMOKE_KIT_STATE_ENV = "BENCH_SMOKE_KIT_STATE"
 MEMORY_NS = (300, 1000)
 MEMORY_SETUPS = ("K", "B", "F3")
 RUN_TIMEOUT = 900.0
@@ -59,13 +67,39 @@ TARGETS = (
 # --- the server and the databases --------------------------------------------------------------
 
 
-class Server:
-    """One PostgreSQL server for all set-ups, with a database per set-up."""
+def smoke_server_url(smoke: bool) -> str | None:
+    """With ``--smoke``: the server every script's smoke shares (``$BENCH_SMOKE_SERVER_URL``),
+    if given. Never in a measured run: the server's CPU time is only known for a server of
+    the bench's own."""
+    return (os.environ.get(SMOKE_SERVER_ENV) or None) if smoke else None
 
-    def __init__(self) -> None:
+
+def smoke_kit_state(smoke: bool) -> Path | None:
+    """With ``--smoke``: the TMPDIR that the kit's embedded-server runs of every script's
+    smoke share (``$BENCH_SMOKE_KIT_STATE``), if given; see ``embedded_cache_args``."""
+    folder = os.environ.get(SMOKE_KIT_STATE_ENV) if smoke else None
+    return Path(folder) if folder else None
+
+
+def embedded_cache_args(shared_state: Path | None) -> list[str]:
+    """pytest options of a run of the kit's embedded server: with a shared state folder, one
+    pytest cache folder for every project, so that they all use one cached cluster (the kit
+    keeps a cluster per pytest cache folder) instead of an initdb per project."""
+    if shared_state is None:
+        return []
+    return ["-o", f"cache_dir={shared_state / '.pytest_cache'}"]
+
+
+class Server:
+    """One PostgreSQL server for all set-ups, with a database per set-up.
+
+    ``url``: use that server (an admin URL; see ``smoke_server_url``) instead of starting one;
+    its CPU time is then not measured (``cpu_seconds`` is 0)."""
+
+    def __init__(self, url: str | None = None) -> None:
         from anyio_fastapi_testkit._postgres.server import start_server
 
-        self.running = start_server(None)
+        self.running = start_server(url)
         self.admin_url = self.running.info.admin_url  # driver "postgresql", db "postgres"
         self.version = self.running.info.description
 
@@ -538,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     setups = select(args.only)
     base = Path(tempfile.mkdtemp(prefix="anyio-fastapi-testkit-bench-"))
     started = time.perf_counter()
-    server = Server()
+    server = Server(smoke_server_url(args.smoke))
     try:
         server.prepare(setups)
         if args.smoke:

@@ -1,6 +1,6 @@
 """Scale and start-up of the kit: pytest-xdist against one process, cold and warm starts.
 
-    python benchmarks/scale.py [--n 2000] [--rounds 2] [--only xdist,start]
+    python benchmarks/scale.py [--n 2000] [--rounds 2] [--only xdist,start] [--smoke]
 
 * ``xdist``: the bench's K project with N tests, run with ``-n 0`` and with ``-n 2`` against
   one server (``--testkit-db-url``, as run.py does), interleaved, ``--rounds`` times; wall time
@@ -12,6 +12,11 @@
   server: the set-up time of the first test that uses ``db_session`` (``--durations``), with
   the cluster and template cached by an earlier run (warm) and with ``--testkit-fresh-db``
   (cold: initdb, start, schema, template, clone).
+
+``--smoke``: 20 tests, one round, no untimed warm-up runs (so the "warm" start may be the one
+that caches the cluster); every run must pass all its tests. The bench server and the kit's
+cached cluster are those of ``$BENCH_SMOKE_SERVER_URL`` and ``$BENCH_SMOKE_KIT_STATE`` if given
+(see run.py); the cold start makes its own cluster, as always.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import run  # noqa: E402
 from generate import BY_KEY, generate  # noqa: E402
 
 RUN_TIMEOUT = 900.0
+SMOKE_N = 20
 
 DATABASE_TEST = """
 from sqlalchemy import text
@@ -90,16 +96,16 @@ def _passed(output: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def xdist(base: Path, n: int, rounds: int) -> str:
+def xdist(base: Path, n: int, rounds: int, smoke: bool = False) -> str:
     setup = BY_KEY["K"]
-    server = run.Server()
+    server = run.Server(run.smoke_server_url(smoke))
     try:
         server.prepare([setup])
         project = generate(setup, n, base / f"K-n{n}")
         env = run.child_env(setup, server, "psycopg")
         command = run.pytest_command(setup, server, "psycopg")
-        # Not timed: byte-compile the tests and warm the caches.
-        _timed([*command, "--collect-only"], project, env)
+        if not smoke:  # not timed: byte-compile the tests and warm the caches
+            _timed([*command, "--collect-only"], project, env)
         walls: dict[str, list[float]] = {"0": [], "2": []}
         pytest_cpu: dict[str, list[float]] = {"0": [], "2": []}
         server_cpu: dict[str, list[float]] = {"0": [], "2": []}
@@ -109,7 +115,7 @@ def xdist(base: Path, n: int, rounds: int) -> str:
             for workers in order:
                 cpu_before, server_before = _children_cpu(), _server_cpu(server)
                 seconds, output, code = _timed([*command, "-n", workers], project, env)
-                if code != 0:
+                if code != 0 or (smoke and _passed(output) != n):
                     raise SystemExit(f"-n {workers} failed (exit {code}):\n{output[-3000:]}")
                 server_after = _server_cpu(server)
                 walls[workers].append(seconds)
@@ -170,28 +176,38 @@ def _setup_seconds(output: str, test: str) -> float:
     return float(found.group(1))
 
 
-def start(base: Path, rounds: int) -> str:
+def start(base: Path, rounds: int, smoke: bool = False) -> str:
     # The kit's own embedded server and cache, in a state folder of this run's own: the cold
     # runs start from nothing, the warm runs reuse what the untimed first run cached.
     env = {key: value for key, value in os.environ.items() if not key.startswith("BENCH_")}
     for key in ("TESTKIT_DATABASE_URL", "DATABASE_URL", "PYTEST_ADDOPTS"):
         env.pop(key, None)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    state = tempfile.mkdtemp(prefix="tks-", dir="/tmp")  # short: the server's socket is in it
+    shared = run.smoke_kit_state(smoke)
+    # Short: the server's socket is in it.
+    state = str(shared) if shared else tempfile.mkdtemp(prefix="tks-", dir="/tmp")
     env["TMPDIR"] = state
     try:
-        return _time_starts(base, rounds, env)
+        return _time_starts(base, rounds, env, smoke, run.embedded_cache_args(shared))
     finally:
-        shutil.rmtree(state, ignore_errors=True)  # the cached cluster and template
+        if shared is None:  # a shared one is its owner's to remove
+            shutil.rmtree(state, ignore_errors=True)  # the cached cluster and template
 
 
-def _time_starts(base: Path, rounds: int, env: dict[str, str]) -> str:
+def _time_starts(
+    base: Path,
+    rounds: int,
+    env: dict[str, str],
+    smoke: bool = False,
+    options: list[str] | None = None,
+) -> str:
     command = [
         *(sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:asyncio", "-q"),
-        *("--durations=0", "--durations-min=0"),
+        *("--durations=0", "--durations-min=0", *(options or [])),
     ]
     database = _start_project(base, "start-db", DATABASE_TEST)
-    _timed(command, database, env)  # not timed: byte-compile, cache the cluster and template
+    if not smoke:  # not timed: byte-compile, cache the cluster and template
+        _timed(command, database, env)
     setups: dict[str, list[float]] = {"warm": [], "cold": []}
     for _ in range(rounds):
         for name, extra in (("warm", []), ("cold", ["--testkit-fresh-db"])):
@@ -224,7 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=2000, help="tests of the xdist runs")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
     parser.add_argument("--only", default="xdist,start", help="xdist, start or both")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"{SMOKE_N} tests, one round, no warm-up: every run passes (no timing claim)",
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.n, args.rounds = SMOKE_N, 1
     chosen = {part.strip() for part in args.only.split(",") if part.strip()}
     unknown = chosen - {"xdist", "start"}
     if unknown:
@@ -233,9 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
     try:
         if "xdist" in chosen:
-            print(xdist(base, args.n, args.rounds), "\n")
+            print(xdist(base, args.n, args.rounds, args.smoke), "\n")
         if "start" in chosen:
-            print(start(base, max(args.rounds, 3)))
+            print(start(base, 1 if args.smoke else max(args.rounds, 3), args.smoke))
+        if args.smoke:
+            print(f"\nsmoke: every run passed ({', '.join(sorted(chosen))})")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0

@@ -24,6 +24,10 @@ end), ``kit-conf`` (the kit on a configured server: the bench's server, by
 ``--testkit-db-url``) and ``hand`` (the hand-written conftest on the bench's server). Printed:
 per suite, the paired verdict of each kit way against ``hand`` on wall and on CPU time (CPU:
 see paired.py). Target 2 of issue 19: ratio ≤ 1.0.
+
+``--smoke``: one round, no warm-up, the generated suite with 10 tests and the small suite's
+import with 20 models (``BENCH_IMPORT_MODELS``); with the bench server and the kit's cached
+cluster of ``$BENCH_SMOKE_SERVER_URL`` and ``$BENCH_SMOKE_KIT_STATE`` if given (see run.py).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ SUITES_DIR = HERE / "suites"
 WAYS = ("kit-emb", "kit-conf", "hand")
 DEFAULT_N = 300
 SMOKE_N = 10
+SMOKE_IMPORT_MODELS = 20  # the small suite's app import: the same work, smaller
 
 
 @dataclass(frozen=True)
@@ -84,14 +89,16 @@ def build(suite: Suite, way: str, base: Path, n: int) -> Path:
 
 
 class Bench:
-    def __init__(self, base: Path, suites: list[Suite], n: int) -> None:
+    def __init__(self, base: Path, suites: list[Suite], n: int, smoke: bool = False) -> None:
         self.base = base
         self.n = n
-        self.kit_state = Path(tempfile.mkdtemp(prefix="tkbs-", dir="/tmp"))
+        self.smoke = smoke
+        self.shared_state = run.smoke_kit_state(smoke)
+        self.kit_state = self.shared_state or Path(tempfile.mkdtemp(prefix="tkbs-", dir="/tmp"))
         try:
-            self.server = run.Server()
+            self.server = run.Server(run.smoke_server_url(smoke))
         except BaseException:
-            shutil.rmtree(self.kit_state, ignore_errors=True)
+            self._remove_state()
             raise
         try:
             paired.become_subreaper()  # see paired.py: the kit's embedded server's CPU time
@@ -124,11 +131,15 @@ class Bench:
     def run(self, suite: Suite, way: str, *extra: str) -> paired.Result:
         args = [sys.executable, "-m", "pytest", "-p", "no:randomly", "-q"]
         env = paired.python_env()
+        if self.smoke:
+            env["BENCH_IMPORT_MODELS"] = str(SMOKE_IMPORT_MODELS)
         if way.startswith("kit"):
             args += ["-p", "no:asyncio"]
             env["TMPDIR"] = str(self.kit_state)
             if way == "kit-conf":
                 args += ["--testkit-db-url", self.server.url(f"suite_{suite.name}_k", None)]
+            else:
+                args += run.embedded_cache_args(self.shared_state)
             project = self.projects[suite.name, "kit"]
         else:
             args += ["-p", "no:anyio_fastapi_testkit.plugin"]
@@ -143,7 +154,11 @@ class Bench:
     def close(self) -> None:
         self.server.stop()
         paired.reap_orphans(set(), wait=10)
-        shutil.rmtree(self.kit_state, ignore_errors=True)
+        self._remove_state()
+
+    def _remove_state(self) -> None:
+        if self.shared_state is None:  # a shared one is its owner's to remove
+            shutil.rmtree(self.kit_state, ignore_errors=True)
 
 
 def measure(
@@ -203,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="tksuites-"))
     bench: Bench | None = None
     try:
-        bench = Bench(base, [SUITES[name] for name in names], n)
+        bench = Bench(base, [SUITES[name] for name in names], n, args.smoke)
         results = measure(bench, rounds, warm=not args.smoke)
         print(paired.header("Real-suite wall time (benchmarks/suites.py)"))
         print(f"Server: {bench.server.version.split(' (')[0]}.\n")

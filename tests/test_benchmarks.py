@@ -1,13 +1,20 @@
 # ruff: noqa: RUF001  (the benchmarks' tables print the en dash)
-"""The benchmark's smoke mode: every set-up's generated tests pass (correctness, not timing).
+"""Every benchmark script's smoke mode: each set-up runs once, end to end, on a real server
+(correctness, never timing).
 
-The generated tests check isolation (each lists exactly the rows it created), so running them
-in pytest-randomly's order, with a fixed seed and with a fresh one, shows that isolation does
-not depend on the order of the tests.
+The scripts' smokes share what is slow to make (see benchmarks/run.py): one embedded server
+for the bench's databases (``pg_server``, instead of a server per script) and one TMPDIR and
+pytest cache folder for the kit's embedded-server runs (``subsession_share``: one cached
+cluster for every project, instead of an initdb per project).
+
+The generated tests of run.py check isolation (each lists exactly the rows it created), so
+running them in pytest-randomly's order, with a fresh seed each time (printed), shows that
+isolation does not depend on the order of the tests.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -15,51 +22,71 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import SubsessionShare, database_names
 
-RUNNER = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+from anyio_fastapi_testkit._postgres.server import RunningServer
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SMOKE_TIMEOUT = 600
 
 
-def run_script(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(scope="module")
+def shared(pg_server: RunningServer, subsession_share: SubsessionShare) -> dict[str, str]:
+    """The environment that makes the scripts' smokes use one server and one cached cluster."""
+    # run.py derives the pytest cache folder from the state folder, as the share lays it out.
+    assert subsession_share.cache_dir == subsession_share.tmpdir / ".pytest_cache"
+    return {
+        "BENCH_SMOKE_SERVER_URL": pg_server.info.admin_url.render_as_string(hide_password=False),
+        "BENCH_SMOKE_KIT_STATE": str(subsession_share.tmpdir),
+    }
+
+
+def run_script(
+    script: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(script), *args],
+        [sys.executable, str(BENCHMARKS / script), *args],
         capture_output=True,
         text=True,
         timeout=SMOKE_TIMEOUT,
         check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
-def run_smoke(*args: str) -> subprocess.CompletedProcess[str]:
-    return run_script(RUNNER, "--smoke", *args)
+def used_the_shared_server(pg_server: RunningServer, *databases: str) -> bool:
+    """Whether the script made its databases on the shared server (not on one of its own)."""
+    return set(databases) <= set(database_names(pg_server.info.admin_url))
 
 
-def test_every_benchmark_setup_passes_its_smoke_run() -> None:
-    completed = run_smoke()
-    output = completed.stdout + completed.stderr
+@pytest.mark.timeout(SMOKE_TIMEOUT)
+def test_every_benchmark_setup_passes_in_random_order(
+    shared: dict[str, str], pg_server: RunningServer
+) -> None:
+    # Every default set-up, and K without its leak check, shuffled by pytest-randomly.
+    seed = random.randrange(1, 2**31)
+    keys = ("K", "B", "A", "C", "F0", "F1", "F2", "F3", "K-noleak")
+    completed = run_script(
+        "run.py", "--smoke", "--only", ",".join(keys), "--randomly-seed", str(seed), env=shared
+    )
+    output = f"--randomly-seed={seed}\n{completed.stdout}{completed.stderr}"
     assert completed.returncode == 0, output
-    for key in ("K", "B", "A", "C", "F0", "F1", "F2", "F3"):
+    assert f"random order: --randomly-seed={seed}" in completed.stdout, output
+    for key in keys:
         assert f"\n{key} " in f"\n{completed.stdout}", output
+    assert completed.stdout.count(" ok (") == len(keys), output
     assert "FAILED" not in completed.stdout, output
+    assert used_the_shared_server(pg_server, "bench_f3", "bench_k_noleak"), output
 
 
-@pytest.mark.parametrize("seed", [12345, random.randrange(1, 2**31)], ids=["fixed", "fresh"])
-def test_kit_and_recipe_benchmarks_pass_in_random_order(seed: int) -> None:
-    completed = run_smoke("--only", "K,B,K-noleak", "--randomly-seed", str(seed))
-    output = completed.stdout + completed.stderr
-    assert completed.returncode == 0, f"--randomly-seed={seed}\n{output}"
-    assert f"--randomly-seed={seed}" in completed.stdout, output
-    assert completed.stdout.count(" ok (") == 3, output
-
-
-def test_scale_script_runs_xdist_and_start_up() -> None:
-    # Small: correctness of the script (both ways pass every test; both starts are timed),
-    # not its timings.
-    completed = run_script(RUNNER.with_name("scale.py"), "--n", "20", "--rounds", "1")
+@pytest.mark.timeout(SMOKE_TIMEOUT)
+def test_scale_script_runs_xdist_and_start_up(shared: dict[str, str]) -> None:
+    completed = run_script("scale.py", "--smoke", env=shared)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
+    assert "smoke: every run passed (start, xdist)" in completed.stdout, output
     assert "| `-n 0` |" in completed.stdout and "| `-n 2` |" in completed.stdout, output
-    assert completed.stdout.count("| 20 |") == 2, output
+    assert completed.stdout.count("| 20 |") == 2, output  # both ways passed all 20 tests
     for start in ("| warm |", "| cold |"):
         assert start in completed.stdout, output
 
@@ -67,12 +94,11 @@ def test_scale_script_runs_xdist_and_start_up() -> None:
 # The whole-suite benchmarks of issue 19: each script's --smoke runs every set-up once, with
 # few tests and no warm-up, and exits non-zero unless each run ended as it must (all passed,
 # all failed, all collected). Correctness only: no timing is asserted.
-BENCHMARKS = RUNNER.parent
 
 
 @pytest.mark.timeout(SMOKE_TIMEOUT)
-def test_fixed_cost_script_runs_every_setup_and_profiles() -> None:
-    completed = run_script(BENCHMARKS / "fixed_cost.py", "--smoke", "--profile")
+def test_fixed_cost_script_runs_every_setup_and_profiles(shared: dict[str, str]) -> None:
+    completed = run_script("fixed_cost.py", "--smoke", "--profile", env=shared)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     assert "smoke: every set-up passed with 0 and 1 test(s)" in completed.stdout, output
@@ -81,13 +107,15 @@ def test_fixed_cost_script_runs_every_setup_and_profiles() -> None:
             assert completed.stdout.count(f"| {setup}, {count} test(s) | B |") == 2, output
     # The profile's three parts: phases of each set-up, the kit's own imports, cProfile.
     assert "| unconfigure (kit: drop databases, stop server) |" in completed.stdout, output
-    assert "| total |" in completed.stdout, output
+    assert "| anyio_fastapi_testkit |" in completed.stdout, output  # only K-emb imports it
     assert completed.stdout.count("pytest_load_initial_conftests") >= 2, output
 
 
 @pytest.mark.timeout(SMOKE_TIMEOUT)
-def test_suites_script_passes_every_suite_every_way() -> None:
-    completed = run_script(BENCHMARKS / "suites.py", "--smoke")
+def test_suites_script_passes_every_suite_every_way(
+    shared: dict[str, str], pg_server: RunningServer
+) -> None:
+    completed = run_script("suites.py", "--smoke", env=shared)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     assert "smoke: every way of small, api40, generated passed" in completed.stdout, output
@@ -95,11 +123,14 @@ def test_suites_script_passes_every_suite_every_way() -> None:
         assert f"### {suite}:" in completed.stdout, output
     for way in ("kit-emb", "kit-conf"):
         assert completed.stdout.count(f"| {way} | hand |") == 6, output  # 3 suites, wall and CPU
+    assert used_the_shared_server(pg_server, "suite_small_h", "suite_api40_k"), output
 
 
 @pytest.mark.timeout(SMOKE_TIMEOUT)
-def test_failures_script_fails_every_test_with_and_without_the_kit() -> None:
-    completed = run_script(BENCHMARKS / "failures.py", "--smoke")
+def test_failures_script_fails_every_test_with_and_without_the_kit(
+    shared: dict[str, str],
+) -> None:
+    completed = run_script("failures.py", "--smoke", env=shared)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     assert "smoke: every run failed exactly as expected" in completed.stdout, output
@@ -110,7 +141,7 @@ def test_failures_script_fails_every_test_with_and_without_the_kit() -> None:
 
 @pytest.mark.timeout(SMOKE_TIMEOUT)
 def test_collection_script_collects_every_test_every_way() -> None:
-    completed = run_script(BENCHMARKS / "collection.py", "--smoke")
+    completed = run_script("collection.py", "--smoke")
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     assert "smoke: every way collected 100 tests" in completed.stdout, output
