@@ -464,3 +464,24 @@ def items_on_the_tests_transaction(
         testkit_session_dependency="items_app:get_session",
     )
     project.module("items_app", app)
+
+
+# --- the shared cached cluster, checked for leftovers ------------------------------------------
+
+from conftest import SubsessionShare  # noqa: E402
+
+
+@pytest.fixture(name="shared_tmpdir")
+def shared_tmpdir_fixture(
+    subsession_share: SubsessionShare, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """The TMPDIR of the sub-sessions that share this process's cached cluster, for
+    ``assert_nothing_left`` after a sub-session: one that ended has stopped the cached server
+    and removed its run folder, as one on a throwaway cluster (``private_tmpdir``) has, without
+    an initdb of its own. For the tests of what a run leaves behind that do not test the
+    throwaway cluster itself. No developer's TESTKIT_DATABASE_URL reaches the sub-sessions.
+
+    A test module imports it as ``shared_tmpdir_fixture``; its tests ask for ``shared_tmpdir``."""
+    monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)
+    assert_nothing_left(subsession_share.tmpdir)  # an earlier test's leftovers are not this one's
+    return subsession_share.tmpdir

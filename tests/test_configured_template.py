@@ -12,6 +12,7 @@ configured server, the URL naming the database ``keptdb`` on it.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -111,20 +112,32 @@ def kit_databases(url: URL) -> list[str]:
 
 def items_project(project: Project, app: str = ITEMS_APP, env: bool = False) -> None:
     project.module("items_app", app)
-    settings = {"testkit_app": "items_app:app", "testkit_schema": "items_app:Base.metadata"}
+    lines = [
+        "[pytest]",
+        "pythonpath = .",
+        "testkit_app = items_app:app",
+        "testkit_schema = items_app:Base.metadata",
+    ]
     if env:
-        settings["testkit_database_env"] = "DATABASE_URL"
-    project.ini(**settings)
+        lines.append("testkit_database_env = DATABASE_URL")
+    # Written here, not by Project.ini: with autoload off, no other plugin's setting.
+    project.pytester.makefile(".ini", pytest="\n".join(lines) + "\n")
     project.module("test_record", RECORDING_TEST)
+
+
+# Plugin autoload off (loading every installed plugin costs each run more than its test): the
+# kit is loaded by name; pytest's cache provider stays on.
+RUN_ARGS = ("-p", "no:randomly", "-p", "anyio_fastapi_testkit.plugin")
+RUN_ENV = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 
 def run(project: Project, label: str, *args: str, passed: int = 1) -> dict[str, Any]:
     """A run with pytest's cache provider on; what its test recorded, and its output."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RUN_LABEL", label)
-        result = project.pytester.runpytest_subprocess(
-            "-p", "no:randomly", *args, timeout=SUBSESSION_TIMEOUT
-        )
+        for name, value in RUN_ENV.items():
+            env.setenv(name, value)
+        result = project.pytester.runpytest_subprocess(*RUN_ARGS, *args, timeout=SUBSESSION_TIMEOUT)
     result.assert_outcomes(passed=passed)
     record: dict[str, Any] = json.loads((project.pytester.path / f"{label}.json").read_text())
     record["output"] = "\n".join([*result.outlines, *result.errlines])
@@ -179,44 +192,51 @@ def test_a_schema_change_builds_a_new_template_and_drops_the_old(
     assert_nothing_left(private_tmpdir)
 
 
-@pytest.mark.parametrize(
-    "comment",
-    [None, "created by anyio-fastapi-testkit; run 4242-0badf00d", "another key"],
-    ids=["unmarked", "a-runs-mark", "another-keys-mark"],
-)
+# Somebody else's database under the name the kit keeps its template of this key under:
+# unmarked, marked as a run's, or marked as the kept template of another key.
+FOREIGN_COMMENTS = {
+    "unmarked": None,
+    "a-runs-mark": "created by anyio-fastapi-testkit; run 4242-0badf00d",
+    "another-keys-mark": f"{KEPT_PREFIX}{'0' * 64}",
+}
+
+
 def test_a_database_under_the_kept_name_that_is_not_the_kept_template_is_never_touched(
-    project: Project, private_tmpdir: Path, keptdb: URL, comment: str | None
+    project: Project, private_tmpdir: Path, keptdb: URL
 ) -> None:
     items_project(project)
     run(project, "first")
     (name, key) = next(iter(kept_templates(keptdb).items()))
-    drop_by_hand(keptdb, name)
-    # Somebody else's database, under the name the kit keeps its template of this key under.
-    sql_rows(keptdb, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    sql_rows(keptdb, "CREATE TABLE precious (note text)", name)
-    sql_rows(keptdb, "INSERT INTO precious VALUES ('keep me')", name)
-    if comment == "another key":
-        comment = f"{KEPT_PREFIX}{'0' * 64}"
-    if comment is not None:
-        statement = sql.SQL("COMMENT ON DATABASE {} IS {}")
-        sql_rows(keptdb, statement.format(sql.Identifier(name), sql.Literal(comment)))
-    oid = sql_rows(keptdb, sql.SQL("SELECT oid FROM pg_database WHERE datname = {}").format(name))
+    # One case after the other on the one project: after each, the server holds what it held
+    # before the case (a foreign database under the kept name, no kept template of the key),
+    # which the next case changes only in the foreign database's comment.
+    for case, comment in FOREIGN_COMMENTS.items():
+        try:
+            drop_by_hand(keptdb, name)  # the kit's kept template, then the case before's
+            sql_rows(keptdb, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            sql_rows(keptdb, "CREATE TABLE precious (note text)", name)
+            sql_rows(keptdb, "INSERT INTO precious VALUES ('keep me')", name)
+            if comment is not None:
+                statement = sql.SQL("COMMENT ON DATABASE {} IS {}")
+                sql_rows(keptdb, statement.format(sql.Identifier(name), sql.Literal(comment)))
+            oid_query = sql.SQL("SELECT oid FROM pg_database WHERE datname = {}").format(name)
+            oid = sql_rows(keptdb, oid_query)
 
-    for label in ("second", "third"):
-        record = run(project, label)
-        assert record["columns"] == ["id", "name"]
-        own_templates = [db for db in record["databases"] if db.endswith("_template")]
-        assert len(own_templates) == 2, own_templates  # the foreign one, and the run's own
+            for label in ("second", "third"):
+                record = run(project, f"{label}-{case}")
+                assert record["columns"] == ["id", "name"]
+                own_templates = [db for db in record["databases"] if db.endswith("_template")]
+                assert len(own_templates) == 2, own_templates  # the foreign one, the run's own
 
-    assert sql_rows(keptdb, "SELECT note FROM precious", name) == [("keep me",)]
-    assert comments(keptdb)[name] == comment
-    assert (
-        sql_rows(keptdb, sql.SQL("SELECT oid FROM pg_database WHERE datname = {}").format(name))
-        == oid
-    )
-    assert kit_databases(keptdb) == [name], "a run left its own template or database"
-    assert key not in [value for db, value in kept_templates(keptdb).items() if db != name]
-    assert_nothing_left(private_tmpdir)
+            assert sql_rows(keptdb, "SELECT note FROM precious", name) == [("keep me",)]
+            assert comments(keptdb)[name] == comment
+            assert sql_rows(keptdb, oid_query) == oid
+            assert kit_databases(keptdb) == [name], "a run left its own template or database"
+            assert key not in [value for db, value in kept_templates(keptdb).items() if db != name]
+            assert_nothing_left(private_tmpdir)
+        except BaseException as error:
+            error.add_note(f"the database under the kept name: {case}")
+            raise
 
 
 def test_a_slow_build_before_collection_says_what_the_kit_is_doing(
@@ -293,11 +313,12 @@ def test_a_run_with_another_schema_leaves_a_live_runs_template_alone(
     (old,) = kept_templates(keptdb)
     project.module("test_hold", HOLDING_TEST)
     a = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:randomly", "test_hold.py"],
+        [sys.executable, "-m", "pytest", *RUN_ARGS, "test_hold.py"],
         cwd=project.pytester.path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, **RUN_ENV},
     )
     try:
         ready = project.pytester.path / "a-ready"

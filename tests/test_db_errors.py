@@ -21,6 +21,7 @@ from scaffolding import (
     UNREACHABLE_PASSWORD,
     UNREACHABLE_URL,
     output_of,
+    shared_tmpdir_fixture,  # noqa: F401 (the shared_tmpdir fixture)
     write_alembic,
 )
 from sqlalchemy.engine import URL
@@ -84,17 +85,18 @@ def test_an_unreachable_server_is_reported_masked_with_the_settings(
 
 
 @pytest.mark.parametrize(
-    "tb",
+    ("configured", "tb"),
     [
-        "--tb=auto",
-        "--tb=long",
-    ],
-)
-@pytest.mark.parametrize(
-    "configured",
-    [
-        pytest.param(UNREACHABLE_URL.replace(":1/", ":notaport/"), id="unparseable"),
-        pytest.param(UNREACHABLE_URL, id="unreachable"),
+        pytest.param(
+            UNREACHABLE_URL.replace(":1/", ":notaport/"), "--tb=auto", id="unparseable-auto"
+        ),
+        pytest.param(
+            UNREACHABLE_URL.replace(":1/", ":notaport/"), "--tb=long", id="unparseable-long"
+        ),
+        # The unreachable URL with the default --tb=auto is the sub-session of
+        # test_an_unreachable_server_is_reported_masked_with_the_settings[flag], which checks
+        # the same outcome and the password's absence.
+        pytest.param(UNREACHABLE_URL, "--tb=long", id="unreachable-long"),
     ],
 )
 def test_no_traceback_shows_the_configured_password(
@@ -151,14 +153,14 @@ def test_a_wrong_password_is_reported_masked(project: Project, pg_server: Runnin
     ],
 )
 def test_a_wrong_schema_setting_names_the_setting_and_leaves_nothing(
-    project: Project, private_tmpdir: Path, schema: str, expected: str
+    project: Project, shared_tmpdir: Path, schema: str, expected: str
 ) -> None:
     items_project(project, testkit_schema=schema)
     project.module("test_db", DB_TEST)
     result = project.run()
     result.stdout.fnmatch_lines([expected])
     result.assert_outcomes(errors=1)
-    assert_nothing_left(private_tmpdir)
+    assert_nothing_left(shared_tmpdir)
 
 
 FAILING_REVISION = """
@@ -175,7 +177,7 @@ def upgrade():
 """
 
 
-def test_a_missing_alembic_config_is_named(project: Project, private_tmpdir: Path) -> None:
+def test_a_missing_alembic_config_is_named(project: Project, shared_tmpdir: Path) -> None:
     items_project(project, testkit_schema="alembic:migrations/alembic.ini")
     project.module("test_db", DB_TEST)
     result = project.run()
@@ -184,11 +186,11 @@ def test_a_missing_alembic_config_is_named(project: Project, private_tmpdir: Pat
         [f"*testkit_schema names the Alembic config '{config}', which does not exist*"]
     )
     result.assert_outcomes(errors=1)
-    assert_nothing_left(private_tmpdir)
+    assert_nothing_left(shared_tmpdir)
 
 
 def test_a_failing_migration_shows_alembics_error_and_leaves_nothing(
-    project: Project, private_tmpdir: Path
+    project: Project, shared_tmpdir: Path
 ) -> None:
     items_project(project, testkit_schema="alembic:alembic.ini")
     write_alembic(project.pytester.path, {"0001_failing.py": FAILING_REVISION})
@@ -202,7 +204,7 @@ def test_a_failing_migration_shows_alembics_error_and_leaves_nothing(
         ]
     )
     result.assert_outcomes(errors=1)
-    assert_nothing_left(private_tmpdir)
+    assert_nothing_left(shared_tmpdir)
 
 
 @pytest.fixture

@@ -20,8 +20,10 @@ from conftest import (
     drop_by_hand,
     sql_rows,
 )
+from scaffolding import items_revision, write_alembic
 from sqlalchemy.engine import URL
 
+from anyio_fastapi_testkit._core.config import url_driver
 from anyio_fastapi_testkit._postgres.server import RunningServer
 
 ITEMS_SETTINGS = {
@@ -64,12 +66,11 @@ def items_project(project: Project, **settings: str) -> Project:
 
 # --- isolation -----------------------------------------------------------------------------
 
+# The tests of one items project, each module a behaviour: they run in one sub-session per
+# driver, and each test's outcome is checked by name.
 
-def test_each_test_starts_from_an_empty_database(project: Project, db_driver: str) -> None:
-    items_project(project)
-    project.module(
-        "test_isolation",
-        """
+# Each test starts from an empty database, whatever the one before wrote, and however.
+ISOLATION_TESTS = """
         from sqlalchemy import text
 
         from helpers import names
@@ -98,25 +99,10 @@ def test_each_test_starts_from_an_empty_database(project: Project, db_driver: st
             db_session.add(Item(name="by-session"))
             await db_session.commit()
             assert await names(db_session) == ["by-app", "by-session"]
-        """.replace("DRIVER", db_driver),
-    )
-    result = project.run("-v")
-    result.stdout.fnmatch_lines(
-        [
-            "*test_a_writes_every_way* PASSED*",
-            "*test_b_sees_none_of_it* PASSED*",
-            "*test_c_* PASSED*",
-        ]
-    )
-    result.assert_outcomes(passed=3)
-
-
-@pytest.mark.usefixtures("db_driver")
-def test_the_app_can_roll_back_and_the_test_goes_on(project: Project) -> None:
-    items_project(project)
-    project.module(
-        "test_rollback",
         """
+
+# The app can roll back (and so can the test), and the test goes on.
+ROLLBACK_TESTS = """
         import pytest
         from sqlalchemy.exc import IntegrityError
 
@@ -142,17 +128,10 @@ def test_the_app_can_roll_back_and_the_test_goes_on(project: Project) -> None:
 
         async def test_next_test_is_clean(client):
             assert (await client.get("/items")).json() == []
-        """,
-    )
-    project.run().assert_outcomes(passed=2)
-
-
-@pytest.mark.usefixtures("db_driver")
-def test_savepoints_in_the_test_and_in_the_app(project: Project) -> None:
-    items_project(project)
-    project.module(
-        "test_savepoints",
         """
+
+# Savepoints in the test and in the app.
+SAVEPOINT_TESTS = """
         import pytest
         from sqlalchemy.exc import IntegrityError
 
@@ -184,16 +163,10 @@ def test_savepoints_in_the_test_and_in_the_app(project: Project) -> None:
             response = await client.post("/items/batch", json={"names": ["x", "old", "y", "x"]})
             assert response.json() == {"created": ["x", "y"], "skipped": ["old", "x"]}
             assert await names(db_session) == ["old", "x", "y"]
-        """,
-    )
-    project.run().assert_outcomes(passed=2)
-
-
-def test_the_app_and_the_test_see_each_others_rows(project: Project) -> None:
-    items_project(project)
-    project.module(
-        "test_override",
         """
+
+# The app and the test see each other's rows.
+OVERRIDE_TESTS = """
         from helpers import names
         from items_app import Item
 
@@ -207,17 +180,10 @@ def test_the_app_and_the_test_see_each_others_rows(project: Project) -> None:
         async def test_even_unflushed_rows(client, db_session):
             db_session.add(Item(name="pending"))  # flushed by the kit before the request
             assert (await client.get("/items")).json() == ["pending"]
-        """,
-    )
-    project.run().assert_outcomes(passed=2)
-
-
-@pytest.mark.usefixtures("db_driver")
-def test_concurrent_requests_in_one_test(project: Project) -> None:
-    items_project(project)
-    project.module(
-        "test_concurrent",
         """
+
+# Concurrent requests in one test.
+CONCURRENT_TESTS = """
         import anyio
 
         from helpers import names
@@ -236,9 +202,96 @@ def test_concurrent_requests_in_one_test(project: Project) -> None:
             assert statuses == dict.fromkeys(range(10), 201)
             assert await names(db_session) == [f"item-{n:02}" for n in range(10)]
             assert len((await client.get("/items")).json()) == 10
-        """,
+        """
+
+# Nothing of a test outlives it. FastAPI caches what it learns of a dependency by the function,
+# for good: an override made per test would keep every test's transaction (and its task group,
+# lock, client) alive until the end of the session.
+MEMORY_TESTS = """
+        import gc
+
+        import pytest
+
+        from anyio_fastapi_testkit._isolation.transaction import TestTransaction
+
+        @pytest.mark.parametrize("n", range(5))
+        async def test_requests(client, n):
+            assert (await client.post("/items", json={"name": f"x{n}"})).status_code == 201
+
+        def test_none_of_them_is_kept():
+            gc.collect()
+            alive = [o for o in gc.get_objects() if isinstance(o, TestTransaction)]
+            # (The last test's may still be referenced from this one's set-up.)
+            assert len(alive) <= 1, f"{len(alive)} transactions of earlier tests are alive"
+        """
+
+# The database URL hides its password in repr, and names the database the fixtures use.
+URL_TESTS = """
+        from sqlalchemy.engine import make_url
+
+        def test_url(database_url):
+            url = make_url(str(database_url))
+            assert url.password
+            assert url.password in str(database_url)
+            assert url.password not in repr(database_url)
+            assert repr(database_url) == repr(url.render_as_string(hide_password=True))
+            assert url.database.startswith("test_")
+            assert url.drivername == "postgresql+DRIVER"
+
+        async def test_same_url_in_async_tests(database_url, db_connection):
+            from sqlalchemy import text
+            current = await db_connection.scalar(text("SELECT current_database()"))
+            assert current == make_url(str(database_url)).database
+        """
+
+ITEMS_MODULES = {
+    "test_isolation": ISOLATION_TESTS,
+    "test_override": OVERRIDE_TESTS,
+    "test_rollback": ROLLBACK_TESTS,
+    "test_savepoints": SAVEPOINT_TESTS,
+    "test_concurrent": CONCURRENT_TESTS,
+    "test_memory": MEMORY_TESTS,
+    "test_url": URL_TESTS,
+}
+
+
+def test_isolation_rollbacks_savepoints_and_concurrent_requests(
+    project: Project, db_driver: str
+) -> None:
+    items_project(project)
+    for name, source in ITEMS_MODULES.items():
+        project.module(name, source.replace("DRIVER", db_driver))
+    result = project.run("-v")
+    result.stdout.fnmatch_lines_random(
+        [
+            "*test_isolation.py::test_a_writes_every_way PASSED*",
+            "*test_isolation.py::test_b_sees_none_of_it PASSED*",
+            "*test_isolation.py::test_c_can_reuse_the_names PASSED*",
+            "*test_override.py::test_each_sees_the_others_rows PASSED*",
+            "*test_override.py::test_even_unflushed_rows PASSED*",
+            "*test_rollback.py::test_conflict_then_more_work PASSED*",
+            "*test_rollback.py::test_next_test_is_clean PASSED*",
+            "*test_savepoints.py::test_rolled_back_savepoint_keeps_earlier_work PASSED*",
+            "*test_savepoints.py::test_app_savepoints_skip_only_the_duplicates PASSED*",
+            "*test_concurrent.py::test_ten_posts_at_once PASSED*",
+            *(f"*test_memory.py::test_requests[[]{n}[]] PASSED*" for n in range(5)),
+            "*test_memory.py::test_none_of_them_is_kept PASSED*",
+            "*test_url.py::test_url PASSED*",
+            "*test_url.py::test_same_url_in_async_tests PASSED*",
+        ]
     )
-    project.run().assert_outcomes(passed=1)
+    result.assert_outcomes(passed=18)
+    # In file order (Project.run turns pytest-randomly off): each module's tests ran in turn.
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_a_writes_every_way PASSED*",
+            "*::test_b_sees_none_of_it PASSED*",
+            "*::test_c_can_reuse_the_names PASSED*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        ["*::test_requests[[]4[]] PASSED*", "*::test_none_of_them_is_kept PASSED*"]
+    )
 
 
 # --- backends ------------------------------------------------------------------------------
@@ -371,31 +424,6 @@ def test_sync_endpoints_use_db_session_sync_on_both_backends(project: Project) -
 
 
 # --- the database URL and the environment ---------------------------------------------------
-
-
-def test_database_url_hides_its_password_in_repr(project: Project) -> None:
-    project.ini()
-    project.module(
-        "test_url",
-        """
-        from sqlalchemy.engine import make_url
-
-        def test_url(database_url):
-            url = make_url(str(database_url))
-            assert url.password
-            assert url.password in str(database_url)
-            assert url.password not in repr(database_url)
-            assert repr(database_url) == repr(url.render_as_string(hide_password=True))
-            assert url.database.startswith("test_")
-            assert url.drivername == "postgresql+psycopg"
-
-        async def test_same_url_in_async_tests(database_url, db_connection):
-            from sqlalchemy import text
-            current = await db_connection.scalar(text("SELECT current_database()"))
-            assert current == make_url(str(database_url)).database
-        """,
-    )
-    project.run().assert_outcomes(passed=2)
 
 
 ENV_APP = """
@@ -547,33 +575,36 @@ import psutil
 from helpers import names
 
 async def test_writes(client, db_session):
-    assert (await client.post("/items", json={{"name": "a"}})).status_code == 201
+    assert (await client.post("/items", json={"name": "a"})).status_code == 201
     assert await names(db_session) == ["a"]
-    base = Path(tempfile.gettempdir()) / f"anyio-fastapi-testkit-{{os.getuid()}}"
+    base = Path(tempfile.gettempdir()) / f"anyio-fastapi-testkit-{os.getuid()}"
     runs = sorted(base.glob("run-*"))
     pid = int((runs[0] / "data" / "postmaster.pid").read_text().split()[0])
     # What leftovers() looks for afterwards: the server's command line names the folder.
     found = [
         p.pid for p in psutil.process_iter(["cmdline"])
-        if any(f"{{base}}/" in arg for arg in p.info["cmdline"] or [])
+        if any(f"{base}/" in arg for arg in p.info["cmdline"] or [])
     ]
-    during = {{"runs": [r.name for r in runs], "pid": pid, "found": found}}
+    during = {"runs": [r.name for r in runs], "pid": pid, "found": found}
     Path("during.json").write_text(json.dumps(during))
-    assert {outcome}
+
+async def test_fails_while_writing(client, db_session):
+    assert (await client.post("/items", json={"name": "b"})).status_code == 201
+    assert False, "this test fails"
 """
 
 
-@pytest.mark.parametrize(
-    ("outcome", "counts"),
-    [("True", {"passed": 1}), ("False, 'this test fails'", {"failed": 1})],
-    ids=["passing", "failing"],
-)
-def test_nothing_is_left_after_the_session(
-    project: Project, private_tmpdir: Path, outcome: str, counts: dict[str, int]
-) -> None:
+def test_nothing_is_left_after_the_session(project: Project, private_tmpdir: Path) -> None:
+    # A session with a passing and a failing test: the kit's clean-up does not depend on the
+    # tests' outcomes (it reads the session's exit status only for an interrupt), so this one
+    # session stands for a passing one and a failing one.
     items_project(project)
-    project.module("test_cleanup", CLEANUP_TEST.format(outcome=outcome))
-    project.run().assert_outcomes(**counts)
+    project.module("test_cleanup", CLEANUP_TEST)
+    result = project.run("-v")
+    result.stdout.fnmatch_lines(
+        ["*::test_writes PASSED*", "*::test_fails_while_writing FAILED*", "*this test fails*"]
+    )
+    result.assert_outcomes(passed=1, failed=1)
     during = json.loads((project.pytester.path / "during.json").read_text())
     # The session did have its own server and state folder in its private TMPDIR ...
     assert len(during["runs"]) == 1
@@ -618,6 +649,9 @@ async def test_runs_on_test_appdb(client, db_session, database_url):
     assert await db_session.scalar(text("SELECT to_regclass('precious')")) is None
     assert (await client.post("/items", json={"name": "a"})).status_code == 201
     assert await names(db_session) == ["a"]
+    # The URL names no driver: the kit's default.
+    assert database_url.startswith("postgresql+psycopg://")
+    assert db_session.bind.dialect.driver == "psycopg"
 
 async def test_second_test_is_clean(client):
     assert (await client.get("/items")).json() == []
@@ -648,12 +682,27 @@ def test_a_configured_server_gets_test_databases_that_are_dropped_after(
 
 
 @pytest.mark.parametrize(
+    ("scheme", "expected"),
+    [
+        ("postgresql+asyncpg", "asyncpg"),
+        ("postgresql+psycopg", "psycopg"),
+        ("postgresql", None),
+        ("postgresql+psycopg2", None),  # a sync driver names only the server
+        ("postgresql+pg8000", None),
+    ],
+)
+def test_the_driver_a_url_names_is_read_from_its_scheme(scheme: str, expected: str | None) -> None:
+    assert url_driver(f"{scheme}://u:pw@127.0.0.1:5432/db") == expected
+
+
+# End to end, the cases where the URL's own driver could win and must not, or must: the URL's
+# async driver (not the default) reaches the engine; a sync driver gives the default; the
+# setting wins over the URL. (A URL naming no driver is URL_MODE_TEST's: psycopg.)
+@pytest.mark.parametrize(
     ("scheme", "setting", "expected"),
     [
         ("postgresql+asyncpg", None, "asyncpg"),
-        ("postgresql+psycopg", None, "psycopg"),
-        ("postgresql", None, "psycopg"),
-        ("postgresql+psycopg2", None, "psycopg"),  # a sync driver names only the server
+        ("postgresql+psycopg2", None, "psycopg"),
         ("postgresql+asyncpg", "psycopg", "psycopg"),  # the setting wins
     ],
 )
@@ -707,13 +756,6 @@ def test_a_database_the_kit_did_not_create_is_left_alone(project: Project, appdb
 
 # --- Alembic -------------------------------------------------------------------------------
 
-ALEMBIC_INI = """
-[alembic]
-script_location = %(here)s/migrations
-prepend_sys_path = %(here)s
-path_separator = os
-"""
-
 # An async env.py: the URL the kit sets names no driver, so it picks the async one.
 ALEMBIC_ENV = """
 import asyncio
@@ -743,43 +785,17 @@ async def main():
 asyncio.run(main())
 """
 
-ALEMBIC_REVISION = """
-import sqlalchemy as sa
-from alembic import op
 
-revision = "0001"
-down_revision = None
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-    {body}
-
-
-def downgrade():
-    op.drop_table("items")
-"""
-
-CREATE_ITEMS = """op.create_table(
-        "items",
-        sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("name", sa.String(100), nullable=False, unique=True),
-    )
-    op.execute("INSERT INTO items (name) VALUES ('seeded by the migration')")"""
-
-
-def alembic_project(project: Project, upgrade_body: str) -> None:
+def alembic_project(project: Project) -> None:
+    """The items project, its schema from one Alembic revision (with a seeded row), migrated
+    by an async env.py."""
     items_project(project, testkit_schema="alembic:alembic.ini")
-    project.pytester.makefile(".ini", alembic=ALEMBIC_INI)
-    versions = project.pytester.mkdir("migrations") / "versions"
-    versions.mkdir()
-    (project.pytester.path / "migrations" / "env.py").write_text(ALEMBIC_ENV)
-    (versions / "0001_items.py").write_text(ALEMBIC_REVISION.format(body=upgrade_body))
+    seed = "    op.execute(\"INSERT INTO items (name) VALUES ('seeded by the migration')\")\n"
+    write_alembic(project.pytester.path, {"0001_items.py": items_revision(seed)}, env=ALEMBIC_ENV)
 
 
 def test_the_schema_comes_from_alembic_migrations(project: Project) -> None:
-    alembic_project(project, CREATE_ITEMS)
+    alembic_project(project)
     project.module(
         "test_alembic",
         """
@@ -799,31 +815,3 @@ def test_the_schema_comes_from_alembic_migrations(project: Project) -> None:
         """,
     )
     project.run().assert_outcomes(passed=2)
-
-
-def test_nothing_of_a_test_outlives_it(project: Project) -> None:
-    # FastAPI caches what it learns of a dependency by the function, for good: an override
-    # made per test would keep every test's transaction (and its task group, lock, client)
-    # alive until the end of the session.
-    items_project(project)
-    project.module(
-        "test_memory",
-        """
-        import gc
-
-        import pytest
-
-        from anyio_fastapi_testkit._isolation.transaction import TestTransaction
-
-        @pytest.mark.parametrize("n", range(5))
-        async def test_requests(client, n):
-            assert (await client.post("/items", json={"name": f"x{n}"})).status_code == 201
-
-        def test_none_of_them_is_kept():
-            gc.collect()
-            alive = [o for o in gc.get_objects() if isinstance(o, TestTransaction)]
-            # (The last test's may still be referenced from this one's set-up.)
-            assert len(alive) <= 1, f"{len(alive)} transactions of the 5 tests are alive"
-        """,
-    )
-    project.run("-p", "no:randomly").assert_outcomes(passed=6)

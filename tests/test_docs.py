@@ -123,10 +123,17 @@ def test_doc_example_passes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     expected = write_project(pytester.path, page, config)
-    # As installed (plugins autoloaded), with the embedded server of one cached cluster that
-    # the examples share (initdb once; each page's schema makes its own template in it).
+    # With the embedded server of one cached cluster that the examples share (initdb once;
+    # each page's schema makes its own template in it). The getting-started page runs as
+    # installed (plugins autoloaded); the others load the kit by name alone, as the pages
+    # need no other plugin (loading every installed one costs a run more than its tests).
     monkeypatch.setenv("TMPDIR", str(subsession_share.tmpdir))
+    plugins: tuple[str, ...] = ()
+    if page.path != BASE_PAGE:
+        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+        plugins = ("-p", "anyio_fastapi_testkit.plugin")
     result = pytester.runpytest_subprocess(
+        *plugins,
         "-o",
         f"cache_dir={subsession_share.cache_dir}",
         "-p",

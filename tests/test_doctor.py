@@ -6,18 +6,20 @@ report without running a test, and without leaving a server or a state folder be
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, assert_nothing_left
+from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, SubsessionShare, assert_nothing_left
 from scaffolding import (
     UNREACHABLE_MASKED,
     UNREACHABLE_PASSWORD,
     UNREACHABLE_URL,
     output_of,
+    shared_tmpdir_fixture,  # noqa: F401 (the shared_tmpdir fixture)
     write_alembic,
 )
 
@@ -104,10 +106,13 @@ def test_a_clean_project_is_all_ok_on_both_backends(project: Project, private_tm
 def test_an_app_without_database_settings_skips_the_database(
     project: Project, private_tmpdir: Path
 ) -> None:
-    project.ini(testkit_app="simple_app:app")
+    # With pytest-trio (its stand-in) out of trio mode too: fine, no problem either.
+    project.pytester.makeconftest(PYTEST_TRIO_STAND_IN)
+    project.ini(testkit_app="simple_app:app", trio_mode="false")
     result = doctor(project)
     result.stdout.fnmatch_lines(
         [
+            "OK       plugin pytest-trio: pytest-trio without trio_mode is fine*",
             "SKIP     database: none of testkit_database_url, testkit_schema, * is set; the db "
             "fixtures would start an embedded server (binaries in *",
             "OK       app: testkit_app = 'simple_app:app' imported: FastAPI 'simple'",
@@ -181,11 +186,19 @@ def test_a_failing_lifespan_is_named_on_each_backend(
     assert result.ret == 1
 
 
-def test_a_missing_schema_module_is_named_and_the_server_is_stopped(
-    project: Project, private_tmpdir: Path
+def test_a_missing_schema_module_and_unused_session_settings_are_each_named(
+    project: Project, shared_tmpdir: Path
 ) -> None:
+    # Three independent problems in one project: each is named, and the server is stopped.
     project.module("items_app", ITEMS_APP)
-    project.ini(**{**ITEMS_SETTINGS, "testkit_schema": "missing_models:Base.metadata"})
+    project.ini(
+        **{
+            **ITEMS_SETTINGS,
+            "testkit_schema": "missing_models:Base.metadata",
+            "testkit_session_dependency": "items_app:unused_dependency",
+            "testkit_sessionmaker": "items_app:get_session",
+        }
+    )
     result = doctor(project)
     result.stdout.fnmatch_lines(
         [
@@ -194,37 +207,17 @@ def test_a_missing_schema_module_is_named_and_the_server_is_stopped(
             "'missing_models' cannot be imported *Check the spelling*",
             "SKIP     database driver: needs the test database",
             "OK       app: *",
-        ]
-    )
-    assert result.ret == 1
-    assert_nothing_left(private_tmpdir)
-
-
-def test_session_settings_the_app_does_not_use_are_named(
-    project: Project, private_tmpdir: Path
-) -> None:
-    project.module("items_app", ITEMS_APP)
-    project.ini(
-        **{
-            **ITEMS_SETTINGS,
-            "testkit_session_dependency": "items_app:unused_dependency",
-            "testkit_sessionmaker": "items_app:get_session",
-        }
-    )
-    result = doctor(project)
-    result.stdout.fnmatch_lines(
-        [
             "PROBLEM  session dependency: testkit_session_dependency = "
             "'items_app:unused_dependency' is not a dependency of any route of the app, so "
             "overriding it would change nothing. Name the function your routes pass to "
             "Depends()*or unset the option.",
             "PROBLEM  sessionmaker: testkit_sessionmaker = 'items_app:get_session' is a "
             "function, not a SQLAlchemy async_sessionmaker. *",
-            "testkit doctor: * 2 PROBLEM*",
+            "testkit doctor: * 3 PROBLEM*",
         ]
     )
     assert result.ret == 1
-    assert_nothing_left(private_tmpdir)
+    assert_nothing_left(shared_tmpdir)
 
 
 def test_an_unreachable_database_url_is_named_without_its_password(
@@ -251,10 +244,13 @@ def test_an_unreachable_database_url_is_named_without_its_password(
     assert_nothing_left(private_tmpdir)
 
 
-def test_trio_asked_but_not_importable(project: Project, private_tmpdir: Path) -> None:
+def test_trio_asked_but_not_importable_and_pytest_asyncio_in_auto_mode_are_named(
+    project: Project, private_tmpdir: Path
+) -> None:
+    # Two independent problems of the plugins and backends in one project: each is named.
     # A module of the project shadows the installed trio, as if it were not installed.
     project.module("trio", "raise ImportError(\"No module named 'trio' (hidden by the test)\")")
-    project.ini(testkit_app="simple_app:app")
+    project.ini(testkit_app="simple_app:app", asyncio_mode="auto")
     result = doctor(project, "--testkit-backends", "asyncio,trio")
     result.stdout.fnmatch_lines(
         [
@@ -262,26 +258,15 @@ def test_trio_asked_but_not_importable(project: Project, private_tmpdir: Path) -
             "PROBLEM  backend trio: --testkit-backends asks for the trio backend, but trio cannot "
             "be imported (No module named 'trio' (hidden by the test)). Install it with "
             "`pip install 'anyio-fastapi-testkit[trio]'`, or remove trio from --testkit-backends.",
-            "OK       lifespan on asyncio: *",
-        ]
-    )
-    result.stdout.no_fnmatch_line("*lifespan on trio*")
-    assert result.ret == 1
-
-
-def test_pytest_asyncio_in_auto_mode_is_shown_instead_of_refused(
-    project: Project, private_tmpdir: Path
-) -> None:
-    project.ini(testkit_app="simple_app:app", asyncio_mode="auto")
-    result = doctor(project)
-    result.stdout.fnmatch_lines(
-        [
             "PROBLEM  plugin pytest-asyncio: pytest-asyncio is active in auto mode (asyncio_mode "
             "= auto) beside anyio-fastapi-testkit*Fix one of: remove asyncio_mode = auto*"
             "`-p no:asyncio`*",
             "OK       app: *",
+            "OK       lifespan on asyncio: *",
+            "testkit doctor: * 2 PROBLEM*",
         ]
     )
+    result.stdout.no_fnmatch_line("*lifespan on trio*")
     assert result.ret == 1
 
 
@@ -298,36 +283,39 @@ def pytest_addoption(parser, pluginmanager):
 """
 
 
-@pytest.mark.parametrize(
-    ("trio_mode", "line", "ret"),
-    [
-        (
-            "true",
-            "PROBLEM  plugin pytest-trio: pytest-trio is in trio mode (trio_mode = true)*Fix one "
-            "of: remove trio_mode*`-p no:trio`*",
-            1,
-        ),
-        ("false", "OK       plugin pytest-trio: pytest-trio without trio_mode is fine*", 0),
-    ],
-)
-def test_pytest_trio_in_trio_mode_is_a_problem_and_without_it_is_not(
-    project: Project, private_tmpdir: Path, trio_mode: str, line: str, ret: int
-) -> None:
+def test_pytest_trio_in_trio_mode_is_a_problem(project: Project, private_tmpdir: Path) -> None:
+    # Without trio mode it is fine: test_an_app_without_database_settings_skips_the_database.
     project.pytester.makeconftest(PYTEST_TRIO_STAND_IN)
-    project.ini(testkit_app="simple_app:app", trio_mode=trio_mode)
+    project.ini(testkit_app="simple_app:app", trio_mode="true")
     result = doctor(project)
-    result.stdout.fnmatch_lines([line])
-    assert result.ret == ret
+    result.stdout.fnmatch_lines(
+        [
+            "PROBLEM  plugin pytest-trio: pytest-trio is in trio mode (trio_mode = true)*Fix one "
+            "of: remove trio_mode*`-p no:trio`*"
+        ]
+    )
+    assert result.ret == 1
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.mark.parametrize("example", ["bookshelf", "taskboard"])
-def test_no_false_alarm_on_the_example_projects(private_tmpdir: Path, example: str) -> None:
+def test_no_false_alarm_on_the_example_projects(
+    subsession_share: SubsessionShare, shared_tmpdir: Path, example: str
+) -> None:
     # Real projects as their users run them: create_all and Alembic, psycopg and asyncpg,
-    # testkit_database_env read by pydantic settings, a sessionmaker; both backends.
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--testkit-doctor"]
+    # testkit_database_env read by pydantic settings, a sessionmaker; both backends. On the
+    # cached cluster their test runs (test_examples.py) share, with pytest's cache outside
+    # the example's folder.
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-o",
+        f"cache_dir={subsession_share.cache_dir}",
+        "--testkit-doctor",
+    ]
     completed = subprocess.run(
         [*command, "--testkit-backends", "asyncio trio"],
         cwd=EXAMPLES / example,
@@ -335,18 +323,19 @@ def test_no_false_alarm_on_the_example_projects(private_tmpdir: Path, example: s
         text=True,
         timeout=SUBSESSION_TIMEOUT,
         check=False,
+        env={**os.environ, "TMPDIR": str(shared_tmpdir)},
     )
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     assert "PROBLEM " not in output, output
     assert "OK       lifespan on trio: " in output, output
     assert re.search(r"testkit doctor: \d+ OK, 0 PROBLEM", output), output
-    assert_nothing_left(private_tmpdir)
+    assert_nothing_left(shared_tmpdir)
 
 
 @pytest.mark.parametrize("imported_by", ["nothing", "plugin", "late-kit"])
 def test_the_import_order_of_the_app_and_its_settings_is_checked(
-    project: Project, private_tmpdir: Path, monkeypatch: pytest.MonkeyPatch, imported_by: str
+    project: Project, shared_tmpdir: Path, monkeypatch: pytest.MonkeyPatch, imported_by: str
 ) -> None:
     project.module("items_app", ITEMS_APP)
     project.ini(testkit_app="items_app:app", testkit_database_env="DATABASE_URL")
@@ -370,7 +359,7 @@ def test_the_import_order_of_the_app_and_its_settings_is_checked(
             ["PROBLEM  import order: *'items_app'* were imported by a*before the kit could*"]
         )
         assert result.ret == 1
-    assert_nothing_left(private_tmpdir)
+    assert_nothing_left(shared_tmpdir)
 
 
 def test_a_password_on_the_command_line_is_warned_about(
@@ -423,7 +412,7 @@ class ItemFactory(SQLAlchemyFactory[Item]):
 
 
 def test_the_apps_engines_are_checked_as_a_test_run_imports_them(
-    project: Project, private_tmpdir: Path
+    project: Project, shared_tmpdir: Path
 ) -> None:
     project.module("items_app", ITEMS_APP)
     project.module("engines_app", ENGINES_APP)
@@ -465,7 +454,7 @@ def test_the_apps_engines_are_checked_as_a_test_run_imports_them(
     assert "s3cr3t-key" not in output
     assert "shelldb" not in output  # engines_app:engine got the test database's URL
     assert result.ret == 1
-    assert_nothing_left(private_tmpdir)
+    assert_nothing_left(shared_tmpdir)
 
 
 def test_a_malformed_database_env_skips_what_needs_it(
