@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import ITEMS_APP, Project, assert_nothing_left
 
-from anyio_fastapi_testkit._postgres.server import start_server
+from anyio_fastapi_testkit._postgres.server import connect_admin, start_server
 
 # The third test ends the server the way a crash or an OOM kill does: SIGQUIT to the
 # postmaster is PostgreSQL's immediate shutdown (every backend ends at once, no checkpoint).
@@ -143,8 +143,10 @@ def _provisioned(database_url, pytestconfig):
 
 def _stop_server(backend):
     postmaster = psutil.Process(psutil.Process(backend).ppid())
-    for process in [postmaster, *postmaster.children()]:
+    stopped = [postmaster, *postmaster.children()]
+    for process in stopped:
         os.kill(process.pid, signal.SIGSTOP)
+    Path("stopped-pids").write_text(" ".join(str(process.pid) for process in stopped))
 """
 
 HANGING_TESTS = (
@@ -179,6 +181,34 @@ def test_02_server_hangs(db_session_sync):
 )
 
 
+# In xdist's controller (which runs no test): a line for each try at the run's databases on
+# the server, or at a probe of it, at the end of the run. Counted, not timed: each would wait
+# out a connect timeout on a hung server.
+CONTROLLER_CALLS = "controller-calls.txt"
+CONTROLLER_SPY = f"""
+from pathlib import Path
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):
+        return
+    from anyio_fastapi_testkit._postgres import server
+    from anyio_fastapi_testkit._provisioning import owned
+
+    calls = Path(config.rootpath, "{CONTROLLER_CALLS}")
+    calls.write_text("")
+    for module, name in ((owned, "drop_run_databases"), (server, "server_answers_at")):
+        real = getattr(module, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            with calls.open("a") as handle:
+                handle.write(_name + "\\n")
+            return _real(*args, **kwargs)
+
+        setattr(module, name, counted)
+"""
+
+
 @pytest.mark.parametrize(
     ("tests", "args"),
     [(HANGING_TESTS, ()), (SYNC_HANGING_TESTS, ()), (HANGING_TESTS, ("-n", "2"))],
@@ -187,6 +217,62 @@ def test_02_server_hangs(db_session_sync):
 def test_a_hung_server_ends_the_run_within_the_timeout(
     project: Project, private_tmpdir: Path, tests: str, args: tuple[str, ...]
 ) -> None:
+    _hanging_project(project, tests)
+    if args:
+        project.module("conftest", CONTROLLER_SPY)
+    result = project.run("-q", *args)
+    output = "\n".join(result.outlines + result.errlines)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) >= 1, output
+    assert outcomes.get("errors", 0) + outcomes.get("failed", 0) <= 2, output
+    assert "stopped answering" in output
+    assert "INTERNALERROR" not in output
+    if args:
+        # The workers found the server hung: the controller went straight to stopping it,
+        # with no try at the drops on it and no probe of it.
+        calls = (project.pytester.path / CONTROLLER_CALLS).read_text().split()
+        assert calls == [], output
+    assert_nothing_left(private_tmpdir)
+
+
+# The server the workers found hung answers again by the controller's end of the run.
+CONTROLLER_RESUMES = """
+import os
+import signal
+
+import pytest
+
+
+@pytest.hookimpl(tryfirst=True)  # before the kit's
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):
+        for pid in Path(config.rootpath, "stopped-pids").read_text().split():
+            os.kill(int(pid), signal.SIGCONT)
+"""
+
+
+def test_a_configured_server_that_hung_gets_the_runs_databases_dropped_once_it_answers(
+    project: Project, private_tmpdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with start_server(None, base_dir=private_tmpdir / "team-server") as server:
+        url = server.info.admin_url
+        monkeypatch.setenv("TESTKIT_DATABASE_URL", url.render_as_string(hide_password=False))
+        _hanging_project(project, HANGING_TESTS)
+        project.module("conftest", CONTROLLER_SPY + CONTROLLER_RESUMES)
+        result = project.run("-q", "-n", "2")
+        with connect_admin(url) as conn:
+            rows = conn.execute("SELECT datname FROM pg_database").fetchall()
+    output = "\n".join(result.outlines + result.errlines)
+    assert "stopped answering" in output
+    assert "INTERNALERROR" not in output
+    # One probe of the server the workers found hung; it answered: the drops were made.
+    calls = (project.pytester.path / CONTROLLER_CALLS).read_text().split()
+    assert calls == ["server_answers_at", "drop_run_databases"], output
+    left = sorted({str(name) for (name,) in rows} - {"postgres", "template0", "template1"})
+    assert left == [], output
+
+
+def _hanging_project(project: Project, tests: str) -> None:
     project.module("items_app", ITEMS_APP)
     project.ini(
         testkit_app="items_app:app",
@@ -195,10 +281,3 @@ def test_a_hung_server_ends_the_run_within_the_timeout(
         testkit_timeout="5",
     )
     project.module("test_hangs", tests.format(rest=REST))
-    result = project.run("-q", *args)
-    output = "\n".join(result.outlines + result.errlines)
-    outcomes = result.parseoutcomes()
-    assert outcomes.get("passed", 0) >= 1, output
-    assert outcomes.get("errors", 0) + outcomes.get("failed", 0) <= 2, output
-    assert "stopped answering" in output
-    assert "INTERNALERROR" not in output

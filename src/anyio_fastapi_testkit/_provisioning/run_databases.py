@@ -178,12 +178,15 @@ class TestDatabases:
         return None if server is None else server.info.admin_url
 
     def mark_lost(self) -> None:
-        """The server stopped answering: later tests get that error, the end drops nothing."""
+        """The server stopped answering: later tests get that error, the end drops nothing
+        (under xdist, neither the controller's nor the other workers' end: see ``SharedRun``)."""
         with self._lock:
             self._lost = True
             self._failure = DatabaseError(
                 f"The PostgreSQL server {self.description} stopped answering earlier in this run."
             )
+        if self.plan.shared is not None:
+            self.plan.shared.mark_lost()
 
     def working_url(self) -> DatabaseURL:
         """The URL (with the configured driver) of this worker's test database."""
@@ -224,11 +227,15 @@ class TestDatabases:
             try:
                 while self._closers:
                     self._closers.pop()()
+                # Also lost when another xdist worker found it so: the controller then drops
+                # what the run made where it can (see xdist.stop_recorded_server).
+                shared = self.plan.shared
+                lost = self._lost or (shared is not None and shared.lost())
                 if self._spare_maker is not None:
                     # Before the server stops under it; at once when the server is gone.
-                    self._spare_maker.join(0 if self._lost else SPARE_WAIT)
+                    self._spare_maker.join(0 if lost else SPARE_WAIT)
                     self._spare_maker = None
-                if self._server is not None and not self._lost:
+                if self._server is not None and not lost:
                     self._drop_created(self._server.info.admin_url)
             finally:
                 if self._run_lock is not None:
@@ -254,6 +261,8 @@ class TestDatabases:
             # server's next run drops them (this run's lock is gone), an embedded one is deleted.
             if self.admin_url is None or server_answers_at(self.admin_url):
                 raise
+            if self.plan.shared is not None:
+                self.plan.shared.mark_lost()  # the controller need not wait on it again
         self._created.clear()
 
     def _env_for(self, url: URL) -> Mapping[str, str]:

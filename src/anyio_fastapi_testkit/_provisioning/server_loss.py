@@ -6,7 +6,11 @@ driver is followed by one short probe of the server; when the server does not an
 test's report becomes one message naming what was lost, and the session stops
 (``session.shouldfail``, as ``--maxfail`` does). The kit's databases are then not dropped at
 the end: there is nothing to drop them on (a configured server's next run drops them, as it
-drops what killed runs leave; an embedded server's folder is deleted as usual).
+drops what killed runs leave; an embedded server's folder is deleted as usual). Under
+pytest-xdist the worker tells the whole run (``SharedRun.mark_lost``): the other workers and
+the controller then do not wait on that server at their end either; the controller goes
+straight to stopping the kit's own server, and tries the drops on a configured one only if it
+answers a probe.
 """
 
 from __future__ import annotations

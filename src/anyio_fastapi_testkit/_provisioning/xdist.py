@@ -7,7 +7,8 @@ run folder) and hands both to each worker through ``workerinput``. The first wor
 the database starts the server and builds the template under the run folder's lock, and
 records them there; the others read the record and only clone their own database. The
 controller, which outlives the workers, drops every database of the run and stops the server
-at unconfigure, also when the run failed or was interrupted.
+at unconfigure, also when the run failed or was interrupted. A process that found the server
+lost (see ``server_loss``) says so in the run folder: the others then do not wait on it again.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ except ImportError:  # not POSIX: every worker starts its own server, as without
 WORKERINPUT_KEY = "anyio_fastapi_testkit"
 RECORD_FILE = "server.json"
 LOCK_FILE = "lock"
+LOST_FILE = "lost"  # made by the first process of the run that found the server lost
 
 
 @dataclass
@@ -90,6 +92,20 @@ class SharedRun:
         with os.fdopen(fd, "w") as handle:
             json.dump(record, handle)
         temporary.replace(self.folder / RECORD_FILE)
+
+    def mark_lost(self) -> None:
+        """Tell the controller and the other workers that the server stopped answering.
+
+        Through the run folder rather than xdist's ``workeroutput``: a worker may find the
+        server lost at its own cleanup, after xdist has sent its output, and the other
+        workers, which xdist tells nothing, drop their databases at theirs.
+        """
+        with contextlib.suppress(OSError):  # the run folder is gone: nobody left to tell
+            os.close(open_private(self.folder / LOST_FILE, os.O_WRONLY))
+
+    def lost(self) -> bool:
+        """Whether a process of the run found the server lost (``mark_lost``)."""
+        return (self.folder / LOST_FILE).exists()
 
 
 def server_record(server: RunningServer, template: str, template_key: str | None) -> dict[str, Any]:
@@ -435,13 +451,19 @@ def _finish_shared_run(given: dict[str, Any]) -> None:
         with shared.locked():
             record = shared.read()
             if record is not None and "failure" not in record:
-                stop_recorded_server(record, shared.run_id)
+                stop_recorded_server(record, shared.run_id, lost=shared.lost())
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def stop_recorded_server(record: dict[str, Any], run_id: str) -> None:
-    """Drop every database of the run on the recorded server, then stop it (keep a cached one)."""
+def stop_recorded_server(record: dict[str, Any], run_id: str, *, lost: bool = False) -> None:
+    """Drop every database of the run on the recorded server, then stop it (keep a cached one).
+
+    ``lost``: a process of the run found the server lost. The kit's own server is then
+    stopped without a try at the drops, and a configured one gets them only if it answers
+    one probe: a hung server would have the drops wait out the connect timeout, then the
+    probe, for nothing.
+    """
     # Imported here: the controller, which runs this, need not load psycopg and SQLAlchemy
     # before it starts the workers.
     from sqlalchemy.engine import make_url
@@ -451,15 +473,20 @@ def stop_recorded_server(record: dict[str, Any], run_id: str) -> None:
     from .owned import drop_run_databases
 
     admin_url = make_url(record["admin_url"])
+    state_dir, bin_dir = record.get("state_dir"), record.get("bin_dir")
     try:
-        drop_run_databases(admin_url, run_id)
-    except DatabaseError:
-        # A server that died mid-run (the workers said so): nothing to drop them on. A
+        # Nothing is left behind when the drops are skipped: the kit's own server's folder
+        # is deleted (a cached cluster's next run drops what this run left in it), and a
         # configured server's next run drops them (this run's lock is gone).
-        if server_answers_at(admin_url):
-            raise
+        if not lost or (not isinstance(state_dir, str) and server_answers_at(admin_url)):
+            try:
+                drop_run_databases(admin_url, run_id)
+            except DatabaseError:
+                # A server that died mid-run (and no worker found it): nothing to drop
+                # them on.
+                if server_answers_at(admin_url):
+                    raise
     finally:
-        state_dir, bin_dir = record.get("state_dir"), record.get("bin_dir")
         if isinstance(state_dir, str):
             recorded_bin = Path(bin_dir) if isinstance(bin_dir, str) else None
             socket_dir = record.get("socket_dir")
