@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,30 +21,14 @@ from conftest import postgres_processes_under
 from anyio_fastapi_testkit._core.errors import DatabaseError
 from anyio_fastapi_testkit._postgres.cluster import Cluster, _race_pg_ctl, shutdown
 from anyio_fastapi_testkit._postgres.processes import is_postmaster_of
-from anyio_fastapi_testkit._postgres.server import RunningServer, start_server
+from anyio_fastapi_testkit._postgres.server import RunningServer
 from anyio_fastapi_testkit._postgres.sysuser import spawn
 
 
-@pytest.fixture(scope="module")
-def base_dir() -> Iterator[Path]:
-    """A folder the server user can reach as root (pytest's tmp_path is 0700 up the tree)."""
-    folder = Path(tempfile.mkdtemp(prefix="tkss-", dir="/tmp"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def server(base_dir: Path) -> Iterator[RunningServer]:
-    running = start_server(None, base_dir=base_dir, prefer="embedded")
-    yield running
-    running.stop()
-
-
 @pytest.fixture
-def cluster(server: RunningServer) -> Iterator[Cluster]:
-    """The module's cluster, running again after each test."""
-    cluster = server._cluster
+def cluster(pg_server: RunningServer) -> Iterator[Cluster]:
+    """The module's embedded cluster (``pg_server``), running again after each test."""
+    cluster = pg_server._cluster
     assert cluster is not None
     settings = dict(cluster.settings)
     yield cluster
