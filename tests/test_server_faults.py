@@ -110,12 +110,16 @@ def _run_killing_tests(
 # private_tmpdir fixture afterwards.
 #
 # What is waited out on purpose is the tests' limit (HANG_LIMIT, by marker), then the kit's
-# 3 s probe of a new connection. The server, the template and each worker's database are made
-# before the first test by a session fixture, bounded by the setting per statement only: a
-# loaded machine slows the start, which the short limit would break; a test's own few
-# statements are far within it. The server hangs once every worker has its database, so that
-# no worker waits out the setting while it makes one.
-HANG_LIMIT = 3
+# 3 s probe of a new connection; under xdist, the other worker's next set-up waits out the
+# setting (HANG_SETTING) on the kit's statement to the hung server. Both are set as low as the
+# work that must pass under them allows: a test's own few statements under the marker, and
+# the kit's statements of the set-up before the hang under the setting (each bounded alone).
+# The server, the template and each worker's database are made before the first test by a
+# session fixture, bounded by the setting per statement only: a loaded machine slows the
+# start, which the short limit would break. The server hangs once every worker has its
+# database, so that no worker waits out the setting while it makes one.
+HANG_LIMIT = 1
+HANG_SETTING = 3
 
 HANGING_PREAMBLE = f"""
 import os
@@ -278,6 +282,6 @@ def _hanging_project(project: Project, tests: str) -> None:
         testkit_app="items_app:app",
         testkit_schema="items_app:Base.metadata",
         testkit_session_dependency="items_app:get_session",
-        testkit_timeout="5",
+        testkit_timeout=str(HANG_SETTING),
     )
     project.module("test_hangs", tests.format(rest=REST))

@@ -124,6 +124,10 @@ def test_bad_marker_value(project: Project) -> None:
     result.stdout.fnmatch_lines(["*testkit_timeout needs a positive number of seconds*'soon'*"])
 
 
+# Six hangs are waited out here, each for the whole limit: the smallest that the passing
+# parts (a trivial test and its fixture's set-up) are still far within.
+FIXTURE_LIMIT = 0.2
+
 HANGING_FIXTURES = """
     import anyio
     import pytest
@@ -145,15 +149,15 @@ HANGING_FIXTURES = """
     async def stuck_coroutine():
         await wait_for_ever()
 
-    @pytest.mark.testkit_timeout(0.5)
+    @pytest.mark.testkit_timeout({limit})
     async def test_setup(stuck_setup):
         pass
 
-    @pytest.mark.testkit_timeout(0.5)
+    @pytest.mark.testkit_timeout({limit})
     async def test_teardown(stuck_teardown):
         assert stuck_teardown == "value"
 
-    @pytest.mark.testkit_timeout(0.5)
+    @pytest.mark.testkit_timeout({limit})
     async def test_coroutine(stuck_coroutine):
         pass
 """
@@ -163,7 +167,7 @@ def test_hung_fixture_setup_and_teardown_fail_with_name_phase_and_stack(
     project: Project,
 ) -> None:
     project.ini(testkit_backends="asyncio trio")
-    project.module("test_fixture_hang", HANGING_FIXTURES)
+    project.module("test_fixture_hang", HANGING_FIXTURES.format(limit=FIXTURE_LIMIT))
     result = project.run("-p", "no:randomly")
     # test_teardown passes, then its fixture's teardown errors: one pass and one error each.
     result.assert_outcomes(passed=2, errors=6)
@@ -177,7 +181,7 @@ def test_hung_fixture_setup_and_teardown_fail_with_name_phase_and_stack(
                 [
                     f"*ERROR at {phase} of test_*[[]{backend}[]]*",
                     f"*The {phase} of fixture '{name}' (function-scoped) did not finish within "
-                    "0.5 s (@pytest.mark.testkit_timeout) and was cancelled*",
+                    f"{FIXTURE_LIMIT} s (@pytest.mark.testkit_timeout) and was cancelled*",
                     f"*in {name}",
                     "*await wait_for_ever()",
                     "*in wait_for_ever",
@@ -283,17 +287,38 @@ def test_fixtures_under_their_limit_pass(project: Project) -> None:
 def test_hung_database_provisioning_fails_the_test_instead_of_hanging_it(
     project: Project, pg_server: RunningServer, private_tmpdir: Path
 ) -> None:
-    # The schema source is imported while the test database is built, in a worker thread.
+    # The schema source is imported while the test database is built, in a worker thread. It
+    # waits (on a condition, not a delay) until the session's end, just before the kit's own
+    # end of the run: the limit fires while the thread is inside it, and the kit's end of the
+    # run finds the thread still at work on the database it makes.
     project.ini(testkit_schema="slow_schema:metadata", testkit_timeout="1")
     project.module(
         "slow_schema",
         """
         import time
+        from pathlib import Path
 
         from sqlalchemy import MetaData
 
-        time.sleep(6)
+        def wait_for_the_end():
+            deadline = time.monotonic() + 600  # only against waiting for ever
+            while not Path("session-ended").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+        wait_for_the_end()
         metadata = MetaData()
+        """,
+    )
+    project.module(
+        "conftest",
+        """
+        from pathlib import Path
+
+        import pytest
+
+        @pytest.hookimpl(tryfirst=True)  # before the kit's end of the run
+        def pytest_unconfigure(config):
+            Path(config.rootpath, "session-ended").touch()
         """,
     )
     project.module(
@@ -310,9 +335,10 @@ def test_hung_database_provisioning_fails_the_test_instead_of_hanging_it(
             "*The setup of fixture '*' (*-scoped) did not finish within 1 s*",
             "*thread *, running:",
             "*slow_schema.py*",
-            "*time.sleep(6)",
+            "*wait_for_the_end()",
         ]
     )
-    # The abandoned thread finishes its work, and the session's end waits for it to drop the
-    # database it made: nothing left behind (a hang for ever fails at SUBSESSION_TIMEOUT).
+    # The abandoned thread finishes its work once let go, and the kit's end of the run waits
+    # for it to drop the database it made: nothing left behind (a hang for ever fails at
+    # SUBSESSION_TIMEOUT).
     assert not [name for name in database_names(pg_server.info.admin_url) if "test_" in name]
