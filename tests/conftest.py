@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from forked import run_forked
 
 SUBSESSION_TIMEOUT = 120.0
 
@@ -68,7 +69,7 @@ class Project:
     def module(self, name: str, source: str) -> None:
         self.pytester.makepyfile(**{name: textwrap.dedent(source)})
 
-    def run(self, *args: str, autoload: bool = False) -> pytest.RunResult:
+    def run(self, *args: str, autoload: bool = False, fresh: bool = False) -> pytest.RunResult:
         """Run pytest on the project in a fresh process; its result.
 
         Plugin autoloading is off (loading every installed plugin costs each sub-session
@@ -81,6 +82,10 @@ class Project:
         this process (see ``SubsessionShare``), unless the test has a TMPDIR of its own
         (``private_tmpdir``): then pytest's cache provider is off, and the sub-session makes
         and deletes a throwaway cluster in that TMPDIR, for the test to check.
+
+        With autoload off, the process is a fork of a process that has the heavy libraries
+        imported already (see ``forked.py``); ``fresh=True`` starts a new interpreter instead,
+        for the tests of what a run imports.
         """
         options: list[str] = ["-p", "no:randomly"]
         after: list[str] = []
@@ -100,10 +105,20 @@ class Project:
                 assert share is not None
                 env.setenv("TMPDIR", str(share.tmpdir))
                 options += ["-o", f"cache_dir={share.cache_dir}"]
+            if "--disable-plugin-autoload" in options and not fresh and FORK_SUBSESSIONS:
+                result = run_forked(
+                    self.pytester, *options, *args, *after, timeout=SUBSESSION_TIMEOUT
+                )
+                if result is not None:
+                    return result
             return self.pytester.runpytest_subprocess(
                 *options, *args, *after, timeout=SUBSESSION_TIMEOUT
             )
 
+
+# ``KIT_TESTS_FORK=0`` runs every sub-session as a new interpreter (to compare, or to rule the
+# forks out when a test fails).
+FORK_SUBSESSIONS = os.environ.get("KIT_TESTS_FORK", "1") != "0"
 
 # Loaded by name into the sub-sessions (autoload is off): by entry point name, as autoload
 # registers them (the kit checks for pytest-asyncio as "asyncio"). pytest-asyncio is there

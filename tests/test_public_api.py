@@ -132,7 +132,8 @@ def test_a_run_without_the_database_loads_no_database_library(project: Project) 
     # The plugin registers the fixtures module in every run: its database and HTTP stacks
     # are loaded by the fixtures that use them.
     project.module("test_plain", NO_DATABASE_TESTS)
-    project.run("-p", "no:randomly").assert_outcomes(passed=3, failed=1)
+    # A new interpreter: a forked sub-session starts with the stack imported (see forked.py).
+    project.run("-p", "no:randomly", fresh=True).assert_outcomes(passed=3, failed=1)
 
 
 def test_the_fixtures_module_makes_its_anyio_backend_copy_on_access() -> None:
