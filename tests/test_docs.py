@@ -5,8 +5,10 @@ is a file of a small project. The app of the getting-started page (its ``myproje
 and its ``pyproject.toml`` for pages that show none) is the base of every page's project; a
 page's own titled files are added to it or replace its files. Each configuration file a page
 shows (``pyproject.toml``, ``pytest.ini``, ``tox.ini``, ``setup.cfg``) is one variant: the
-page's tests run once per variant, with only that configuration file. Blocks without a
-file-path title (fragments, console sessions, the "before" side of a migration) are not run.
+page's tests run with its first (``pyproject.toml`` where it shows one), and each other
+variant must give the kit the very same settings (parsed by pytest from that file alone), so
+its run would be the same run. Blocks without a file-path title (fragments, console
+sessions, the "before" side of a migration) are not run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 
 import pytest
 from conftest import SUBSESSION_TIMEOUT, SubsessionShare
+
+from anyio_fastapi_testkit._core.config import add_options, read_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -78,11 +82,30 @@ def runnable_pages() -> list[Page]:
     return [page for page in pages if any(_TEST_FUNCTION.search(s) for s in page.files.values())]
 
 
+def run_config(page: Page) -> str:
+    """The configuration file the page's tests run with: its pyproject.toml, else its first."""
+    if "pyproject.toml" in page.configs or not page.configs:
+        return "pyproject.toml"
+    return next(iter(page.configs))
+
+
 def variants() -> list[pytest.param]:
+    """Each page once, with the configuration file its tests run with."""
     params = []
     for page in runnable_pages():
-        for config in page.configs or {"pyproject.toml": None}:
-            params.append(pytest.param(page, config, id=f"{page.name}:{config}"))
+        config = run_config(page)
+        params.append(pytest.param(page, config, id=f"{page.name}:{config}"))
+    return params
+
+
+def other_configs() -> list[pytest.param]:
+    """Each other configuration file a page shows, with the one its tests run with."""
+    params = []
+    for page in runnable_pages():
+        ran = run_config(page)
+        for config in page.configs:
+            if config != ran:
+                params.append(pytest.param(page, config, ran, id=f"{page.name}:{config}"))
     return params
 
 
@@ -151,6 +174,34 @@ def test_doc_example_passes(
     assert result.ret == 0, output
     assert outcomes.get("passed") == expected, output
     assert set(outcomes) == {"passed"}, output
+
+
+class _KitOptions:
+    """The kit's options and ini settings alone: the plugin itself is not loaded, as it would
+    prepare the test database when it finds testkit_database_env."""
+
+    def pytest_addoption(self, parser: pytest.Parser) -> None:
+        add_options(parser)
+
+
+@pytest.mark.parametrize(("page", "config", "ran"), other_configs())
+def test_doc_config_variant_gives_the_same_settings(
+    page: Page, config: str, ran: str, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a run with this file would differ in from the run with `ran`: the settings pytest
+    # reads from it, which the kit resolves (each format's lists, line breaks and quoting).
+    write_project(pytester.path, page, ran)
+    write_project(pytester.path, page, config)
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)
+    pytester.plugins.append(_KitOptions())
+    settings = {}
+    for name in (ran, config):
+        parsed = pytester.parseconfig("--noconftest", "-c", name, "--rootdir", str(pytester.path))
+        assert parsed.inipath is not None and parsed.inipath.name == name
+        settings[name] = read_settings(parsed)
+    assert settings[ran].app is not None and settings[ran].database_env, settings[ran]
+    assert settings[config] == settings[ran]
 
 
 MKDOCS = shutil.which("mkdocs", path=str(Path(sys.executable).parent)) or shutil.which("mkdocs")

@@ -1,7 +1,12 @@
-"""``pytest --testkit-doctor`` in real sub-sessions: each broken setting is named with its fix.
+"""``pytest --testkit-doctor``: each broken setting is named with its fix.
 
 Every project also holds a test that would leave a file behind if it ran: the doctor must
 report without running a test, and without leaving a server or a state folder behind.
+
+Projects that need a database, or a fresh interpreter (what was imported before the kit),
+run the doctor in a real sub-session; the others run it in this process
+(``runpytest_inprocess``: the same ``pytest --testkit-doctor``, whose modules pytester
+forgets after the run), as their checks start nothing and import only the project's app.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from scaffolding import (
     write_alembic,
 )
 
+from anyio_fastapi_testkit.__main__ import main
 from anyio_fastapi_testkit._postgres.server import RunningServer
 
 ITEMS_SETTINGS = {
@@ -59,9 +65,24 @@ app = FastAPI(title="boom", lifespan=lifespan)
 pytestmark = pytest.mark.usefixtures("no_configured_server")
 
 
-def doctor(project: Project, *args: str) -> pytest.RunResult:
+def doctor(
+    project: Project, *args: str, in_process: bool = False, fresh: bool = False
+) -> pytest.RunResult:
+    """``pytest --testkit-doctor`` on the project: in a sub-session, or ``in_process`` for a
+    project that needs no database (nothing is started: no cache, no server, no guard);
+    ``fresh``: a new interpreter, for a project that hides an installed module."""
     project.module("test_would_run", WOULD_RUN)
-    result = project.run("--testkit-doctor", *args)
+    if in_process:
+        with pytest.MonkeyPatch.context() as env:
+            # Not one of the outer run's xdist workers, whose hand-over this process inherits.
+            env.delenv("PYTEST_XDIST_WORKER", raising=False)
+            result = project.pytester.runpytest_inprocess(
+                "-p", "no:randomly", "-p", "no:cacheprovider", "--testkit-doctor", *args
+            )
+    elif fresh:
+        result = project.run("--testkit-doctor", *args, fresh=True)
+    else:
+        result = project.run("--testkit-doctor", *args)
     assert not (project.pytester.path / "a-test-ran").exists()
     result.stdout.fnmatch_lines(["testkit doctor: * No test was run."])
     result.stdout.no_fnmatch_line("*collected*")
@@ -109,7 +130,7 @@ def test_an_app_without_database_settings_skips_the_database(
     # With pytest-trio (its stand-in) out of trio mode too: fine, no problem either.
     project.pytester.makeconftest(PYTEST_TRIO_STAND_IN)
     project.ini(testkit_app="simple_app:app", trio_mode="false")
-    result = doctor(project)
+    result = doctor(project, in_process=True)
     result.stdout.fnmatch_lines(
         [
             "OK       plugin pytest-trio: pytest-trio without trio_mode is fine*",
@@ -150,22 +171,25 @@ def test_a_bad_app_setting_is_named_with_its_fix(
 ) -> None:
     project.module("broken_app", "import os\n\nimport not_installed_anywhere\n")
     project.ini(testkit_app=setting)
-    result = doctor(project)
+    result = doctor(project, in_process=True)
     result.stdout.fnmatch_lines([problem, "SKIP     lifespan on asyncio: needs the app"])
     assert result.ret == 1
     assert_nothing_left(private_tmpdir)
 
 
-def test_the_doctor_also_runs_as_a_module(project: Project) -> None:
+def test_the_doctor_also_runs_as_a_module(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
     project.ini(testkit_app="missing_module:app")
     result = project.pytester.run(
         sys.executable, "-m", "anyio_fastapi_testkit", "doctor", "-p", "no:cacheprovider"
     )
     result.stdout.fnmatch_lines(["PROBLEM  app: testkit_app = 'missing_module:app': *"])
     assert result.ret == 1
-    usage = project.pytester.run(sys.executable, "-m", "anyio_fastapi_testkit")
-    usage.stderr.fnmatch_lines(["usage: python -m anyio_fastapi_testkit doctor *"])
-    assert usage.ret == pytest.ExitCode.USAGE_ERROR
+
+    # Without a command: the usage, from the module's main (the run above proved `-m` calls it).
+    assert main([]) == pytest.ExitCode.USAGE_ERROR
+    assert capsys.readouterr().err.startswith("usage: python -m anyio_fastapi_testkit doctor ")
 
 
 def test_a_failing_lifespan_is_named_on_each_backend(
@@ -173,7 +197,7 @@ def test_a_failing_lifespan_is_named_on_each_backend(
 ) -> None:
     project.module("boom_app", FAILING_LIFESPAN_APP)
     project.ini(testkit_app="boom_app:app", testkit_backends="asyncio trio")
-    result = doctor(project)
+    result = doctor(project, in_process=True)
     for backend in ("asyncio", "trio"):
         result.stdout.fnmatch_lines(
             [
@@ -223,9 +247,13 @@ def test_a_missing_schema_module_and_unused_session_settings_are_each_named(
 def test_an_unreachable_database_url_is_named_without_its_password(
     project: Project, private_tmpdir: Path
 ) -> None:
+    # And, independent of it, the app imported by a plugin loaded at start-up, before the kit
+    # could set testkit_database_env (the import order's problem when the kit is loaded
+    # early: see test_a_malformed_database_env_skips_what_needs_it for it loaded late).
     project.module("items_app", ITEMS_APP)
-    project.ini(**ITEMS_SETTINGS)
-    result = doctor(project, "--testkit-db-url", UNREACHABLE_URL)
+    project.module("app_plugin", "import items_app  # noqa: F401\n")
+    project.ini(**ITEMS_SETTINGS, testkit_database_env="DATABASE_URL")
+    result = doctor(project, "-p", "app_plugin", "--testkit-db-url", UNREACHABLE_URL)
     result.stdout.fnmatch_lines(
         [
             "PROBLEM  database server: Could not connect to PostgreSQL at "
@@ -238,7 +266,14 @@ def test_an_unreachable_database_url_is_named_without_its_password(
             "SKIP     app driver: needs the test database",
         ]
     )
-    result.stdout.fnmatch_lines(["testkit doctor: * 1 PROBLEM, *"])  # the server alone
+    result.stdout.fnmatch_lines(
+        [
+            "PROBLEM  import order: testkit_database_env is set, but the app's module(s) "
+            "'items_app' were imported by a plugin loaded at start-up, before the kit could*"
+        ]
+    )
+    # The server is the one problem of the database: what needs it is skipped, not failed.
+    result.stdout.fnmatch_lines(["testkit doctor: * 2 PROBLEM, *"])
     assert UNREACHABLE_PASSWORD not in output_of(result)
     assert result.ret == 1
     assert_nothing_left(private_tmpdir)
@@ -251,7 +286,7 @@ def test_trio_asked_but_not_importable_and_pytest_asyncio_in_auto_mode_are_named
     # A module of the project shadows the installed trio, as if it were not installed.
     project.module("trio", "raise ImportError(\"No module named 'trio' (hidden by the test)\")")
     project.ini(testkit_app="simple_app:app", asyncio_mode="auto")
-    result = doctor(project, "--testkit-backends", "asyncio,trio")
+    result = doctor(project, "--testkit-backends", "asyncio,trio", fresh=True)
     result.stdout.fnmatch_lines(
         [
             "OK       backend asyncio: *",
@@ -287,7 +322,7 @@ def test_pytest_trio_in_trio_mode_is_a_problem(project: Project, private_tmpdir:
     # Without trio mode it is fine: test_an_app_without_database_settings_skips_the_database.
     project.pytester.makeconftest(PYTEST_TRIO_STAND_IN)
     project.ini(testkit_app="simple_app:app", trio_mode="true")
-    result = doctor(project)
+    result = doctor(project, in_process=True)
     result.stdout.fnmatch_lines(
         [
             "PROBLEM  plugin pytest-trio: pytest-trio is in trio mode (trio_mode = true)*Fix one "
@@ -330,35 +365,6 @@ def test_no_false_alarm_on_the_example_projects(
     assert "PROBLEM " not in output, output
     assert "OK       lifespan on trio: " in output, output
     assert re.search(r"testkit doctor: \d+ OK, 0 PROBLEM", output), output
-    assert_nothing_left(shared_tmpdir)
-
-
-@pytest.mark.parametrize("imported_by", ["nothing", "plugin", "late-kit"])
-def test_the_import_order_of_the_app_and_its_settings_is_checked(
-    project: Project, shared_tmpdir: Path, monkeypatch: pytest.MonkeyPatch, imported_by: str
-) -> None:
-    project.module("items_app", ITEMS_APP)
-    project.ini(testkit_app="items_app:app", testkit_database_env="DATABASE_URL")
-    args: tuple[str, ...] = ()
-    if imported_by == "plugin":
-        project.module("app_plugin", "import items_app  # noqa: F401\n")
-        args = ("-p", "app_plugin")
-    elif imported_by == "late-kit":
-        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-        project.pytester.makeconftest(
-            "import items_app  # noqa: F401\npytest_plugins = ['anyio_fastapi_testkit.plugin']\n"
-        )
-    else:  # a conftest.py importing the app at module level is fine: the kit set the env first
-        project.pytester.makeconftest("import items_app  # noqa: F401\n")
-    result = doctor(project, *args)
-    if imported_by == "nothing":
-        result.stdout.fnmatch_lines(["OK       import order: testkit_database_env is set before*"])
-        assert result.ret == 0
-    else:
-        result.stdout.fnmatch_lines(
-            ["PROBLEM  import order: *'items_app'* were imported by a*before the kit could*"]
-        )
-        assert result.ret == 1
     assert_nothing_left(shared_tmpdir)
 
 
@@ -418,7 +424,8 @@ def test_the_apps_engines_are_checked_as_a_test_run_imports_them(
     project.module("engines_app", ENGINES_APP)
     project.module("item_factories", ITEM_FACTORIES)
     # Imported at module level, as most conftest.py files do: in the doctor's own process it
-    # was imported before the doctor could set testkit_database_env (a test run sets it first).
+    # was imported before the doctor could set testkit_database_env (a test run sets it first),
+    # and the import order is fine: the kit set the variables before the conftest.py ran.
     project.pytester.makeconftest("import engines_app  # noqa: F401\n")
     project.ini(
         testkit_app="engines_app:app",
@@ -436,6 +443,8 @@ def test_the_apps_engines_are_checked_as_a_test_run_imports_them(
             "{host}:{port}/{database}, APP_ENV=test, SECRET_KEY=***, b (the test database's "
             "URL); but: the bare name(s) 'b' get the whole database URL, password included*",
             "OK       database server: *",
+            "OK       import order: testkit_database_env is set before any conftest.py or test "
+            "module is imported",
             "PROBLEM  app database: imported as in a test run, the app's engine(s) do not name "
             "the test database test_app (port *): engines_app:container.reports_engine points "
             "at postgresql+asyncpg://reporter@127.0.0.1:1/reports. testkit_database_env (setting "
@@ -458,8 +467,14 @@ def test_the_apps_engines_are_checked_as_a_test_run_imports_them(
 
 
 def test_a_malformed_database_env_skips_what_needs_it(
-    project: Project, private_tmpdir: Path
+    project: Project, private_tmpdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # And, independent of it, the kit loaded late (pytest_plugins in a conftest.py that
+    # imports the app first): the import order's problem when the kit is loaded late.
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    project.pytester.makeconftest(
+        "import items_app  # noqa: F401\npytest_plugins = ['anyio_fastapi_testkit.plugin']\n"
+    )
     project.module("items_app", ITEMS_APP)
     project.ini(
         **ITEMS_SETTINGS,
@@ -474,12 +489,15 @@ def test_a_malformed_database_env_skips_what_needs_it(
             "SKIP     database server: needs testkit_database_env",
             "SKIP     schema: needs testkit_database_env",
             "SKIP     database driver: needs testkit_database_env",
+            "PROBLEM  import order: testkit_database_env is set, but the app's module(s) "
+            "'items_app' were imported by a conftest.py (the kit was loaded late), before the "
+            "kit could*",
             "OK       app: *",
             "SKIP     app database: needs the test database",
             "SKIP     app driver: needs the test database",
             "PROBLEM  factories: testkit_factories = 'items_app': module 'items_app' defines no "
             "SQLAlchemy factory*",
-            "testkit doctor: * 2 PROBLEM, *",
+            "testkit doctor: * 3 PROBLEM, *",
         ]
     )
     result.stdout.no_fnmatch_line("PROBLEM  database server*")
