@@ -77,9 +77,15 @@ def test_each_test_reports_its_own_blocks_also_after_a_pause(project: Project) -
 
         import pytest
 
+        from anyio_fastapi_testkit._diagnostics import blocking
+
+        # The kit's idle time before the watchdog stops pinging (1 s), set smaller where the
+        # kit reads it, so that the pause can be short and still longer than it.
+        blocking._IDLE_BEFORE_SLEEP = 0.2
+
         @pytest.fixture
         def pause():
-            time.sleep(1.5)
+            time.sleep(0.5)
 
         async def test_blocks_at_its_end():
             time.sleep(0.4)

@@ -32,13 +32,15 @@ def frozen_module(freezer: str) -> str:
         with {freeze}:
             yield
 
+    # The smallest limit: nothing else runs in this test.
+    @pytest.mark.testkit_timeout(0.1)
     async def test_hung_while_frozen():
         with {freeze}:
             await anyio.Event().wait()
 
     async def test_half_a_second_while_frozen():
-        # Real time passes (in a thread) while the clocks stand still or jump: a limit that
-        # fired at once would fail this test.
+        # Real time passes (in a thread) while the clocks stand still or jump: a limit
+        # (testkit_timeout = 1) that fired at once would fail this test.
         with {freeze}:
             await anyio.to_thread.run_sync(time.sleep, 0.5)
 
@@ -48,23 +50,35 @@ def frozen_module(freezer: str) -> str:
     """
 
 
-@pytest.mark.parametrize("freezer", ["freezegun", "time-machine"])
 def test_timeouts_fire_on_time_and_lifespan_waits_work_while_time_is_frozen(
-    project: Project, freezer: str
+    project: Project,
 ) -> None:
     project.ini(testkit_app="simple_app:app", testkit_backends="asyncio trio", testkit_timeout="1")
-    project.module("test_frozen", frozen_module(freezer))
-    result = project.run("-p", "no:randomly", "-W", "error::anyio_fastapi_testkit.TestkitWarning")
-    # The hung test fails after its second (not never, not at once); the others pass, and the
-    # blocked-loop detector (default threshold) does not mistake the frozen clock for a block.
-    result.assert_outcomes(passed=4, failed=2)
-    for backend in ("asyncio", "trio"):
-        result.stdout.fnmatch_lines(
-            [
-                f"*test_hung_while_frozen[[]{backend}[]] did not finish within 1 s*",
-                "*await anyio.Event().wait()",
-            ]
-        )
+    modules = {"freezegun": "test_freezegun", "time-machine": "test_time_machine"}
+    for freezer, module in modules.items():
+        project.module(module, frozen_module(freezer))
+    result = project.run(
+        "-p", "no:randomly", "-v", "-W", "error::anyio_fastapi_testkit.TestkitWarning"
+    )
+    # Each freezer, each backend: the hung test fails after its limit (not never, not at
+    # once); the others pass, and the blocked-loop detector (default threshold) does not
+    # mistake the frozen clock for a block.
+    result.assert_outcomes(passed=8, failed=4)
+    for module in modules.values():
+        for backend in ("asyncio", "trio"):
+            for test, outcome in (
+                ("test_hung_while_frozen", "FAILED"),
+                ("test_half_a_second_while_frozen", "PASSED"),
+                ("test_client_started_under_a_frozen_fixture", "PASSED"),
+            ):
+                result.stdout.fnmatch_lines([f"{module}.py::{test}[[]{backend}[]] {outcome}*"])
+            result.stdout.fnmatch_lines(
+                [
+                    f"*{module}.py::test_hung_while_frozen[[]{backend}[]] did not finish "
+                    "within 0.1 s*",
+                    "*await anyio.Event().wait()",
+                ]
+            )
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -72,8 +86,11 @@ def test_timeouts_fire_on_time_and_lifespan_waits_work_while_time_is_frozen(
 def test_lifespan_startup_limit_while_time_is_frozen(
     project: Project, startup: str, backend: str
 ) -> None:
+    # A startup that hangs waits out the smallest limit; one that takes half a second needs
+    # a limit above that, so that a limit that fired at once would fail it.
+    limit = "0.1" if startup == "hangs" else "1"
     project.ini(
-        testkit_app="frozen_start:app", testkit_startup_timeout="1", testkit_backends=backend
+        testkit_app="frozen_start:app", testkit_startup_timeout=limit, testkit_backends=backend
     )
     project.module(
         "frozen_start",
@@ -99,8 +116,8 @@ def test_lifespan_startup_limit_while_time_is_frozen(
     project.module("test_start", "async def test_start(client):\n    pass\n")
     result = project.run()
     if startup == "hangs":
-        # Fired after its second of real time, though the loop's clock stands still.
-        result.stdout.fnmatch_lines(["*lifespan startup*did not finish within 1 s*"])
+        # Fired after its limit in real time, though the loop's clock stands still.
+        result.stdout.fnmatch_lines(["*lifespan startup*did not finish within 0.1 s*"])
     else:
         # Not at once, though freezing moved the loop's clock decades ahead.
         result.assert_outcomes(passed=1)

@@ -4,6 +4,8 @@ tests (``now()`` is the start of the transaction, which the kit begins anew for 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import ITEMS_APP, Project
 
@@ -183,13 +185,6 @@ async def test_next_test_is_clean(client, db_session):
 """
 
 
-@pytest.mark.usefixtures("db_driver")
-def test_each_request_gets_a_session_of_its_own(project: Project) -> None:
-    shop_project(project)
-    project.module("test_requests", REQUEST_TESTS)
-    project.run("-v").assert_outcomes(passed=6)
-
-
 JOB_TESTS = """
 async def test_a_job_that_commits_after_a_request_that_read(client):
     assert (await client.post("/products/late/later")).status_code == 202
@@ -245,10 +240,16 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
+from anyio_fastapi_testkit._isolation import database
 from shop_app import Product
 
 SEEN = {}
 NOW = select(func.now())
+# The kit begins the transaction anew before a test when it is older than FRESH_FOR seconds
+# (tests that do not use the database in between): set smaller here, where the kit reads it,
+# so that the pauses between tests that pass it can be short.
+database.FRESH_FOR = 0.2
+PAUSE = 0.3  # seconds of real time between two tests, longer than FRESH_FOR
 
 
 async def created(db_session, name):
@@ -277,31 +278,39 @@ async def test_2_time_moved(client, db_session):
 
 
 def test_3_takes_a_while_without_the_database():
-    time.sleep(1.2)
+    time.sleep(PAUSE)
 
 
 async def test_4_time_is_as_of_the_tests_start(db_connection):
     now = await db_connection.scalar(NOW)
-    assert now - SEEN["now"] >= timedelta(seconds=1.2), (now, SEEN["now"])
+    assert now - SEEN["now"] >= timedelta(seconds=PAUSE), (now, SEEN["now"])
     SEEN["now"] = now
 
 
 def test_5_takes_a_while_without_the_database():
-    time.sleep(1.2)
+    time.sleep(PAUSE)
 
 
 async def test_6_also_when_only_the_app_uses_the_database(client):
     response = await client.post("/products", json={"name": "late"})
     created_at = datetime.fromisoformat(response.json()["created_at"])
-    assert created_at - SEEN["now"] >= timedelta(seconds=1.2), (created_at, SEEN["now"])
+    assert created_at - SEEN["now"] >= timedelta(seconds=PAUSE), (created_at, SEEN["now"])
 """
 
 
 @pytest.mark.usefixtures("db_driver")
-def test_time_moves_between_tests(project: Project) -> None:
+def test_each_request_gets_a_session_of_its_own_and_time_moves_between_tests(
+    project: Project,
+) -> None:
+    # One sub-session (one project setup) for both sets of tests, in one module: pytest would
+    # move the sync tests of a second module away, to after the other module's async tests.
     shop_project(project)
-    project.module("test_time", TIME_TESTS)
-    project.run("-v").assert_outcomes(passed=6)
+    project.module("test_requests", REQUEST_TESTS + TIME_TESTS)
+    result = project.run("-v")
+    result.assert_outcomes(passed=12)
+    inner = re.findall(r"^(?:async )?def (test_\w+)", REQUEST_TESTS + TIME_TESTS, re.MULTILINE)
+    assert len(inner) == 12
+    result.stdout.fnmatch_lines([f"test_requests.py::{name} PASSED*" for name in inner])
 
 
 SYNC_SHOP_APP = """

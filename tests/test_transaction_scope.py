@@ -105,7 +105,7 @@ def test_the_transaction_ends_also_when_the_test_fails_or_times_out(project: Pro
             assert (await client.post("/items", json={"name": "failed"})).status_code == 201
             assert False, "on purpose"
 
-        @pytest.mark.testkit_timeout(2)
+        @pytest.mark.testkit_timeout(1)
         async def test_b_times_out(client):
             assert (await client.post("/items", json={"name": "timed-out"})).status_code == 201
             await anyio.sleep(30)
@@ -116,7 +116,7 @@ def test_the_transaction_ends_also_when_the_test_fails_or_times_out(project: Pro
     )
     result = project.run()
     result.assert_outcomes(passed=2, failed=2)
-    result.stdout.fnmatch_lines(["*AssertionError: on purpose*", "*did not finish within 2 s*"])
+    result.stdout.fnmatch_lines(["*AssertionError: on purpose*", "*did not finish within 1 s*"])
 
 
 @needs_httpx2
@@ -184,14 +184,24 @@ def test_a_rollback_that_hangs_is_cut_off_at_the_time_limit(project: Project) ->
         async def test_a_opens_the_connection(db_session):
             assert await names(db_session) == []
 
+        STOPPED = []
+
         @pytest.mark.testkit_timeout(1)
         async def test_b_server_stops_answering(client, db_connection):
             assert (await client.post("/items", json={"name": "lost"})).status_code == 201
             pid = (await db_connection.exec_driver_sql("SELECT pg_backend_pid()")).scalar()
-            threading.Timer(4, os.kill, (pid, signal.SIGCONT)).start()
+            STOPPED.append(pid)
+            # Only if the rollback is never cut off (a defect): it then ends, and the run's
+            # outcomes say so.
+            safety = threading.Timer(60, os.kill, (pid, signal.SIGCONT))
+            safety.daemon = True
+            safety.start()
             os.kill(pid, signal.SIGSTOP)
 
         async def test_c_clean(client, db_session):
+            # The rollback was cut off (test_b's teardown) before this test: the backend may
+            # go on now, so that the run can end (the database is dropped).
+            os.kill(STOPPED[0], signal.SIGCONT)
             assert (await client.post("/items", json={"name": "fresh"})).status_code == 201
             assert await names(db_session) == ["fresh"]
         """,
