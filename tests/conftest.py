@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -87,15 +87,7 @@ class Project:
         imported already (see ``forked.py``); ``fresh=True`` starts a new interpreter instead,
         for the tests of what a run imports.
         """
-        options: list[str] = ["-p", "no:randomly"]
-        after: list[str] = []
-        if not autoload and _AUTOLOAD_FLAG and "PYTEST_DISABLE_PLUGIN_AUTOLOAD" not in os.environ:
-            options.append("--disable-plugin-autoload")
-            for name in SUBSESSION_PLUGINS:
-                if f"no:{name}" not in args:
-                    options += ["-p", name]
-            # Last, to win over the test's own -W options (``-W error``, ``-W always``).
-            after += ["-W", _ASYNCIO_BY_NAME]
+        options, after = plugin_options(args, autoload=autoload)
         share = self.share
         isolated = share is None or os.environ.get("TMPDIR") != share.outer_tmpdir
         with pytest.MonkeyPatch.context() as env:
@@ -105,15 +97,7 @@ class Project:
                 assert share is not None
                 env.setenv("TMPDIR", str(share.tmpdir))
                 options += ["-o", f"cache_dir={share.cache_dir}"]
-            if "--disable-plugin-autoload" in options and not fresh and FORK_SUBSESSIONS:
-                result = run_forked(
-                    self.pytester, *options, *args, *after, timeout=SUBSESSION_TIMEOUT
-                )
-                if result is not None:
-                    return result
-            return self.pytester.runpytest_subprocess(
-                *options, *args, *after, timeout=SUBSESSION_TIMEOUT
-            )
+            return run_subsession(self.pytester, [*options, *args, *after], fresh=fresh)
 
 
 # ``KIT_TESTS_FORK=0`` runs every sub-session as a new interpreter (to compare, or to rule the
@@ -134,6 +118,34 @@ _ASYNCIO_BY_NAME = (
     "ignore:Module already imported so cannot be rewritten; asyncio:"
     "pytest.PytestAssertRewriteWarning"
 )
+
+
+def plugin_options(args: Sequence[str], *, autoload: bool = False) -> tuple[list[str], list[str]]:
+    """The options that go before and after ``args`` on a sub-session's command line: without
+    pytest-randomly, and (unless ``autoload`` or the environment says otherwise) with plugin
+    autoloading off and ``SUBSESSION_PLUGINS`` loaded by name."""
+    options: list[str] = ["-p", "no:randomly"]
+    after: list[str] = []
+    if not autoload and _AUTOLOAD_FLAG and "PYTEST_DISABLE_PLUGIN_AUTOLOAD" not in os.environ:
+        options.append("--disable-plugin-autoload")
+        options += [
+            arg for name in SUBSESSION_PLUGINS if f"no:{name}" not in args for arg in ("-p", name)
+        ]
+        # Last, to win over the test's own -W options (``-W error``, ``-W always``).
+        after += ["-W", _ASYNCIO_BY_NAME]
+    return options, after
+
+
+def run_subsession(
+    pytester: pytest.Pytester, args: Sequence[str], *, fresh: bool = False
+) -> pytest.RunResult:
+    """``pytest <args>`` in pytester's folder: a fork of the zygote (see ``forked.py``) when
+    plugin autoload is off, else (or with ``fresh``) a new interpreter."""
+    if "--disable-plugin-autoload" in args and not fresh and FORK_SUBSESSIONS:
+        result = run_forked(pytester, *args, timeout=SUBSESSION_TIMEOUT)
+        if result is not None:
+            return result
+    return pytester.runpytest_subprocess(*args, timeout=SUBSESSION_TIMEOUT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,8 +377,6 @@ def drop_by_hand(url: URL, name: str) -> None:
 
 
 # --- shared checks (appended; see also scaffolding.py) ------------------------------------------
-
-from collections.abc import Sequence  # noqa: E402
 
 
 def assert_nothing_left(tmpdir: Path, *, besides: Sequence[Path] = ()) -> None:

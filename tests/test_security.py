@@ -39,7 +39,15 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, database_names, drop_by_hand, sql_rows
+from conftest import (
+    ITEMS_APP,
+    SUBSESSION_TIMEOUT,
+    Project,
+    database_names,
+    drop_by_hand,
+    plugin_options,
+    sql_rows,
+)
 from scaffolding import items_revision, write_alembic
 from sqlalchemy.engine import URL, make_url
 
@@ -444,10 +452,11 @@ def run_and_scan(
     folder = root / "handshake"
     output = root / f"{label}.out"
     env = {**os.environ, "HANDSHAKE_RUN": label}
-    command = [sys.executable, "-m", "pytest", "-p", "no:randomly", f"--basetemp={root / label}"]
+    options, after = plugin_options(args)
+    command = [sys.executable, "-m", "pytest", *options, f"--basetemp={root / label}"]
     with output.open("w") as out:
         process = subprocess.Popen(
-            [*command, *args], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT
+            [*command, *args, *after], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT
         )
         try:
             for name in pauses:
