@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds, n = (1, SMOKE_N) if args.smoke else (args.rounds, args.n)
     started = time.perf_counter()
     base = Path(tempfile.mkdtemp(prefix="tkcollect-"))
-    runner = paired.Runner()
+    runner = paired.Runner(settle=0.0 if args.smoke else paired.SETTLE)
     projects = {}
     for way in WAYS:
         project = base / way

@@ -93,7 +93,9 @@ class Bench:
             # After the bench's server started (it stays with init): from here on, detached
             # processes of a run (the kit's embedded server) become this process's children.
             paired.become_subreaper()
-            self.runner = paired.Runner(server_cpu=self.server.cpu_seconds)
+            self.runner = paired.Runner(
+                server_cpu=self.server.cpu_seconds, settle=0.0 if smoke else paired.SETTLE
+            )
             self.server.prepare([BY_KEY["K"], BY_KEY["B"]])
             self.projects: dict[tuple[str, int], Path] = {}
             for key in ("K", "B"):

@@ -13,10 +13,12 @@
   the cluster and template cached by an earlier run (warm) and with ``--testkit-fresh-db``
   (cold: initdb, start, schema, template, clone).
 
-``--smoke``: 20 tests, one round, no untimed warm-up runs (so the "warm" start may be the one
-that caches the cluster); every run must pass all its tests. The bench server and the kit's
-cached cluster are those of ``$BENCH_SMOKE_SERVER_URL`` and ``$BENCH_SMOKE_KIT_STATE`` if given
-(see run.py); the cold start makes its own cluster, as always.
+``--smoke``: 10 tests, one round, no untimed warm-up runs (so the "warm" start may be the one
+that caches the cluster); every run must pass all its tests. Of ``xdist`` only the ``-n 2``
+run, so no speed-up: a ``-n 0`` run is set-up K run in one process, as ``run.py --smoke``
+does. The bench server and the kit's cached cluster are those of ``$BENCH_SMOKE_SERVER_URL``
+and ``$BENCH_SMOKE_KIT_STATE`` if given (see run.py); the cold start makes its own cluster, as
+always.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import run  # noqa: E402
 from generate import BY_KEY, generate  # noqa: E402
 
 RUN_TIMEOUT = 900.0
-SMOKE_N = 20
+SMOKE_N = 10
 
 DATABASE_TEST = """
 from sqlalchemy import text
@@ -106,13 +108,14 @@ def xdist(base: Path, n: int, rounds: int, smoke: bool = False) -> str:
         command = run.pytest_command(setup, server, "psycopg")
         if not smoke:  # not timed: byte-compile the tests and warm the caches
             _timed([*command, "--collect-only"], project, env)
+        ways = ("2",) if smoke else ("0", "2")  # a smoke's -n 0 would be run.py's K
         walls: dict[str, list[float]] = {"0": [], "2": []}
         pytest_cpu: dict[str, list[float]] = {"0": [], "2": []}
         server_cpu: dict[str, list[float]] = {"0": [], "2": []}
         passed: dict[str, set[int]] = {"0": set(), "2": set()}
         for round_index in range(rounds):
             order = ("0", "2") if round_index % 2 == 0 else ("2", "0")
-            for workers in order:
+            for workers in (w for w in order if w in ways):
                 cpu_before, server_before = _children_cpu(), _server_cpu(server)
                 seconds, output, code = _timed([*command, "-n", workers], project, env)
                 if code != 0 or (smoke and _passed(output) != n):
@@ -126,7 +129,7 @@ def xdist(base: Path, n: int, rounds: int, smoke: bool = False) -> str:
                 print(f"-n {workers}: {seconds:.1f} s", file=sys.stderr, flush=True)
     finally:
         server.stop()
-    serial, parallel = statistics.median(walls["0"]), statistics.median(walls["2"])
+    medians = {workers: statistics.median(walls[workers]) for workers in ways}
     lines = [
         f"{n} bench tests (set-up K), {rounds} interleaved rounds, medians:",
         "",
@@ -135,7 +138,7 @@ def xdist(base: Path, n: int, rounds: int, smoke: bool = False) -> str:
         "|---|---|--:|--:|--:|--:|",
     ]
     cpu_totals: dict[str, float] = {}
-    for workers, median in (("0", serial), ("2", parallel)):
+    for workers, median in medians.items():
         each = ", ".join(f"{value:.1f}" for value in walls[workers])
         counts = ", ".join(str(value) for value in sorted(passed[workers]))
         own = statistics.median(pytest_cpu[workers])
@@ -143,6 +146,9 @@ def xdist(base: Path, n: int, rounds: int, smoke: bool = False) -> str:
         cpu_totals[workers] = own + (theirs or 0.0)
         shown = f"{theirs:.1f}" if theirs is not None else "n/a"
         lines.append(f"| `-n {workers}` | {each} | {median:.1f} | {own:.1f} | {shown} | {counts} |")
+    if "0" not in medians:  # a smoke's: nothing to compare with
+        return "\n".join(lines)
+    serial, parallel = medians["0"], medians["2"]
     speedup = f"{serial / parallel:.2f}"
     extra = cpu_totals["2"] / cpu_totals["0"] if cpu_totals["0"] else float("nan")
     # On two cores the -n 2 run cannot take less than half its CPU seconds.

@@ -25,9 +25,13 @@ end), ``kit-conf`` (the kit on a configured server: the bench's server, by
 per suite, the paired verdict of each kit way against ``hand`` on wall and on CPU time (CPU:
 see paired.py). Target 2 of issue 19: ratio ≤ 1.0.
 
-``--smoke``: one round, no warm-up, the generated suite with 10 tests and the small suite's
-import with 20 models (``BENCH_IMPORT_MODELS``); with the bench server and the kit's cached
-cluster of ``$BENCH_SMOKE_SERVER_URL`` and ``$BENCH_SMOKE_KIT_STATE`` if given (see run.py).
+``--smoke``: one round, no warm-up, the small suite's import with 20 models
+(``BENCH_IMPORT_MODELS``); with the bench server and the kit's cached cluster of
+``$BENCH_SMOKE_SERVER_URL`` and ``$BENCH_SMOKE_KIT_STATE`` if given (see run.py). Without
+``--only``, it runs ``small`` and ``api40``: the generated suite's three ways are the projects
+and commands that other smokes run already (``kit-conf`` and ``hand`` are set-ups K and B of
+``run.py --smoke``, ``kit-emb`` is K-emb of ``fixed_cost.py --smoke``); ``--only generated``
+smokes it here too, with 10 tests.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ SUITES_DIR = HERE / "suites"
 WAYS = ("kit-emb", "kit-conf", "hand")
 DEFAULT_N = 300
 SMOKE_N = 10
+# The generated suite's ways are smoked by run.py (K, B) and fixed_cost.py (K-emb).
+SMOKE_SUITES = ("small", "api40")
 SMOKE_IMPORT_MODELS = 20  # the small suite's app import: the same work, smaller
 
 
@@ -102,7 +108,9 @@ class Bench:
             raise
         try:
             paired.become_subreaper()  # see paired.py: the kit's embedded server's CPU time
-            self.runner = paired.Runner(server_cpu=self.server.cpu_seconds)
+            self.runner = paired.Runner(
+                server_cpu=self.server.cpu_seconds, settle=0.0 if smoke else paired.SETTLE
+            )
             self.suites = suites
             self.projects = {
                 (suite.name, way): build(suite, way, base, n)
@@ -200,16 +208,22 @@ def report(bench: Bench, results: dict[tuple[str, str], list[paired.Result]], ro
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9, help="paired rounds (default 9)")
-    parser.add_argument("--only", default=",".join(SUITES), help="suites, comma-separated")
+    parser.add_argument(
+        "--only",
+        help=f"suites, comma-separated (default: {','.join(SUITES)}; "
+        f"with --smoke: {','.join(SMOKE_SUITES)})",
+    )
     parser.add_argument("--n", type=int, default=DEFAULT_N, help="tests of the generated suite")
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help=f"one round, the generated suite with {SMOKE_N} tests: every way passes",
+        help=f"one round, no warm-up: every way passes (the generated suite, if asked for "
+        f"with --only, with {SMOKE_N} tests)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the projects (debugging)")
     args = parser.parse_args(argv)
-    names = [name.strip() for name in args.only.split(",") if name.strip()]
+    only = args.only or ",".join(SMOKE_SUITES if args.smoke else SUITES)
+    names = [name.strip() for name in only.split(",") if name.strip()]
     unknown = [name for name in names if name not in SUITES]
     if unknown:
         parser.error(f"unknown suite(s) {unknown}; known: {', '.join(SUITES)}")
