@@ -10,9 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +33,21 @@ from conftest import (
 
 from anyio_fastapi_testkit._postgres.cache import (
     CACHE_KEY,
+    CLUSTER_FOLDER,
     FOLDER_PREFIX,
     MARKER_FILE,
     CacheStore,
+    CacheWarning,
     ClusterCache,
+    cache_folder,
+    make_cache_folder,
+    remove_path,
+    stop_abandoned,
     try_lock,
+    wipe_folder,
 )
 from anyio_fastapi_testkit._postgres.server import start_server
+from anyio_fastapi_testkit._postgres.state_folder import prepare_base_dir
 from anyio_fastapi_testkit._provisioning.template_check import check_cached_template
 
 # --- a server that is not there ----------------------------------------------------------------
@@ -222,6 +234,77 @@ testkit_schema = items_app:Base.metadata
 """
 
 
+@dataclass(frozen=True)
+class PrebuiltCache:
+    """A cached project's cache as its cold run left it: the cache folder, the run's record
+    and the key of the template it built."""
+
+    folder: Path
+    record: dict[str, Any]
+    schema_key: str
+
+
+class PrebuiltCaches:
+    """One cold run per app and process (``prebuilt_caches``): its cache is copied into each
+    test's own project (``CachedProject.start_from``) instead of each test's cold run."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._built: dict[str, PrebuiltCache] = {}
+
+    def get(self, app: str) -> PrebuiltCache:
+        if app not in self._built:
+            self._built[app] = self._build(app, self.root / f"t{len(self._built)}")
+        return self._built[app]
+
+    @staticmethod
+    def _build(app: str, tmpdir: Path) -> PrebuiltCache:
+        __tracebackhide__ = True
+        project = tmpdir / "project"
+        project.mkdir(parents=True)
+        (project / "items_app.py").write_text(app)
+        (project / "pytest.ini").write_text(CACHED_INI)
+        (project / "test_recording.py").write_text(RECORDING_TESTS)
+        env = {**os.environ, **CACHED_RUN_ENV, "TMPDIR": str(tmpdir), "WAIT_FOR_SPARE": "1"}
+        env.pop("TESTKIT_DATABASE_URL", None)
+        completed = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", *CACHED_RUN_ARGS],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=SUBSESSION_TIMEOUT,
+            check=False,
+            env=env,
+        )
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        record: dict[str, Any] = json.loads((project / "runs.jsonl").read_text().splitlines()[-1])
+        assert record["template"] is not None and record["spare"] is not None, record
+        base = tmpdir / f"anyio-fastapi-testkit-{os.getuid()}"
+        folders = sorted(base.glob(f"{FOLDER_PREFIX}*"))
+        assert len(folders) == 1, folders
+        pointer = json.loads((project / ".pytest_cache" / "v" / CACHE_KEY).read_text())
+        assert pointer == CacheStore.expected_pointer(folders[0]), pointer
+        key = json.loads((folders[0] / MARKER_FILE).read_text())["template_key"]
+        assert key, "the cold run did not mark its template done"
+        assert_nothing_left(tmpdir)
+        return PrebuiltCache(folders[0], record, key)
+
+
+@pytest.fixture(name="prebuilt_caches", scope="session")
+def prebuilt_caches_fixture() -> Iterator[PrebuiltCaches]:
+    """The cold runs of this process (see ``PrebuiltCaches``); all stopped and deleted at the
+    end. A test module imports it as ``prebuilt_caches_fixture``."""
+    root = Path(tempfile.mkdtemp(prefix="tkp-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    yield PrebuiltCaches(root)
+    for base in root.glob(f"*/anyio-fastapi-testkit-{os.getuid()}"):
+        with contextlib.suppress(Exception):
+            stop_abandoned(base)
+    for process in postgres_processes_under(root):
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 class CachedProject:
     """A project run with pytest's cache provider on (where the cache's pointer lives), in a
     private TMPDIR (where the kit's base folder, with the cached cluster, lives)."""
@@ -230,6 +313,7 @@ class CachedProject:
         self.project = project
         self.tmpdir = tmpdir
         self.output = ""
+        self.prebuilt: PrebuiltCache | None = None  # the copied cache (start_from)
         project.module("items_app", app)
         project.pytester.makefile(".ini", pytest=CACHED_INI)
         project.module("test_recording", RECORDING_TESTS)
@@ -354,6 +438,78 @@ class CachedProject:
         assert template == [(record["template"],)], "the template is not the one the run left"
         assert_nothing_left(self.tmpdir)
 
+    def start_from(self, prebuilt: PrebuiltCache) -> dict[str, Any]:
+        """Give this project a private copy of ``prebuilt``'s cache, as its own cold run would
+        have left it (the cluster, its template and spare, the marker, the pointer in pytest's
+        cache, the run's record), for a test that does not test that cold run; its record.
+
+        Copied as the kit laid it out, owners and modes kept (``cp -a``: as root the data is
+        the server user's), to the folder the kit derives from this project's pytest cache
+        folder, whose project record the kit's own ``make_cache_folder`` then rewrites.
+        """
+        __tracebackhide__ = True
+        self.prebuilt = prebuilt
+        pytest_cache = self.path / ".pytest_cache"
+        base = prepare_base_dir(self.tmpdir / f"anyio-fastapi-testkit-{os.getuid()}")
+        folder = cache_folder(base, pytest_cache)
+        if folder.is_dir() and not folder.is_symlink():
+            wipe_folder(folder)  # its server stopped, before the folder goes
+        remove_path(folder)
+        subprocess.run(["cp", "-a", str(prebuilt.folder), str(folder)], check=True)
+        assert make_cache_folder(base, pytest_cache) == folder
+        pointer = pytest_cache / "v" / CACHE_KEY
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        pointer.write_text(json.dumps(CacheStore.expected_pointer(folder)))
+        data = folder / CLUSTER_FOLDER / "data"
+        record = {**prebuilt.record, "data_directory": str(data)}
+        with (self.path / "runs.jsonl").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        return record
+
+    def next_start(self) -> dict[str, Any]:
+        """What the next run would make of the cache, decided in this process with the kit's
+        own functions, as the plugin calls them (``xdist.plan_run``, then the server's start
+        with its template check): the cache folder made fit, its lock taken, the cluster
+        started (reused or made anew) and checked. Returns what the run would get: whether
+        the cluster was reused, its system identifier, the template's oid (None: dropped or
+        never built) and whether the template would be reused (else it is rebuilt). Nothing is
+        left running after, and no CacheWarning is allowed (no throwaway cluster)."""
+        __tracebackhide__ = True
+        pytest_cache = self.path / ".pytest_cache"
+        base = self.tmpdir / f"anyio-fastapi-testkit-{os.getuid()}"
+        folder = make_cache_folder(base, pytest_cache)
+        lock = try_lock(folder)
+        assert lock is not None, "the cache was left locked"
+        try:
+            pointer = self.path / ".pytest_cache" / "v" / CACHE_KEY
+            try:
+                rebuild = json.loads(pointer.read_text()) != CacheStore.expected_pointer(folder)
+            except (OSError, ValueError):
+                rebuild = True
+            cache = ClusterCache(folder, rebuild=rebuild, check_template=check_cached_template)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                server = start_server(None, base_dir=folder.parent, cache=cache)
+            fallbacks = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
+            assert not fallbacks, fallbacks
+            try:
+                url = server.info.admin_url
+                system = sql_rows(url, "SELECT system_identifier FROM pg_control_system()")
+                template = sql_rows(
+                    url, f"SELECT oid FROM pg_database WHERE datname = '{TEMPLATE}'"
+                )
+            finally:
+                server.stop()
+        finally:
+            lock.release()
+        assert_nothing_left(self.tmpdir)
+        return {
+            "reused_cluster": cache.reused_cluster,
+            "system": str(system[0][0]),
+            "template": template[0][0] if template else None,
+            "ready": self.prebuilt is not None and cache.template_ready(self.prebuilt.schema_key),
+        }
+
     def run_elsewhere(self, path: Path) -> dict[str, Any]:
         """Run a copy of this project in ``path`` (outside pytester); its record."""
         completed = subprocess.run(
@@ -408,16 +564,17 @@ EXPECTED = ("initdb", "template", "template only", "reused", "any")
 
 def deal_in_turn(cached: CachedProject, damages: dict[str, tuple[Damage, str]]) -> None:
     """Each damage in turn to the one project, each followed by a run that must repair or
-    rebuild as expected; what that run left must then be reused as it is.
+    rebuild as expected; what that run left must then be reused as it is. The project starts
+    from its last run (a copy of a prebuilt cache: ``CachedProject.start_from``).
 
     That reuse is shown by the next damage's run where it must reuse (``"reused"``: its
-    system identifier and template are those the run before left), by one last run after
-    the last damage, and in between by ``CachedProject.assert_reused_as_left`` (the next
-    run's decision, made in this process): a run each is what costs. So the next damage
-    starts from what a repair left, as a cold or a warm run leaves it.
+    system identifier and template are those the run before left), and otherwise by
+    ``CachedProject.assert_reused_as_left`` (the next run's decision, made in this process):
+    a run each is what costs. So the next damage starts from what a repair left, as a cold
+    or a warm run leaves it.
     """
     __tracebackhide__ = True
-    whole = cached.run()
+    whole = cached.last_run()
     proven_by: str | None = None  # the damage whose repair this run must show reusable
     cases = list(damages.items())
     for index, (name, (harm, expected)) in enumerate(cases):
@@ -435,10 +592,7 @@ def deal_in_turn(cached: CachedProject, damages: dict[str, tuple[Damage, str]]) 
                 assert same_template(after, whole), "the cache was rebuilt, not repaired"
             assert cached.marker()["template_key"], "the rebuilt template is not marked done"
             following = cases[index + 1][1][1] if index + 1 < len(cases) else None
-            if following is None:
-                again = cached.run()
-                assert same_template(again, after), "the run after the repair rebuilt again"
-            elif following != "reused":
+            if following != "reused":
                 cached.assert_reused_as_left(after)
             whole = after
         except BaseException as error:
@@ -447,6 +601,71 @@ def deal_in_turn(cached: CachedProject, damages: dict[str, tuple[Damage, str]]) 
                 error.add_note(f"(this run also shows the repair of {proven_by!r} reusable)")
             raise
         proven_by = name if following == "reused" else None
+
+
+# The order deal_in_process deals the damages in: those whose repair keeps the template first,
+# one after the other (each start also shows what the one before left reusable), those that
+# drop the template on fresh copies, and the others last (they need no template to damage,
+# nor a fresh copy).
+_IN_PROCESS_ORDER = {"reused": 0, "template only": 1, "template": 1, "any": 2, "initdb": 3}
+_NEEDS_TEMPLATE = ("reused", "template only", "template")
+
+
+def deal_in_process(cached: CachedProject, damages: dict[str, tuple[Damage, str]]) -> None:
+    """Each damage in turn to the project's copy of a prebuilt cache, each followed by the next
+    run's start decided in this process with the kit's own functions
+    (``CachedProject.next_start``): the folder made fit, the lock taken, the cluster reused or
+    made anew, the template checked and kept or dropped, as expected (see ``EXPECTED``); then
+    the next start must take what a repair in place left as it is (shown by the next damage's
+    start where that must reuse, else by a start of its own). What a real run adds after the start
+    (the template built anew where it was dropped or never made, the tests on it) does not
+    depend on the damage but on what the start left: ``deal_in_turn`` shows it with real
+    runs for some of the damages.
+
+    A damage whose repair must keep the template, or drop it, starts from a cache with its
+    template: what the one before left if it kept it, else a fresh copy; any other from what
+    the one before left.
+    """
+    __tracebackhide__ = True
+    prebuilt = cached.prebuilt
+    assert prebuilt is not None, "deal_in_process needs a copy of a prebuilt cache"
+    whole = cached.last_run()  # the record of the copy: what the damages of files need
+    state = {"system": whole["system"], "template": whole["template"], "ready": True}
+    cases = sorted(damages.items(), key=lambda case: _IN_PROCESS_ORDER[case[1][1]])
+    for index, (name, (harm, expected)) in enumerate(cases):
+        assert expected in EXPECTED, expected
+        if expected in _NEEDS_TEMPLATE and not state["ready"]:
+            whole = cached.start_from(prebuilt)
+            state = {"system": whole["system"], "template": whole["template"], "ready": True}
+        try:
+            args = harm(cached, whole)
+            assert not isinstance(args, tuple), "a damage with options needs a real run"
+            after = cached.next_start()
+            kept = after == {**state, "reused_cluster": True}
+            dropped = not after["ready"] and after["template"] is None
+            if expected == "initdb":
+                assert not after["reused_cluster"], "a damaged cluster must be made anew"
+                assert after["system"] != state["system"], "a damaged cluster must be made anew"
+            elif expected in ("template", "template only"):
+                assert dropped, "the damaged template was kept"
+                if expected == "template only":
+                    assert after["reused_cluster"], "a whole cluster was made anew"
+                    assert after["system"] == state["system"], "a whole cluster was made anew"
+            elif expected == "reused":
+                assert kept, f"the cache was rebuilt, not repaired: {after}"
+            else:
+                assert kept or dropped, f"neither repaired nor rebuilt: {after}"
+            state = {key: after[key] for key in state}
+            following = cases[index + 1][1][1] if index + 1 < len(cases) else None
+            # A cluster made anew was made in a folder wiped whole (all but the lock and the
+            # project record, which every start makes fit), as a cold run makes it: that it
+            # is reused as made is shown by the real runs (deal_in_turn, the warm-run tests).
+            if following != "reused" and after["reused_cluster"]:
+                again = cached.next_start()
+                assert again == {**state, "reused_cluster": True}, "the repair did not stick"
+        except BaseException as error:
+            error.add_note(f"damage: {name} (decided in this process)")
+            raise
 
 
 # --- the items app on the test's transaction --------------------------------------------------
@@ -485,3 +704,17 @@ def shared_tmpdir_fixture(
     monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)
     assert_nothing_left(subsession_share.tmpdir)  # an earlier test's leftovers are not this one's
     return subsession_share.tmpdir
+
+
+# --- a sub-session with pytest's cache provider on, in the test's own TMPDIR -------------------
+
+from conftest import plugin_options, run_subsession  # noqa: E402
+
+
+def run_with_cache(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """A sub-session in pytester's folder with pytest's cache provider on (the kit's cached
+    cluster, or the template it keeps on a configured server), in the TMPDIR the test set
+    (``private_tmpdir``): plugins and forking as ``Project.run`` has them, which keeps a
+    private TMPDIR's sub-sessions off the cache instead."""
+    options, after = plugin_options(args)
+    return run_subsession(pytester, [*options, *args, *after])

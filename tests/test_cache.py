@@ -5,6 +5,8 @@ Each sub-session runs with pytest's cache provider on (the cache's pointer lives
 a private TMPDIR (the cached cluster lives in the kit's base folder inside it). A test of the
 sub-session records what the server was (``scaffolding.RECORDING_TESTS``): its system
 identifier changes with every initdb, the template's oid with every rebuild of the template.
+A test that does not test the cold run starts from a private copy of a cache built once per
+process by one (``cached``; ``cold`` for the tests of that run).
 """
 
 from __future__ import annotations
@@ -17,9 +19,17 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Project, assert_nothing_left, postgres_processes_under
-from scaffolding import CachedProject, Damage, deal_in_turn
+from conftest import ITEMS_APP, Project, assert_nothing_left, postgres_processes_under
+from scaffolding import (
+    CachedProject,
+    Damage,
+    PrebuiltCaches,
+    deal_in_process,
+    deal_in_turn,
+    prebuilt_caches_fixture,  # noqa: F401 (a fixture)
+)
 
+from anyio_fastapi_testkit._core.config import FRESH_DB_ENV, read_settings
 from anyio_fastapi_testkit._postgres import cache as _cache
 from anyio_fastapi_testkit._postgres.cache import (
     CACHE_KEY,
@@ -34,37 +44,47 @@ from anyio_fastapi_testkit._provisioning.fingerprint import schema_fingerprint
 
 
 @pytest.fixture
-def cached(project: Project, private_tmpdir: Path) -> CachedProject:
+def cold(project: Project, private_tmpdir: Path) -> CachedProject:
+    """A project whose first run is its cold run: for the tests of that run."""
     return CachedProject(project, private_tmpdir)
+
+
+@pytest.fixture
+def cached(cold: CachedProject, prebuilt_caches: PrebuiltCaches) -> CachedProject:
+    """A project given a copy of the cache its cold run made (built once per process), for
+    the tests that do not test that cold run."""
+    cold.start_from(prebuilt_caches.get(ITEMS_APP))
+    return cold
 
 
 # --- reuse ---------------------------------------------------------------------------------
 
 
-def test_a_warm_run_reuses_the_cached_cluster_and_template(cached: CachedProject) -> None:
-    first = cached.run()
+def test_a_warm_run_reuses_the_cached_cluster_and_template(cold: CachedProject) -> None:
+    first = cold.run()
     assert first["database"] == "test_app"
     assert first["template"] is not None
-    marker = cached.marker()
+    marker = cold.marker()
     assert marker["template_key"]
-    pointer = cached.path / ".pytest_cache" / "v" / CACHE_KEY
-    assert json.loads(pointer.read_text())["folder"] == str(cached.folder())
+    pointer = cold.path / ".pytest_cache" / "v" / CACHE_KEY
+    assert json.loads(pointer.read_text())["folder"] == str(cold.folder())
 
-    second = cached.run()
+    second = cold.run()
 
     assert second["system"] == first["system"], "initdb ran again"
     assert second["template"] == first["template"], "the template was rebuilt"
     assert second["data_directory"] == first["data_directory"]
-    assert cached.marker() == marker
+    assert cold.marker() == marker
     # Between runs the server is stopped and only the template and a spare clone are kept.
-    assert not (cached.data / "postmaster.pid").exists()
+    assert not (cold.data / "postmaster.pid").exists()
 
 
 def test_a_warm_run_gets_its_database_from_the_spare_made_by_the_run_before(
     cached: CachedProject,
 ) -> None:
-    # Each run records the spare it made in the background, once it is made.
-    first = cached.run(WAIT_FOR_SPARE="1")
+    # Each run records the spare it made in the background, once it is made (the cold run
+    # whose cache this project has a copy of, too).
+    first = cached.last_run()
     second = cached.run(WAIT_FOR_SPARE="1")
     assert second["working"] == first["spare"], "the warm run renamed the spare"
     assert second["spare"] != first["spare"]
@@ -79,7 +99,7 @@ def test_a_warm_run_gets_its_database_from_the_spare_made_by_the_run_before(
 def test_the_warm_run_drops_what_a_killed_run_left_and_restarts_its_server(
     cached: CachedProject,
 ) -> None:
-    first = cached.run()
+    first = cached.last_run()  # as the cold run left the cache
     killed = cached.killed_run(KILL_PYTEST="1")
     assert killed["system"] == first["system"]
     left = cached.servers()
@@ -104,7 +124,7 @@ def _alive(process: psutil.Process) -> bool:
 def test_a_schema_change_rebuilds_the_template_in_the_same_cluster(
     cached: CachedProject,
 ) -> None:
-    first = cached.run()
+    first = cached.last_run()  # as the cold run left the cache
     source = (cached.path / "items_app.py").read_text()
     changed = source.replace(
         "    name: Mapped[str] = mapped_column(String(100), unique=True)\n",
@@ -138,25 +158,45 @@ DAMAGE: dict[str, tuple[Damage, str]] = {
 }
 
 
+# The damages whose repair a real run shows (``deal_in_turn``): a cluster made anew (a
+# template built anew in the same cluster: test_a_schema_change_rebuilds_...). Each other
+# damage's repair is decided in this process (``deal_in_process``): what a real run adds
+# after the start does not depend on the damage, but on what the start left.
+REAL_RUNS = ("cache cleared",)
+
+
 def test_a_half_built_or_damaged_cache_is_rebuilt(cached: CachedProject) -> None:
-    deal_in_turn(cached, DAMAGE)
+    deal_in_process(cached, {name: DAMAGE[name] for name in DAMAGE if name not in REAL_RUNS})
+    cached.start_from(cached.prebuilt)  # type: ignore[arg-type]
+    deal_in_turn(cached, {name: DAMAGE[name] for name in REAL_RUNS})
 
 
 # --- bypass and concurrency ------------------------------------------------------------------
 
 
-def test_fresh_db_bypasses_the_cache(cached: CachedProject) -> None:
-    first = cached.run()
+def test_fresh_db_bypasses_the_cache(
+    cached: CachedProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = cached.last_run()  # as the cold run left the cache
     marker = cached.marker()
+    fresh = cached.run("--testkit-fresh-db", cached=False)
+    assert fresh["system"] != first["system"]
+    assert cached.marker() == marker, "the cache was touched"
+    # The run reads the flag, the variable and the ini setting as one setting: each of them
+    # sets it (decided in this process with the kit's own reading), and none of them, not.
+    monkeypatch.delenv(FRESH_DB_ENV, raising=False)
     for how, args, env in [
+        ("none", (), {}),
         ("flag", ("--testkit-fresh-db",), {}),
-        ("env", (), {"TESTKIT_FRESH_DB": "1"}),
+        ("env", (), {FRESH_DB_ENV: "1"}),
         ("ini", ("-o", "testkit_fresh_db=true"), {}),
     ]:
-        fresh = cached.run(*args, cached=False, **env)
-        assert fresh["system"] != first["system"], how
-        assert cached.marker() == marker, f"{how}: the cache was touched"
-    # None of the three changed the cache in a way the marker does not show.
+        with monkeypatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            config = cached.project.pytester.parseconfig(*args)
+            assert read_settings(config).fresh_db == (how != "none"), how
+    # None of this changed the cache in a way the marker does not show.
     cached.assert_reused_as_left(first)
 
 
@@ -175,7 +215,7 @@ def test_hold_the_cache(database_url):
 def test_a_concurrent_run_uses_a_throwaway_cluster_and_leaves_the_cache_alone(
     cached: CachedProject,
 ) -> None:
-    first = cached.run()
+    first = cached.last_run()  # as the cold run left the cache
     cached.project.module("test_waiting", WAITING_TEST)
     with cached.holder("test_waiting.py") as holder:
         while not (cached.path / "holding").exists():  # the holder has the cache now
@@ -192,22 +232,22 @@ def test_a_concurrent_run_uses_a_throwaway_cluster_and_leaves_the_cache_alone(
 
 
 def test_without_the_cache_provider_nothing_is_cached(
-    cached: CachedProject,
+    cold: CachedProject,
 ) -> None:
-    cached.project.run()  # Project.run disables the cache provider in a private TMPDIR
-    assert cached.folders() == []
-    assert_nothing_left(cached.tmpdir)
+    cold.project.run()  # Project.run disables the cache provider in a private TMPDIR
+    assert cold.folders() == []
+    assert_nothing_left(cold.tmpdir)
 
 
 # --- orphans and fingerprints ----------------------------------------------------------------
 
 
 def test_orphan_cleanup_stops_an_abandoned_cached_server_and_keeps_its_cluster(
-    cached: CachedProject,
+    cold: CachedProject,
 ) -> None:
-    first = cached.killed_run(KILL_PYTEST="1")  # the run that made the cache
-    folder = cached.folder()
-    servers = cached.servers()
+    first = cold.killed_run(KILL_PYTEST="1")  # the run that made the cache
+    folder = cold.folder()
+    servers = cold.servers()
     base = folder.parent
 
     assert cleanup_orphans(base) == []  # removes no cache
@@ -215,12 +255,12 @@ def test_orphan_cleanup_stops_an_abandoned_cached_server_and_keeps_its_cluster(
 
     # pg_ctl waited for the stop: the server's children have ended, and the postmaster
     # removes its pid file as it exits; wait for that exit (no deadline: nothing is slow here).
-    assert not (cached.data / "postmaster.pid").exists()
+    assert not (cold.data / "postmaster.pid").exists()
     while any(_alive(process) for process in servers):
         time.sleep(0.01)
     assert postgres_processes_under(folder) == []
-    assert (cached.data / "PG_VERSION").exists()
-    cached.assert_reused_as_left(first)
+    assert (cold.data / "PG_VERSION").exists()
+    cold.assert_reused_as_left(first)
 
 
 MODELS = """
@@ -266,7 +306,7 @@ def test_the_fingerprint_follows_the_ddl_and_the_migration_files(
 
 
 def test_the_cache_of_a_moved_project_replaces_the_old_one(cached: CachedProject) -> None:
-    first = cached.run()
+    first = cached.last_run()  # as the cold run left the cache
     old = cached.folder()
     moved = cached.path.parent / f"{cached.path.name}-moved"
     shutil.copytree(cached.path, moved)  # with its .pytest_cache, whose pointer names `old`
@@ -280,8 +320,7 @@ def test_the_cache_of_a_moved_project_replaces_the_old_one(cached: CachedProject
 def test_the_cache_of_a_deleted_project_is_deleted_by_the_next_run_of_another(
     cached: CachedProject,
 ) -> None:
-    cached.run()
-    gone = cached.folder()
+    gone = cached.folder()  # as the cold run left it
     other = cached.path.parent / f"{cached.path.name}-other"
     # Another project: the same files without the pytest cache (and its pointer).
     shutil.copytree(cached.path, other, ignore=shutil.ignore_patterns(".pytest_cache"))

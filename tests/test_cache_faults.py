@@ -7,9 +7,12 @@ rebuilding it, and what it left must be reused as it is. The records the sub-ses
 write show which (``scaffolding.RECORDING_TESTS``): the system identifier changes with every
 initdb, the template's oid with every rebuild of the template.
 
-The damages are dealt in turn to one project (``scaffolding.deal_in_turn``): each starts
-from what the repair of the one before left, shown reusable by the next run or by the next
-run's own decision made in this process.
+Each test's project starts from a private copy of a cache built once per process by a cold
+run (``scaffolding.PrebuiltCaches``). Every damage is dealt to it in turn and the next run's
+start decided in this process with the kit's own functions (``scaffolding.deal_in_process``):
+reused, or made anew, as expected, and then reused as it is. A few of them (``REAL_RUNS``)
+are then dealt again to a fresh copy, each followed by a real run that must pass
+(``scaffolding.deal_in_turn``), which shows what a run does after that start.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from scaffolding import (
     SEEDED_ITEMS_APP,
     CachedProject,
     Damage,
+    PrebuiltCaches,
+    deal_in_process,
     deal_in_turn,
+    prebuilt_caches_fixture,  # noqa: F401 (a fixture)
     same_cluster,
     same_template,
 )
@@ -49,10 +55,14 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the cache needs
 
 
 @pytest.fixture
-def cached(project: Project, private_tmpdir: Path) -> CachedProject:
+def cached(
+    project: Project, private_tmpdir: Path, prebuilt_caches: PrebuiltCaches
+) -> CachedProject:
     """The items app with two rows seeded in its template, so that a table file damaged to
-    empty shows in the rows."""
-    return CachedProject(project, private_tmpdir, app=SEEDED_ITEMS_APP)
+    empty shows in the rows; with a copy of the cache its cold run made (built once)."""
+    cached = CachedProject(project, private_tmpdir, app=SEEDED_ITEMS_APP)
+    cached.start_from(prebuilt_caches.get(SEEDED_ITEMS_APP))
+    return cached
 
 
 def replace_with_file(path: Path) -> None:
@@ -169,6 +179,22 @@ def _cut(path: Path, size: int) -> None:
 
 # Two projects, so that neither test runs long on a loaded machine.
 FOLDER_PARTS = ("folders and markers", "data files and modes")
+# The damages whose repair a real run shows (``deal_in_turn``): a cluster made anew and then
+# reused by the next run, a cluster made anew for damaged data, a template rebuilt (its rows
+# checked). Each damage's repair is decided in this process (``deal_in_process``): what a
+# real run adds after the start does not depend on the damage, but on what the start left.
+REAL_RUNS = (
+    "cluster folder replaced by a file",
+    "lock replaced by a folder",
+    "pg_control truncated",
+    "table file truncated",
+)
+
+
+def deal(cached: CachedProject, damages: dict[str, tuple[Damage, str]]) -> None:
+    deal_in_process(cached, damages)
+    cached.start_from(cached.prebuilt)  # type: ignore[arg-type]
+    deal_in_turn(cached, {name: damages[name] for name in REAL_RUNS if name in damages})
 
 
 @pytest.mark.parametrize("part", FOLDER_PARTS)
@@ -178,15 +204,15 @@ def test_a_damaged_cache_folder_is_repaired_or_rebuilt_in_one_run(
     names = list(FOLDER_DAMAGE)
     split = names.index("pg_control truncated")
     chosen = names[:split] if part == FOLDER_PARTS[0] else names[split:]
-    deal_in_turn(cached, {name: FOLDER_DAMAGE[name] for name in chosen})
+    deal(cached, {name: FOLDER_DAMAGE[name] for name in chosen})
 
 
 def test_a_damaged_template_is_detected_and_rebuilt(cached: CachedProject) -> None:
-    deal_in_turn(cached, TEMPLATE_DAMAGE)
+    deal(cached, TEMPLATE_DAMAGE)
 
 
 def test_a_damaged_spare_is_dropped_and_the_template_kept(cached: CachedProject) -> None:
-    first = cached.run()
+    first = cached.last_run()  # the cold run's copy, with its spare
     system_databases = {"1", "4", "5"}  # template1, template0, postgres: fixed oids
     others = [
         folder
@@ -207,7 +233,7 @@ def test_a_damaged_spare_is_dropped_and_the_template_kept(cached: CachedProject)
 def test_an_unmarked_database_left_in_the_cache_by_a_kill_is_dropped(
     cached: CachedProject, database: str
 ) -> None:
-    # The first run makes the cache, and the database in it (CREATE DATABASE, then COMMENT).
+    # A run on the cache makes the database in it (CREATE DATABASE, then COMMENT).
     first = cached.killed_run(UNMARK=database)
 
     after = cached.run()
@@ -222,8 +248,7 @@ def test_an_unmarked_database_left_in_the_cache_by_a_kill_is_dropped(
 def test_a_cache_that_cannot_be_cleared_falls_back_to_a_throwaway_cluster_with_a_warning(
     cached: CachedProject,
 ) -> None:
-    cached.run()
-    folder = cached.folder()
+    folder = cached.folder()  # as a cold run left it
     replace_with_file(cached.cluster)
     if subprocess.run(["chattr", "+i", str(cached.cluster)], check=False).returncode:
         pytest.skip("the file system has no immutable files")
@@ -267,7 +292,7 @@ def short_tmp() -> Iterator[Path]:
 def test_a_stale_pid_file_naming_an_unrelated_process_leaves_it_running(
     cached: CachedProject,
 ) -> None:
-    first = cached.run()
+    first = cached.last_run()  # as a cold run left the cache
     user: dict[str, Any] = {}
     if AS_ROOT:
         entry = pwd.getpwnam(SERVER_USER)
