@@ -29,6 +29,7 @@ from conftest import (
     sql_rows,
 )
 from psycopg import sql
+from scaffolding import run_with_cache
 from sqlalchemy.engine import URL
 
 from anyio_fastapi_testkit._postgres.server import RunningServer
@@ -229,8 +230,13 @@ def items_project(project: Project) -> None:
     project.ini(testkit_app="items_app:app", testkit_schema="items_app:Base.metadata")
 
 
+# Run A, in the background, is a new interpreter that loads only the plugins it needs.
+BACKGROUND_PLUGINS = ("-p", "anyio_fastapi_testkit.plugin", "-p", "xdist")
+
+
 def pytest_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", *args]
+    options = ("-p", "no:cacheprovider", "-p", "no:randomly", *BACKGROUND_PLUGINS)
+    return [sys.executable, "-m", "pytest", *options, *args]
 
 
 def start(project: Project, *args: str) -> subprocess.Popen[str]:
@@ -240,6 +246,7 @@ def start(project: Project, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
     )
 
 
@@ -539,17 +546,13 @@ def test_a_run_killed_before_the_mark_does_not_block_the_cached_cluster(
     items_project(project)
     project.module("kill_before_the_mark", KILL_BEFORE_THE_MARK)
     project.module("test_record", CACHED_RECORDING_TEST)
-    cache_args = ("-p", "no:randomly")  # with pytest's cache provider: the cached cluster
-    killed = project.pytester.runpytest_subprocess(
-        *cache_args, "-p", "kill_before_the_mark", timeout=SUBSESSION_TIMEOUT
-    )
+    # With pytest's cache provider on: the cached cluster.
+    killed = run_with_cache(project.pytester, "-p", "kill_before_the_mark")
     assert killed.ret not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
     base = private_tmpdir / f"anyio-fastapi-testkit-{os.getuid()}"
     assert list(base.glob("cache-*")), "the killed run used no cached cluster"
 
-    project.pytester.runpytest_subprocess(*cache_args, timeout=SUBSESSION_TIMEOUT).assert_outcomes(
-        passed=1
-    )
+    run_with_cache(project.pytester).assert_outcomes(passed=1)
 
     seen = json.loads((project.pytester.path / "cached.json").read_text())
     assert seen["database"] == "test_app"

@@ -31,6 +31,7 @@ from conftest import (
     sql_rows,
 )
 from psycopg import sql
+from scaffolding import run_with_cache
 from sqlalchemy.engine import URL
 
 from anyio_fastapi_testkit._postgres.server import RunningServer
@@ -125,26 +126,18 @@ def items_project(project: Project, app: str = ITEMS_APP, env: bool = False) -> 
     project.module("test_record", RECORDING_TEST)
 
 
-# Plugin autoload off (loading every installed plugin costs each run more than its test): the
-# kit is loaded by name; pytest's cache provider stays on.
-RUN_ARGS = ("-p", "no:randomly", "-p", "anyio_fastapi_testkit.plugin")
-RUN_ENV = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-
-
 def run(project: Project, label: str, *args: str, passed: int = 1) -> dict[str, Any]:
     """A run with pytest's cache provider on; what its test recorded, and its output."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RUN_LABEL", label)
-        for name, value in RUN_ENV.items():
-            env.setenv(name, value)
-        result = project.pytester.runpytest_subprocess(*RUN_ARGS, *args, timeout=SUBSESSION_TIMEOUT)
+        result = run_with_cache(project.pytester, *args)
     result.assert_outcomes(passed=passed)
     record: dict[str, Any] = json.loads((project.pytester.path / f"{label}.json").read_text())
     record["output"] = "\n".join([*result.outlines, *result.errlines])
     return record
 
 
-def test_the_second_run_clones_the_template_the_first_kept(
+def test_the_next_run_clones_the_kept_template_and_a_schema_change_replaces_it(
     project: Project, private_tmpdir: Path, keptdb: URL
 ) -> None:
     items_project(project)
@@ -168,27 +161,20 @@ def test_the_second_run_clones_the_template_the_first_kept(
     assert [name for name in second["databases"] if name.endswith("_template")] == [template]
     assert_nothing_left(private_tmpdir)
 
-
-def test_a_schema_change_builds_a_new_template_and_drops_the_old(
-    project: Project, private_tmpdir: Path, keptdb: URL
-) -> None:
-    items_project(project)
-    run(project, "first")
-    old = kept_templates(keptdb)
-    assert len(old) == 1
-
+    # Another schema: a new template is built and kept, the old one dropped (no other run is
+    # alive), and the new one is what the run after clones.
     items_project(project, CHANGED_APP)
     changed = run(project, "changed")
 
     new = kept_templates(keptdb)
-    assert len(new) == 1 and new.keys() != old.keys(), (old, new)
-    assert set(new.values()) != set(old.values())
+    assert len(new) == 1 and new.keys() != kept.keys(), (kept, new)
+    assert set(new.values()) != set(kept.values())
     assert changed["columns"] == ["id", "name", "note"]
     assert kit_databases(keptdb) == sorted(new), "the old template was not dropped"
     again = run(project, "again")
     assert again["columns"] == ["id", "name", "note"]
-    (template,) = new
-    assert again["databases"][template] == changed["databases"][template]
+    (new_template,) = new
+    assert again["databases"][new_template] == changed["databases"][new_template]
     assert_nothing_left(private_tmpdir)
 
 
@@ -209,7 +195,9 @@ def test_a_database_under_the_kept_name_that_is_not_the_kept_template_is_never_t
     (name, key) = next(iter(kept_templates(keptdb).items()))
     # One case after the other on the one project: after each, the server holds what it held
     # before the case (a foreign database under the kept name, no kept template of the key),
-    # which the next case changes only in the foreign database's comment.
+    # which the next case changes only in the foreign database's comment. One run per case:
+    # the checks after it show the server as the run found it, and on a configured server
+    # the kit keeps nothing in pytest's cache, so a second run would find what the first did.
     for case, comment in FOREIGN_COMMENTS.items():
         try:
             drop_by_hand(keptdb, name)  # the kit's kept template, then the case before's
@@ -222,11 +210,10 @@ def test_a_database_under_the_kept_name_that_is_not_the_kept_template_is_never_t
             oid_query = sql.SQL("SELECT oid FROM pg_database WHERE datname = {}").format(name)
             oid = sql_rows(keptdb, oid_query)
 
-            for label in ("second", "third"):
-                record = run(project, f"{label}-{case}")
-                assert record["columns"] == ["id", "name"]
-                own_templates = [db for db in record["databases"] if db.endswith("_template")]
-                assert len(own_templates) == 2, own_templates  # the foreign one, the run's own
+            record = run(project, f"second-{case}")
+            assert record["columns"] == ["id", "name"]
+            own_templates = [db for db in record["databases"] if db.endswith("_template")]
+            assert len(own_templates) == 2, own_templates  # the foreign one, the run's own
 
             assert sql_rows(keptdb, "SELECT note FROM precious", name) == [("keep me",)]
             assert comments(keptdb)[name] == comment
@@ -283,6 +270,9 @@ def test_progress_says_the_step_once_it_is_slow_and_nothing_when_fast() -> None:
         progress.step("starting")
 
 
+# A runs in the background (a new interpreter), its plugin autoload off: the kit by name.
+RUN_ARGS = ("-p", "no:randomly", "-p", "anyio_fastapi_testkit.plugin")
+
 # A's test holds its databases until B is done.
 HOLDING_TEST = """
 import time
@@ -309,16 +299,15 @@ def test_a_run_with_another_schema_leaves_a_live_runs_template_alone(
     project: Project, private_tmpdir: Path, keptdb: URL
 ) -> None:
     items_project(project)
-    run(project, "first")
-    (old,) = kept_templates(keptdb)
     project.module("test_hold", HOLDING_TEST)
+    # A builds the template of the old schema and keeps it, then holds its databases.
     a = subprocess.Popen(
         [sys.executable, "-m", "pytest", *RUN_ARGS, "test_hold.py"],
         cwd=project.pytester.path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, **RUN_ENV},
+        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
     )
     try:
         ready = project.pytester.path / "a-ready"
@@ -332,6 +321,7 @@ def test_a_run_with_another_schema_leaves_a_live_runs_template_alone(
                 deadline_reached.wait(0.05)
         finally:
             timer.cancel()
+        (old,) = kept_templates(keptdb)
         # B: another schema, while A (the old one's) is alive. It may not drop A's template.
         items_project(project, CHANGED_APP)
         b = run(project, "b", "test_record.py")

@@ -32,7 +32,12 @@ from conftest import (
     postgres_processes_under,
     sql_rows,
 )
-from scaffolding import items_revision, write_alembic
+from scaffolding import (
+    items_revision,
+    run_with_cache,
+    shared_tmpdir_fixture,  # noqa: F401 (the shared_tmpdir fixture)
+    write_alembic,
+)
 from sqlalchemy.engine import URL
 
 from anyio_fastapi_testkit._postgres.server import RunningServer
@@ -75,8 +80,24 @@ def alembic_project(project: Project) -> None:
     project.module("test_migrated", MIGRATED_TEST)
 
 
-def pytest_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", *args]
+# The runs started in the background (new interpreters, to be killed) load only the plugins
+# they need (autoload off: PYTEST_ENV).
+BACKGROUND_PLUGINS = ("-p", "anyio_fastapi_testkit.plugin", "-p", "xdist")
+PYTEST_ENV = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+
+def pytest_command(*args: str, cache: bool = False) -> list[str]:
+    no_cache = () if cache else ("-p", "no:cacheprovider")
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        *no_cache,
+        "-p",
+        "no:randomly",
+        *BACKGROUND_PLUGINS,
+        *args,
+    ]
 
 
 def start(project: Project, *args: str, **env: str) -> subprocess.Popen[bytes]:
@@ -85,7 +106,7 @@ def start(project: Project, *args: str, **env: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             pytest_command(*args),
             cwd=project.pytester.path,
-            env={**os.environ, **env},
+            env={**os.environ, **PYTEST_ENV, **env},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -197,13 +218,13 @@ def test_4_unrelated(db_session_sync):
 
 
 def test_the_leak_checks_connection_is_replaced_after_a_fault(
-    project: Project, private_tmpdir: Path
+    project: Project, shared_tmpdir: Path
 ) -> None:
     project.module("items_app", ITEMS_APP)
     project.ini(testkit_app="items_app:app", testkit_schema="items_app:Base.metadata")
     project.module("test_leak_connection", LEAK_CONNECTION_TESTS)
 
-    result = project.run("-p", "no:randomly", "-rA")
+    result = project.run("-p", "no:randomly", "-rA")  # on the shared cached cluster
 
     # Test 3's leak is still found, by the new connection; nothing else fails.
     result.assert_outcomes(passed=4, errors=1)
@@ -213,7 +234,7 @@ def test_the_leak_checks_connection_is_replaced_after_a_fault(
             "*Data was committed to the test database*public.items (0 -> 1 rows)*",
         ]
     )
-    assert_nothing_left(private_tmpdir)
+    assert_nothing_left(shared_tmpdir)
 
 
 # --- item 9 (b): short socket folders of dead runs are removed -------------------------------
@@ -251,18 +272,15 @@ def test_the_socket_folder_of_a_killed_cached_run_is_removed_by_the_next(
     project.module("items_app", ITEMS_APP)
     project.ini(testkit_app="items_app:app", testkit_schema="items_app:Base.metadata")
     project.module("test_maybe_killed", KILLED_WITH_THE_CACHE)
-    with_cache = ("-p", "no:randomly")  # pytest's cache provider on: the cached cluster
     monkeypatch.setenv("KILL_PYTEST", "1")
-    killed = project.pytester.runpytest_subprocess(*with_cache, timeout=SUBSESSION_TIMEOUT)
+    killed = run_with_cache(project.pytester)  # pytest's cache provider on: the cached cluster
     assert killed.ret == -signal.SIGKILL
     left = cached_socket_dir(long_tmpdir)
     try:
         assert left.name.startswith("testkit-sock-") and left.is_dir()
         monkeypatch.delenv("KILL_PYTEST")
 
-        project.pytester.runpytest_subprocess(
-            *with_cache, timeout=SUBSESSION_TIMEOUT
-        ).assert_outcomes(passed=1)
+        run_with_cache(project.pytester).assert_outcomes(passed=1)
 
         assert not left.exists(), "the killed run's socket folder is still there"
         last = cached_socket_dir(long_tmpdir)
@@ -392,12 +410,10 @@ def kill_the_run_once_every_worker_holds_its_database(
 ) -> list[str]:
     """Start a run with ``workers`` xdist workers, SIGKILL it (controller and workers) when
     each holds its database; the databases they held."""
-    args = ("-n", str(workers), "test_held.py")
-    command = [sys.executable, "-m", "pytest", "-p", "no:randomly", *args]  # cache on
     run = subprocess.Popen(
-        command if cached else pytest_command(*args),
+        pytest_command("-n", str(workers), "test_held.py", cache=cached),
         cwd=project.pytester.path,
-        env={**os.environ, **env},
+        env={**os.environ, **PYTEST_ENV, **env},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -435,19 +451,18 @@ def test_a_killed_run_with_more_workers_leaves_nothing_in_the_cached_cluster(
 ) -> None:
     xdist_project(project)
     monkeypatch.setenv("WAIT_FOR_SPARE", "1")
-    held = kill_the_run_once_every_worker_holds_its_database(project, 3, cached=True)
-    assert sorted(held) == ["test_app_gw0", "test_app_gw1", "test_app_gw2"]
+    # Two workers, then one: as three then two (the fewest processes that show it).
+    held = kill_the_run_once_every_worker_holds_its_database(project, 2, cached=True)
+    assert sorted(held) == ["test_app_gw0", "test_app_gw1"]
 
-    project.pytester.runpytest_subprocess(
-        "-p", "no:randomly", "-n", "2", "test_seen.py", timeout=SUBSESSION_TIMEOUT
-    ).assert_outcomes(passed=2)
+    run_with_cache(project.pytester, "-n", "1", "test_seen.py").assert_outcomes(passed=2)
 
     seen = seen_by_the_next_run(project)
-    spares = [spare_name("test_app_template", f"test_app_gw{n}") for n in range(3)]
-    assert "test_app_gw2" not in seen
-    assert spares[2] not in seen, "the spare of a worker the run does not have was kept"
+    spares = [spare_name("test_app_template", f"test_app_gw{n}") for n in range(2)]
+    assert "test_app_gw1" not in seen
+    assert spares[1] not in seen, "the spare of a worker the run does not have was kept"
     kit = [name for name in seen if name.startswith(("test_", PENDING_PREFIX))]
-    expected = ["test_app_template", "test_app_gw0", "test_app_gw1", *spares[:2]]
+    expected = ["test_app_template", "test_app_gw0", spares[0]]
     assert kit == sorted(expected)
     assert_nothing_left(private_tmpdir)
 
@@ -469,11 +484,11 @@ def test_a_killed_run_with_more_workers_leaves_nothing_on_a_configured_server(
     project: Project, private_tmpdir: Path, configured: URL
 ) -> None:
     xdist_project(project)
-    held = kill_the_run_once_every_worker_holds_its_database(project, 3, cached=False)
-    assert len(held) == 3 and all(name in database_names(configured) for name in held)
-    assert any(name.endswith("_gw2") for name in held)
+    held = kill_the_run_once_every_worker_holds_its_database(project, 2, cached=False)
+    assert len(held) == 2 and all(name in database_names(configured) for name in held)
+    assert any(name.endswith("_gw1") for name in held)
 
-    project.run("-n", "2", "test_seen.py").assert_outcomes(passed=2)
+    project.run("-n", "1", "test_seen.py").assert_outcomes(passed=2)
 
     seen = seen_by_the_next_run(project)
     assert not set(held) & set(seen), "the killed run's databases were not dropped"
@@ -578,9 +593,7 @@ _spares.connect_admin = lambda *args, **kwargs: _Dying(_connect_admin(*args, **k
 
 
 def cached_run(project: Project, *args: str) -> pytest.RunResult:
-    return project.pytester.runpytest_subprocess(
-        "-p", "no:randomly", *args, timeout=SUBSESSION_TIMEOUT
-    )
+    return run_with_cache(project.pytester, *args)
 
 
 def last_record(project: Project) -> dict[str, Any]:
@@ -593,42 +606,43 @@ def kit_databases(record: dict[str, Any]) -> list[str]:
     return sorted(name for name in record["databases"] if name.startswith("test_"))
 
 
-def test_a_run_killed_while_making_its_spare_leaves_nothing_unmarked(
+def test_a_run_killed_while_making_or_claiming_its_spare_leaves_it_fit_for_the_next(
     project: Project, private_tmpdir: Path
 ) -> None:
+    # One project, one cluster: first a run killed while it makes its spare (the first run:
+    # it builds the cache, then makes the spare while its test runs), then one killed while
+    # it claims the spare the run after the first kill made.
     project.module("items_app", ITEMS_APP)
     project.ini(testkit_app="items_app:app", testkit_schema="items_app:Base.metadata")
     project.module("test_record", RECORD_THE_CACHED_DATABASES)
     project.module("kill_while_the_spare_is_made", KILL_WHILE_THE_SPARE_IS_MADE)
-    killed = cached_run(project, "-p", "kill_while_the_spare_is_made")
-    assert killed.ret == -signal.SIGKILL
-
-    cached_run(project).assert_outcomes(passed=1)
-
-    record = last_record(project)
-    spare = spare_name("test_app_template", "test_app")
-    assert kit_databases(record) == sorted(["test_app", "test_app_template", spare])
-    assert [name for name in record["databases"] if name.startswith(PENDING_PREFIX)] == []
-    assert all(comment for oid, comment in record["databases"].values() if oid > 16384)
-    assert_nothing_left(private_tmpdir)
-
-
-def test_a_run_killed_while_claiming_its_spare_leaves_it_for_the_next(
-    project: Project, private_tmpdir: Path
-) -> None:
-    project.module("items_app", ITEMS_APP)
-    project.ini(testkit_app="items_app:app", testkit_schema="items_app:Base.metadata")
-    project.module("test_record", RECORD_THE_CACHED_DATABASES)
     project.module("kill_while_the_spare_is_claimed", KILL_WHILE_THE_SPARE_IS_CLAIMED)
-    cached_run(project).assert_outcomes(passed=1)
-    first = last_record(project)
-    killed = cached_run(project, "-p", "kill_while_the_spare_is_claimed")
-    assert killed.ret == -signal.SIGKILL
-
-    cached_run(project).assert_outcomes(passed=1)
-
-    after = last_record(project)
-    assert after["working"] == first["spare"], "the spare the killed run claimed was lost"
     spare = spare_name("test_app_template", "test_app")
-    assert kit_databases(after) == sorted(["test_app", "test_app_template", spare])
-    assert_nothing_left(private_tmpdir)
+    try:
+        killed = cached_run(project, "-p", "kill_while_the_spare_is_made")
+        assert killed.ret == -signal.SIGKILL
+
+        cached_run(project).assert_outcomes(passed=1)
+
+        first = last_record(project)
+        assert kit_databases(first) == sorted(["test_app", "test_app_template", spare])
+        assert [name for name in first["databases"] if name.startswith(PENDING_PREFIX)] == []
+        assert all(comment for oid, comment in first["databases"].values() if oid > 16384)
+        assert_nothing_left(private_tmpdir)
+    except BaseException as error:
+        error.add_note("killed while making its spare")
+        raise
+
+    try:
+        killed = cached_run(project, "-p", "kill_while_the_spare_is_claimed")
+        assert killed.ret == -signal.SIGKILL
+
+        cached_run(project).assert_outcomes(passed=1)
+
+        after = last_record(project)
+        assert after["working"] == first["spare"], "the spare the killed run claimed was lost"
+        assert kit_databases(after) == sorted(["test_app", "test_app_template", spare])
+        assert_nothing_left(private_tmpdir)
+    except BaseException as error:
+        error.add_note("killed while claiming its spare")
+        raise

@@ -1,8 +1,11 @@
 """pytest-xdist: one server and one template for the whole run, a database per worker, all of it
 dropped and stopped at the end; on the kit's own server, the cached one and a configured URL.
 
-Each worker's tests record what they saw (the server's system identifier, their database, the
-server processes running, the databases present) in a file per worker.
+Each worker's tests record what they saw (the server's system identifier and data folder,
+their database, the server processes running, the databases present) in a file per worker.
+
+The runs that test neither the throwaway cluster nor what a killed run leaves use the cached
+cluster the sub-sessions of this process share (``shared_tmpdir``): no initdb of their own.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from conftest import (
     leftovers,
     sql_rows,
 )
+from scaffolding import shared_tmpdir_fixture  # noqa: F401 (the shared_tmpdir fixture)
 from sqlalchemy.engine import URL
 
+from anyio_fastapi_testkit._postgres.cache import FOLDER_PREFIX
 from anyio_fastapi_testkit._postgres.server import RunningServer
 
 TESTS_PER_MODULE = 6
@@ -73,6 +78,7 @@ def record(database_url):
     entry = {
         "worker": worker,
         "system": str(rows(url, "SELECT system_identifier FROM pg_control_system()")[0][0]),
+        "data_directory": rows(url, "SHOW data_directory")[0][0],
         "database": rows(url, "SELECT current_database()")[0][0],
         "databases": [name for (name,) in rows(url, "SELECT datname FROM pg_database")],
         "postmasters": postmasters(),
@@ -118,14 +124,6 @@ def seen(project: Project) -> list[dict[str, Any]]:
     return entries
 
 
-def run(project: Project, *args: str, cache: bool = False) -> pytest.RunResult:
-    if cache:
-        return project.pytester.runpytest_subprocess(
-            "-p", "no:randomly", *args, timeout=SUBSESSION_TIMEOUT
-        )
-    return project.run(*args)
-
-
 def check_one_server(entries: list[dict[str, Any]], workers: set[str]) -> None:
     assert {entry["worker"] for entry in entries} == workers, "every worker ran tests"
     assert len({entry["system"] for entry in entries}) == 1, "one server for all workers"
@@ -136,42 +134,18 @@ def check_one_server(entries: list[dict[str, Any]], workers: set[str]) -> None:
         assert templates == ["test_app_template"], "one template, not one per worker"
 
 
-@pytest.mark.parametrize("cache", [False, True], ids=["throwaway", "cached"])
-def test_two_workers_share_one_server_and_template(
-    project: Project, private_tmpdir: Path, cache: bool
-) -> None:
-    # Each worker's own database is also in the environment (testkit_database_env).
-    write_project(project, testkit_database_env="DATABASE_URL")
-    if cache:  # the same counts as -n 0, which here also makes the cached cluster
-        serial = run(project, "-n", "0", cache=cache)
-        serial.assert_outcomes(passed=2 * TESTS_PER_MODULE)
-        assert {entry["database"] for entry in seen(project)} == {"test_app"}
-
-    for _round in range(2 if cache else 1):
-        result = run(project, "-n", "2", cache=cache)
-        result.assert_outcomes(passed=2 * TESTS_PER_MODULE)
-        entries = seen(project)
-        check_one_server(entries, {"gw0", "gw1"})
-        for entry in entries:
-            assert entry["env"].endswith(f"/{entry['database']}")
-        assert_nothing_left(private_tmpdir)
-    if cache:
-        base = private_tmpdir / f"anyio-fastapi-testkit-{os.getuid()}"
-        assert len(list(base.glob("cache-*"))) == 1
-
-
 @pytest.mark.parametrize("stop_early", [False, True], ids=["all-tests", "exitfirst"])
 def test_a_failing_run_with_workers_still_stops_everything(
-    project: Project, private_tmpdir: Path, stop_early: bool
+    project: Project, shared_tmpdir: Path, stop_early: bool
 ) -> None:
     write_project(project, failing=True)
-    result = run(project, "-n", "2", *(["-x"] if stop_early else []))
+    result = project.run("-n", "2", *(["-x"] if stop_early else []))
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed") == 1
     if not stop_early:
         assert outcomes.get("passed") == 2 * TESTS_PER_MODULE
         check_one_server(seen(project), {"gw0", "gw1"})
-    assert_nothing_left(private_tmpdir)
+    assert_nothing_left(shared_tmpdir)
 
 
 # Records, in the controller, which of the database stack's modules it loaded before it started
@@ -205,9 +179,10 @@ def pytest_unconfigure(config):
 def test_the_controller_starts_the_workers_before_loading_the_database_stack(
     project: Project, private_tmpdir: Path
 ) -> None:
+    # A throwaway cluster (no cache provider): the controller starts and stops it.
     write_project(project)
     project.module("conftest", CONTROLLER_CONFTEST)
-    result = run(project, "-n", "2")
+    result = project.run("-n", "2", fresh=True)  # a new interpreter: what the run imports
     result.assert_outcomes(passed=2 * TESTS_PER_MODULE)
     check_one_server(seen(project), {"gw0", "gw1"})
     root = project.pytester.path
@@ -217,12 +192,35 @@ def test_the_controller_starts_the_workers_before_loading_the_database_stack(
     assert_nothing_left(private_tmpdir)
 
     # What the controller does itself still has the kit's fixtures.
-    listed = run(project, "-n", "2", "--fixtures")
+    listed = project.run("-n", "2", "--fixtures")
     assert listed.ret == 0
     listed.stdout.fnmatch_lines(["client -- *", "db_session -- *"])
-    collected = run(project, "-n", "2", "--collect-only", "-q")
+    collected = project.run("-n", "2", "--collect-only", "-q")
     collected.stdout.fnmatch_lines([f"{2 * TESTS_PER_MODULE} tests collected*"])
     assert_nothing_left(private_tmpdir)
+
+
+def test_two_workers_share_one_server_and_template(project: Project, shared_tmpdir: Path) -> None:
+    # On the cached cluster, twice: the workers of both runs use the one cluster, each
+    # worker's own database also in the environment (testkit_database_env).
+    write_project(project, testkit_database_env="DATABASE_URL")
+    base = shared_tmpdir / f"anyio-fastapi-testkit-{os.getuid()}"
+    systems = []
+    for round_ in ("first", "second"):
+        result = project.run("-n", "2")
+        result.assert_outcomes(passed=2 * TESTS_PER_MODULE)
+        entries = seen(project)
+        check_one_server(entries, {"gw0", "gw1"})
+        caches = list(base.glob(f"{FOLDER_PREFIX}*"))
+        for entry in entries:
+            assert entry["env"].endswith(f"/{entry['database']}")
+            data = Path(entry["data_directory"])
+            assert any(data.is_relative_to(folder) for folder in caches), (
+                f"the {round_} run's workers did not use the cached cluster: {data}"
+            )
+        systems.append(entries[0]["system"])
+        assert_nothing_left(shared_tmpdir)
+    assert systems[0] == systems[1], "the second run did not reuse the cluster the first left"
 
 
 @pytest.fixture
@@ -241,7 +239,7 @@ def test_two_workers_on_a_configured_server(
 ) -> None:
     write_project(project)
     monkeypatch.setenv("TESTKIT_DATABASE_URL", appdb.render_as_string(hide_password=False))
-    result = run(project, "-n", "2")
+    result = project.run("-n", "2")
     result.assert_outcomes(passed=2 * TESTS_PER_MODULE)
     entries = seen(project)
     assert {entry["worker"] for entry in entries} == {"gw0", "gw1"}
@@ -274,7 +272,7 @@ def test_a_killed_controller_leaves_orphans_that_the_next_run_removes(
 ) -> None:
     write_project(project)
     project.module("test_kill", KILLING_TEST)
-    killed = run(project, "-n", "2", "-k", "kill")
+    killed = project.run("-n", "2", "-k", "kill")
     assert killed.ret not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
     # The workers work in the project's folder, as this process does (pytester's chdir): the
     # bound only keeps a worker that does not exit from hanging the test.
@@ -290,6 +288,15 @@ def test_a_killed_controller_leaves_orphans_that_the_next_run_removes(
     assert any(item.startswith("run-xdist-") for item in left), left
     assert any(item.startswith("pid ") for item in left), "the workers' server still runs"
 
-    result = run(project, "-n", "0", "-k", "not kill")
+    # -n 0 runs as without xdist: one process, the database without a worker's suffix. (The
+    # recorder reads PYTEST_XDIST_WORKER, which this process has when the suite runs with -n.)
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("PYTEST_XDIST_WORKER", raising=False)
+        env.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+        result = project.run("-n", "0", "-k", "not kill")
     result.assert_outcomes(passed=2 * TESTS_PER_MODULE)
+    entries = seen(project)
+    assert {entry["worker"] for entry in entries} == {"none"}
+    assert {entry["database"] for entry in entries} == {"test_app"}
+    assert all(len(entry["postmasters"]) == 1 for entry in entries), entries
     assert_nothing_left(private_tmpdir)
