@@ -210,6 +210,10 @@ def _check_platform() -> None:
 def pytest_configure(config: pytest.Config) -> None:
     _check_platform()
     mark_configured(config)
+    # A cleanup, not unconfigure: it runs after pytest's own end-of-session garbage
+    # collection passes (its unraisable-exception check), which then skip what is frozen.
+    # Registered here, before the plugins configured after the kit register theirs.
+    config.add_cleanup(lambda: unfreeze_collected(config))
     stop_on_sigterm()  # CI's cancel: clean up as on Ctrl-C
     config.addinivalue_line(
         "markers",
@@ -322,10 +326,7 @@ def _close_run(config: pytest.Config) -> None:
         if run_databases is not None:  # else no test database was made in this process
             run_databases.close_test_databases(config)
     finally:
-        try:
-            finish_run(config)  # the xdist controller stops the workers' shared server
-        finally:
-            unfreeze_collected(config)
+        finish_run(config)  # the xdist controller stops the workers' shared server
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -575,11 +576,14 @@ def freeze_collected(config: pytest.Config) -> None:
     """Take what is alive now out of the garbage collector's reach until the session ends.
 
     A full pass of the collector visits every tracked object; after collection that is the
-    app, its libraries and the collected tests (well over 100,000 objects, about 80 ms a pass
-    here), which all live until the session ends anyway, and a suite's tests set off such
+    app, its libraries and the collected tests (well over 100,000 objects), which all live
+    until the session ends anyway, and a suite's tests set off such
     passes as they allocate. Frozen (``gc.freeze()``), they are skipped. Without a collection
     first, which would cost one such pass: the few cycles of garbage alive now (a few KiB)
     stay frozen until the session ends.
+
+    Thawed by a cleanup of the config, after the two full passes pytest makes at the end of
+    the session (its unraisable-exception check): those skip what is frozen too.
     """
     gc.freeze()
     config.stash[_FROZEN_KEY] = True
