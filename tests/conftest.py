@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import dataclasses
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import textwrap
 from collections.abc import Iterator, Sequence
@@ -98,6 +100,17 @@ class Project:
                 env.setenv("TMPDIR", str(share.tmpdir))
                 options += ["-o", f"cache_dir={share.cache_dir}"]
             return run_subsession(self.pytester, [*options, *args, *after], fresh=fresh)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Where PYTHONDONTWRITEBYTECODE is set (some CI images, this project's reference machine),
+    # nothing writes the kit's bytecode (an editable install has none), so each of the
+    # several hundred sub-sessions and their xdist workers would compile the kit from source
+    # again. Compile it once, before the workers start.
+    if sys.dont_write_bytecode and not hasattr(config, "workerinput"):
+        import anyio_fastapi_testkit
+
+        compileall.compile_dir(Path(anyio_fastapi_testkit.__file__).parent, quiet=1)
 
 
 # ``KIT_TESTS_FORK=0`` runs every sub-session as a new interpreter (to compare, or to rule the

@@ -159,6 +159,8 @@ def run_forked(pytester: pytest.Pytester, *args: str, timeout: float) -> pytest.
         except ZygoteGone:
             return None
         if timed_out:
+            for path, stream in ((stdout, sys.stdout), (stderr, sys.stderr)):
+                print(path.read_text(encoding="utf8", errors="replace"), file=stream)
             raise pytester.TimeoutExpired(
                 f"{timeout} second timeout expired running: pytest {full_args}"
             )
