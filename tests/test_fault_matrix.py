@@ -59,6 +59,7 @@ from conftest import (
     Project,
     assert_nothing_left,
     database_names,
+    plugin_options,
     postgres_processes_under,
 )
 from psycopg import sql
@@ -246,12 +247,13 @@ def make_project(project: Project) -> None:
 
 
 def pytest_args(server: str) -> list[str]:
-    args = [sys.executable, "-m", "pytest", "-p", "no:randomly", "-q"]
+    args = ["-q"]
     if server in ("fresh", "configured"):
         args += ["-p", "no:cacheprovider"]
     if server == "xdist":
         args += ["-n", "2"]
-    return args
+    options, after = plugin_options(args)  # the kit and the plugins it meets, by name
+    return [sys.executable, "-m", "pytest", *options, *args, *after]
 
 
 @dataclass

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, assert_nothing_left
+from conftest import ITEMS_APP, SUBSESSION_TIMEOUT, Project, assert_nothing_left, plugin_options
 
 # The app writes its lifespan's end to a file, so the test can see that shutdown ran.
 APP = (
@@ -102,7 +102,8 @@ def test_a_signal_from_outside_stops_the_run_cleanly(
     # As a terminal's Ctrl-C or a CI runner's cancel: the signal comes while the loop waits.
     _project(project, "")
     folder = project.pytester.path
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
+    options, after = plugin_options(["-p", "no:cacheprovider"])
+    args = [sys.executable, "-m", "pytest", "-q", *options, "-p", "no:cacheprovider", *after]
     with subprocess.Popen(
         args, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
