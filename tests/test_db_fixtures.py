@@ -255,12 +255,51 @@ ITEMS_MODULES = {
 }
 
 
-def test_isolation_rollbacks_savepoints_and_concurrent_requests(
-    project: Project, db_driver: str
+# Nothing is left after the session: its own server, and its state folder in its TMPDIR. The
+# kit's clean-up does not depend on the tests' outcomes (it reads the session's exit status only
+# for an interrupt), so the one session, with passing tests and a failing one, stands for both.
+CLEANUP_TEST = """
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import psutil
+
+from helpers import names
+
+async def test_writes(client, db_session):
+    assert (await client.post("/items", json={"name": "a"})).status_code == 201
+    assert await names(db_session) == ["a"]
+    base = Path(tempfile.gettempdir()) / f"anyio-fastapi-testkit-{os.getuid()}"
+    runs = sorted(base.glob("run-*"))
+    pid = int((runs[0] / "data" / "postmaster.pid").read_text().split()[0])
+    # What leftovers() looks for afterwards: the server's command line names the folder.
+    found = [
+        p.pid for p in psutil.process_iter(["cmdline"])
+        if any(f"{base}/" in arg for arg in p.info["cmdline"] or [])
+    ]
+    during = {"runs": [r.name for r in runs], "pid": pid, "found": found}
+    Path("during.json").write_text(json.dumps(during))
+
+async def test_fails_while_writing(client, db_session):
+    assert (await client.post("/items", json={"name": "b"})).status_code == 201
+    assert False, "this test fails"
+"""
+
+
+def test_isolation_rollbacks_savepoints_concurrent_requests_and_cleanup(
+    project: Project, db_driver: str, request: pytest.FixtureRequest
 ) -> None:
     items_project(project)
     for name, source in ITEMS_MODULES.items():
         project.module(name, source.replace("DRIVER", db_driver))
+    # One driver's run also checks the clean-up: in a TMPDIR of its own, it makes (and must
+    # delete) a throwaway cluster.
+    private_tmpdir: Path | None = None
+    if db_driver == "psycopg":
+        private_tmpdir = request.getfixturevalue("private_tmpdir")
+        project.module("test_zz_cleanup", CLEANUP_TEST)  # last: its failure touches no other
     result = project.run("-v")
     result.stdout.fnmatch_lines_random(
         [
@@ -280,7 +319,6 @@ def test_isolation_rollbacks_savepoints_and_concurrent_requests(
             "*test_url.py::test_same_url_in_async_tests PASSED*",
         ]
     )
-    result.assert_outcomes(passed=18)
     # In file order (Project.run turns pytest-randomly off): each module's tests ran in turn.
     result.stdout.fnmatch_lines(
         [
@@ -292,6 +330,24 @@ def test_isolation_rollbacks_savepoints_and_concurrent_requests(
     result.stdout.fnmatch_lines(
         ["*::test_requests[[]4[]] PASSED*", "*::test_none_of_them_is_kept PASSED*"]
     )
+    if private_tmpdir is None:
+        result.assert_outcomes(passed=18)
+        return
+    result.stdout.fnmatch_lines(
+        [
+            "*test_zz_cleanup.py::test_writes PASSED*",
+            "*test_zz_cleanup.py::test_fails_while_writing FAILED*",
+            "*this test fails*",
+        ]
+    )
+    result.assert_outcomes(passed=19, failed=1)
+    during = json.loads((project.pytester.path / "during.json").read_text())
+    # The session did have its own server and state folder in its private TMPDIR ...
+    assert len(during["runs"]) == 1
+    assert during["pid"] in during["found"]
+    # ... and neither survived it.
+    assert not running(during["pid"])
+    assert_nothing_left(private_tmpdir)
 
 
 # --- backends ------------------------------------------------------------------------------
@@ -560,58 +616,6 @@ def test_an_app_imported_before_the_database_env_stops_the_run(
     assert "it ran" not in output
     assert "secret" not in output
     assert output.count("testkit_database_env is set, but") == 1
-
-
-# --- cleanup -------------------------------------------------------------------------------
-
-CLEANUP_TEST = """
-import json
-import os
-import tempfile
-from pathlib import Path
-
-import psutil
-
-from helpers import names
-
-async def test_writes(client, db_session):
-    assert (await client.post("/items", json={"name": "a"})).status_code == 201
-    assert await names(db_session) == ["a"]
-    base = Path(tempfile.gettempdir()) / f"anyio-fastapi-testkit-{os.getuid()}"
-    runs = sorted(base.glob("run-*"))
-    pid = int((runs[0] / "data" / "postmaster.pid").read_text().split()[0])
-    # What leftovers() looks for afterwards: the server's command line names the folder.
-    found = [
-        p.pid for p in psutil.process_iter(["cmdline"])
-        if any(f"{base}/" in arg for arg in p.info["cmdline"] or [])
-    ]
-    during = {"runs": [r.name for r in runs], "pid": pid, "found": found}
-    Path("during.json").write_text(json.dumps(during))
-
-async def test_fails_while_writing(client, db_session):
-    assert (await client.post("/items", json={"name": "b"})).status_code == 201
-    assert False, "this test fails"
-"""
-
-
-def test_nothing_is_left_after_the_session(project: Project, private_tmpdir: Path) -> None:
-    # A session with a passing and a failing test: the kit's clean-up does not depend on the
-    # tests' outcomes (it reads the session's exit status only for an interrupt), so this one
-    # session stands for a passing one and a failing one.
-    items_project(project)
-    project.module("test_cleanup", CLEANUP_TEST)
-    result = project.run("-v")
-    result.stdout.fnmatch_lines(
-        ["*::test_writes PASSED*", "*::test_fails_while_writing FAILED*", "*this test fails*"]
-    )
-    result.assert_outcomes(passed=1, failed=1)
-    during = json.loads((project.pytester.path / "during.json").read_text())
-    # The session did have its own server and state folder in its private TMPDIR ...
-    assert len(during["runs"]) == 1
-    assert during["pid"] in during["found"]
-    # ... and neither survived it.
-    assert not running(during["pid"])
-    assert_nothing_left(private_tmpdir)
 
 
 # --- URL mode: a server of the developer's ----------------------------------------------------

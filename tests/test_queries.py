@@ -205,93 +205,100 @@ def test_the_limit_passes_under_it_and_fails_over_it_listing_the_statements(
     assert_nothing_left(private_tmpdir)
 
 
+# The kit's own statements (server start, schema, savepoints, commits) are not counted. The
+# first test must be the run's first use of the database: this module runs first.
+PLUMBING_TESTS = """
+from library_app import Author
+
+async def test_first_database_use_inside_the_block(client, count_queries):
+    # Server start, schema build and the test's savepoint all happen in this block
+    # (no testkit_database_env: nothing builds the database before the first test).
+    with count_queries() as queries:
+        assert (await client.get("/authors")).json() == []
+    assert len(queries) == 1, queries.statements
+    assert queries[0].sql.startswith("SELECT authors.id")
+
+async def test_an_empty_block_counts_nothing(
+    client, db_session, db_connection, db_session_sync, count_queries
+):
+    with count_queries() as queries:
+        pass
+    assert len(queries) == 0
+
+async def test_commits_and_savepoints_are_not_counted(client, db_session, count_queries):
+    async with count_queries() as queries:
+        db_session.add(Author(name="a"))
+        await db_session.commit()  # RELEASE SAVEPOINT, then a new SAVEPOINT
+        async with db_session.begin_nested():
+            db_session.add(Author(name="b"))
+        assert (await client.post("/authors", json={"name": "c"})).status_code == 200
+    assert [sql.split()[0] for sql in queries.statements] == ["INSERT"] * 3
+"""
+
+# Counting stops with the block, however the block ends, and at the latest at teardown.
+REMOVAL_TESTS = """
+import pytest
+from sqlalchemy import text
+
+kept = {}
+
+async def test_statements_after_the_block_are_not_counted(db_session, count_queries):
+    with count_queries() as queries:
+        await db_session.execute(text("SELECT 1"))
+    await db_session.execute(text("SELECT 2"))
+    assert queries.statements == ["SELECT 1"]
+
+async def test_a_block_that_raises_stops_counting(db_session, count_queries):
+    with pytest.raises(ZeroDivisionError):
+        with count_queries() as queries:
+            await db_session.execute(text("SELECT 1"))
+            1 / 0
+    await db_session.execute(text("SELECT 2"))
+    assert queries.statements == ["SELECT 1"]
+
+async def test_a_limit_block_that_raises_is_not_checked(db_session, assert_max_queries):
+    with pytest.raises(ValueError):
+        with assert_max_queries(0) as queries:
+            await db_session.execute(text("SELECT 1"))
+            raise ValueError("the test's own error wins")
+    assert len(queries) == 1
+
+async def test_blocks_left_open_are_closed_at_teardown(
+    db_session, count_queries, assert_max_queries
+):
+    kept["open"] = count_queries().start()
+    kept["limit"] = assert_max_queries(5).start()
+    await db_session.execute(text("SELECT 1"))
+
+async def test_the_next_test_is_not_counted_by_them(db_session, db_session_sync):
+    await db_session.execute(text("SELECT 2"))
+    db_session_sync.execute(text("SELECT 3"))
+    assert kept["open"].statements == ["SELECT 1"]
+    assert kept["limit"].statements == ["SELECT 1"]
+"""
+
+
 @pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
-def test_the_kits_plumbing_is_not_counted(
+def test_the_kits_plumbing_is_not_counted_and_the_listener_is_removed_after_the_block(
     project: Project, private_tmpdir: Path, driver: str
 ) -> None:
     library_project(project, testkit_database_driver=driver)
-    project.module(
-        "test_plumbing",
-        """
-        from library_app import Author
-
-        async def test_first_database_use_inside_the_block(client, count_queries):
-            # Server start, schema build and the test's savepoint all happen in this block
-            # (no testkit_database_env: nothing builds the database before the first test).
-            with count_queries() as queries:
-                assert (await client.get("/authors")).json() == []
-            assert len(queries) == 1, queries.statements
-            assert queries[0].sql.startswith("SELECT authors.id")
-
-        async def test_an_empty_block_counts_nothing(
-            client, db_session, db_connection, db_session_sync, count_queries
-        ):
-            with count_queries() as queries:
-                pass
-            assert len(queries) == 0
-
-        async def test_commits_and_savepoints_are_not_counted(client, db_session, count_queries):
-            async with count_queries() as queries:
-                db_session.add(Author(name="a"))
-                await db_session.commit()  # RELEASE SAVEPOINT, then a new SAVEPOINT
-                async with db_session.begin_nested():
-                    db_session.add(Author(name="b"))
-                assert (await client.post("/authors", json={"name": "c"})).status_code == 200
-            assert [sql.split()[0] for sql in queries.statements] == ["INSERT"] * 3
-        """,
-    )
+    project.module("test_plumbing", PLUMBING_TESTS)  # before test_removal, in file order
+    project.module("test_removal", REMOVAL_TESTS)
     result = project.run("-v")
-    result.assert_outcomes(passed=3)
-    assert_nothing_left(private_tmpdir)
-
-
-def test_the_listener_is_removed_after_the_block(project: Project, private_tmpdir: Path) -> None:
-    library_project(project)
-    project.module(
-        "test_removal",
-        """
-        import pytest
-        from sqlalchemy import text
-
-        kept = {}
-
-        async def test_statements_after_the_block_are_not_counted(db_session, count_queries):
-            with count_queries() as queries:
-                await db_session.execute(text("SELECT 1"))
-            await db_session.execute(text("SELECT 2"))
-            assert queries.statements == ["SELECT 1"]
-
-        async def test_a_block_that_raises_stops_counting(db_session, count_queries):
-            with pytest.raises(ZeroDivisionError):
-                with count_queries() as queries:
-                    await db_session.execute(text("SELECT 1"))
-                    1 / 0
-            await db_session.execute(text("SELECT 2"))
-            assert queries.statements == ["SELECT 1"]
-
-        async def test_a_limit_block_that_raises_is_not_checked(db_session, assert_max_queries):
-            with pytest.raises(ValueError):
-                with assert_max_queries(0) as queries:
-                    await db_session.execute(text("SELECT 1"))
-                    raise ValueError("the test's own error wins")
-            assert len(queries) == 1
-
-        async def test_blocks_left_open_are_closed_at_teardown(
-            db_session, count_queries, assert_max_queries
-        ):
-            kept["open"] = count_queries().start()
-            kept["limit"] = assert_max_queries(5).start()
-            await db_session.execute(text("SELECT 1"))
-
-        async def test_the_next_test_is_not_counted_by_them(db_session, db_session_sync):
-            await db_session.execute(text("SELECT 2"))
-            db_session_sync.execute(text("SELECT 3"))
-            assert kept["open"].statements == ["SELECT 1"]
-            assert kept["limit"].statements == ["SELECT 1"]
-        """,
+    result.stdout.fnmatch_lines(
+        [
+            "*test_plumbing.py::test_first_database_use_inside_the_block PASSED*",
+            "*test_plumbing.py::test_an_empty_block_counts_nothing PASSED*",
+            "*test_plumbing.py::test_commits_and_savepoints_are_not_counted PASSED*",
+            "*test_removal.py::test_statements_after_the_block_are_not_counted PASSED*",
+            "*test_removal.py::test_a_block_that_raises_stops_counting PASSED*",
+            "*test_removal.py::test_a_limit_block_that_raises_is_not_checked PASSED*",
+            "*test_removal.py::test_blocks_left_open_are_closed_at_teardown PASSED*",
+            "*test_removal.py::test_the_next_test_is_not_counted_by_them PASSED*",
+        ]
     )
-    result = project.run("-v")
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=8)
     assert_nothing_left(private_tmpdir)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from conftest import Project
 
 MODELS = """
@@ -21,80 +20,63 @@ class Thing(Base):
 """
 
 
-@pytest.mark.usefixtures("db_driver")
-def test_next_test_is_clean_whatever_the_previous_did(project: Project) -> None:
-    project.ini(testkit_schema="things_models:Base.metadata")
-    project.module("things_models", MODELS)
-    project.module(
-        "test_abuse",
-        """
-        import pytest
-        from sqlalchemy import text
-        from sqlalchemy.exc import DBAPIError
+# Whatever a test leaves of the connection, the next test starts clean.
+ABUSE_TESTS = """
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
-        COUNT = text("SELECT count(*) FROM things")
+COUNT = text("SELECT count(*) FROM things")
 
-        async def test_1_rolls_back_the_outer_transaction_then_writes_again(db_connection):
-            await db_connection.execute(text("INSERT INTO things (name) VALUES ('a')"))
-            await db_connection.rollback()
-            await db_connection.execute(text("INSERT INTO things (name) VALUES ('b')"))
-            assert (await db_connection.scalar(COUNT)) == 1
+async def test_1_rolls_back_the_outer_transaction_then_writes_again(db_connection):
+    await db_connection.execute(text("INSERT INTO things (name) VALUES ('a')"))
+    await db_connection.rollback()
+    await db_connection.execute(text("INSERT INTO things (name) VALUES ('b')"))
+    assert (await db_connection.scalar(COUNT)) == 1
 
-        async def test_2_clean(db_connection):
-            assert (await db_connection.scalar(COUNT)) == 0
+async def test_2_clean(db_connection):
+    assert (await db_connection.scalar(COUNT)) == 0
 
-        async def test_3_leaves_an_aborted_transaction(db_connection):
-            with pytest.raises(DBAPIError):
-                await db_connection.execute(text("SELECT * FROM no_such_table"))
+async def test_3_leaves_an_aborted_transaction(db_connection):
+    with pytest.raises(DBAPIError):
+        await db_connection.execute(text("SELECT * FROM no_such_table"))
 
-        async def test_4_clean_and_usable(db_session):
-            assert (await db_session.scalar(COUNT)) == 0
+async def test_4_clean_and_usable(db_session):
+    assert (await db_session.scalar(COUNT)) == 0
 
-        async def test_5_fails_midway(db_session):
-            await db_session.execute(text("INSERT INTO things (name) VALUES ('c')"))
-            raise AssertionError("the test failed")
+async def test_5_fails_midway(db_session):
+    await db_session.execute(text("INSERT INTO things (name) VALUES ('c')"))
+    raise AssertionError("the test failed")
 
-        async def test_6_clean(db_session):
-            assert (await db_session.scalar(COUNT)) == 0
+async def test_6_clean(db_session):
+    assert (await db_session.scalar(COUNT)) == 0
 
-        async def test_7_session_commits_and_rolls_back(db_session):
-            await db_session.execute(text("INSERT INTO things (name) VALUES ('d')"))
-            await db_session.commit()
-            with pytest.raises(DBAPIError):
-                await db_session.execute(text("INSERT INTO things (name) VALUES ('d')"))
-            await db_session.rollback()
-            assert (await db_session.scalar(COUNT)) == 1
+async def test_7_session_commits_and_rolls_back(db_session):
+    await db_session.execute(text("INSERT INTO things (name) VALUES ('d')"))
+    await db_session.commit()
+    with pytest.raises(DBAPIError):
+        await db_session.execute(text("INSERT INTO things (name) VALUES ('d')"))
+    await db_session.rollback()
+    assert (await db_session.scalar(COUNT)) == 1
 
-        async def test_8_clean(db_connection):
-            assert (await db_connection.scalar(COUNT)) == 0
-        """,
-    )
-    result = project.run("-p", "no:randomly")
-    result.assert_outcomes(passed=7, failed=1)
-    result.stdout.fnmatch_lines(["*test_5_fails_midway*", "*AssertionError: the test failed*"])
+async def test_8_clean(db_connection):
+    assert (await db_connection.scalar(COUNT)) == 0
+"""
 
+# A commit on the connection itself is real: the kit reports it (the row stays, so this
+# module runs last).
+COMMIT_TESTS = """
+from sqlalchemy import text
 
-def test_commit_on_the_connection_is_real_and_reported(project: Project) -> None:
-    project.ini(testkit_schema="things_models:Base.metadata")
-    project.module("things_models", MODELS)
-    project.module(
-        "test_commit",
-        """
-        from sqlalchemy import text
+async def test_1_commits(db_connection):
+    await db_connection.execute(text("INSERT INTO things (name) VALUES ('kept')"))
+    await db_connection.commit()
 
-        async def test_1_commits(db_connection):
-            await db_connection.execute(text("INSERT INTO things (name) VALUES ('kept')"))
-            await db_connection.commit()
+async def test_2_still_works(db_connection):
+    await db_connection.execute(text("INSERT INTO things (name) VALUES ('other')"))
+"""
 
-        async def test_2_still_works(db_connection):
-            await db_connection.execute(text("INSERT INTO things (name) VALUES ('other')"))
-        """,
-    )
-    result = project.run("-p", "no:randomly")
-    result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["*public.things (0 -> 1 rows)*"])
-
-
+# The test's session is new and reset in each test, whatever the previous one did to it.
 SESSION_TESTS = """
 import pytest
 from sqlalchemy import event, select, text
@@ -188,67 +170,120 @@ async def test_11_clean(db_session):
     assert await db_session.scalar(COUNT) == 0
 """
 
+# psycopg prepares a query from its fifth run on, and drops every prepared statement when it
+# sees a ROLLBACK: the kit's rollback between tests must not be seen by it.
+PREPARED_TESTS = """
+from sqlalchemy import select, text
 
-@pytest.mark.usefixtures("db_driver")
-def test_each_tests_session_starts_clean(project: Project) -> None:
+from things_models import Thing
+
+PREPARED = text("SELECT statement FROM pg_prepared_statements")
+
+async def test_1_runs_a_query_often(db_session):
+    for _ in range(6):
+        await db_session.scalars(select(Thing).where(Thing.name == "x"))
+
+async def test_2_it_is_still_prepared(db_connection):
+    statements = (await db_connection.scalars(PREPARED)).all()
+    assert any("FROM things" in statement for statement in statements), statements
+"""
+
+# The kit has no savepoint of its own for a test to break: whatever state a test leaves the
+# server's transaction in (ended behind SQLAlchemy's back, aborted), the kit rolls it back and
+# begins the next one in its end-of-test message.
+BREAK_TESTS = """
+from sqlalchemy import text
+
+COUNT = text("SELECT count(*) FROM things")
+
+async def test_1_rolls_back_behind_sqlalchemys_back(db_connection):
+    await db_connection.exec_driver_sql("ROLLBACK")
+
+async def test_2_starts_clean_and_writes(db_connection):
+    assert await db_connection.scalar(COUNT) == 0
+    await db_connection.execute(text("INSERT INTO things (name) VALUES ('x')"))
+    await db_connection.exec_driver_sql("SELECT no_such_column FROM things")
+
+async def test_3_starts_clean(db_connection):
+    assert await db_connection.scalar(COUNT) == 0
+"""
+
+# Each module's tests and their outcomes, in the order the modules run.
+SHARED_CONNECTION_MODULES: dict[str, tuple[str, dict[str, str]]] = {
+    "test_a_prepared": (
+        PREPARED_TESTS,
+        {"test_1_runs_a_query_often": "PASSED", "test_2_it_is_still_prepared": "PASSED"},
+    ),
+    "test_b_abuse": (
+        ABUSE_TESTS,
+        {
+            "test_1_rolls_back_the_outer_transaction_then_writes_again": "PASSED",
+            "test_2_clean": "PASSED",
+            "test_3_leaves_an_aborted_transaction": "PASSED",
+            "test_4_clean_and_usable": "PASSED",
+            "test_5_fails_midway": "FAILED",
+            "test_6_clean": "PASSED",
+            "test_7_session_commits_and_rolls_back": "PASSED",
+            "test_8_clean": "PASSED",
+        },
+    ),
+    "test_c_session": (
+        SESSION_TESTS,
+        {
+            name: "PASSED"
+            for name in (
+                "test_01_commits_and_leaves_its_savepoint_open",
+                "test_02_a_new_session_clean_and_reset",
+                "test_03_leaves_begin_nested_open",
+                "test_04_clean",
+                "test_05_leaves_a_failed_flush",
+                "test_06_clean_and_usable",
+                "test_07_closes_its_session",
+                "test_08_leaves_a_connection_savepoint_open",
+                "test_09_clean",
+                "test_10_rolls_back_the_session",
+                "test_11_clean",
+            )
+        },
+    ),
+    "test_d_break": (
+        BREAK_TESTS,
+        {
+            "test_1_rolls_back_behind_sqlalchemys_back": "PASSED",
+            "test_2_starts_clean_and_writes": "FAILED",
+            "test_3_starts_clean": "PASSED",
+        },
+    ),
+    # The commit's row stays in the table: last, so that no other module sees it.
+    "test_e_commit": (
+        COMMIT_TESTS,
+        {"test_1_commits": "PASSED", "test_2_still_works": "PASSED"},
+    ),
+}
+
+
+def test_next_test_is_clean_whatever_the_previous_did(project: Project, db_driver: str) -> None:
+    """Every way of leaving the shared connection behind, in one sub-session per driver."""
     project.ini(testkit_schema="things_models:Base.metadata", testkit_leak_check="fail")
     project.module("things_models", MODELS)
-    project.module("test_session", SESSION_TESTS)
-    project.run("-p", "no:randomly").assert_outcomes(passed=11)
-
-
-def test_prepared_statements_outlive_the_tests_rollback(project: Project) -> None:
-    # psycopg prepares a query from its fifth run on, and drops every prepared statement
-    # when it sees a ROLLBACK: the kit's rollback between tests must not be seen by it.
-    project.ini(testkit_schema="things_models:Base.metadata", testkit_database_driver="psycopg")
-    project.module("things_models", MODELS)
-    project.module(
-        "test_prepared",
-        """
-        from sqlalchemy import select, text
-
-        from things_models import Thing
-
-        PREPARED = text("SELECT statement FROM pg_prepared_statements")
-
-        async def test_1_runs_a_query_often(db_session):
-            for _ in range(6):
-                await db_session.scalars(select(Thing).where(Thing.name == "x"))
-
-        async def test_2_it_is_still_prepared(db_connection):
-            statements = (await db_connection.scalars(PREPARED)).all()
-            assert any("FROM things" in statement for statement in statements), statements
-        """,
+    modules = dict(SHARED_CONNECTION_MODULES)
+    if db_driver != "psycopg":
+        del modules["test_a_prepared"]  # psycopg's prepared statements only
+    expected: list[str] = []
+    for name, (source, outcomes) in modules.items():
+        project.module(name, source)
+        expected += [f"*{name}.py::{test} {outcome}*" for test, outcome in outcomes.items()]
+    result = project.run("-v")
+    # In file order: each module's tests ran in turn, with the outcome each must have.
+    result.stdout.fnmatch_lines(expected)
+    # The commit on the connection is reported at the committing test's teardown.
+    result.stdout.fnmatch_lines(["*test_e_commit.py::test_1_commits ERROR*"])
+    result.stdout.fnmatch_lines(
+        ["*ERROR at teardown of test_1_commits*", "*public.things (0 -> 1 rows)*"]
     )
-    project.run("-p", "no:randomly").assert_outcomes(passed=2)
-
-
-@pytest.mark.usefixtures("db_driver")
-def test_a_test_that_ends_the_servers_transaction_itself(project: Project) -> None:
-    # The kit has no savepoint of its own for a test to break: whatever state a test leaves
-    # the server's transaction in (ended behind SQLAlchemy's back, aborted), the kit rolls it
-    # back and begins the next one in its end-of-test message.
-    project.ini(testkit_schema="things_models:Base.metadata")
-    project.module("things_models", MODELS)
-    project.module(
-        "test_break",
-        """
-        from sqlalchemy import text
-
-        COUNT = text("SELECT count(*) FROM things")
-
-        async def test_1_rolls_back_behind_sqlalchemys_back(db_connection):
-            await db_connection.exec_driver_sql("ROLLBACK")
-
-        async def test_2_starts_clean_and_writes(db_connection):
-            assert await db_connection.scalar(COUNT) == 0
-            await db_connection.execute(text("INSERT INTO things (name) VALUES ('x')"))
-            await db_connection.exec_driver_sql("SELECT no_such_column FROM things")
-
-        async def test_3_starts_clean(db_connection):
-            assert await db_connection.scalar(COUNT) == 0
-        """,
+    result.stdout.fnmatch_lines(["*_ test_5_fails_midway _*", "*AssertionError: the test failed*"])
+    result.stdout.fnmatch_lines(["*_ test_2_starts_clean_and_writes _*", "*no_such_column*"])
+    passed = sum(
+        outcome == "PASSED" for _, outcomes in modules.values() for outcome in outcomes.values()
     )
-    result = project.run("-p", "no:randomly")
-    result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines(["*test_2_starts_clean_and_writes*", "*no_such_column*"])
+    result.assert_outcomes(passed=passed, failed=2, errors=1)
