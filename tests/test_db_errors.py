@@ -236,7 +236,17 @@ def test_a_failing_migration_on_a_configured_server_drops_the_template(
     assert [name for name in database_names(appdb) if name.startswith("test_")] == []
 
 
-# --- the session dependency and the environment --------------------------------------------
+# --- the session dependency, the environment, database_url in assertion reports --------
+
+
+COMPARE_TEST = """
+from pathlib import Path
+from sqlalchemy.engine import make_url
+
+def test_compare(database_url):
+    Path("password.txt").write_text(make_url(str(database_url)).password)
+    assert database_url == "postgresql://elsewhere/db"
+"""
 
 
 @pytest.mark.parametrize(
@@ -269,9 +279,18 @@ def test_a_session_dependency_the_app_does_not_use_is_named(
             await client.get("/health")
         """,
     )
-    result = project.run()
+    # The same sub-session checks that a failed comparison with database_url hides the
+    # password: in a module that runs first, as the wrong dependency stops the session.
+    project.module("test_a_compare", COMPARE_TEST)
+    result = project.run("-v")
     result.stdout.fnmatch_lines([expected])
-    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines_random(
+        ["*test_client.py::test_request ERROR*", "*test_a_compare.py::test_compare FAILED*"]
+    )
+    result.assert_outcomes(errors=1, failed=1)
+    password = (project.pytester.path / "password.txt").read_text()
+    assert password
+    assert password not in output_of(result)
 
 
 def test_an_unknown_placeholder_in_database_env_is_a_usage_error(
@@ -285,26 +304,3 @@ def test_an_unknown_placeholder_in_database_env_is_a_usage_error(
         ["*testkit_database_env entry 'DB_HOST={hostname}' uses an unknown placeholder*"]
     )
     assert_nothing_left(private_tmpdir)
-
-
-# --- the test database's URL in assertion reports ---------------------------------------------
-
-
-def test_a_failed_comparison_with_database_url_hides_the_password(project: Project) -> None:
-    project.ini()
-    project.module(
-        "test_compare",
-        """
-        from pathlib import Path
-        from sqlalchemy.engine import make_url
-
-        def test_compare(database_url):
-            Path("password.txt").write_text(make_url(str(database_url)).password)
-            assert database_url == "postgresql://elsewhere/db"
-        """,
-    )
-    result = project.run()
-    result.assert_outcomes(failed=1)
-    password = (project.pytester.path / "password.txt").read_text()
-    assert password
-    assert password not in output_of(result)

@@ -79,94 +79,103 @@ def factories_project(project: Project, **settings: str) -> Project:
     return project
 
 
-def test_polyfactory_rows_reach_the_app_and_are_rolled_back(project: Project) -> None:
+# The rows of both libraries' factories, bound by testkit_factories, in one sub-session:
+# polyfactory's async saves (test_poly) and factory-boy's sync ones through db_session's sync
+# side (test_boy), each test's outcome checked by name.
+POLY_TESTS = """
+from sqlalchemy import func, select
+
+from items_app import Item
+from item_factories import ItemFactory
+from restored import check_restored
+
+async def test_1_rows_are_seen_by_the_app(client, db_session):
+    made = await ItemFactory.create_async(name="made")
+    batch = await ItemFactory.create_batch_async(3)
+    assert made.id is not None and all(item.id for item in batch)
+    expected = sorted(["made", *(item.name for item in batch)])
+    assert (await client.get("/items")).json() == expected
+    assert await db_session.scalar(select(func.count(Item.id))) == 4
+
+async def test_2_client_only_test_still_persists(client):
+    await ItemFactory.create_async(name="only-client")
+    assert (await client.get("/items")).json() == ["only-client"]
+
+async def test_3_nothing_survived(client):
+    assert (await client.get("/items")).json() == []
+
+async def test_4_a_failing_test(client):
+    await ItemFactory.create_async(name="from-a-failing-test")
+    raise AssertionError("this test fails")
+
+async def test_5_still_nothing(client):
+    assert (await client.get("/items")).json() == []
+
+def test_6_configuration_restored_between_tests():
+    check_restored()
+"""
+
+BOY_TESTS = """
+from helpers_names import names
+from item_factories import ItemBoyFactory, PendingItemFactory
+
+async def test_1_run_sync_flushes(client, db_session):
+    made = await db_session.run_sync(lambda _: ItemBoyFactory.create_batch(2))
+    assert all(item.id is not None for item in made)
+    assert (await client.get("/items")).json() == ["boy-000", "boy-001"]
+
+async def test_2_pending_rows_are_flushed_by_the_next_query(client, db_session):
+    PendingItemFactory.create()
+    assert (await client.get("/items")).json() == ["pending-000"]
+    PendingItemFactory.create()
+    await db_session.flush()
+    assert await names(db_session) == ["pending-000", "pending-001"]
+
+async def test_3_nothing_survived(db_session):
+    assert await names(db_session) == []
+
+async def test_4_sync_factory_without_db_session(client):
+    PendingItemFactory.create()
+"""
+
+HELPERS_NAMES = """
+from sqlalchemy import select
+
+from items_app import Item
+
+async def names(session):
+    return list(await session.scalars(select(Item.name).order_by(Item.name)))
+"""
+
+
+def test_factories_of_both_libraries_reach_the_app_and_are_rolled_back(
+    project: Project,
+) -> None:
     factories_project(project)
-    project.module(
-        "test_poly",
-        """
-        from sqlalchemy import func, select
-
-        from items_app import Item
-        from item_factories import ItemFactory
-        from restored import check_restored
-
-        async def test_1_rows_are_seen_by_the_app(client, db_session):
-            made = await ItemFactory.create_async(name="made")
-            batch = await ItemFactory.create_batch_async(3)
-            assert made.id is not None and all(item.id for item in batch)
-            expected = sorted(["made", *(item.name for item in batch)])
-            assert (await client.get("/items")).json() == expected
-            assert await db_session.scalar(select(func.count(Item.id))) == 4
-
-        async def test_2_client_only_test_still_persists(client):
-            await ItemFactory.create_async(name="only-client")
-            assert (await client.get("/items")).json() == ["only-client"]
-
-        async def test_3_nothing_survived(client):
-            assert (await client.get("/items")).json() == []
-
-        async def test_4_a_failing_test(client):
-            await ItemFactory.create_async(name="from-a-failing-test")
-            raise AssertionError("this test fails")
-
-        async def test_5_still_nothing(client):
-            assert (await client.get("/items")).json() == []
-
-        def test_6_configuration_restored_between_tests():
-            check_restored()
-        """,
-    )
+    project.module("test_poly", POLY_TESTS)
+    project.module("test_boy", BOY_TESTS)
+    project.module("helpers_names", HELPERS_NAMES)
     result = project.run("-v")
-    result.assert_outcomes(passed=5, failed=1)
-    result.stdout.fnmatch_lines(["*test_4_a_failing_test* FAILED*"])
-
-
-def test_factory_boy_through_the_sync_side_of_db_session(project: Project) -> None:
-    factories_project(project)
-    project.module(
-        "test_boy",
-        """
-        from helpers_names import names
-        from item_factories import ItemBoyFactory, PendingItemFactory
-
-        async def test_1_run_sync_flushes(client, db_session):
-            made = await db_session.run_sync(lambda _: ItemBoyFactory.create_batch(2))
-            assert all(item.id is not None for item in made)
-            assert (await client.get("/items")).json() == ["boy-000", "boy-001"]
-
-        async def test_2_pending_rows_are_flushed_by_the_next_query(client, db_session):
-            PendingItemFactory.create()
-            assert (await client.get("/items")).json() == ["pending-000"]
-            PendingItemFactory.create()
-            await db_session.flush()
-            assert await names(db_session) == ["pending-000", "pending-001"]
-
-        async def test_3_nothing_survived(db_session):
-            assert await names(db_session) == []
-
-        async def test_4_sync_factory_without_db_session(client):
-            PendingItemFactory.create()
-        """,
-    )
-    project.module(
-        "helpers_names",
-        """
-        from sqlalchemy import select
-
-        from items_app import Item
-
-        async def names(session):
-            return list(await session.scalars(select(Item.name).order_by(Item.name)))
-        """,
-    )
-    result = project.run("-v")
-    result.assert_outcomes(passed=3, failed=1)
-    result.stdout.fnmatch_lines(
+    result.stdout.fnmatch_lines_random(
         [
+            # polyfactory: rows seen by the app, rolled back, even after a failing test
+            "*test_poly.py::test_1_rows_are_seen_by_the_app PASSED*",
+            "*test_poly.py::test_2_client_only_test_still_persists PASSED*",
+            "*test_poly.py::test_3_nothing_survived PASSED*",
+            "*test_poly.py::test_4_a_failing_test FAILED*",
+            "*test_poly.py::test_5_still_nothing PASSED*",
+            "*test_poly.py::test_6_configuration_restored_between_tests PASSED*",
+            # factory-boy through the sync side of db_session
+            "*test_boy.py::test_1_run_sync_flushes PASSED*",
+            "*test_boy.py::test_2_pending_rows_are_flushed_by_the_next_query PASSED*",
+            "*test_boy.py::test_3_nothing_survived PASSED*",
+            "*test_boy.py::test_4_sync_factory_without_db_session FAILED*",
             "*PendingItemFactory (testkit_factories) was asked to save synchronously, and sync "
             "code cannot open the test's database session. Request db_session in this test*",
         ]
     )
+    result.stdout.fnmatch_lines(["*AssertionError: this test fails*"])
+    result.assert_outcomes(passed=8, failed=2)
 
 
 def test_persist_with_binds_for_a_block_and_a_sync_session(project: Project) -> None:

@@ -136,6 +136,11 @@ def upgrade():
         "things",
         sa.Column("id", sa.Integer(), primary_key=True),
     )
+    op.create_table(
+        "items",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("name", sa.String(100), unique=True),
+    )
 """
 
 
@@ -169,15 +174,6 @@ def test_an_env_py_reading_the_apps_settings_never_migrates_the_shells_database(
     assert "testkit_database_env" in output
     assert str(canary.password) not in output
     assert result.ret != pytest.ExitCode.OK
-    assert_nothing_left(private_tmpdir)
-
-
-def test_with_the_database_env_the_same_env_py_migrates_the_template(
-    project: Project, canary: URL, private_tmpdir: Path
-) -> None:
-    alembic_project(project, SETTINGS_ENV_PY, testkit_database_env="DATABASE_URL")
-    project.module("test_db", DB_TEST)
-    project.run().assert_outcomes(passed=1)
     assert_nothing_left(private_tmpdir)
 
 
@@ -216,28 +212,37 @@ def test_the_apps_own_engine_never_reaches_the_shells_database(
     assert_nothing_left(private_tmpdir)
 
 
-def test_with_the_database_env_the_apps_engine_writes_to_the_test_database(
+APP_ENGINE_WRITES_TEST = """
+from sqlalchemy import text
+
+async def test_the_apps_engine_writes_to_the_kit_database(client, db_engine):
+    assert (await client.post("/items/2")).json() == {"id": 2}
+    async with db_engine.connect() as connection:
+        assert (await connection.scalar(text("SELECT count(*) FROM items"))) == 1
+"""
+
+
+def test_with_the_database_env_the_env_py_and_the_apps_engine_use_the_kits_databases(
     project: Project, canary: URL, private_tmpdir: Path
 ) -> None:
-    project.module("settings_app", SETTINGS_APP)
-    project.ini(
-        testkit_app="settings_app:app",
-        testkit_schema="settings_app:Base.metadata",
+    # One sub-session for both: the same env.py migrates the template (test_db), and the
+    # app's own engine writes to the test database (test_app_engine).
+    alembic_project(
+        project,
+        SETTINGS_ENV_PY,
         testkit_database_env="DATABASE_URL",
         testkit_leak_check="off",  # the app commits on its own engine: for real, in the kit's
     )
-    project.module(
-        "test_app_engine",
-        """
-        from sqlalchemy import text
-
-        async def test_the_apps_engine_writes_to_the_kit_database(client, db_engine):
-            assert (await client.post("/items/2")).json() == {"id": 2}
-            async with db_engine.connect() as connection:
-                assert (await connection.scalar(text("SELECT count(*) FROM items"))) == 1
-        """,
+    project.module("test_db", DB_TEST)
+    project.module("test_app_engine", APP_ENGINE_WRITES_TEST)
+    result = project.run("-v")
+    result.stdout.fnmatch_lines_random(
+        [
+            "*test_db.py::test_things_exist PASSED*",
+            "*test_app_engine.py::test_the_apps_engine_writes_to_the_kit_database PASSED*",
+        ]
     )
-    project.run().assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
     assert_nothing_left(private_tmpdir)
 
 
