@@ -53,74 +53,62 @@ LOOP_PROBE = """
 """
 
 
-def test_one_loop_per_backend_shared_by_tests_and_fixtures(project: Project) -> None:
+MARKED = """
+    import pytest
+
+    from anyio_fastapi_testkit._core.backends import running_library
+
+    pytestmark = pytest.mark.anyio
+
+    async def test_marked(anyio_backend):
+        assert running_library() == anyio_backend
+
+    @pytest.mark.anyio
+    async def test_marked_again():
+        assert running_library() is not None
+"""
+
+FIXED = """
+    import pytest
+
+    from anyio_fastapi_testkit._core.backends import running_library
+
+    @pytest.fixture(scope="session")
+    async def shared_resource(anyio_backend):
+        yield running_library()
+
+    async def test_uses_it(shared_resource, anyio_backend):
+        assert shared_resource == anyio_backend == running_library()
+"""
+
+
+def test_two_backends_one_loop_each_marks_quiet_guard_and_sync_tests(project: Project) -> None:
+    """One sub-session for the projects on ``testkit_backends = asyncio trio`` (one module
+    each, checked by name): one loop per backend shared by tests and fixtures; anyio-marked
+    tests keep working; the guard stays quiet when a user's session fixture depends on the
+    backend; sync tests are not parametrized."""
     project.ini(testkit_backends="asyncio trio")
     project.module("test_probe", LOOP_PROBE)
-    result = project.run("-s", "-v")
-    result.assert_outcomes(passed=7)
+    project.module("test_marked", MARKED)
+    project.module("test_fixed", FIXED)
+    project.module("test_sync", "def test_plain():\n    assert True\n")
+    result = project.run("-s", "-v", "-rA")
+    result.assert_outcomes(passed=14)
     result.stdout.fnmatch_lines(["*LOOPS {'asyncio': 1, 'trio': 1}*"])
-    result.stdout.fnmatch_lines(["*test_probe[[]*asyncio*PASSED*", "*test_probe[[]*trio*PASSED*"])
-
-
-def test_default_backend_is_asyncio_only(project: Project) -> None:
-    project.ini()
-    project.module(
-        "test_default",
-        """
-        from anyio_fastapi_testkit._core.backends import running_library
-
-        async def test_runs(anyio_backend):
-            assert anyio_backend == "asyncio" == running_library()
-        """,
-    )
-    result = project.run("-v")
-    result.assert_outcomes(passed=1)
-    # One backend: the tests are not parametrized, as with anyio's own anyio_backend.
-    result.stdout.fnmatch_lines(["*test_default.py::test_runs PASSED*"])
-
-
-def test_backends_flag_overrides_ini(project: Project) -> None:
-    project.ini(testkit_backends="asyncio")
-    project.module(
-        "test_flag",
-        """
-        from anyio_fastapi_testkit._core.backends import running_library
-
-        async def test_runs(anyio_backend):
-            assert running_library() == anyio_backend
-        """,
-    )
-    result = project.run("-v", "--testkit-backends=trio,asyncio")
-    result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*test_runs[[]trio[]] PASSED*"])
-
-
-def test_existing_anyio_marked_tests_keep_working(project: Project) -> None:
-    project.ini(testkit_backends="asyncio trio")
-    project.module(
-        "test_marked",
-        """
-        import pytest
-
-        from anyio_fastapi_testkit._core.backends import running_library
-
-        pytestmark = pytest.mark.anyio
-
-        async def test_marked(anyio_backend):
-            assert running_library() == anyio_backend
-
-        @pytest.mark.anyio
-        async def test_marked_again():
-            assert running_library() is not None
-        """,
-    )
-    result = project.run()
-    result.assert_outcomes(passed=4)
+    for backend in ("asyncio", "trio"):
+        for n in range(3):
+            result.stdout.fnmatch_lines([f"PASSED test_probe.py::test_probe[[]{backend}-{n}[]]"])
+        for test in ("test_marked", "test_marked_again"):
+            result.stdout.fnmatch_lines([f"PASSED test_marked.py::{test}[[]{backend}[]]"])
+        result.stdout.fnmatch_lines([f"PASSED test_fixed.py::test_uses_it[[]{backend}[]]"])
+    result.stdout.fnmatch_lines(["PASSED test_probe.py::test_summary"])
+    result.stdout.fnmatch_lines(["PASSED test_sync.py::test_plain"])
 
 
 def test_guard_fails_trio_test_run_on_asyncio_by_a_users_session_fixture(
     project: Project,
 ) -> None:
+    # Alone: the user's session fixture keeps the asyncio loop running for every later test.
     project.ini(testkit_backends="asyncio trio")
     project.module(
         "test_trap",
@@ -146,36 +134,20 @@ def test_guard_fails_trio_test_run_on_asyncio_by_a_users_session_fixture(
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
-def test_guard_stays_quiet_when_session_fixture_depends_on_backend(project: Project) -> None:
-    project.ini(testkit_backends="asyncio trio")
+def test_default_backend_is_asyncio_only_and_strict_mode_tests_stay_with_pytest_asyncio(
+    project: Project,
+) -> None:
+    # The kit's default backends, beside pytest-asyncio in strict mode.
+    project.ini(asyncio_mode="strict")
     project.module(
-        "test_fixed",
+        "test_default",
         """
-        import pytest
-
         from anyio_fastapi_testkit._core.backends import running_library
 
-        @pytest.fixture(scope="session")
-        async def shared_resource(anyio_backend):
-            yield running_library()
-
-        async def test_uses_it(shared_resource, anyio_backend):
-            assert shared_resource == anyio_backend == running_library()
+        async def test_runs(anyio_backend):
+            assert anyio_backend == "asyncio" == running_library()
         """,
     )
-    project.run().assert_outcomes(passed=2)
-
-
-def test_sync_tests_are_not_parametrized(project: Project) -> None:
-    project.ini(testkit_backends="asyncio trio")
-    project.module("test_sync", "def test_plain():\n    assert True\n")
-    result = project.run("-v")
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*test_plain PASSED*"])
-
-
-def test_pytest_asyncio_strict_mode_tests_stay_with_pytest_asyncio(project: Project) -> None:
-    project.ini(asyncio_mode="strict")
     project.module(
         "test_mixed",
         """
@@ -190,8 +162,27 @@ def test_pytest_asyncio_strict_mode_tests_stay_with_pytest_asyncio(project: Proj
         """,
     )
     result = project.run("-v")
+    result.assert_outcomes(passed=3)
+    # One backend: the tests are not parametrized, as with anyio's own anyio_backend.
+    result.stdout.fnmatch_lines(["*test_default.py::test_runs PASSED*"])
+    result.stdout.fnmatch_lines(["*test_mixed.py::test_pytest_asyncio_runs_me PASSED*"])
+    result.stdout.fnmatch_lines(["*test_mixed.py::test_kit_runs_me PASSED*"])
+
+
+def test_backends_flag_overrides_ini(project: Project) -> None:
+    project.ini(testkit_backends="asyncio")
+    project.module(
+        "test_flag",
+        """
+        from anyio_fastapi_testkit._core.backends import running_library
+
+        async def test_runs(anyio_backend):
+            assert running_library() == anyio_backend
+        """,
+    )
+    result = project.run("-v", "--testkit-backends=trio,asyncio")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*test_pytest_asyncio_runs_me PASSED*"])
+    result.stdout.fnmatch_lines(["*test_runs[[]trio[]] PASSED*"])
 
 
 def test_async_tests_keep_their_own_marks(project: Project) -> None:
@@ -267,28 +258,29 @@ def test_kit_backend_fixture_wins_however_loaded(
     if conftest:
         project.pytester.makeconftest(conftest)
     project.module("test_how", BACKEND_PROBE)
-    # As installed: the test is of how the kit is loaded.
-    result = project.run("-v", "--setup-plan", *extra_args, autoload=True)
-    # Session scope of the kit's fixture shows in the setup plan as "S".
-    result.stdout.fnmatch_lines(["*SETUP    S anyio_backend*"])
-    result = project.run("-v", *extra_args, autoload=True)
+    # As installed: the test is of how the kit is loaded. --setup-show runs the tests and
+    # shows each fixture's set-up: the kit's session-scoped fixture as "S".
+    result = project.run("-v", "--setup-show", *extra_args, autoload=True)
     result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*SETUP    S anyio_backend*"])
+    for backend in ("asyncio", "trio"):
+        result.stdout.fnmatch_lines([f"*test_how.py::test_backend[[]{backend}[]]*PASSED*"])
 
 
-@pytest.mark.parametrize("conftest", ["", "from anyio_fastapi_testkit.fixtures import *\n"])
 @pytest.mark.parametrize("backends", ["asyncio", "trio"])
-def test_a_single_backend_is_not_a_parameter(
-    project: Project, conftest: str, backends: str
-) -> None:
+def test_a_single_backend_is_not_a_parameter(project: Project, backends: str) -> None:
     # One backend: the tests keep their plain ids (as with anyio's own anyio_backend) and still
-    # run on that backend, also when conftest.py imports the kit's fixtures.
+    # run on that backend, also where a conftest.py imports the kit's fixtures (the folder
+    # ``imported``; its module name differs, as there is no package).
     project.ini(testkit_backends=backends)
-    if conftest:
-        project.pytester.makeconftest(conftest)
     project.module("test_how", BACKEND_PROBE)
+    project.pytester.mkdir("imported")
+    project.module("imported/conftest", "from anyio_fastapi_testkit.fixtures import *\n")
+    project.module("imported/test_imported", BACKEND_PROBE)
     result = project.run("-v", "-p", "no:randomly")
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*test_how.py::test_backend PASSED*"])
+    result.stdout.fnmatch_lines(["*imported/test_imported.py::test_backend PASSED*"])
 
 
 @pytest.mark.parametrize("running", [True, False])

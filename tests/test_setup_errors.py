@@ -193,20 +193,23 @@ def test_a_failing_test_costs_one_rendered_traceback_as_without_the_kit(
         "test_sync",
         "".join(f"def test_{n}():\n    assert {n} == -1\n\n" for n in range(3)),
     )
-    with_kit = project.run("--tb=short", "test_sync.py")
-    with_kit.assert_outcomes(failed=3)
-    without_kit = project.run("--tb=short", "-p", "no:anyio_fastapi_testkit.plugin", "test_sync.py")
-    without_kit.assert_outcomes(failed=3)
-    assert rendered(with_kit) == rendered(without_kit) == 3
-    # Async tests too, and with --tb=no (pytest still makes each report once).
+    # Async tests too (with the kit), in the same run: 3 reports each.
     project.module(
         "test_async",
         "".join(f"async def test_{n}():\n    assert {n} == -1\n\n" for n in range(3)),
     )
-    for style in ("--tb=short", "--tb=no"):
-        result = project.run(style, "test_async.py")
-        result.assert_outcomes(failed=3)
-        assert rendered(result) == 3, style
+    with_kit = project.run("--tb=short", "-rA", "test_sync.py", "test_async.py")
+    with_kit.assert_outcomes(failed=6)
+    for module in ("test_sync", "test_async"):
+        with_kit.stdout.fnmatch_lines([f"FAILED {module}.py::test_{n} *" for n in range(3)])
+    without_kit = project.run("--tb=short", "-p", "no:anyio_fastapi_testkit.plugin", "test_sync.py")
+    without_kit.assert_outcomes(failed=3)
+    assert rendered(without_kit) == 3
+    assert rendered(with_kit) == 6
+    # And with --tb=no (pytest still makes each report once).
+    result = project.run("--tb=no", "test_async.py")
+    result.assert_outcomes(failed=3)
+    assert rendered(result) == 3
 
 
 # --- the kit's frames -----------------------------------------------------------------------
