@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -416,3 +417,14 @@ def assert_nothing_left(tmpdir: Path, *, besides: Sequence[Path] = ()) -> None:
 def no_configured_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """No developer's TESTKIT_DATABASE_URL reaches the sub-sessions: the embedded server."""
     monkeypatch.delenv("TESTKIT_DATABASE_URL", raising=False)
+
+
+def verdicts(result: pytest.RunResult) -> dict[str, list[str]]:
+    """Each inner test's outcomes, by node id, from a ``-v`` sub-session's lines (for runs that
+    check several inner tests by name)."""
+    found: dict[str, list[str]] = {}
+    for line in result.outlines:
+        match = re.match(r"(\S+::.*?) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)( |$)", line)
+        if match:
+            found.setdefault(match[1], []).append(match[2])
+    return found

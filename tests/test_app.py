@@ -127,24 +127,25 @@ CLIENT_TEST = """
 def test_a_client_test_sets_up_the_apps_lifespan_once_for_the_session(project: Project) -> None:
     project.ini(testkit_app="simple_app:app")
     project.module("test_hello", CLIENT_TEST + CLIENT_TEST.replace("test_hello", "test_again"))
-    plan = project.run("--setup-plan")
-    plan.stdout.fnmatch_lines(
+    # One run: --setup-show prints each set-up as it happens, and the tests still run.
+    result = project.run("--setup-show")
+    result.stdout.fnmatch_lines(
         ["*SETUP    S app_lifespan (fixtures used: _testkit_config, anyio_backend, app)"]
     )
-    assert plan.stdout.str().count("SETUP    S app_lifespan") == 1
-    project.run().assert_outcomes(passed=2)
+    assert result.stdout.str().count("SETUP    S app_lifespan") == 1
+    result.assert_outcomes(passed=2)
 
 
 def test_a_conftest_that_imports_the_fixtures_gets_working_copies(project: Project) -> None:
     project.ini(testkit_app="simple_app:app", testkit_backends="asyncio trio")
     project.pytester.makeconftest("from anyio_fastapi_testkit.fixtures import *\n")
     project.module("test_hello", CLIENT_TEST)
-    plan = project.run("--setup-plan")
+    result = project.run("--setup-show")
     # The conftest's copies of app and app_lifespan take the config from the plugin.
-    plan.stdout.fnmatch_lines(
+    result.stdout.fnmatch_lines(
         ["*SETUP    S app_lifespan (fixtures used: _testkit_config, anyio_backend, app)"]
     )
-    project.run().assert_outcomes(passed=2)
+    result.assert_outcomes(passed=2)
 
 
 def test_plain_asgi_app_without_lifespan(project: Project) -> None:

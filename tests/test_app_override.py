@@ -59,29 +59,6 @@ def folder_tests(title: str, prefix: str) -> str:
     return FOLDER_TESTS.replace("TITLE", title).replace("PREFIX", prefix)
 
 
-def test_a_sub_conftest_app_gets_the_session_override(project: Project) -> None:
-    project.module("items_app", ITEMS_APP)
-    project.ini(**ITEMS_SETTINGS)
-    # Run in this order: the default app, the folder's own app, the default app again, so that
-    # whichever app is looked up first, a later folder needs the other one.
-    project.module("a_default/test_a_default", folder_tests("items", ""))
-    project.module("b_admin/conftest", ADMIN_CONFTEST)
-    project.module("b_admin/test_b_admin", folder_tests("admin", "/admin"))
-    project.module("c_default/test_c_default", folder_tests("items", ""))
-    result = project.run("-v")
-    result.stdout.fnmatch_lines(
-        [
-            "a_default/test_a_default.py::test_the_test_writes_and_the_app_reads PASSED*",
-            "a_default/test_a_default.py::test_the_app_writes_and_the_test_reads PASSED*",
-            "b_admin/test_b_admin.py::test_the_test_writes_and_the_app_reads PASSED*",
-            "b_admin/test_b_admin.py::test_the_app_writes_and_the_test_reads PASSED*",
-            "c_default/test_c_default.py::test_the_test_writes_and_the_app_reads PASSED*",
-            "c_default/test_c_default.py::test_the_app_writes_and_the_test_reads PASSED*",
-        ]
-    )
-    result.assert_outcomes(passed=6)
-
-
 # An app of the folder's own whose routes do not use the session dependency.
 UNRELATED_CONFTEST = """
 import pytest
@@ -101,27 +78,41 @@ def app():
 """
 
 
-def test_a_sub_conftest_app_is_checked_to_use_the_session_dependency(project: Project) -> None:
+def test_a_sub_conftest_app_gets_the_session_override_or_is_checked_to_use_it(
+    project: Project,
+) -> None:
     project.module("items_app", ITEMS_APP)
     project.ini(**ITEMS_SETTINGS)
+    # Run in this order: the default app, the folder's own app, the default app again, so that
+    # whichever app is looked up first, a later folder needs the other one. Last, a folder
+    # whose app does not use the session dependency: its test gets the error, the others pass.
     project.module("a_default/test_a_default", folder_tests("items", ""))
-    project.module("b_other/conftest", UNRELATED_CONFTEST)
+    project.module("b_admin/conftest", ADMIN_CONFTEST)
+    project.module("b_admin/test_b_admin", folder_tests("admin", "/admin"))
+    project.module("c_default/test_c_default", folder_tests("items", ""))
+    project.module("d_other/conftest", UNRELATED_CONFTEST)
     project.module(
-        "b_other/test_b_other",
+        "d_other/test_d_other",
         """
         async def test_ping(client):
             assert (await client.get("/ping")).json() == "pong"
         """,
     )
     result = project.run("-v")
-    result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(
         [
-            "*b_other/test_b_other.py::test_ping ERROR*",
+            "a_default/test_a_default.py::test_the_test_writes_and_the_app_reads PASSED*",
+            "a_default/test_a_default.py::test_the_app_writes_and_the_test_reads PASSED*",
+            "b_admin/test_b_admin.py::test_the_test_writes_and_the_app_reads PASSED*",
+            "b_admin/test_b_admin.py::test_the_app_writes_and_the_test_reads PASSED*",
+            "c_default/test_c_default.py::test_the_test_writes_and_the_app_reads PASSED*",
+            "c_default/test_c_default.py::test_the_app_writes_and_the_test_reads PASSED*",
+            "d_other/test_d_other.py::test_ping ERROR*",
             "*testkit_session_dependency = 'items_app:get_session' is not a dependency of any "
             "route of the app*",
         ]
     )
+    result.assert_outcomes(passed=6, errors=1)
 
 
 def test_each_app_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import HTTP_LIBRARIES, PREFERRED_LIBRARY, Project, needs_httpx2
+from conftest import HTTP_LIBRARIES, PREFERRED_LIBRARY, Project, verdicts
 
 from anyio_fastapi_testkit._http.client import client_class, make_client
 from anyio_fastapi_testkit._http.streaming import streaming_transport
@@ -65,22 +65,6 @@ def test_client_library_and_isolation(project: Project, library: str) -> None:
     project.run("-p", "no:randomly").assert_outcomes(passed=4)
 
 
-@needs_httpx2
-def test_httpx2_is_preferred_when_installed(project: Project) -> None:
-    project.ini(testkit_app="cookie_app:app")
-    project.module("cookie_app", COOKIE_APP)
-    project.module(
-        "test_which",
-        """
-        import httpx2
-
-        async def test_which(client):
-            assert isinstance(client, httpx2.AsyncClient)
-        """,
-    )
-    project.run().assert_outcomes(passed=1)
-
-
 def test_unknown_http_client_setting(project: Project) -> None:
     project.ini(testkit_app="cookie_app:app", testkit_http_client="requests")
     project.module("cookie_app", COOKIE_APP)
@@ -89,9 +73,20 @@ def test_unknown_http_client_setting(project: Project) -> None:
     result.stdout.fnmatch_lines(["*testkit_http_client = 'requests' is not supported*"])
 
 
-def test_dependency_overrides_are_restored_even_after_failure(project: Project) -> None:
+def test_default_library_overrides_restored_and_sync_tests(project: Project) -> None:
+    # One sub-session for the cookie app with the default settings: three modules.
     project.ini(testkit_app="cookie_app:app")
     project.module("cookie_app", COOKIE_APP)
+    project.module(
+        "test_which",
+        f"""
+        import {PREFERRED_LIBRARY}
+
+        async def test_which(client):
+            # httpx2 is preferred where it is installed; httpx alone otherwise.
+            assert isinstance(client, {PREFERRED_LIBRARY}.AsyncClient)
+        """,
+    )
     project.module(
         "test_overrides",
         """
@@ -117,15 +112,7 @@ def test_dependency_overrides_are_restored_even_after_failure(project: Project) 
                 app.dependency_overrides.clear()
         """,
     )
-    result = project.run("-p", "no:randomly")
-    result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines(["*AssertionError: boom*"])
-
-
-def test_sync_test_can_use_the_async_client_fixture(project: Project) -> None:
     # The kit's async fixtures depend on anyio_backend, so a sync test may request them.
-    project.ini(testkit_app="cookie_app:app")
-    project.module("cookie_app", COOKIE_APP)
     project.module(
         "test_sync",
         """
@@ -133,7 +120,16 @@ def test_sync_test_can_use_the_async_client_fixture(project: Project) -> None:
             assert str(client.base_url) == "http://testserver"
         """,
     )
-    project.run().assert_outcomes(passed=1)
+    result = project.run("-p", "no:randomly", "-v")
+    assert verdicts(result) == {
+        "test_overrides.py::test_1_overrides_and_fails": ["FAILED"],
+        "test_overrides.py::test_2_sees_the_real_dependency": ["PASSED"],
+        "test_overrides.py::test_3_context_manager_restores_previous_state": ["PASSED"],
+        "test_sync.py::test_sync": ["PASSED"],
+        "test_which.py::test_which": ["PASSED"],
+    }, result.stdout.str()
+    result.assert_outcomes(passed=4, failed=1)
+    result.stdout.fnmatch_lines(["*AssertionError: boom*"])
 
 
 # --- the client on a task group someone else owns (direct tests, no sub-session) ----------

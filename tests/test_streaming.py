@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from conftest import HTTP_LIBRARIES, PREFERRED_LIBRARY, Project, needs_httpx2
+from conftest import HTTP_LIBRARIES, PREFERRED_LIBRARY, Project, verdicts
 
 # Warnings are errors in the sub-sessions, except trio's note about an async generator of
 # httpx's that a test stopped iterating early (httpx's own generators, not the transport).
@@ -187,10 +187,13 @@ def stream_project(project: Project, library: str = PREFERRED_LIBRARY) -> None:
     project.module("stream_errors", STREAM_ERRORS)
 
 
-def test_endless_sse_stream_is_read_then_closed_and_the_app_sees_the_disconnect(
-    project: Project,
-) -> None:
-    stream_project(project)
+def on_both(*tests: str, outcome: str = "PASSED") -> dict[str, list[str]]:
+    """The expected verdicts of async tests that run once per backend."""
+    return {f"{test}[{backend}]": [outcome] for test in tests for backend in ("asyncio", "trio")}
+
+
+def sse_tests(project: Project) -> dict[str, list[str]]:
+    """An endless SSE stream read, then closed: the app sees the disconnect."""
     project.module(
         "test_sse",
         """
@@ -239,15 +242,15 @@ def test_endless_sse_stream_is_read_then_closed_and_the_app_sees_the_disconnect(
             assert stream_app.seen == ["http.request", "http.disconnect"]
         """,
     )
-    project.run("-p", "no:randomly").assert_outcomes(passed=6)
+    return on_both(
+        "test_sse.py::test_three_events_then_close",
+        "test_sse.py::test_the_app_receives_http_disconnect",
+        "test_sse.py::test_aclose_also_disconnects",
+    )
 
 
-@needs_httpx2
-@pytest.mark.skipif(
-    importlib.util.find_spec("httpx_sse") is None, reason="httpx-sse is not installed"
-)
-def test_httpx_sse_and_httpx2_sse_read_the_endless_stream(project: Project) -> None:
-    stream_project(project, library="httpx")
+def sse_client_tests(project: Project) -> dict[str, list[str]]:
+    """httpx-sse (on the kit's httpx client) and httpx2's own SSE read the endless stream."""
     project.module(
         "test_sse_clients",
         """
@@ -282,11 +285,11 @@ def test_httpx_sse_and_httpx2_sse_read_the_endless_stream(project: Project) -> N
             assert stream_app.seen == ["events closed"]
         """,
     )
-    project.run("-p", "no:randomly").assert_outcomes(passed=4)
+    return on_both("test_sse_clients.py::test_httpx_sse", "test_sse_clients.py::test_httpx2_sse")
 
 
-def test_timeouts_chunks_and_app_errors(project: Project) -> None:
-    stream_project(project)
+def behaviour_tests(project: Project) -> dict[str, list[str]]:
+    """Timeouts, chunks one by one, and the app's errors."""
     project.module(
         "test_stream_behaviour",
         """
@@ -369,12 +372,24 @@ def test_timeouts_chunks_and_app_errors(project: Project) -> None:
             assert chunks == [b"partial"]
         """,
     )
-    project.run("-p", "no:randomly").assert_outcomes(passed=12, skipped=2)
+    name = "test_stream_behaviour.py::test_"
+    return on_both(
+        *(
+            name + test
+            for test in (
+                "a_timeout_fires_while_the_app_is_slow",
+                "a_timeout_still_lets_the_app_see_the_disconnect",
+                "chunks_arrive_one_by_one",
+                "an_exception_before_the_response_starts",
+                "the_next_test_runs_normally",
+                "an_exception_mid_stream",
+            )
+        )
+    ) | on_both(name + "pytest_skip_in_the_app_skips_the_test", outcome="SKIPPED")
 
 
-@pytest.mark.parametrize("library", HTTP_LIBRARIES)
-def test_plain_requests_are_answered_as_by_asgi_transport(project: Project, library: str) -> None:
-    stream_project(project, library=library)
+def plain_tests(project: Project, library: str) -> dict[str, list[str]]:
+    """Plain requests are answered as by the library's ASGITransport."""
     project.module(
         "test_plain",
         f"""
@@ -425,11 +440,16 @@ def test_plain_requests_are_answered_as_by_asgi_transport(project: Project, libr
             assert stream_app.seen == ["background done"]
         """,
     )
-    project.run("-p", "no:randomly").assert_outcomes(passed=8)
+    return on_both(
+        "test_plain.py::test_uses_the_streaming_transport",
+        "test_plain.py::test_same_answers",
+        "test_plain.py::test_request_body_is_streamed_to_the_app",
+        "test_plain.py::test_background_tasks_finish_before_the_response_returns",
+    )
 
 
-def test_the_transport_must_be_opened_with_the_client(project: Project) -> None:
-    stream_project(project)
+def unopened_tests(project: Project) -> dict[str, list[str]]:
+    """The kit's transport must be opened with the client."""
     project.module(
         "test_unopened",
         f"""
@@ -446,7 +466,24 @@ def test_the_transport_must_be_opened_with_the_client(project: Project) -> None:
                 await client.aclose()
         """,
     )
-    project.run("-p", "no:randomly").assert_outcomes(passed=2)
+    return on_both("test_unopened.py::test_unopened")
+
+
+HTTPX_SSE_INSTALLED = importlib.util.find_spec("httpx_sse") is not None
+
+
+@pytest.mark.parametrize("library", HTTP_LIBRARIES)
+def test_the_stream_app_on_each_http_library(project: Project, library: str) -> None:
+    # One sub-session per library: with the preferred one (the kit's default) every test of
+    # the stream app; with the other, plain requests and the SSE client libraries.
+    stream_project(project, library=library)
+    expected = plain_tests(project, library)
+    if library == PREFERRED_LIBRARY:
+        expected |= sse_tests(project) | behaviour_tests(project) | unopened_tests(project)
+    elif HTTPX_SSE_INSTALLED:  # httpx beside httpx2
+        expected |= sse_client_tests(project)
+    result = project.run("-p", "no:randomly", "-v")
+    assert verdicts(result) == expected, result.stdout.str()
 
 
 # Routes for the inline path: redirects, context variables, several chunks, the app's tasks,
@@ -625,11 +662,8 @@ async def streamed(client, method, url, **options):
 """
 
 
-@pytest.mark.parametrize("library", HTTP_LIBRARIES)
-def test_buffered_requests_run_inline_and_answer_as_in_a_task(
-    project: Project, library: str
-) -> None:
-    inline_project(project, library)
+def buffered_tests(project: Project, library: str) -> dict[str, list[str]]:
+    """Buffered requests run inline, and are answered as in a task."""
     project.module(
         "test_inline",
         INLINE_HELPERS.format(library=library)
@@ -702,7 +736,12 @@ async def test_context_variables_the_app_sets_stay_in_its_request(client):
         inline_app.request_var.reset(token)
 """,
     )
-    project.run("-p", "no:randomly").assert_outcomes(passed=8)
+    return on_both(
+        "test_inline.py::test_same_answers_inline_streamed_and_in_a_task",
+        "test_inline.py::test_a_buffered_request_runs_in_the_calling_task",
+        "test_inline.py::test_receive_says_disconnect_once_the_response_is_complete",
+        "test_inline.py::test_context_variables_the_app_sets_stay_in_its_request",
+    )
 
 
 # Where the app fails, and how each path reports it: the exception, or with
@@ -743,8 +782,8 @@ APP_ERRORS = [
 ]
 
 
-def test_app_errors_and_protocol_errors_inline_as_in_a_task(project: Project) -> None:
-    inline_project(project)
+def inline_error_tests(project: Project) -> dict[str, list[str]]:
+    """App errors and protocol errors, inline as in a task."""
     project.module(
         "test_inline_errors",
         INLINE_HELPERS.format(library=PREFERRED_LIBRARY)
@@ -817,7 +856,33 @@ async def test_the_app_still_answers(client):
     assert (await client.get("/user")).json() == {"user": "real user"}
 """,
     )
-    result = project.run("-p", "no:randomly")
-    count = len(APP_ERRORS)
-    result.assert_outcomes(passed=2 * (2 * count + 2), skipped=2, failed=2)
-    result.stdout.fnmatch_lines(["*Failed: failed by the override*"])
+    name = "test_inline_errors.py::test_"
+    return (
+        {
+            f"{name}{test}[{backend}-{url}-{error}-{pattern}-lenient{n}]": ["PASSED"]
+            for test in ("the_same_error", "the_same_response_when_not_raising")
+            for backend in ("asyncio", "trio")
+            for n, (url, error, pattern, _) in enumerate(APP_ERRORS)
+        }
+        | on_both(
+            name + "an_app_returning_without_a_response_start_always_raises",
+            name + "the_app_still_answers",
+        )
+        | {
+            **on_both(name + "pytest_skip_from_a_dependency_override", outcome="SKIPPED"),
+            **on_both(name + "pytest_fail_from_a_dependency_override", outcome="FAILED"),
+        }
+    )
+
+
+@pytest.mark.parametrize("library", HTTP_LIBRARIES)
+def test_the_inline_app_on_each_http_library(project: Project, library: str) -> None:
+    # One sub-session per library; the app's errors with the preferred one (the default).
+    inline_project(project, library)
+    expected = buffered_tests(project, library)
+    if library == PREFERRED_LIBRARY:
+        expected |= inline_error_tests(project)
+    result = project.run("-p", "no:randomly", "-v")
+    assert verdicts(result) == expected, result.stdout.str()
+    if library == PREFERRED_LIBRARY:
+        result.stdout.fnmatch_lines(["*Failed: failed by the override*"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ITEMS_APP, Project
+from conftest import ITEMS_APP, Project, verdicts
 from scaffolding import items_on_the_tests_transaction
 
 WS_APP = """
@@ -109,7 +109,19 @@ def ws_project(project: Project) -> None:
     project.module("ws_app", WS_APP)
 
 
-def test_chat_round_trip_and_close_codes(project: Project) -> None:
+def on_both(module: str, *tests: str, outcome: str = "PASSED") -> dict[str, list[str]]:
+    """The expected verdicts of async tests that run once per backend."""
+    return {
+        f"{module}::{test}[{backend}]": [outcome]
+        for test in tests
+        for backend in ("asyncio", "trio")
+    }
+
+
+def test_chat_round_trip_close_codes_rejections_errors_timeouts_and_overrides(
+    project: Project,
+) -> None:
+    # One sub-session of the websocket app, two modules: the chat, and the edge cases.
     ws_project(project)
     project.module(
         "test_chat",
@@ -176,11 +188,6 @@ def test_chat_round_trip_and_close_codes(project: Project) -> None:
                     await ws.receive_text()
         """,
     )
-    project.run("-p", "no:randomly").assert_outcomes(passed=10)
-
-
-def test_rejections_errors_timeouts_and_overrides(project: Project) -> None:
-    ws_project(project)
     project.module(
         "test_ws_edges",
         """
@@ -226,7 +233,28 @@ def test_rejections_errors_timeouts_and_overrides(project: Project) -> None:
                 assert (await ws.receive_json())["user"] == "fake user"
         """,
     )
-    project.run("-p", "no:randomly").assert_outcomes(passed=10, skipped=2)
+    result = project.run("-p", "no:randomly", "-v")
+    assert verdicts(result) == {
+        **on_both(
+            "test_chat.py",
+            "test_text_bytes_json_and_the_test_closing",
+            "test_json_both_ways",
+            "test_the_app_closing_with_a_code",
+            "test_leaving_the_block_closes_with_1000",
+            "test_text_expected_but_bytes_sent",
+        ),
+        **on_both(
+            "test_ws_edges.py",
+            "test_rejected_handshake_has_the_close_code",
+            "test_unknown_path_is_rejected",
+            "test_the_app_exception_reaches_the_test",
+            "test_a_timeout_fires_and_the_app_still_sees_the_close",
+            "test_dependency_override_applies",
+        ),
+        **on_both(
+            "test_ws_edges.py", "test_pytest_skip_in_the_app_skips_the_test", outcome="SKIPPED"
+        ),
+    }, result.stdout.str()
 
 
 ITEMS_WS_APP = (
