@@ -15,10 +15,21 @@ from anyio_fastapi_testkit._postgres.server import connect_admin, start_server
 KILLING_TESTS = """
 import os
 import signal
+from pathlib import Path
 
 import anyio
 import psutil
 from sqlalchemy import text
+
+DIED = Path(__file__).with_name("server-died")
+
+
+async def died():
+    # Under xdist the other worker may otherwise run all its tests before the server dies.
+    with anyio.fail_after(60):
+        while not DIED.exists():
+            await anyio.sleep(0.01)
+
 
 async def test_01(db_session):
     assert (await db_session.execute(text("SELECT 1"))).scalar() == 1
@@ -31,6 +42,7 @@ async def test_03_server_dies(db_session):
     postmaster = psutil.Process(backend).ppid()
     os.kill(postmaster, signal.{signal})
     await anyio.to_thread.run_sync(psutil.Process(postmaster).wait, 30)
+    DIED.touch()
     {then}
 
 {rest}
@@ -38,6 +50,7 @@ async def test_03_server_dies(db_session):
 
 REST = "\n".join(
     f"async def test_{n:02d}(db_session, client):\n"
+    f"    await died()\n"
     f"    assert (await client.get('/items')).json() == []\n"
     for n in range(4, 31)
 )
