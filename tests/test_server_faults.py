@@ -50,10 +50,11 @@ async def test_03_server_dies(db_session):
 
 REST = "\n".join(
     f"async def test_{n:02d}(db_session, client):\n"
-    f"    await died()\n"
     f"    assert (await client.get('/items')).json() == []\n"
     for n in range(4, 31)
 )
+# After the killing test: under xdist the other worker waits for the death first.
+REST_AFTER_DEATH = REST.replace("):\n", "):\n    await died()\n")
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +114,9 @@ def _run_killing_tests(
         testkit_schema="items_app:Base.metadata",
         testkit_session_dependency="items_app:get_session",
     )
-    project.module("test_dies", KILLING_TESTS.format(signal=signal, rest=REST, then=then))
+    project.module(
+        "test_dies", KILLING_TESTS.format(signal=signal, rest=REST_AFTER_DEATH, then=then)
+    )
     result = project.run("-q", *args)
     return result, "\n".join(result.outlines + result.errlines)
 
