@@ -46,7 +46,7 @@ from anyio_fastapi_testkit._postgres.cache import (
     try_lock,
     wipe_folder,
 )
-from anyio_fastapi_testkit._postgres.server import start_server
+from anyio_fastapi_testkit._postgres.server import RunningServer, start_server
 from anyio_fastapi_testkit._postgres.state_folder import prepare_base_dir
 from anyio_fastapi_testkit._provisioning.template_check import check_cached_template
 
@@ -305,6 +305,18 @@ def prebuilt_caches_fixture() -> Iterator[PrebuiltCaches]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def identity(server: RunningServer) -> tuple[list[Any], list[Any]]:
+    """The cluster's system identifier and the cached template's oid (as rows), read from a
+    server just started on the cache; the server is stopped after."""
+    try:
+        url = server.info.admin_url
+        system = sql_rows(url, "SELECT system_identifier FROM pg_control_system()")
+        template = sql_rows(url, f"SELECT oid FROM pg_database WHERE datname = '{TEMPLATE}'")
+    finally:
+        server.stop()
+    return system, template
+
+
 class CachedProject:
     """A project run with pytest's cache provider on (where the cache's pointer lives), in a
     private TMPDIR (where the kit's base folder, with the cached cluster, lives)."""
@@ -421,15 +433,7 @@ class CachedProject:
         assert lock is not None, "the run left the cache locked"
         try:
             cache = ClusterCache(folder, rebuild=False, check_template=check_cached_template)
-            server = start_server(None, base_dir=folder.parent, cache=cache)
-            try:
-                url = server.info.admin_url
-                system = sql_rows(url, "SELECT system_identifier FROM pg_control_system()")
-                template = sql_rows(
-                    url, f"SELECT oid FROM pg_database WHERE datname = '{TEMPLATE}'"
-                )
-            finally:
-                server.stop()
+            system, template = identity(start_server(None, base_dir=folder.parent, cache=cache))
         finally:
             lock.release()
         assert cache.reused_cluster, "the next run would make the cluster anew"
@@ -490,16 +494,9 @@ class CachedProject:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 server = start_server(None, base_dir=folder.parent, cache=cache)
+            system, template = identity(server)
             fallbacks = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
             assert not fallbacks, fallbacks
-            try:
-                url = server.info.admin_url
-                system = sql_rows(url, "SELECT system_identifier FROM pg_control_system()")
-                template = sql_rows(
-                    url, f"SELECT oid FROM pg_database WHERE datname = '{TEMPLATE}'"
-                )
-            finally:
-                server.stop()
         finally:
             lock.release()
         assert_nothing_left(self.tmpdir)

@@ -577,10 +577,10 @@ def freeze_collected(config: pytest.Config) -> None:
 
     A full pass of the collector visits every tracked object; after collection that is the
     app, its libraries and the collected tests (well over 100,000 objects), which all live
-    until the session ends anyway, and a suite's tests set off such
-    passes as they allocate. Frozen (``gc.freeze()``), they are skipped. Without a collection
-    first, which would cost one such pass: the few cycles of garbage alive now (a few KiB)
-    stay frozen until the session ends.
+    until the session ends anyway, and a suite's tests set off such passes as they allocate.
+    Frozen (``gc.freeze()``), they are skipped. Without a collection first, which would cost
+    one such pass: the few cycles of garbage alive now (a few KiB) stay frozen until the
+    session ends.
 
     Thawed by a cleanup of the config, after the two full passes pytest makes at the end of
     the session (its unraisable-exception check): those skip what is frozen too.
