@@ -9,6 +9,7 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import textwrap
@@ -104,6 +105,11 @@ class Project:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A shell's background job (or nohup) starts with SIGINT ignored, which every process
+    # started from here would inherit: the Ctrl-C tests' runs would not stop. A handler of
+    # Python's own is reset to the default across exec, so the sub-sessions get Python's.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # Where PYTHONDONTWRITEBYTECODE is set (some CI images, this project's reference machine),
     # nothing writes the kit's bytecode (an editable install has none), so each of the
     # several hundred sub-sessions and their xdist workers would compile the kit from source
