@@ -184,7 +184,9 @@ async def hold(db_session, database_url, label):
     await db_session.flush()
     worker = os.environ.get("PYTEST_XDIST_WORKER", "none")
     seen = {"database": url.database, "databases": names(url)}
-    Path(f"a-ready-{worker}-{label}.json").write_text(json.dumps(seen))
+    ready = Path(f"a-ready-{worker}-{label}.json")
+    Path(f"{ready}.tmp").write_text(json.dumps(seen))
+    os.replace(f"{ready}.tmp", ready)  # whole: the outer test reads it as soon as it is there
     wait_for("b-done")
     # B came and went: A's databases, its connection and its rows are all still there.
     assert await db_session.scalar(select(func.count(Item.id))) == 1
@@ -317,7 +319,8 @@ from pathlib import Path
 
 
 def test_build_the_template(database_url):
-    Path("first-worker.id").write_text(os.environ["PYTEST_XDIST_WORKER"])
+    Path("first-worker.id.tmp").write_text(os.environ["PYTEST_XDIST_WORKER"])
+    os.replace("first-worker.id.tmp", "first-worker.id")  # whole when the other reads it
 """
 
 # A worker's session has ended (the kit has closed its databases and lock) when this runs.
