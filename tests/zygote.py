@@ -16,12 +16,14 @@ Protocol, one JSON object per line: a request on stdin (``args``, ``cwd``, ``env
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import json
 import os
 import sys
 import tempfile
+import threading
 from typing import Any
 
 PRELOAD = (
@@ -67,15 +69,15 @@ def reply(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def serve() -> int | None:
-    """Fork a sub-session per request; in the fork, run it and return its exit code."""
+def serve() -> None:
+    """Fork a sub-session per request; the fork runs it and ends with its exit code."""
     for line in sys.stdin:
         request = json.loads(line)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            return run_pytest(request)
+            exit_without_teardown(run_pytest(request))
         reply({"pid": pid})
         _, status = os.waitpid(pid, 0)
         reply({"exit": os.waitstatus_to_exitcode(status)})
@@ -108,6 +110,28 @@ def run_pytest(request: dict[str, Any]) -> int:
     return int(code)
 
 
+def exit_without_teardown(code: int) -> None:
+    """End the fork as an interpreter ends, up to its teardown of every module and object.
+
+    What a run does at exit is kept, in the interpreter's order: it waits for the non-daemon
+    threads (and the callbacks ``concurrent.futures`` registered to end its workers), runs
+    the ``atexit`` functions (pytest's, the kit's, a test project's), flushes the standard
+    streams. Then the fork ends with ``os._exit``: tearing down the modules it inherited
+    would touch every page of them, and so copy them (copy-on-write), for objects the fork
+    never made; that teardown was a third of a sub-session's CPU (``benchmarks/RESULTS.md``,
+    "The kit's own test suite").
+    """
+    # threading._shutdown is what the interpreter itself calls first at exit; there is no
+    # public equivalent (joining the threads alone would wait forever on the workers of a
+    # concurrent.futures pool, which end on a callback that only _shutdown runs).
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
     preload()
-    sys.exit(serve())
+    serve()
