@@ -160,8 +160,12 @@ def run_subsession(
     pytester: pytest.Pytester, args: Sequence[str], *, fresh: bool = False
 ) -> pytest.RunResult:
     """``pytest <args>`` in pytester's folder: a fork of the zygote (see ``forked.py``) when
-    plugin autoload is off, else (or with ``fresh``) a new interpreter."""
-    if "--disable-plugin-autoload" in args and not fresh and FORK_SUBSESSIONS:
+    plugin autoload is off (by the flag or by ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``), else (or
+    with ``fresh``) a new interpreter."""
+    no_autoload = "--disable-plugin-autoload" in args or bool(
+        os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    )
+    if no_autoload and not fresh and FORK_SUBSESSIONS:
         result = run_forked(pytester, *args, timeout=SUBSESSION_TIMEOUT)
         if result is not None:
             return result

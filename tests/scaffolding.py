@@ -339,9 +339,7 @@ class CachedProject:
         with pytest.MonkeyPatch.context() as patch:
             for name, value in {**CACHED_RUN_ENV, **env}.items():
                 patch.setenv(name, value)
-            result = self.project.pytester.runpytest_subprocess(
-                *CACHED_RUN_ARGS, *args, timeout=SUBSESSION_TIMEOUT
-            )
+            result = run_subsession(self.project.pytester, [*CACHED_RUN_ARGS, *args])
         self.output = output_of(result)
         return result
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import SUBSESSION_TIMEOUT, SubsessionShare
+from conftest import SUBSESSION_TIMEOUT, SubsessionShare, run_subsession
 
 from anyio_fastapi_testkit._core.config import add_options, read_settings
 
@@ -155,19 +155,21 @@ def test_doc_example_passes(
     if page.path != BASE_PAGE:
         monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
         plugins = ("-p", "anyio_fastapi_testkit.plugin")
-    result = pytester.runpytest_subprocess(
-        *plugins,
-        "-o",
-        f"cache_dir={subsession_share.cache_dir}",
-        "-p",
-        "no:randomly",
-        "-p",
-        "no:asyncio",
-        "-c",
-        config,
-        "--rootdir",
-        str(pytester.path),
-        timeout=SUBSESSION_TIMEOUT,
+    result = run_subsession(
+        pytester,
+        [
+            *plugins,
+            "-o",
+            f"cache_dir={subsession_share.cache_dir}",
+            "-p",
+            "no:randomly",
+            "-p",
+            "no:asyncio",
+            "-c",
+            config,
+            "--rootdir",
+            str(pytester.path),
+        ],
     )
     output = "\n".join(result.outlines + result.errlines)
     outcomes = result.parseoutcomes()
