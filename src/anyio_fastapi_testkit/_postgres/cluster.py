@@ -35,8 +35,9 @@ LOCALHOST = "127.0.0.1"
 
 _PORT_ATTEMPTS = 3
 _UNSAFE = -1  # "run pg_ctl as nobody": skip it
-# How often the kit looks for the end of a start or stop itself: pg_ctl -w looks every 100 ms,
-# which costs a run about 0.1 s per step on top of what the server needs (~10-80 ms).
+# How often the kit looks for the end of a start or stop itself: pg_ctl -w looks only every
+# 100 ms, far longer than a throwaway server takes to start or stop (figures in
+# benchmarks/RESULTS.md, run 12).
 _POLL_SECONDS = 0.005
 _PID_LINES = 8  # postmaster.pid: pid, data folder, start time, port, ..., status (since PG 10)
 # Set by the kit's own fault matrix (tests/test_fault_matrix.py), which holds a start or a stop
