@@ -200,6 +200,32 @@ def test_02_server_hangs(db_session_sync):
 """
 )
 
+# The server stops at the end of a request, after the endpoint's query: the kit's request
+# session is committed and closed where FastAPI shields a dependency's exit from cancellation.
+REQUEST_CLEANUP_HANGING_TESTS = (
+    HANGING_PREAMBLE
+    + """
+from fastapi import Depends
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from items_app import app, get_session
+
+
+@app.get("/stop-the-server")
+async def stop_the_server(session: AsyncSession = Depends(get_session)):
+    _stop_server((await session.execute(text("SELECT pg_backend_pid()"))).scalar())
+    return "stopped"
+
+
+async def test_01(db_session):
+    assert (await db_session.execute(text("SELECT 1"))).scalar() == 1
+
+async def test_02_server_hangs(client):
+    await client.get("/stop-the-server")
+
+{rest}
+"""
+)
 
 # In xdist's controller (which runs no test): a line for each try at the run's databases on
 # the server, or at a probe of it, at the end of the run. Counted, not timed: each would wait
@@ -231,8 +257,13 @@ def pytest_configure(config):
 
 @pytest.mark.parametrize(
     ("tests", "args"),
-    [(HANGING_TESTS, ()), (SYNC_HANGING_TESTS, ()), (HANGING_TESTS, ("-n", "2"))],
-    ids=["async", "sync", "xdist"],
+    [
+        (HANGING_TESTS, ()),
+        (SYNC_HANGING_TESTS, ()),
+        (REQUEST_CLEANUP_HANGING_TESTS, ()),
+        (HANGING_TESTS, ("-n", "2")),
+    ],
+    ids=["async", "sync", "request-cleanup", "xdist"],
 )
 def test_a_hung_server_ends_the_run_within_the_timeout(
     project: Project, private_tmpdir: Path, tests: str, args: tuple[str, ...]

@@ -5,6 +5,7 @@ The time is kept by the kit's watchdog thread, so tests that freeze time do not 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import gc
 import inspect
@@ -140,6 +141,7 @@ class Limit:
         self.scope = anyio.CancelScope(shield=shield)
         self.report: str | None = None
         self._timer: Timer | None = None
+        self._also: set[anyio.CancelScope] = set()  # see cancelled_with_the_test
 
     def start(self) -> None:
         post = loop_poster()
@@ -148,6 +150,8 @@ class Limit:
             if timer is self._timer and not timer.cancelled:
                 self.report = task_report()
                 self.scope.cancel()
+                for scope in list(self._also):
+                    scope.cancel()
 
         timer = call_later(self.seconds, lambda: post(expire_on_loop))
         self._timer = timer
@@ -156,6 +160,36 @@ class Limit:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+# The limit of the test running in this context; the app's requests run in copies of it.
+_TEST_LIMIT: contextvars.ContextVar[Limit | None] = contextvars.ContextVar(
+    "anyio_fastapi_testkit_test_limit", default=None
+)
+
+
+@contextmanager
+def cancelled_with_the_test() -> Iterator[None]:
+    """Let the running test's time limit cancel what runs inside, also where a caller shielded
+    it (nothing without a limit, or outside a test).
+
+    FastAPI runs the exit of a yield dependency in a shielded cancel scope, which the test's
+    limit does not reach: the kit's request session, committed and closed there, would wait
+    for a server that stopped answering for ever, and the test (and the run) with it. A scope
+    of its own inside the shield is cancelled with the test, at once if the limit has passed.
+    """
+    limit = _TEST_LIMIT.get()
+    if limit is None:
+        yield
+        return
+    with anyio.CancelScope() as scope:
+        limit._also.add(scope)
+        if limit.report is not None:
+            scope.cancel()
+        try:
+            yield
+        finally:
+            limit._also.discard(scope)
 
 
 @contextmanager
@@ -185,6 +219,7 @@ def with_timeout(
     async def timed_test(*args: Any, **kwargs: Any) -> Any:
         limit = Limit(seconds)
         result: Any = None
+        token = _TEST_LIMIT.set(limit)
         try:
             with limit.scope:
                 limit.start()
@@ -192,6 +227,7 @@ def with_timeout(
                     result = await test(*args, **kwargs)
                 finally:
                     limit.stop()
+                    _TEST_LIMIT.reset(token)
         except BaseException as exc:
             if limit.report is None:
                 raise

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .._diagnostics.timeouts import cancelled_with_the_test
 from .._provisioning.run_databases import TestDatabases
 from .database import SharedConnection
 from .request_sessions import close_request_session
@@ -60,7 +61,9 @@ def _async_dependency(database: AsyncDatabase) -> Callable[[], AsyncIterator[Asy
             try:
                 yield session
             finally:
-                await close_request_session(session)
+                # Run by FastAPI under a shield: the test's limit must still reach it.
+                with cancelled_with_the_test():
+                    await close_request_session(session)
 
     return signed(test_session_dependency)
 
