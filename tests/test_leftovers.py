@@ -360,7 +360,9 @@ def hold(database_url):
     wait_for_spare(url, url.database)
     worker = os.environ["PYTEST_XDIST_WORKER"]
     seen = {"database": url.database, "databases": names(url)}
-    Path(f"ready-{worker}.json").write_text(json.dumps(seen))
+    # Whole or not at all: the test reads it as soon as it is there, then kills the run.
+    Path(f"ready-{worker}.json.part").write_text(json.dumps(seen))
+    os.replace(f"ready-{worker}.json.part", f"ready-{worker}.json")
     deadline = time.monotonic() + 120
     while not Path("never").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
