@@ -326,11 +326,16 @@ class TestDatabases:
             self._progress.step("connecting to the configured PostgreSQL server")
         else:
             self._progress.step("starting the kit's own PostgreSQL server")
+        ahead, self.plan.ahead = self.plan.ahead, None
+        if ahead is not None and (owner_pid is not None or self.settings.database_url):
+            ahead.discard()  # not started for this (see xdist.start_server_ahead)
+            ahead = None
         return start_server(
             self.settings.database_url,
             tcp=self.settings.server_tcp,
             cache=self.plan.cache,
             owner_pid=owner_pid,
+            ahead=ahead,
         )
 
     @property
@@ -409,9 +414,17 @@ class TestDatabases:
             fingerprint = schema_fingerprint(self.settings.schema, self.rootdir)
             key = template_key(fingerprint, server.info.version_num) if fingerprint else None
             ready = key is not None and cache.template_ready(key)
-            if ready and key is not None and self._exists(admin, template):
-                # Left by killed runs: every database of the kit's but the template and spares.
-                drop_databases_except(admin, {template, *spares_of(admin, key, template, working)})
+            # Checked at this run's start (check_cached_template): nothing but the template
+            # and its spares left, and without xdist every spare is this run's to claim.
+            checked = cache.checked_template == template and not self.worker_id
+            if ready and key is not None and not checked:
+                # Left by killed runs: every database of the kit's but the template and the
+                # spares this run may claim (see spares_of).
+                ready = self._exists(admin, template)
+                if ready:
+                    spares = spares_of(admin, key, template, working)
+                    drop_databases_except(admin, {template, *spares})
+            if ready:
                 self.provenance["template"] = "reused"
                 self._template_key = key
                 return template

@@ -51,7 +51,9 @@ def check_cached_template(cache: ClusterCache, admin_url: URL) -> None:
         expected=marker.template_check,
     )
     cache.dropped = kept.dropped
-    if not kept.template:
+    if kept.template:
+        cache.checked_template = marker.template_name
+    else:
         cache.set_template(None)
 
 
