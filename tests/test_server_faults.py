@@ -227,6 +227,47 @@ async def test_02_server_hangs(client):
 """
 )
 
+# The same, for a session of the app's own sessionmaker (testkit_sessionmaker), committed and
+# closed by the app's own dependency: the plain way, or by its sessionmaker's begin(). One
+# case each: after the first cleanup is cancelled, the driver closes the connection, and a
+# second one would fail at once rather than wait.
+APP_SESSION_CLEANUP_HANGING_TESTS = (
+    HANGING_PREAMBLE
+    + """
+from fastapi import Depends
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from items_app import SessionLocal, app
+
+{{dependency}}
+
+@app.get("/stop-the-server")
+async def stop_the_server(session: AsyncSession = Depends(get_own_session)):
+    _stop_server((await session.execute(text("SELECT pg_backend_pid()"))).scalar())
+    return "stopped"
+
+
+async def test_01(db_session):
+    assert (await db_session.execute(text("SELECT 1"))).scalar() == 1
+
+async def test_02_server_hangs(client):
+    await client.get("/stop-the-server")
+
+{rest}
+"""
+)
+COMMIT_THEN_CLOSE = """
+async def get_own_session():
+    async with SessionLocal() as session:
+        yield session
+        await session.commit()
+"""
+IN_A_BEGIN_BLOCK = """
+async def get_own_session():
+    async with SessionLocal.begin() as session:
+        yield session
+"""
+
 # In xdist's controller (which runs no test): a line for each try at the run's databases on
 # the server, or at a probe of it, at the end of the run. Counted, not timed: each would wait
 # out a connect timeout on a hung server.
@@ -255,20 +296,36 @@ def pytest_configure(config):
 """
 
 
+OWN = {"testkit_sessionmaker": "items_app:SessionLocal"}
+
+
 @pytest.mark.parametrize(
-    ("tests", "args"),
+    ("tests", "args", "settings"),
     [
-        (HANGING_TESTS, ()),
-        (SYNC_HANGING_TESTS, ()),
-        (REQUEST_CLEANUP_HANGING_TESTS, ()),
-        (HANGING_TESTS, ("-n", "2")),
+        (HANGING_TESTS, (), {}),
+        (SYNC_HANGING_TESTS, (), {}),
+        (REQUEST_CLEANUP_HANGING_TESTS, (), {}),
+        (APP_SESSION_CLEANUP_HANGING_TESTS.replace("{{dependency}}", COMMIT_THEN_CLOSE), (), OWN),
+        (APP_SESSION_CLEANUP_HANGING_TESTS.replace("{{dependency}}", IN_A_BEGIN_BLOCK), (), OWN),
+        (HANGING_TESTS, ("-n", "2"), {}),
     ],
-    ids=["async", "sync", "request-cleanup", "xdist"],
+    ids=[
+        "async",
+        "sync",
+        "request-cleanup",
+        "app-session-cleanup",
+        "app-session-begin-cleanup",
+        "xdist",
+    ],
 )
 def test_a_hung_server_ends_the_run_within_the_timeout(
-    project: Project, private_tmpdir: Path, tests: str, args: tuple[str, ...]
+    project: Project,
+    private_tmpdir: Path,
+    tests: str,
+    args: tuple[str, ...],
+    settings: dict[str, str],
 ) -> None:
-    _hanging_project(project, tests)
+    _hanging_project(project, tests, **settings)
     if args:
         project.module("conftest", CONTROLLER_SPY)
     result = project.run("-q", *args)
@@ -323,12 +380,13 @@ def test_a_configured_server_that_hung_gets_the_runs_databases_dropped_once_it_a
     assert left == [], output
 
 
-def _hanging_project(project: Project, tests: str) -> None:
+def _hanging_project(project: Project, tests: str, **settings: str) -> None:
     project.module("items_app", ITEMS_APP)
     project.ini(
         testkit_app="items_app:app",
         testkit_schema="items_app:Base.metadata",
         testkit_session_dependency="items_app:get_session",
         testkit_timeout=str(HANG_SETTING),
+        **settings,
     )
     project.module("test_hangs", tests.format(rest=REST))
