@@ -10,8 +10,10 @@ canaries) must hold the same rows, under the same names, as before.
 Axes:
   * server: ``fresh`` (embedded, ``-p no:cacheprovider``: a throwaway cluster), ``cached``
     (embedded, pytest's cache on: the kit's cached cluster, cold at the disturbed run),
-    ``configured`` (a server of the test's own, through ``TESTKIT_DATABASE_URL``) and
-    ``xdist`` (``-n 2``, cache on);
+    ``cached-env`` (as ``cached``, with ``testkit_database_env``: the server is started ahead,
+    in a thread, and the test database made before the conftest files are imported, where
+    the project's settings module reads it), ``configured`` (a server of the test's own,
+    through ``TESTKIT_DATABASE_URL``) and ``xdist`` (``-n 2``, cache on);
   * signal: SIGKILL (an OOM kill, a killed CI job), SIGINT (Ctrl-C: a terminal sends it to the
     whole foreground process group) and SIGTERM (CI's cancel), all sent to the run's process
     group;
@@ -28,9 +30,14 @@ Axes:
       - ``drop``: the same lock, on the working database, holds the kit's final
         ``DROP DATABASE`` until it is seen waiting.
     The embedded server's phases (``initdb``, ``server_start``, ``server_stop``) do not exist
-    on a configured server; ``drop`` is the last step there.
+    on a configured server; ``drop`` is the last step there. With ``cached-env`` the first
+    four phases happen in ``pytest_load_initial_conftests`` (``initdb`` and ``server_start``
+    in the kit's start-ahead thread), before pytest has its session, its own Ctrl-C handling
+    or the kit its SIGTERM handler; each phase is still reached by the same marker, as each
+    marker is written by the same step of the kit's wherever that step runs.
 
-By default a diagonal of eight cells runs (each phase, signal and server kind at least once);
+By default a diagonal of ten cells runs (each phase once or twice, each signal and each server
+kind at least twice);
 ``TESTKIT_FAULT_MATRIX=full`` runs the whole cross product (``.ci/fault-matrix``).
 """
 
@@ -72,7 +79,7 @@ from anyio_fastapi_testkit._postgres.server import RunningServer, start_server
 
 T = TypeVar("T")
 
-SERVERS = ("fresh", "cached", "configured", "xdist")
+SERVERS = ("fresh", "cached", "cached-env", "configured", "xdist")
 SIGNALS = (signal.SIGKILL, signal.SIGINT, signal.SIGTERM)
 PHASES = (
     "initdb",
@@ -86,10 +93,13 @@ PHASES = (
 )
 EMBEDDED_ONLY = {"initdb", "server_start", "server_stop"}
 
-# Each phase once, each signal and each server kind at least twice.
+# Each phase once (server_start and template twice), each signal and each server kind at
+# least twice.
 DIAGONAL = {
     ("fresh", signal.SIGKILL, "initdb"),
     ("cached", signal.SIGTERM, "server_start"),
+    ("cached-env", signal.SIGINT, "server_start"),
+    ("cached-env", signal.SIGKILL, "template"),
     ("configured", signal.SIGINT, "template"),
     ("xdist", signal.SIGKILL, "working_db"),
     ("fresh", signal.SIGINT, "mid_test"),
@@ -177,6 +187,7 @@ import time
 
 import pytest
 
+import app_settings
 from fault_helpers import PHASE, claim, mark, wait_for
 
 
@@ -191,6 +202,15 @@ def fault_at_teardown(database_url):
         wait_for("go")
 """
 
+# As an app's settings are read: at import, by the conftest.py that imports the app. Only
+# with testkit_database_env is DATABASE_URL the test database's (checked by
+# check_embedded_databases); the app's own get_session, which would read it, is overridden.
+APP_SETTINGS = """
+import os
+
+DATABASE_URL = os.environ.get("DATABASE_URL")
+"""
+
 TESTS = """
 import os
 
@@ -199,6 +219,7 @@ import psycopg
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+import app_settings
 from fault_helpers import FOLDER, PHASE, mark
 from items_app import Item
 
@@ -225,22 +246,27 @@ def test_record_the_databases(database_url):
     url = make_url(str(database_url)).set(drivername="postgresql")
     with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
         names = [name for (name,) in conn.execute("SELECT datname FROM pg_database")]
-    mark(f"seen-{os.getpid()}", {"database": url.database, "databases": names})
+    record = {"database": url.database, "databases": names, "env": app_settings.DATABASE_URL}
+    mark(f"seen-{os.getpid()}", record)
 """
 TEST_COUNT = 4
 
 
-def make_project(project: Project) -> None:
+def make_project(project: Project, server: str) -> None:
     project.module("items_app", ITEMS_APP)  # its get_session fails unless overridden
+    project.module("app_settings", APP_SETTINGS)
     project.module("fault_helpers", FAULT_HELPERS)
     project.module("conftest", CONFTEST)
     project.module("test_items", TESTS)
     write_alembic(project.pytester.path, {"0001_items.py": items_revision()}, env=FAULT_ALEMBIC_ENV)
-    project.ini(
-        testkit_app="items_app:app",
-        testkit_schema="alembic:alembic.ini",
-        testkit_session_dependency="items_app:get_session",
-    )
+    settings = {
+        "testkit_app": "items_app:app",
+        "testkit_schema": "alembic:alembic.ini",
+        "testkit_session_dependency": "items_app:get_session",
+    }
+    if server == "cached-env":
+        settings["testkit_database_env"] = "DATABASE_URL"
+    project.ini(**settings)
 
 
 # --- the runs ----------------------------------------------------------------------------------
@@ -560,7 +586,7 @@ def test_the_next_run_passes_and_nothing_is_left(
     sig: signal.Signals,
     phase: str,
 ) -> None:
-    make_project(project)
+    make_project(project, server)
     folder = project.pytester.path
     configured = request.getfixturevalue("configured_server") if server == "configured" else None
     canaries = configured.snapshot() if configured else None
@@ -601,7 +627,7 @@ def test_the_next_run_passes_and_nothing_is_left(
             left = sorted(set(database_names(configured.admin)) - set(configured.before))
             assert left == sorted(configured.canaries), "databases of the kit's were left"
         else:
-            check_embedded_databases(folder)
+            check_embedded_databases(folder, env=server == "cached-env")
 
         if sig != signal.SIGKILL and (
             code != pytest.ExitCode.INTERRUPTED or "INTERNALERROR" in output
@@ -626,13 +652,19 @@ def describe(process: psutil.Process) -> str:
         return f"pid {process.pid}"
 
 
-def check_embedded_databases(folder: Path) -> None:
+def check_embedded_databases(folder: Path, *, env: bool) -> None:
     """The next run found on its embedded server only the databases it uses itself: working
     databases, the template and spares (or one being made under a pending name); none with a
     name of the disturbed run's alone. (The cached cluster keeps the same names from run to
-    run: tests/test_leftovers.py and tests/test_cache_faults.py check its contents closer.)"""
-    for seen in folder.glob("seen-*"):
-        record = json.loads(seen.read_text())
+    run: tests/test_leftovers.py and tests/test_cache_faults.py check its contents closer.)
+    With ``env`` (``testkit_database_env``), the settings read at import named the database
+    the tests used."""
+    records = [json.loads(seen.read_text()) for seen in folder.glob("seen-*")]
+    assert records, "the next run recorded no databases"
+    for record in records:
+        if env:
+            assert record["env"] is not None, "DATABASE_URL was unset when the settings were read"
+            assert make_url(record["env"]).database == record["database"], record["database"]
         kit = {name for name in record["databases"] if name.startswith(("test_", PENDING_PREFIX))}
         unexpected = {
             name

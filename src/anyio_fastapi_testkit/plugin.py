@@ -175,7 +175,23 @@ def pytest_load_initial_conftests(
                 _run_databases().test_databases(config).apply_env()
             atexit.register(_close_run, config)
         return
-    _apply_database_env(config, settings, "by a plugin loaded at start-up")
+    stop_on_sigterm()  # CI's cancel while the database is prepared: clean up as on Ctrl-C
+    try:
+        _apply_database_env(config, settings, "by a plugin loaded at start-up")
+    except KeyboardInterrupt as exc:
+        # pytest has no session yet to end as interrupted: a KeyboardInterrupt from here
+        # would escape its start-up as a traceback. Clean up, then stop as interrupted.
+        try:
+            with cleaning_up():
+                _close_run(config)
+        finally:
+            restore_sigterm()
+        sys.stderr.write(
+            f"anyio-fastapi-testkit: interrupted ({exc or 'SIGINT'}) while preparing the test "
+            "database, before the conftest files were imported; the kit stopped and dropped "
+            "what it had made.\n"
+        )
+        raise SystemExit(pytest.ExitCode.INTERRUPTED) from None
     config.stash[_EARLY_ENV_KEY] = True
     # pytest runs no unconfigure when a conftest.py then fails to import: drop and stop what
     # was made here at exit instead (a no-op once unconfigure has run).
