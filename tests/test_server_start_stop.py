@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +18,10 @@ from pathlib import Path
 import psutil
 import psycopg
 import pytest
-from conftest import postgres_processes_under
+from conftest import SUBSESSION_TIMEOUT, postgres_processes_under
 
 from anyio_fastapi_testkit._core.errors import DatabaseError
-from anyio_fastapi_testkit._postgres.cluster import Cluster, _race_pg_ctl, shutdown
+from anyio_fastapi_testkit._postgres.cluster import Cluster, _end, _race_pg_ctl, shutdown
 from anyio_fastapi_testkit._postgres.processes import is_postmaster_of
 from anyio_fastapi_testkit._postgres.server import RunningServer
 from anyio_fastapi_testkit._postgres.sysuser import spawn
@@ -138,7 +140,7 @@ def test_the_wait_ends_its_pg_ctl_when_done_at_its_bound_and_when_interrupted(
     assert "timed out after 0.2 s" in bounded.stderr
     assert our_children("sleep") == []
 
-    def interrupted() -> bool:
+    def interrupted() -> bool:  # and again while it waits for pg_ctl: a second Ctrl-C
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -148,6 +150,49 @@ def test_the_wait_ends_its_pg_ctl_when_done_at_its_bound_and_when_interrupted(
     failed = _race_pg_ctl([sleep, "nonsense"], None, tmp_path, timeout=600, done=lambda: False)
     assert failed.returncode != 0  # its own exit and message, as pg_ctl's failures are told
     assert "nonsense" in failed.stderr
+
+
+def test_an_interrupted_wait_lets_its_pg_ctl_finish_what_it_began(tmp_path: Path) -> None:
+    # A start interrupted after pg_ctl forked the server, before the server wrote its pid
+    # file, would leave a server nobody can find: pg_ctl, in a session of its own (out of
+    # reach of the terminal's Ctrl-C), is let finish, within a bound.
+    shell = shutil.which("sh")
+    assert shell is not None
+    finished = tmp_path / "finished"
+    ids = tmp_path / "ids"  # its pid, then its session's id (field 6 of /proc/PID/stat)
+    script = f"echo $$ $(cut -d' ' -f6 /proc/$$/stat) > {ids}; sleep 0.3; touch {finished}"
+    command = [shell, "-c", script]
+    calls = []
+
+    def interrupted_once() -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return False
+
+    with pytest.raises(KeyboardInterrupt):
+        _race_pg_ctl(command, None, tmp_path, timeout=600, done=interrupted_once)
+    assert finished.exists()
+    pid, session = ids.read_text().split()
+    assert session == pid  # it led a session of its own
+    assert our_children("sh") == []
+
+
+def test_ending_pg_ctl_does_not_wait_on_the_lock_an_interrupted_poll_left_taken(
+    tmp_path: Path,
+) -> None:
+    # A KeyboardInterrupt inside Popen.poll() can leave Popen's private _waitpid_lock taken
+    # (a CPython race); Popen.wait() would then block for ever. Taken by hand here.
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    process = spawn([sleep, "600"], None, tmp_path)
+    assert process._waitpid_lock.acquire(False)  # type: ignore[attr-defined]
+    ended = threading.Thread(target=_end, args=(process,), daemon=True)
+    ended.start()
+    ended.join(SUBSESSION_TIMEOUT)
+    assert not ended.is_alive(), "ending pg_ctl waited on Popen's lock"
+    assert process.returncode == -signal.SIGKILL
+    assert our_children("sleep") == []
 
 
 def test_pg_ctl_started_without_waiting_gets_no_configured_url(

@@ -39,6 +39,8 @@ _UNSAFE = -1  # "run pg_ctl as nobody": skip it
 # 100 ms, far longer than a throwaway server takes to start or stop (figures in
 # benchmarks/RESULTS.md, run 12).
 _POLL_SECONDS = 0.005
+# How long an interrupted run lets pg_ctl finish what it began (see _race_pg_ctl).
+_INTERRUPTED_WAIT = 10.0
 _PID_LINES = 8  # postmaster.pid: pid, data folder, start time, port, ..., status (since PG 10)
 # Set by the kit's own fault matrix (tests/test_fault_matrix.py), which holds a start or a stop
 # by freezing its pg_ctl: then the kit waits for pg_ctl alone, as before the early look, so that
@@ -320,18 +322,68 @@ def _race_pg_ctl(
         stdout, stderr = process.communicate()
         return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     finally:
-        if process.returncode is None:  # interrupted (KeyboardInterrupt): as subprocess.run
-            _end(process)
+        if process.returncode is None:  # interrupted (KeyboardInterrupt)
+            # Not killed at once: a start killed after pg_ctl forked the server and before the
+            # server wrote its pid file would leave a server that no stop can find. pg_ctl
+            # runs in a session of its own (see sysuser.spawn), out of reach of the terminal's
+            # Ctrl-C; a second Ctrl-C ends this wait.
+            _end(process, finish_within=_INTERRUPTED_WAIT, done=done)
 
 
 def _never() -> bool:
     return False
 
 
-def _end(process: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(OSError):
-        process.kill()
-    process.communicate()
+def _end(
+    process: subprocess.Popen[str],
+    *,
+    finish_within: float = 0.0,
+    done: Callable[[], bool] | None = None,
+) -> None:
+    """End pg_ctl: once it exited by itself or ``done()`` holds, within ``finish_within``
+    seconds, else then, kill it; reap it.
+
+    Reaped with ``os.waitpid``, not ``Popen.wait``: a KeyboardInterrupt that lands inside
+    ``Popen.poll()`` can leave the Popen's own lock taken, and its ``wait()`` would then block
+    for ever (a run that hung at Ctrl-C during a server start).
+    """
+    deadline = now() + finish_within
+    try:
+        while not _reaped(process) and now() < deadline and not (done is not None and done()):
+            time.sleep(_POLL_SECONDS)
+    finally:  # also on a second interrupt
+        if process.returncode is None:
+            with contextlib.suppress(OSError):
+                process.kill()
+            _close_pipes(process)
+            try:
+                _, status = os.waitpid(process.pid, 0)
+                process.returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:  # reaped already
+                process.returncode = -signal.SIGKILL
+
+
+def _reaped(process: subprocess.Popen[str]) -> bool:
+    """Reap ``process`` if it exited (without blocking, without the Popen's lock)."""
+    if process.returncode is not None:
+        return True
+    try:
+        pid, status = os.waitpid(process.pid, os.WNOHANG)
+    except ChildProcessError:  # reaped already
+        process.returncode = -signal.SIGKILL
+    else:
+        if pid == 0:
+            return False
+        process.returncode = os.waitstatus_to_exitcode(status)
+    _close_pipes(process)
+    return True
+
+
+def _close_pipes(process: subprocess.Popen[str]) -> None:
+    for stream in (process.stdout, process.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
 
 
 def _pid_file_lines(data_dir: Path) -> list[str]:

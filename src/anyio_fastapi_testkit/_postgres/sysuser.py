@@ -179,6 +179,9 @@ def spawn(command: Sequence[str], user: str | int | None, cwd: Path) -> subproce
         cwd=cwd,
         env=_tool_env(),
         preexec_fn=children.end_with_parent(),
+        # Out of the terminal's process group: its Ctrl-C must not kill pg_ctl half-way; the
+        # kit ends it itself (see cluster._race_pg_ctl).
+        start_new_session=True,
         **identity,
     )
 
