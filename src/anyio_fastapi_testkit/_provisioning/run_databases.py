@@ -326,16 +326,11 @@ class TestDatabases:
             self._progress.step("connecting to the configured PostgreSQL server")
         else:
             self._progress.step("starting the kit's own PostgreSQL server")
-        ahead, self.plan.ahead = self.plan.ahead, None
-        if ahead is not None and (owner_pid is not None or self.settings.database_url):
-            ahead.discard()  # not started for this (see xdist.start_server_ahead)
-            ahead = None
         return start_server(
             self.settings.database_url,
             tcp=self.settings.server_tcp,
             cache=self.plan.cache,
             owner_pid=owner_pid,
-            ahead=ahead,
         )
 
     @property

@@ -40,7 +40,6 @@ from .._postgres.cache import (
     try_lock,
 )
 from .._postgres.cluster import stop_cluster
-from .._postgres.local import StartAhead, start_local
 from .._postgres.state_folder import (
     STATE_PREFIX,
     open_private,
@@ -166,7 +165,6 @@ class ServerPlan:
     keep_template: bool = False
     replace_kept: bool = False  # --cache-clear: build it anew, and keep the new one
     say: Callable[[str], None] | None = None  # a line on the terminal (see ``progress``)
-    ahead: StartAhead | None = None  # the kit's own server, being started (start_server_ahead)
 
 
 @dataclass
@@ -242,20 +240,6 @@ def plan_run(config: pytest.Config, settings: Settings) -> None:
     plan.replace_kept = bool(option(config, "cacheclear"))
     plan.say = terminal_line(config)
     config.stash[_STATE_KEY] = state
-
-
-def start_server_ahead(config: pytest.Config, settings: Settings) -> None:
-    """Start the kit's own server now, in a thread, for a run that makes its test database
-    before the conftest files are imported (see ``_postgres.local``): with the arguments that
-    ``run_databases`` then passes to ``start_server``. Not under xdist, whose first worker
-    starts the run's server under the shared run's lock."""
-    state = config.stash.get(_STATE_KEY, None)
-    if state is None or state.plan.ahead is not None or settings.database_url:
-        return
-    if is_xdist_worker(config) or is_xdist_controller(config):
-        return
-    cache, tcp = state.plan.cache, settings.server_tcp
-    state.plan.ahead = StartAhead(lambda: start_local(None, None, cache, tcp, {}, None))
 
 
 def _plan_run(config: pytest.Config, settings: Settings, store: CacheStore | None) -> _RunState:
@@ -373,8 +357,6 @@ def finish_run(config: pytest.Config) -> None:
         return
     try:
         try:
-            if state.plan.ahead is not None:  # started, but nothing took it
-                state.plan.ahead.discard()
             if state.controller_input is not None:
                 os.environ.pop(SHARED_RUN_ENV, None)
                 _finish_shared_run(state.controller_input)
