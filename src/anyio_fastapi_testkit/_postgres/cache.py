@@ -248,9 +248,6 @@ class ClusterCache:
         self.reused_cluster = False  # for reports and tests: initdb was skipped
         self.admin_url: URL | None = None  # of the started cluster, for the template's check
         self.dropped: list[str] = []  # for reports and tests: what check_databases dropped
-        # The template check_databases found whole, all else but its spares dropped: nothing
-        # for the run to look for or drop again (None: not checked, or not kept).
-        self.checked_template: str | None = None
         self._marker: Marker | None = None
         self._check_template = check_template
 

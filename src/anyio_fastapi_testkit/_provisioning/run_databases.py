@@ -409,10 +409,7 @@ class TestDatabases:
             fingerprint = schema_fingerprint(self.settings.schema, self.rootdir)
             key = template_key(fingerprint, server.info.version_num) if fingerprint else None
             ready = key is not None and cache.template_ready(key)
-            # Checked at this run's start (check_cached_template): nothing but the template
-            # and its spares left, and without xdist every spare is this run's to claim.
-            checked = cache.checked_template == template and not self.worker_id
-            if ready and key is not None and not checked:
+            if ready and key is not None:
                 # Left by killed runs: every database of the kit's but the template and the
                 # spares this run may claim (see spares_of).
                 ready = self._exists(admin, template)

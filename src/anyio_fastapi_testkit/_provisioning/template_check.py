@@ -51,9 +51,7 @@ def check_cached_template(cache: ClusterCache, admin_url: URL) -> None:
         expected=marker.template_check,
     )
     cache.dropped = kept.dropped
-    if kept.template:
-        cache.checked_template = marker.template_name
-    else:
+    if not kept.template:
         cache.set_template(None)
 
 
