@@ -88,6 +88,15 @@ SETUPS: tuple[Setup, ...] = (
         "floor: real app + ORM, fixture stack built once",
     ),
     Setup(
+        "F4",
+        "f4_per_request",
+        "api_owner",
+        "anyio",
+        True,
+        True,
+        "floor: as F3, with a session per request",
+    ),
+    Setup(
         "K0", "kit", "empty", "kit", True, False, "diagnostic: empty async test under the kit", True
     ),
     Setup(

@@ -66,7 +66,7 @@ def test_every_benchmark_setup_passes_in_random_order(
 ) -> None:
     # Every default set-up, and K without its leak check, shuffled by pytest-randomly.
     seed = random.randrange(1, 2**31)
-    keys = ("K", "B", "A", "C", "F0", "F1", "F2", "F3", "K-noleak")
+    keys = ("K", "B", "A", "C", "F0", "F1", "F2", "F3", "F4", "K-noleak")
     completed = run_script(
         "run.py", "--smoke", "--only", ",".join(keys), "--randomly-seed", str(seed), env=shared
     )
