@@ -193,8 +193,10 @@ from fault_helpers import PHASE, claim, mark, wait_for
 @pytest.fixture(scope="session", autouse=True)
 def fault_at_teardown(database_url):
     yield
-    if PHASE == "teardown":
-        mark(f"phase-teardown")
+    # One worker of two waits: the other, stopped by the same signal before its own teardown,
+    # must not then wait in it (xdist would end it after 10 s, unseen by the cell).
+    if PHASE == "teardown" and claim("claim-teardown"):
+        mark("phase-teardown")
         wait_for("release")
     elif PHASE == "drop" and claim("claim-drop"):
         mark("dropping", {"url": str(database_url)})
