@@ -105,6 +105,48 @@ def test_a_dead_server_stops_each_xdist_worker_once(project: Project, private_tm
     assert_nothing_left(private_tmpdir)
 
 
+# The server dies while the kit makes the database, between two of its statements on one
+# admin connection: its next statement there fails on psycopg's own error. (Under xdist a
+# worker making its database while another worker's test killed the server met this.)
+DIES_WHILE_MADE = """
+import os
+import signal
+
+import psutil
+
+from anyio_fastapi_testkit._provisioning import databases
+
+_sessions = databases._sessions
+
+
+def _server_dies_first(conn, database):
+    databases._sessions = _sessions
+    postmaster = psutil.Process(conn.info.backend_pid).ppid()
+    os.kill(postmaster, signal.SIGQUIT)
+    psutil.Process(postmaster).wait(30)
+    return _sessions(conn, database)
+
+
+databases._sessions = _server_dies_first
+"""
+
+
+def test_a_server_that_dies_while_the_database_is_made_stops_the_run_once(
+    project: Project, private_tmpdir: Path
+) -> None:
+    project.module("items_app", ITEMS_APP)
+    project.ini(testkit_app="items_app:app", testkit_schema="items_app:Base.metadata")
+    project.pytester.makeconftest(DIES_WHILE_MADE)
+    project.module("test_items", REST)
+    result = project.run("-q")
+    output = "\n".join(result.outlines + result.errlines)
+    result.assert_outcomes(errors=1)
+    assert "failed a statement of the kit's while it made this run's test database" in output
+    assert "(26 more tests not run)" in output, output
+    assert "password" not in output and "Traceback" not in output
+    assert_nothing_left(private_tmpdir)
+
+
 def _run_killing_tests(
     project: Project, signal: str, *args: str, then: str = ""
 ) -> tuple[pytest.RunResult, str]:

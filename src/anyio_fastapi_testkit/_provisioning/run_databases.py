@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 from psycopg import sql
 from sqlalchemy.engine import URL
@@ -200,6 +201,12 @@ class TestDatabases:
                 except TestkitError as exc:
                     self._failure = exc
                     raise
+                except psycopg.Error as exc:
+                    # A statement of the kit's own failed outside the steps that translate
+                    # their errors: most often the server ended under it. Kept as the kit's
+                    # error, so that the session stops once instead of building it all again.
+                    self._failure = DatabaseError(_build_failure(self.description, exc))
+                    raise self._failure from None
             return self._url
 
     def apply_env(self) -> None:
@@ -515,3 +522,15 @@ def close_test_databases(config: pytest.Config) -> None:
 
 
 test_databases.__test__ = False  # type: ignore[attr-defined]
+
+
+def _build_failure(description: str, exc: psycopg.Error) -> str:
+    """The message of a kit's statement that failed while it made this process's database."""
+    reason = str(exc).strip().rstrip(".")
+    return (
+        f"The PostgreSQL server {description} failed a statement of the kit's while it made "
+        f"this run's test database: {reason}. If the server ended or restarted (its log "
+        "says why; the embedded server is started anew by the next run), run again. "
+        "Fix otherwise: let the URL's user create, comment on, rename and drop databases "
+        "(superuser, or CREATEDB and owner of the kit's databases) and read pg_stat_activity."
+    )
