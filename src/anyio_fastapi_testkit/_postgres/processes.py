@@ -12,6 +12,9 @@ from pathlib import Path
 from types import ModuleType
 
 _SERVER_NAMES = ("postgres", "postmaster")
+# Linux's /proc answers every question here; psutil, whose import is a noticeable part of a
+# run's start (benchmarks/RESULTS.md, run 19), is for the systems without it (macOS).
+_PROC = Path("/proc/self/stat").is_file()
 
 
 def pid_running(pid: int) -> bool:
@@ -39,8 +42,8 @@ def process_alive(pid: int, clock: object, started: object) -> bool:
 
 
 def process_start(pid: int) -> tuple[str | None, float | None]:
-    """The process's start time, and which clock measured it (psutil, else Linux /proc)."""
-    for clock in ("psutil", "proc"):
+    """The process's start time, and which clock measured it (Linux /proc, else psutil)."""
+    for clock in ("proc", "psutil") if _PROC else ("psutil", "proc"):
         started = _start_by_clock(pid, clock)
         if started is not None:
             return clock, started
@@ -122,7 +125,7 @@ def process_args(pid: int) -> list[str]:
 
 
 def process_started_at(pid: int) -> float | None:
-    """When ``pid`` started, in seconds since the epoch (psutil, else Linux /proc)."""
+    """When ``pid`` started, in seconds since the epoch (Linux /proc, else psutil)."""
     psutil = _psutil()
     if psutil is not None:
         try:
@@ -191,8 +194,8 @@ def _proc_state(pid: int) -> str | None:
 
 
 def _start_by_clock(pid: int, clock: object) -> float | None:
-    if clock == "psutil":
-        psutil = _psutil()
+    if clock == "psutil":  # also in owner files written where /proc was not used
+        psutil = _import_psutil()
         if psutil is None:
             return None
         try:
@@ -209,6 +212,11 @@ def _start_by_clock(pid: int, clock: object) -> float | None:
 
 
 def _psutil() -> ModuleType | None:
+    """psutil where /proc cannot answer, else None."""
+    return None if _PROC else _import_psutil()
+
+
+def _import_psutil() -> ModuleType | None:
     try:
         return importlib.import_module("psutil")
     except ImportError:
