@@ -37,6 +37,7 @@ from anyio_fastapi_testkit._postgres import processes as _processes
 from anyio_fastapi_testkit._postgres import server as _server
 from anyio_fastapi_testkit._postgres import sysuser as _sysuser
 from anyio_fastapi_testkit._postgres.binaries import binaries_version, embedded_bin_dir
+from anyio_fastapi_testkit._postgres.install_memo import MEMO_FILE, InstallMemo
 from anyio_fastapi_testkit._postgres.orphans import cleanup_orphans
 from anyio_fastapi_testkit._postgres.server import (
     RunningServer,
@@ -135,6 +136,11 @@ def test_embedded_server_answers_on_tcp_with_its_password(server: RunningServer)
     assert query_one(info.admin_url, "SELECT current_setting('fsync')") == "off"
     # No pool of I/O worker processes started for a throwaway's few pages (18's default).
     assert query_one(info.admin_url, "SELECT current_setting('io_method')") == "sync"
+    # Its random password's verifier has one PBKDF2 round: each connection skips 4095.
+    verifier = query_one(
+        info.admin_url, "SELECT rolpassword FROM pg_authid WHERE rolname = current_user"
+    )
+    assert verifier.startswith("SCRAM-SHA-256$1:")
     assert "embedded PostgreSQL 18." in info.description
     assert str(info.admin_url.password) not in info.description
 
@@ -234,7 +240,8 @@ def test_a_failed_start_reports_the_server_log_and_leaves_no_folder(base_dir: Pa
     assert "did not start" in message
     assert 'unrecognized configuration parameter "no_such_setting"' in message
     assert "testkit_database_url" in message
-    assert list(base.iterdir()) == []
+    # What was learned of the binaries is kept (install_memo); no folder of the failed start.
+    assert [path.name for path in base.iterdir()] == [MEMO_FILE]
 
 
 def test_embedded_binaries_are_found_in_the_wheels_folder() -> None:
@@ -523,3 +530,44 @@ def test_mask_secrets() -> None:
     assert masked == 'FATAL: password "***" for kit at postgresql://kit:***@db rejected'
     assert mask_secrets("abcabc", ["abc", "abcabc"]) == "***"
     assert mask_secrets("nothing secret", []) == "nothing secret"
+
+
+# --- what is learned of the binaries, kept between runs ------------------------------------
+
+
+def test_a_start_keeps_the_binaries_version_for_the_next(
+    server: RunningServer, base_dir: Path
+) -> None:
+    assert server.bin_dir is not None
+    memo = InstallMemo(base_dir, server.bin_dir)
+    assert memo.version_num == server.info.version_num
+    assert memo.opened is (_sysuser.server_user() is not None)
+
+
+def test_the_kept_facts_are_forgotten_when_the_binary_is_replaced(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "postgres").write_text("one")
+    InstallMemo(tmp_path, bin_dir).remember(version_num=180006)
+    InstallMemo(tmp_path, bin_dir).remember(opened=True)
+    kept = InstallMemo(tmp_path, bin_dir)
+    assert (kept.version_num, kept.opened) == (180006, True)
+    other = tmp_path / "other"
+    other.mkdir()
+    assert InstallMemo(tmp_path, other).version_num is None  # another installation's record
+    (bin_dir / "postgres").unlink()
+    (bin_dir / "postgres").write_text("an upgrade")  # a new file: another inode and size
+    replaced = InstallMemo(tmp_path, bin_dir)
+    assert (replaced.version_num, replaced.opened) == (None, False)
+
+
+def test_a_damaged_record_is_learned_anew(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "postgres").write_text("binary")
+    (tmp_path / MEMO_FILE).write_text("{not json")
+    memo = InstallMemo(tmp_path, bin_dir)
+    assert memo.version_num is None
+    memo.remember(version_num=170002)
+    assert InstallMemo(tmp_path, bin_dir).version_num == 170002
+    assert stat.S_IMODE((tmp_path / MEMO_FILE).stat().st_mode) == 0o600

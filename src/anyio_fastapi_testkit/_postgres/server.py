@@ -34,6 +34,7 @@ from .binaries import REQUIRED_BINARIES, binaries_version, embedded_bin_dir, fin
 from .bounded import BoundedConnection
 from .cache import CacheWarning, stop_abandoned
 from .cluster import ADMIN_DATABASE, LOCALHOST, Cluster, LocalSource, new_cluster
+from .install_memo import InstallMemo
 from .orphans import cleanup_orphans
 from .state_folder import default_base_dir, prepare_base_dir
 from .sysuser import open_install_tree, server_user
@@ -322,11 +323,16 @@ def _start_cluster(
     cache: ClusterCache | None,
     owner_pid: int | None,
 ) -> RunningServer:
-    version_num = binaries_version(bin_dir)
+    memo = InstallMemo(base, bin_dir)
+    version_num = memo.version_num
+    if version_num is None:
+        version_num = binaries_version(bin_dir)
+        memo.remember(version_num=version_num)
     check_server_version(version_num, f"The binaries in {bin_dir}")
     user = server_user()
-    if user is not None and source == "embedded":
+    if user is not None and source == "embedded" and not memo.opened:
         open_install_tree(bin_dir.parent)
+        memo.remember(opened=True)
     if cache is not None:
         try:
             return _start_cached(
