@@ -55,12 +55,12 @@ MEMORY_NS = (300, 1000)
 MEMORY_SETUPS = ("K", "B", "F3")
 RUN_TIMEOUT = 900.0
 
-# (description, numerator, denominator, comparison, threshold)
+# (description, numerator, denominator, comparison, threshold): the ratio targets of the
+# first plan. Issue 19 withdrew those against A and C (only a kit below the floor met them)
+# and judges the per-test plumbing by the paired verdict (PAIRED_TARGETS).
 TARGETS = (
     ("K ≤ 1.06 × F3", "K", "F3", "<=", 1.06),
     ("K ≥ 1.35× faster than B", "B", "K", ">=", 1.35),
-    ("K ≥ 4.5× faster than A", "A", "K", ">=", 4.5),
-    ("K ≥ 3× faster than C", "C", "K", ">=", 3.0),
 )
 
 
@@ -431,10 +431,14 @@ def report(
     return "\n".join(lines), stats
 
 
-# (subject, reference, what the issue asks of the pair)
+# (subject, reference, what the issue asks of the pair). The floor is "the app's own work
+# with every fixture built once" (issue 19); since issue 17 the app's own work includes a
+# session per request, as in production (design principle 3), which is F4. F3 shares one
+# session across a test's requests: below any app with a session per request, shown for
+# reference.
 PAIRED_TARGETS = (
-    ("K", "F3", "median paired difference ≤ 0.5 ms per test"),
-    ("K", "F4", "the same against the floor with a session per request"),
+    ("K", "F4", "median paired difference ≤ 0.5 ms per test (the floor)"),
+    ("K", "F3", "for reference: a floor that shares one session across requests"),
     ("K", "B", "K faster than B in ≥ 8 of 9 rounds"),
 )
 
