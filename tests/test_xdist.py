@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -198,6 +200,35 @@ def test_the_controller_starts_the_workers_before_loading_the_database_stack(
     collected = project.run("-n", "2", "--collect-only", "-q")
     collected.stdout.fnmatch_lines([f"{2 * TESTS_PER_MODULE} tests collected*"])
     assert_nothing_left(private_tmpdir)
+
+
+def test_the_controller_loads_the_database_stack_off_its_main_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A SIGINT or SIGTERM lands in the main thread: one that landed inside this import left
+    frames without a line number in the interrupt, and pytest's report of it failed."""
+    from anyio_fastapi_testkit._provisioning import xdist as _xdist
+
+    loaded: list[tuple[str, str]] = []
+
+    def import_module(name: str) -> None:
+        loaded.append((name, threading.current_thread().name))
+
+    monkeypatch.setattr(_xdist, "importlib", types.SimpleNamespace(import_module=import_module))
+    unregistered: list[object] = []
+    manager = types.SimpleNamespace(unregister=lambda plugin, name: unregistered.append(plugin))
+    loader = _xdist._LoadForFinish(types.SimpleNamespace(pluginmanager=manager))  # type: ignore[arg-type]
+
+    loader.pytest_runtest_logreport()
+    for thread in threading.enumerate():
+        if thread.name == "testkit-load-for-finish":
+            thread.join()
+
+    assert unregistered == [loader]  # once, at the first report
+    assert sorted(loaded) == [
+        ("anyio_fastapi_testkit._provisioning.owned", "testkit-load-for-finish"),
+        ("sqlalchemy.engine", "testkit-load-for-finish"),
+    ]
 
 
 def test_two_workers_share_one_server_and_template(project: Project, shared_tmpdir: Path) -> None:

@@ -279,16 +279,23 @@ class _LoadForFinish:
 
     The controller imports neither psycopg nor SQLAlchemy before it starts the workers, so as
     not to delay them; loaded while the workers run their tests (the controller waits for
-    them then), they do not delay the run's end either.
+    them then), they do not delay the run's end either. Loaded in a thread: a SIGINT or
+    SIGTERM lands in the main thread, and one that landed inside this import would leave
+    importlib's frames, which have no line number, in the interrupt's traceback, where
+    pytest's report of the interrupt fails on them. ``finish_run``'s own imports wait for it.
     """
 
     def __init__(self, config: pytest.Config) -> None:
         self._config = config
 
     def pytest_runtest_logreport(self) -> None:
-        importlib.import_module("anyio_fastapi_testkit._provisioning.owned")
-        importlib.import_module("sqlalchemy.engine")
+        threading.Thread(target=_load_for_finish, name="testkit-load-for-finish").start()
         self._config.pluginmanager.unregister(self, _LOAD_FOR_FINISH)
+
+
+def _load_for_finish() -> None:
+    importlib.import_module("anyio_fastapi_testkit._provisioning.owned")
+    importlib.import_module("sqlalchemy.engine")
 
 
 class _ControllerRunLock:
