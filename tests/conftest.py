@@ -13,6 +13,7 @@ import signal
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -357,13 +358,40 @@ def private_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def leftovers(tmpdir: Path) -> list[str]:
-    """Servers and state folders that a finished sub-session left in its private TMPDIR."""
+# Seconds a server asked to stop may take to end. At the end of a run the kit asks its cached
+# cluster's server for a fast shutdown and does not wait: the server ends on its own, after
+# pytest has exited. Generous: only a server that never ends waits it out.
+SERVER_END_WAIT = 30.0
+
+
+def postgres_left_under(folder: Path, *, besides: Sequence[int] = ()) -> list[psutil.Process]:
+    """The PostgreSQL processes in ``folder`` (but the pids ``besides``) that have not ended
+    within ``SERVER_END_WAIT`` seconds."""
+    deadline = time.monotonic() + SERVER_END_WAIT
+    while True:
+        found = [p for p in postgres_processes_under(folder) if p.pid not in besides]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
+
+
+def wait_for_server_end(data_dir: Path) -> None:
+    """Wait until the server of ``data_dir`` (a cached cluster's) has ended, as the kit's next
+    start would: a test that damages or copies the cluster after a run must not race the
+    server's own shutdown. Fails if it is still running after ``SERVER_END_WAIT`` seconds."""
+    __tracebackhide__ = True
+    if postgres_left_under(data_dir):
+        pytest.fail(f"the server of {data_dir} was still running {SERVER_END_WAIT} s after its run")
+
+
+def leftovers(tmpdir: Path, *, besides: Sequence[int] = ()) -> list[str]:
+    """Servers and state folders that a finished sub-session left in its private TMPDIR
+    (servers given a moment to end, see ``SERVER_END_WAIT``; ``besides``: pids not counted)."""
     base = tmpdir / f"anyio-fastapi-testkit-{os.getuid()}"
     folders = sorted(path.name for path in base.glob("run-*")) if base.is_dir() else []
     processes = [
         f"pid {p.pid}: {' '.join(p.info['cmdline'] or [])}"
-        for p in postgres_processes_under(tmpdir)
+        for p in postgres_left_under(tmpdir, besides=besides)
     ]
     return folders + processes
 
@@ -409,10 +437,8 @@ def assert_nothing_left(tmpdir: Path, *, besides: Sequence[Path] = ()) -> None:
     ``besides``: folders whose servers may run on (a cached cluster another run is using).
     """
     __tracebackhide__ = True
-    allowed = tuple(
-        f"pid {process.pid}:" for folder in besides for process in postgres_processes_under(folder)
-    )
-    left = [item for item in leftovers(tmpdir) if not item.startswith(allowed)]
+    allowed = [process.pid for folder in besides for process in postgres_processes_under(folder)]
+    left = leftovers(tmpdir, besides=allowed)
     if left:
         base = tmpdir / f"anyio-fastapi-testkit-{os.getuid()}"
         lines = "\n".join(f"  {item if item.startswith('pid ') else base / item}" for item in left)

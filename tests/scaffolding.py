@@ -29,12 +29,14 @@ from conftest import (
     assert_nothing_left,
     postgres_processes_under,
     sql_rows,
+    wait_for_server_end,
 )
 
 from anyio_fastapi_testkit._postgres.cache import (
     CACHE_KEY,
     CLUSTER_FOLDER,
     FOLDER_PREFIX,
+    LOCK_FILE,
     MARKER_FILE,
     CacheStore,
     CacheWarning,
@@ -341,6 +343,14 @@ class CachedProject:
                 patch.setenv(name, value)
             result = run_subsession(self.project.pytester, [*CACHED_RUN_ARGS, *args])
         self.output = output_of(result)
+        if result.ret >= 0:  # not killed: its server was asked to stop, and ends on its own
+            base = self.tmpdir / f"anyio-fastapi-testkit-{os.getuid()}"
+            folder = cache_folder(base, self.path / ".pytest_cache")
+            # Unless another run holds the cache (this one then used a throwaway cluster).
+            lock = try_lock(folder) if (folder / LOCK_FILE).exists() else None
+            if lock is not None:
+                lock.release()
+                wait_for_server_end(folder)
         return result
 
     def run(

@@ -26,6 +26,7 @@ from scaffolding import (
     PrebuiltCaches,
     deal_in_process,
     deal_in_turn,
+    identity,
     prebuilt_caches_fixture,  # noqa: F401 (a fixture)
 )
 
@@ -36,11 +37,14 @@ from anyio_fastapi_testkit._postgres.cache import (
     FOLDER_PREFIX,
     LOCK_FILE,
     MARKER_FILE,
+    ClusterCache,
     stop_abandoned,
     try_lock,
 )
 from anyio_fastapi_testkit._postgres.orphans import cleanup_orphans
+from anyio_fastapi_testkit._postgres.server import RunningServer, start_server
 from anyio_fastapi_testkit._provisioning.fingerprint import schema_fingerprint
+from anyio_fastapi_testkit._provisioning.template_check import check_cached_template
 
 
 @pytest.fixture
@@ -109,6 +113,38 @@ def test_the_warm_run_drops_what_a_killed_run_left_and_restarts_its_server(
     assert after["system"] == first["system"]  # recovered, not rebuilt
     assert after["template"] == first["template"]
     assert not any(process.is_running() for process in left if _alive(process))
+
+
+def test_a_start_right_after_a_stop_that_did_not_wait_finds_the_cluster_shut_down_cleanly(
+    cached: CachedProject,
+) -> None:
+    """The end of a run asks its cached server for a fast shutdown and returns at once (the
+    server ends on its own); a start however soon after waits for that end, and finds the
+    cluster shut down cleanly (no crash recovery), with its template."""
+    first = cached.last_run()
+    folder = cached.folder()
+
+    def start() -> RunningServer:
+        cache = ClusterCache(folder, rebuild=False, check_template=check_cached_template)
+        return start_server(None, base_dir=folder.parent, cache=cache)
+
+    lock = try_lock(folder)
+    assert lock is not None, "the cache was left locked"
+    try:
+        ending = start()
+        postmaster = psutil.Process(int((cached.data / "postmaster.pid").read_text().split()[0]))
+        ending.stop(wait=False)
+        again = start()
+        log = (cached.cluster / "server.log").read_text()
+        system, template = identity(again)  # and stops it, waiting
+    finally:
+        lock.release()
+
+    assert not _alive(postmaster), "a second server started beside the one still ending"
+    assert "not properly shut down" not in log, log
+    assert "automatic recovery" not in log, log
+    assert [str(row[0]) for row in system] == [first["system"]], "the cluster was made anew"
+    assert [row[0] for row in template] == [first["template"]], "the template was rebuilt"
 
 
 def _alive(process: psutil.Process) -> bool:

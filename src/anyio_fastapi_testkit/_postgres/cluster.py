@@ -168,10 +168,21 @@ class Cluster:
             self.destroyed = True
             stop_cluster(self.state_dir, self.bin_dir, self.socket_dir, keep=False)
 
-    def stop(self) -> None:
-        """Stop the server and keep its data (a cached cluster); idempotent."""
+    def stop(self, *, wait: bool = True) -> None:
+        """Stop the server and keep its data (a cached cluster); idempotent.
+
+        ``wait=False`` (the end of a run): ask for a fast shutdown and return at once; the
+        server ends on its own, and the next start in this folder waits for that end (see
+        ``shutdown``). Waited for all the same when the socket folder lies outside the state
+        folder, since that folder is removed after the stop.
+        """
         if not self.destroyed:
             self.destroyed = True
+            outside = self.socket_dir is not None and not self.socket_dir.is_relative_to(
+                self.state_dir
+            )
+            if not wait and not outside and request_shutdown(self.data_dir):
+                return
             stop_cluster(self.state_dir, self.bin_dir, self.socket_dir, keep=True)
 
     def _tool(
@@ -291,6 +302,21 @@ def shutdown(data_dir: Path, bin_dir: Path | None, *, modes: Sequence[str]) -> N
             if result.returncode == 0 or not pid_file.exists():
                 return
     _kill_postmaster(data_dir)
+
+
+def request_shutdown(data_dir: Path) -> bool:
+    """Ask the server of ``data_dir`` for a fast shutdown (SIGINT, what ``pg_ctl -m fast``
+    sends) and return without waiting; False when no server proven to be that folder's runs
+    there, or it could not be signalled (nothing was asked)."""
+    postmaster = _proven_postmaster(data_dir)
+    if postmaster is None:
+        return False
+    resume_server(postmaster)  # a stopped server would not act on the request
+    try:
+        os.kill(postmaster, signal.SIGINT)
+    except OSError:
+        return False
+    return True
 
 
 def _race_pg_ctl(

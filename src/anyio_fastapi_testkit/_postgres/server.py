@@ -104,13 +104,14 @@ class RunningServer:
         """The cluster's unix socket folder (None for a configured URL)."""
         return self._cluster.socket_dir if self._cluster else None
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
         """Stop the kit's cluster and delete its folder, or keep it if cached (nothing for a
-        URL). Idempotent."""
+        URL). Idempotent. ``wait=False``: a cached cluster's server is asked to stop and left
+        to end on its own (see ``Cluster.stop``); a throwaway one is always waited for."""
         if self._cluster is None:
             return
         if self.keep:
-            self._cluster.stop()
+            self._cluster.stop(wait=wait)
         else:
             self._cluster.destroy()
 

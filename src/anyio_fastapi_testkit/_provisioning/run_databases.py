@@ -231,6 +231,7 @@ class TestDatabases:
     def close(self) -> None:
         """Drop the databases the kit created, stop its server, restore the environment."""
         with self._lock:
+            ended_well = False
             try:
                 while self._closers:
                     self._closers.pop()()
@@ -244,12 +245,16 @@ class TestDatabases:
                     self._spare_maker = None
                 if self._server is not None and not lost:
                     self._drop_created(self._server.info.admin_url)
+                ended_well = not lost
             finally:
                 if self._run_lock is not None:
                     self._run_lock.release()  # after the drops: until then they are in use
                     self._run_lock = None
                 if self._server is not None:
-                    self._server.stop()
+                    # A server that answered to the end shuts down on its own: a cached one
+                    # is not waited for (the next run waits if it must). One that was lost
+                    # may hang, and is stopped the whole way (fast, immediate, SIGKILL).
+                    self._server.stop(wait=not ended_well)
                     self._server = None
                 self._url = None
                 for name, value in self._saved_env.items():
