@@ -38,8 +38,8 @@ Axes:
     phase is still reached by the same marker, as each marker is written by the same step of
     the kit's wherever that step runs.
 
-By default a diagonal of eight cells runs (each phase once, each signal at least twice, each
-server kind at least once);
+By default a diagonal of nine cells runs (each phase once, and ``drop`` twice, each signal at
+least twice, each server kind at least once);
 ``TESTKIT_FAULT_MATRIX=full`` runs the whole cross product (``.ci/fault-matrix``).
 """
 
@@ -98,7 +98,8 @@ NOT_WAITED_FOR = {"cached", "cached-env"}  # no server_stop phase: the end does 
 
 # Each phase once, each signal at least twice, each server kind at least once; both ways an
 # early stop reaches ``cached-env`` (SIGTERM, SIGINT) while the database is made before the
-# conftest files.
+# conftest files; and a Ctrl-C while xdist's controller waits for its workers to drop their
+# databases (pytest itself would end the controller in a traceback there).
 DIAGONAL = {
     ("fresh", signal.SIGKILL, "initdb"),
     ("cached-env", signal.SIGTERM, "server_start"),
@@ -108,6 +109,7 @@ DIAGONAL = {
     ("xdist", signal.SIGTERM, "teardown"),
     ("configured", signal.SIGKILL, "drop"),
     ("fresh", signal.SIGINT, "server_stop"),
+    ("xdist", signal.SIGINT, "drop"),
 }
 FULL = os.environ.get("TESTKIT_FAULT_MATRIX") == "full"
 

@@ -21,7 +21,7 @@ import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ import pytest
 
 from .._core.config import Settings, option
 from .._core.errors import DatabaseError
+from .._diagnostics.interrupts import cleaning_up
 from .._postgres.cache import (
     CacheLock,
     CacheStore,
@@ -265,6 +266,7 @@ def _plan_run(config: pytest.Config, settings: Settings, store: CacheStore | Non
         # Inherited by the workers, which xdist starts after configure.
         os.environ[SHARED_RUN_ENV] = json.dumps(state.controller_input)
         config.pluginmanager.register(_LoadForFinish(config), _LOAD_FOR_FINISH)
+        config.pluginmanager.register(_WorkersEnding(), _WORKERS_ENDING)
         if settings.database_url:
             run_id = str(state.controller_input["run_id"])
             state.run_lock = _ControllerRunLock(str(settings.database_url), run_id)
@@ -291,6 +293,24 @@ class _LoadForFinish:
     def pytest_runtest_logreport(self) -> None:
         threading.Thread(target=_load_for_finish, name="testkit-load-for-finish").start()
         self._config.pluginmanager.unregister(self, _LOAD_FOR_FINISH)
+
+
+_WORKERS_ENDING = "anyio_fastapi_testkit.xdist-workers-ending"
+
+
+class _WorkersEnding:
+    """In the controller: pytest-xdist's ``pytest_sessionfinish`` waits for the workers to
+    end, and they drop their databases as they end (the kit's cleanup, which notes a signal
+    rather than stop half-way). pytest turns a KeyboardInterrupt into an interrupted run only
+    around collection and the test loop: a Ctrl-C or SIGTERM during that wait ended the
+    controller in a traceback. It is noted instead, as during the kit's own cleanup
+    (``cleaning_up``), and the run ends as interrupted once the workers are done; a second
+    signal interrupts at once."""
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_sessionfinish(self) -> Generator[None, object, object]:
+        with cleaning_up():
+            return (yield)
 
 
 def _load_for_finish() -> None:
