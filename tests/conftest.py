@@ -375,13 +375,13 @@ def postgres_left_under(folder: Path, *, besides: Sequence[int] = ()) -> list[ps
         time.sleep(0.02)
 
 
-def wait_for_server_end(data_dir: Path) -> None:
-    """Wait until the server of ``data_dir`` (a cached cluster's) has ended, as the kit's next
+def wait_for_server_end(folder: Path) -> None:
+    """Wait until the server in ``folder`` (a cached cluster's) has ended, as the kit's next
     start would: a test that damages or copies the cluster after a run must not race the
     server's own shutdown. Fails if it is still running after ``SERVER_END_WAIT`` seconds."""
     __tracebackhide__ = True
-    if postgres_left_under(data_dir):
-        pytest.fail(f"the server of {data_dir} was still running {SERVER_END_WAIT} s after its run")
+    if postgres_left_under(folder):
+        pytest.fail(f"the server in {folder} was still running {SERVER_END_WAIT} s after its run")
 
 
 def leftovers(tmpdir: Path, *, besides: Sequence[int] = ()) -> list[str]:

@@ -536,12 +536,20 @@ def test_mask_secrets() -> None:
 
 
 def test_a_start_keeps_the_binaries_version_for_the_next(
-    server: RunningServer, base_dir: Path
+    server: RunningServer, base_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert server.bin_dir is not None
     memo = InstallMemo(base_dir, server.bin_dir)
     assert memo.version_num == server.info.version_num
     assert memo.opened is (_sysuser.server_user() is not None)
+
+    def learned_again(*_args: object) -> None:
+        raise AssertionError("the next start learned again what was kept")
+
+    monkeypatch.setattr(_server, "binaries_version", learned_again)
+    monkeypatch.setattr(_server, "open_install_tree", learned_again)
+    with start_server(None, base_dir=base_dir, prefer="embedded") as following:
+        assert following.info.version_num == server.info.version_num
 
 
 def test_the_kept_facts_are_forgotten_when_the_binary_is_replaced(tmp_path: Path) -> None:
