@@ -11,15 +11,18 @@ configured server, the URL naming the database ``keptdb`` on it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import (
     ITEMS_APP,
@@ -337,4 +340,78 @@ def test_a_run_with_another_schema_leaves_a_live_runs_template_alone(
     assert old not in kept_templates(keptdb)
     assert len(kept_templates(keptdb)) == 1
     assert kit_databases(keptdb) == sorted(kept_templates(keptdb))
+    assert_nothing_left(private_tmpdir)
+
+
+# A conftest.py that connects to the test database as it is imported, as some projects' do
+# (a SQLAlchemy engine from the settings the kit set): the threads running then, and what the
+# connection found.
+CONNECTING_CONFTEST = """
+import json
+import os
+import threading
+from pathlib import Path
+
+from sqlalchemy import create_engine, inspect
+
+threads = sorted(thread.name for thread in threading.enumerate())
+Path("in-conftest.json").write_text(json.dumps(threads))
+engine = create_engine(os.environ["DATABASE_URL"])
+with engine.connect() as conn:
+    seen = {"database": engine.url.database, "tables": inspect(conn).get_table_names()}
+engine.dispose()
+Path("conftest-saw.json").write_text(json.dumps(seen))
+"""
+
+
+@contextlib.contextmanager
+def holding(url: URL, name: str) -> Iterator[None]:
+    """Hold the lock ``COMMENT ON DATABASE`` takes on ``name`` (its comment set to what it is)
+    in a transaction rolled back at the end: a ``CREATE DATABASE ... TEMPLATE name`` waits."""
+    with psycopg.connect(url.render_as_string(hide_password=False)) as conn:
+        statement = sql.SQL("COMMENT ON DATABASE {} IS {}")
+        conn.execute(statement.format(sql.Identifier(name), sql.Literal(comments(url)[name])))
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
+def test_the_working_database_is_copied_while_the_conftest_files_are_imported(
+    project: Project, private_tmpdir: Path, keptdb: URL
+) -> None:
+    items_project(project, env=True)
+    run(project, "first")  # builds the template and keeps it
+    (template,) = kept_templates(keptdb)
+    project.module("conftest", CONNECTING_CONFTEST)
+    folder = project.pytester.path
+    with holding(keptdb, template):  # the copy of the template cannot end before this does
+        second = subprocess.Popen(
+            [sys.executable, "-m", "pytest", *RUN_ARGS, "test_record.py"],
+            cwd=folder,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "RUN_LABEL": "second"},
+        )
+        try:
+            entered = folder / "in-conftest.json"
+            deadline = time.monotonic() + SUBSESSION_TIMEOUT
+            while not entered.exists():
+                assert second.poll() is None, second.communicate()[0]
+                assert time.monotonic() < deadline, "the conftest.py was never imported"
+                time.sleep(0.05)
+            assert "testkit-working-database" in json.loads(entered.read_text())
+            # Its connection waits for the copy, which waits for this lock.
+            assert not (folder / "conftest-saw.json").exists()
+        except BaseException:
+            second.kill()
+            raise
+    output = second.communicate(timeout=SUBSESSION_TIMEOUT)[0]
+    assert second.returncode == 0, output
+    record = json.loads((folder / "second.json").read_text())
+    saw = json.loads((folder / "conftest-saw.json").read_text())
+    assert saw == {"database": record["database"], "tables": ["items"]}
+    assert template in record["databases"], "the run did not clone the kept template"
+    assert kit_databases(keptdb) == [template]
     assert_nothing_left(private_tmpdir)

@@ -116,3 +116,38 @@ def test_a_signal_from_outside_stops_the_run_cleanly(
         output, _ = process.communicate(timeout=SUBSESSION_TIMEOUT)
     _check_ordinary_stop(output, process.returncode, folder, signal_name)
     assert_nothing_left(private_tmpdir)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_conftest_files_are_imported_stops_the_run_cleanly(
+    project: Project, private_tmpdir: Path, signal_name: str
+) -> None:
+    # With testkit_database_env the kit makes the database before pytest imports the
+    # conftest files (often the app, and slow): pytest has no session yet to end then.
+    _project(project, "")
+    project.ini(
+        testkit_app="items_app:app",
+        testkit_schema="items_app:Base.metadata",
+        testkit_session_dependency="items_app:get_session",
+        testkit_database_env="DATABASE_URL",
+    )
+    project.module(
+        "conftest",
+        f"""
+        import os
+        import signal
+        from pathlib import Path
+
+        Path("database-url").write_text(os.environ["DATABASE_URL"])
+        os.kill(os.getpid(), signal.{signal_name})
+        """,
+    )
+    result = project.run("-q")
+    output = "\n".join(result.outlines + result.errlines)
+    assert result.ret == pytest.ExitCode.INTERRUPTED, output
+    assert "anyio-fastapi-testkit: interrupted" in output
+    assert "the kit stopped and dropped what it had made" in output
+    assert "Traceback" not in output and "INTERNALERROR" not in output
+    assert (project.pytester.path / "database-url").exists()
+    assert not (project.pytester.path / "test-started").exists()
+    assert_nothing_left(private_tmpdir)

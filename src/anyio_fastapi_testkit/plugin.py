@@ -170,26 +170,38 @@ def pytest_load_initial_conftests(
             atexit.register(_close_run, config)
         return
     stop_on_sigterm()  # CI's cancel while the database is prepared: clean up as on Ctrl-C
+    # Marked first: an interrupt inside the next step is the wrapper's to clean up after.
+    config.stash[_EARLY_ENV_KEY] = True
+    _apply_database_env(config, settings, "by a plugin loaded at start-up")
+    # pytest runs no unconfigure when a conftest.py then fails to import: drop and stop what
+    # was made here at exit instead (a no-op once unconfigure has run).
+    atexit.register(_close_run, config)
+
+
+@pytest.hookimpl(wrapper=True, specname="pytest_load_initial_conftests")
+def pytest_load_initial_conftests_interrupted(
+    early_config: pytest.Config,
+) -> Generator[None, None, None]:
+    # Around the kit's step above and pytest's import of the conftest files (the app's, often
+    # slow), while the working database is still being copied: pytest has no session yet to
+    # end as interrupted, and a KeyboardInterrupt would escape its start-up as a traceback
+    # with the database made. Clean up, then stop as interrupted.
     try:
-        _apply_database_env(config, settings, "by a plugin loaded at start-up")
+        return (yield)
     except KeyboardInterrupt as exc:
-        # pytest has no session yet to end as interrupted: a KeyboardInterrupt from here
-        # would escape its start-up as a traceback. Clean up, then stop as interrupted.
+        if not early_config.stash.get(_EARLY_ENV_KEY, False):
+            raise
         try:
             with cleaning_up():
-                _close_run(config)
+                _close_run(early_config)
         finally:
             restore_sigterm()
         sys.stderr.write(
             f"anyio-fastapi-testkit: interrupted ({exc or 'SIGINT'}) while preparing the test "
-            "database, before the conftest files were imported; the kit stopped and dropped "
-            "what it had made.\n"
+            "database or importing the conftest files; the kit stopped and dropped what it "
+            "had made.\n"
         )
         raise SystemExit(pytest.ExitCode.INTERRUPTED) from None
-    config.stash[_EARLY_ENV_KEY] = True
-    # pytest runs no unconfigure when a conftest.py then fails to import: drop and stop what
-    # was made here at exit instead (a no-op once unconfigure has run).
-    atexit.register(_close_run, config)
 
 
 def _apply_database_env(config: pytest.Config, settings: Settings, imported_by: str) -> None:
@@ -202,12 +214,28 @@ def _apply_database_env(config: pytest.Config, settings: Settings, imported_by: 
         raise pytest.UsageError(too_early_message(early, imported_by))
     plan_run(config, settings)  # where the server comes from
     try:
-        _run_databases().test_databases(config).apply_env()
+        _run_databases().test_databases(config).start()
     except TestkitError as exc:
-        raise pytest.UsageError(
-            "The test database is prepared before the app is imported (testkit_database_env "
-            f"is set, and apps read it at import), and that failed: {exc}"
-        ) from exc
+        raise _early_failure(exc) from exc
+
+
+def _early_failure(exc: TestkitError) -> pytest.UsageError:
+    return pytest.UsageError(
+        "The test database is prepared before the app is imported (testkit_database_env "
+        f"is set, and apps read it at import), and that failed: {exc}"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    # The working database started in pytest_load_initial_conftests is copied while the app
+    # is imported and the tests collected: ready before the first test, or the run stops.
+    config = session.config
+    if config.stash.get(_EARLY_ENV_KEY, False):
+        try:
+            _run_databases().test_databases(config).working_url()
+        except TestkitError as exc:
+            raise _early_failure(exc) from exc
 
 
 def _check_platform() -> None:

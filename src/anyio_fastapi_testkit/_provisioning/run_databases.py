@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
-from sqlalchemy.engine import URL
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine
 
 from .._core.config import ALEMBIC_PREFIX, Settings, get_settings
 from .._core.errors import ConfigError, DatabaseError, TestkitError
@@ -32,7 +35,7 @@ from .databases import (
     test_database_names,
 )
 from .fingerprint import schema_fingerprint
-from .foreign_guard import guard
+from .foreign_guard import guard, target
 from .kept_template import find_kept_template, keep_template
 from .liveness import RunLock, run_token
 from .owned import drop_databases_except, drop_dead_runs
@@ -128,6 +131,56 @@ def _how_built(source: str | None) -> str:
     return f"create_all of {source}"
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """The test database with every step made but the last: ``finish`` makes the working
+    database (a copy of the template, most often) under ``working``, reached at ``url``."""
+
+    url: DatabaseURL
+    working: str
+    finish: Callable[[], None]
+
+
+class _Aside:
+    """The last step of making the test database (the working database), run in a thread."""
+
+    def __init__(self, prepared: _Prepared) -> None:
+        self.working = prepared.working
+        self._url = prepared.url
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(prepared.finish,), name="testkit-working-database"
+        )
+        self._thread.start()
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def _run(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except BaseException as exc:  # handed to the thread that waits for it
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def wait(self, say: Callable[[str], None] | None) -> None:
+        """Wait for the step, saying so on the terminal when that takes long."""
+        if self.done:
+            return
+        with Progress(say) as progress:
+            progress.step(f"copying the template database into {self.working}")
+            self.join()
+
+    def result(self) -> DatabaseURL:
+        self.join()
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        return self._url
+
+
 class TestDatabases:
     """The server and the databases the kit created for this process; built on first use.
 
@@ -167,6 +220,8 @@ class TestDatabases:
         self._run_lock: RunLock | None = None  # on a configured server: this run is alive
         self._lost = False  # the server stopped answering mid-run (see server_loss)
         self._progress = Progress(None)  # what _build is doing, said when slow
+        self._aside: _Aside | None = None  # the working database, made in a thread (start)
+        self._listening = False  # _wait_for_working is a do_connect listener
 
     @property
     def ready(self) -> bool:
@@ -190,24 +245,69 @@ class TestDatabases:
             self.plan.shared.mark_lost()
 
     def working_url(self) -> DatabaseURL:
-        """The URL (with the configured driver) of this worker's test database."""
+        """The URL (with the configured driver) of this worker's test database; made on the
+        first call, or, after ``start``, waited for."""
         with self._lock:
             if self._failure is not None:
                 # Every test asking again would start a server again: report the first error.
                 raise self._failure.with_traceback(None)  # not lengthened by each raise
             if self._url is None:
-                try:
-                    self._url = self._build()
-                except TestkitError as exc:
-                    self._failure = exc
-                    raise
-                except psycopg.Error as exc:
-                    # A statement of the kit's own failed outside the steps that translate
-                    # their errors: most often the server ended under it. Kept as the kit's
-                    # error, so that the session stops once instead of building it all again.
-                    self._failure = DatabaseError(_build_failure(self.description, exc))
-                    raise self._failure from None
+                with self._keeping_failure():
+                    aside = self._aside
+                    if aside is None:
+                        self._url = self._build()
+                    else:
+                        try:
+                            aside.wait(self.plan.say)
+                            self._url = aside.result()
+                            self._aside = None
+                        except BaseException:
+                            self.close()  # as a failed _build does: at once, not at the end
+                            raise
             return self._url
+
+    def start(self) -> None:
+        """Make the server and the template now, and set ``testkit_database_env``; copy the
+        template into the working database in a thread, which ``working_url`` waits for.
+
+        Called before the conftest files are imported: the copy, a statement the server works
+        at alone, overlaps with the app's import and the collection. Until it is done, a new
+        connection of any SQLAlchemy engine to the working database waits for it.
+        """
+        with self._lock:
+            if self._url is not None or self._failure is not None or self._aside is not None:
+                return
+            with self._keeping_failure(), Progress(self.plan.say) as self._progress:
+                self._aside = _Aside(self._build_in_steps())
+                if not self._listening:
+                    event.listen(Engine, "do_connect", self._wait_for_working)
+                    self._listening = True
+
+    @contextlib.contextmanager
+    def _keeping_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except TestkitError as exc:
+            self._failure = exc
+            raise
+        except psycopg.Error as exc:
+            # A statement of the kit's own failed outside the steps that translate their
+            # errors: most often the server ended under it. Kept as the kit's error, so that
+            # the session stops once instead of building it all again.
+            self._failure = DatabaseError(_build_failure(self.description, exc))
+            raise self._failure from None
+
+    def _wait_for_working(
+        self, dialect: Any, record: Any, args: list[Any], params: dict[str, Any]
+    ) -> None:
+        """A ``do_connect`` listener: a connection to the working database being copied
+        (from a conftest.py or a module imported at collection) waits for the copy."""
+        __tracebackhide__ = True
+        aside = self._aside
+        if aside is None or dialect.name != "postgresql":
+            return
+        if target(params)[0] == aside.working:
+            self.working_url()  # its error, if the copy failed
 
     def apply_env(self) -> None:
         """Set ``testkit_database_env`` variables for the working database (before app import)."""
@@ -233,6 +333,12 @@ class TestDatabases:
         with self._lock:
             ended_well = False
             try:
+                aside, self._aside = self._aside, None
+                if aside is not None:
+                    aside.join()  # what it made is dropped below; its error was reported
+                if self._listening:
+                    event.remove(Engine, "do_connect", self._wait_for_working)
+                    self._listening = False
                 while self._closers:
                     self._closers.pop()()
                 # Also lost when another xdist worker found it so: the controller then drops
@@ -283,9 +389,16 @@ class TestDatabases:
 
     def _build(self) -> DatabaseURL:
         with Progress(self.plan.say) as self._progress:
-            return self._build_in_steps()
+            prepared = self._build_in_steps()
+            try:
+                prepared.finish()
+            except BaseException:
+                self.close()
+                raise
+            return prepared.url
 
-    def _build_in_steps(self) -> DatabaseURL:
+    def _build_in_steps(self) -> _Prepared:
+        """Every step but the last (the working database): ``finish`` does that one."""
         started = time.monotonic()
         shared = self.plan.shared
         run_id = shared.run_id if shared is not None else RUN_ID
@@ -302,12 +415,16 @@ class TestDatabases:
             admin = server.info.admin_url
             self._allow(admin, template, working)
             self._set_env(database_url(admin, working, None))  # again: a reader of the record
-            self._working_database(admin, template, working, run_id)
-            self.description = f"{server.info.description}, database {working}"
-            self.provenance["seconds"] = round(time.monotonic() - started, 3)
             driver = self.settings.database_driver
             url = database_url(admin, working, "asyncpg" if driver == "asyncpg" else "psycopg")
-            return DatabaseURL(url.render_as_string(hide_password=False))
+            found = DatabaseURL(url.render_as_string(hide_password=False))
+
+            def finish() -> None:
+                self._working_database(admin, template, working, run_id)
+                self.description = f"{server.info.description}, database {working}"
+                self.provenance["seconds"] = round(time.monotonic() - started, 3)
+
+            return _Prepared(found, working, finish)
         except BaseException:
             self.close()
             raise
