@@ -1,7 +1,8 @@
 # ruff: noqa: RUF001, RUF002, RUF003  (the printed tables use ×, − and the en dash)
 """Whole-suite wall and CPU time of real-shaped suites: the kit against hand-written conftests.
 
-    python benchmarks/suites.py [--rounds 9] [--only small,api40,generated] [--n 300] [--smoke]
+    python benchmarks/suites.py [--rounds 9] [--only small,api40,generated] [--n 300] [--shared]
+                                [--smoke]
 
 The suites (``suites/<name>/``: an app, its tests, and two ways to run them, ``kit/`` and
 ``hand/``):
@@ -24,6 +25,12 @@ end), ``kit-conf`` (the kit on a configured server: the bench's server, by
 ``--testkit-db-url``) and ``hand`` (the hand-written conftest on the bench's server). Printed:
 per suite, the paired verdict of each kit way against ``hand`` on wall and on CPU time (CPU:
 see paired.py). Target 2 of issue 19: ratio ≤ 1.0.
+
+``--shared`` adds, on a suite whose hand-written side gives every request the test's own
+session (``api40``), a fourth way: ``kit-conf-shared``, kit-conf with
+``testkit_share_session = true``, the same recipe under the kit. The kit's default gives each
+request a session of its own, as the app has in production; this way tells that difference in
+behaviour apart from the kit's own cost.
 
 ``--smoke``: one round, no warm-up, the small suite's import with 20 models
 (``BENCH_IMPORT_MODELS``); with the bench server and the kit's cached cluster of
@@ -55,6 +62,7 @@ from generate import BY_KEY, generate  # noqa: E402
 
 SUITES_DIR = HERE / "suites"
 WAYS = ("kit-emb", "kit-conf", "hand")
+SHARED = "kit-conf-shared"  # --shared: kit-conf with testkit_share_session = true
 DEFAULT_N = 300
 SMOKE_N = 10
 # The generated suite's ways are smoked by run.py (K, B) and fixed_cost.py (K-emb).
@@ -69,11 +77,14 @@ class Suite:
     hand_runner: str  # "anyio" or "asyncio"
     driver: str  # the app's driver (hand-written side's URL)
     title: str
+    shares_session: bool = False  # the hand-written side gives every request the test's session
 
 
 SUITES = {
     "small": Suite("small", 14, "anyio", "asyncpg", "Alembic, asyncpg, 2–3 s app import, 14 tests"),
-    "api40": Suite("api40", 40, "asyncio", "psycopg", "40-test API, nested routers, a service"),
+    "api40": Suite(
+        "api40", 40, "asyncio", "psycopg", "40-test API, nested routers, a service", True
+    ),
     "generated": Suite("generated", DEFAULT_N, "asyncio", "psycopg", "run.py's generated bench"),
 }
 
@@ -144,8 +155,10 @@ class Bench:
         if way.startswith("kit"):
             args += ["-p", "no:asyncio"]
             env["TMPDIR"] = str(self.kit_state)
-            if way == "kit-conf":
+            if way in ("kit-conf", SHARED):
                 args += ["--testkit-db-url", self.server.url(f"suite_{suite.name}_k", None)]
+            if way == SHARED:
+                args += ["-o", "testkit_share_session=true"]
             else:
                 args += run.embedded_cache_args(self.shared_state)
             project = self.projects[suite.name, "kit"]
@@ -169,17 +182,21 @@ class Bench:
             shutil.rmtree(self.kit_state, ignore_errors=True)
 
 
+def ways(suite: Suite, shared: bool) -> tuple[str, ...]:
+    return (*WAYS, SHARED) if shared and suite.shares_session else WAYS
+
+
 def measure(
-    bench: Bench, rounds: int, warm: bool = True
+    bench: Bench, rounds: int, warm: bool = True, shared: bool = False
 ) -> dict[tuple[str, str], list[paired.Result]]:
     for suite in bench.suites if warm else ():  # not timed: bytecode, rewritten asserts, cache
-        for way in WAYS:
+        for way in ways(suite, shared):
             bench.run(suite, way)
     results: dict[tuple[str, str], list[paired.Result]] = defaultdict(list)
     for round_index in range(rounds):
         paired.stderr(f"round {round_index + 1}/{rounds}: ", end="")
         for suite in bench.suites:
-            for way in paired.rotate(WAYS, round_index):
+            for way in paired.rotate(ways(suite, shared), round_index):
                 result = bench.run(suite, way)
                 results[suite.name, way].append(result)
                 paired.stderr(f"{suite.name}/{way} {result.wall:.2f}s ", end="")
@@ -198,10 +215,16 @@ def report(bench: Bench, results: dict[tuple[str, str], list[paired.Result]], ro
                 paired.Pairing(
                     way, "hand", [getattr(r, attr) for r in results[suite.name, way]], ref
                 )
-                for way in ("kit-emb", "kit-conf")
+                for way in ways(suite, shared=True)
+                if way != "hand" and (suite.name, way) in results
             ]
             lines += [paired.paired_table(pairings, what), ""]
     lines.append("Target 2 of issue 19: every ratio ≤ 1.0 (kit-emb and kit-conf, every suite).")
+    if any((suite.name, SHARED) in results for suite in bench.suites):
+        lines.append(
+            f"{SHARED}: kit-conf with testkit_share_session = true, the hand-written side's own "
+            "recipe (every request gets the test's session), for comparison only."
+        )
     return "\n".join(lines)
 
 
@@ -220,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"one round, no warm-up: every way passes (the generated suite, if asked for "
         f"with --only, with {SMOKE_N} tests)",
     )
+    parser.add_argument(
+        "--shared",
+        action="store_true",
+        help=f"also run {SHARED} (kit-conf with testkit_share_session = true) on the suites "
+        "whose hand-written side gives every request the test's session (api40)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the projects (debugging)")
     args = parser.parse_args(argv)
     only = args.only or ",".join(SMOKE_SUITES if args.smoke else SUITES)
@@ -233,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     bench: Bench | None = None
     try:
         bench = Bench(base, [SUITES[name] for name in names], n, args.smoke)
-        results = measure(bench, rounds, warm=not args.smoke)
+        results = measure(bench, rounds, warm=not args.smoke, shared=args.shared)
         print(paired.header("Real-suite wall time (benchmarks/suites.py)"))
         print(f"Server: {bench.server.version.split(' (')[0]}.\n")
         print(report(bench, results, rounds))

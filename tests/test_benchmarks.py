@@ -120,7 +120,7 @@ def test_suites_script_passes_every_suite_every_way(
     shared: dict[str, str], pg_server: RunningServer
 ) -> None:
     # Without the generated suite, whose ways the other smokes run (see the next test).
-    completed = run_script("suites.py", "--smoke", env=shared)
+    completed = run_script("suites.py", "--smoke", "--shared", env=shared)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     assert "smoke: every way of small, api40 passed" in completed.stdout, output
@@ -129,6 +129,8 @@ def test_suites_script_passes_every_suite_every_way(
     assert "### generated:" not in completed.stdout, output
     for way in ("kit-emb", "kit-conf"):
         assert completed.stdout.count(f"| {way} | hand |") == 4, output  # 2 suites, wall and CPU
+    # api40's hand-written side shares the test's session: the kit's same recipe, beside.
+    assert completed.stdout.count("| kit-conf-shared | hand |") == 2, output
     assert used_the_shared_server(pg_server, "suite_small_h", "suite_api40_k"), output
 
 
