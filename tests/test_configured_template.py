@@ -415,3 +415,22 @@ def test_the_working_database_is_copied_while_the_conftest_files_are_imported(
     assert template in record["databases"], "the run did not clone the kept template"
     assert kit_databases(keptdb) == [template]
     assert_nothing_left(private_tmpdir)
+
+
+def test_a_copy_that_fails_while_the_conftest_files_load_stops_the_run_before_its_tests(
+    project: Project, private_tmpdir: Path, keptdb: URL
+) -> None:
+    items_project(project, env=True)
+    run(project, "first")
+    (template,) = kept_templates(keptdb)
+    # A session that stays on the template: the copy gives up after the kit's busy timeout.
+    with psycopg.connect(keptdb.set(database=template).render_as_string(hide_password=False)):
+        result = run_with_cache(project.pytester, "test_record.py")
+    output = "\n".join([*result.outlines, *result.errlines])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output
+    assert output.count("The test database is prepared before the app is imported") == 1, output
+    assert repr(template) in output, output
+    assert "Traceback" not in output and "INTERNALERROR" not in output, output
+    assert not (project.pytester.path / "second.json").exists()
+    assert kit_databases(keptdb) == [template], "the run left its working database"
+    assert_nothing_left(private_tmpdir)
