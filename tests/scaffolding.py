@@ -162,20 +162,26 @@ def rows(url, statement, database=None):
         return cursor.fetchall() if cursor.description else []
 
 
-def the_spare(url):
-    # The kit clones the next run's spare in the background; a marked one is finished. No
-    # deadline of its own: the sub-session's timeout bounds the wait.
-    while True:
+def the_spare(url, within=None):
+    # The kit clones the next run's spare in the background; a marked one is finished. With
+    # no deadline (within) of its own, the sub-session's timeout bounds the wait.
+    deadline = None if within is None else time.monotonic() + within
+    while deadline is None or time.monotonic() < deadline:
         found = rows(url, "SELECT oid FROM pg_database WHERE datname LIKE 'test_spare_%' "
                           "AND shobj_description(oid, 'pg_database') IS NOT NULL")
         if found:
             return found[0][0]
         time.sleep(0.05)
+    return None
 
 
 def test_record_the_server(database_url):
     url = make_url(str(database_url)).set(drivername="postgresql")
-    spare = the_spare(url) if os.environ.get("WAIT_FOR_SPARE") else None  # before the names
+    spare = None  # looked for before the names
+    if os.environ.get("WAIT_FOR_SPARE"):
+        spare = the_spare(url)
+    elif os.environ.get("SPARE_WITHIN"):  # seconds to wait for one: None if none came
+        spare = the_spare(url, float(os.environ["SPARE_WITHIN"]))
     template = rows(url, f"SELECT oid FROM pg_database WHERE datname = '{TEMPLATE}'")
     columns = rows(url, "SELECT column_name FROM information_schema.columns "
                         "WHERE table_name = 'items' ORDER BY column_name")

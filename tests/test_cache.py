@@ -21,6 +21,7 @@ import psutil
 import pytest
 from conftest import ITEMS_APP, Project, assert_nothing_left, postgres_processes_under
 from scaffolding import (
+    CACHED_INI,
     CachedProject,
     Damage,
     PrebuiltCaches,
@@ -98,6 +99,26 @@ def test_a_warm_run_gets_its_database_from_the_spare_made_by_the_run_before(
     spares = [name for name in kit_databases if name.startswith("test_spare_")]
     assert kit_databases == sorted(["test_app", "test_app_template", *spares])
     assert len(spares) == 1
+
+
+def test_with_testkit_database_env_the_clone_is_made_aside_and_no_spare_after_it(
+    cached: CachedProject,
+) -> None:
+    # The database is then made before the conftest files are imported, its clone in a thread
+    # while they are: a spare made during the tests would only take their CPU.
+    first = cached.last_run()  # its cold run made a spare
+    cached.project.pytester.makefile(
+        ".ini", pytest=CACHED_INI + "testkit_database_env = DATABASE_URL\n"
+    )
+    second = cached.run(SPARE_WITHIN="2")
+    assert second["working"] == first["spare"], "a spare made earlier is still claimed"
+    assert second["spare"] is None, "the run made a spare"
+    third = cached.run(SPARE_WITHIN="2")
+    assert third["working"] not in (first["spare"], second["working"]), "not a new clone"
+    assert third["template"] == first["template"]
+    assert third["spare"] is None, "the run made a spare"
+    kit_databases = sorted(name for name in third["databases"] if name.startswith("test_"))
+    assert kit_databases == ["test_app", "test_app_template"]
 
 
 def test_the_warm_run_drops_what_a_killed_run_left_and_restarts_its_server(

@@ -39,8 +39,8 @@ from sqlalchemy.engine import URL
 
 from anyio_fastapi_testkit._postgres.server import RunningServer
 from anyio_fastapi_testkit._provisioning.databases import PENDING_PREFIX, ownership_comment
-from anyio_fastapi_testkit._provisioning.kept_template import KEPT_RUN_ID, kept_key
-from anyio_fastapi_testkit._provisioning.progress import Progress
+from anyio_fastapi_testkit._provisioning.kept_template import GATE_LOCK, KEPT_RUN_ID, kept_key
+from anyio_fastapi_testkit._provisioning.progress import NOTICE_AFTER, Progress
 
 BASE = "keptdb"
 KEPT_PREFIX = ownership_comment(f"{KEPT_RUN_ID} ")
@@ -364,6 +364,20 @@ Path("conftest-saw.json").write_text(json.dumps(seen))
 """
 
 
+def waiting_for_the_gate(url: URL, holder: int) -> bool:
+    """Whether a session other than ``holder`` waits for the kit's gate lock."""
+    statement = sql.SQL(
+        "SELECT 1 FROM pg_stat_activity WHERE pid <> {} AND wait_event_type = 'Lock' "
+        "AND query ILIKE '%pg_advisory_lock%'"
+    ).format(holder)
+    return bool(sql_rows(url, statement))
+
+
+def record_of(folder: Path) -> str:
+    """The working database the second run recorded."""
+    return str(json.loads((folder / "second.json").read_text())["database"])
+
+
 @contextlib.contextmanager
 def holding(url: URL, name: str) -> Iterator[None]:
     """Hold the lock ``COMMENT ON DATABASE`` takes on ``name`` (its comment set to what it is)
@@ -385,9 +399,14 @@ def test_the_working_database_is_copied_while_the_conftest_files_are_imported(
     (template,) = kept_templates(keptdb)
     project.module("conftest", CONNECTING_CONFTEST)
     folder = project.pytester.path
+    gate = psycopg.connect(keptdb.render_as_string(hide_password=False), autocommit=True)
     with holding(keptdb, template):  # the copy of the template cannot end before this does
+        # The lookup of the kept template waits too, long enough for the kit to say so: then
+        # it says each later step, but none from the thread that copies (by then pytest
+        # imports the conftest files, and a line from there would toggle its capture).
+        gate.execute("SELECT pg_advisory_lock(%s, %s)", GATE_LOCK)
         second = subprocess.Popen(
-            [sys.executable, "-m", "pytest", *RUN_ARGS, "test_record.py"],
+            [sys.executable, "-m", "pytest", *RUN_ARGS, "-v", "test_record.py"],
             cwd=folder,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -395,21 +414,37 @@ def test_the_working_database_is_copied_while_the_conftest_files_are_imported(
             env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "RUN_LABEL": "second"},
         )
         try:
-            entered = folder / "in-conftest.json"
             deadline = time.monotonic() + SUBSESSION_TIMEOUT
+            while not waiting_for_the_gate(keptdb, gate.info.backend_pid):
+                assert second.poll() is None, second.communicate()[0]
+                assert time.monotonic() < deadline, "the run never looked for the template"
+                time.sleep(0.05)
+            time.sleep(NOTICE_AFTER + 0.5)
+            gate.close()
+            entered = folder / "in-conftest.json"
             while not entered.exists():
                 assert second.poll() is None, second.communicate()[0]
                 assert time.monotonic() < deadline, "the conftest.py was never imported"
                 time.sleep(0.05)
             assert "testkit-working-database" in json.loads(entered.read_text())
-            # Its connection waits for the copy, which waits for this lock.
+            # Its connection waits for the copy, which waits for this lock: it says so.
+            time.sleep(NOTICE_AFTER + 0.5)
             assert not (folder / "conftest-saw.json").exists()
         except BaseException:
             second.kill()
             raise
+        finally:
+            gate.close()
     output = second.communicate(timeout=SUBSESSION_TIMEOUT)[0]
     assert second.returncode == 0, output
+    assert "test_record.py::test_record PASSED" in output, output
+    said = [line for line in output.splitlines() if line.startswith("anyio-fastapi-testkit: ")]
+    assert said == [
+        "anyio-fastapi-testkit: looking for the template database kept by earlier runs…",
+        f"anyio-fastapi-testkit: copying the template database into {record_of(folder)}…",
+    ], output
     record = json.loads((folder / "second.json").read_text())
+    assert record["database"] == record_of(folder)
     saw = json.loads((folder / "conftest-saw.json").read_text())
     assert saw == {"database": record["database"], "tables": ["items"]}
     assert template in record["databases"], "the run did not clone the kept template"

@@ -222,6 +222,7 @@ class TestDatabases:
         self._progress = Progress(None)  # what _build is doing, said when slow
         self._aside: _Aside | None = None  # the working database, made in a thread (start)
         self._listening = False  # _wait_for_working is a do_connect listener
+        self._aside_started = False  # start() was called: the working database is made aside
 
     @property
     def ready(self) -> bool:
@@ -277,11 +278,19 @@ class TestDatabases:
         with self._lock:
             if self._url is not None or self._failure is not None or self._aside is not None:
                 return
+            # Made aside, a clone costs the run nothing it would notice, while the next spare
+            # (a copy made during the tests) would take the tests' CPU and, in a short run,
+            # hold its end: no spare is made, and one an earlier run made is still claimed.
+            self._aside_started = True
             with self._keeping_failure(), Progress(self.plan.say) as self._progress:
-                self._aside = _Aside(self._build_in_steps())
-                if not self._listening:
-                    event.listen(Engine, "do_connect", self._wait_for_working)
-                    self._listening = True
+                prepared = self._build_in_steps()
+            # Silent in the thread: pytest goes on meanwhile, and a line said from there would
+            # toggle its capture under it. Whoever waits for the thread says what it does.
+            self._progress = Progress(None)
+            self._aside = _Aside(prepared)
+            if not self._listening:
+                event.listen(Engine, "do_connect", self._wait_for_working)
+                self._listening = True
 
     @contextlib.contextmanager
     def _keeping_failure(self) -> Iterator[None]:
@@ -430,7 +439,8 @@ class TestDatabases:
             raise
 
     def _working_database(self, admin: URL, template: str, working: str, run_id: str) -> None:
-        """Clone the template, or claim the cached template's spare clone and make the next."""
+        """Clone the template, or claim the cached template's spare clone and make the next
+        (not when the clone is made aside, see ``start``)."""
         key = self._template_key
         spare = spare_name(template, working) if key is not None else None
         if self._working_built:
@@ -447,7 +457,7 @@ class TestDatabases:
             create_database(admin, working, template=template, run_id=run_id, locked=self._locked)
             self.provenance["database"] = "cloned"
             self._created.append(working)
-        if key is not None and spare is not None:
+        if key is not None and spare is not None and not self._aside_started:
             self._spare_maker = SpareMaker(admin, template, spare, key)
 
     def _start_server(self, owner_pid: int | None) -> RunningServer:

@@ -1,9 +1,11 @@
 """Spare clones of a cached template: a warm run renames one into its working database.
 
-``CREATE DATABASE ... TEMPLATE`` copies every file of the template (0.3 s here, most of a warm
-start); a rename is a catalog update. So a cached cluster keeps, per working database name, one
-clone made in advance, marked as a spare of the template's key; a run claims it and makes the
-next one in a background thread while its tests run.
+``CREATE DATABASE ... TEMPLATE`` copies every file of the template (most of a warm start); a
+rename is a catalog update. So a cached cluster keeps, per working database name, one clone made
+in advance, marked as a spare of the template's key; a run claims it and makes the next one in a
+background thread while its tests run. A run that copies its working database while the
+conftest files are imported (``testkit_database_env``) makes none: see
+``TestDatabases.start``.
 """
 
 from __future__ import annotations
