@@ -404,6 +404,25 @@ def sql_rows(url: URL, statement: str | sql.Composable, database: str | None = N
         return cursor.fetchall() if cursor.description else []
 
 
+@contextlib.contextmanager
+def lock_on_database(url: URL, name: str) -> Iterator[None]:
+    """Hold the lock ``COMMENT ON DATABASE`` takes on database ``name`` (its comment set to
+    what it is) in a transaction rolled back at the end: the kit's ``CREATE DATABASE ...
+    TEMPLATE name`` and ``DROP DATABASE name`` wait for it; the database is left as it was."""
+    with psycopg.connect(url.render_as_string(hide_password=False)) as conn:
+        comment = conn.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (name,),
+        ).fetchone()
+        assert comment is not None, f"no database {name}"
+        statement = sql.SQL("COMMENT ON DATABASE {} IS {}")
+        conn.execute(statement.format(sql.Identifier(name), sql.Literal(comment[0])))
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
 def database_names(url: URL) -> list[str]:
     return sorted(row[0] for row in sql_rows(url, "SELECT datname FROM pg_database"))
 

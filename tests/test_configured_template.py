@@ -11,7 +11,6 @@ configured server, the URL naming the database ``keptdb`` on it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -31,6 +30,7 @@ from conftest import (
     assert_nothing_left,
     database_names,
     drop_by_hand,
+    lock_on_database,
     sql_rows,
 )
 from psycopg import sql
@@ -378,19 +378,6 @@ def record_of(folder: Path) -> str:
     return str(json.loads((folder / "second.json").read_text())["database"])
 
 
-@contextlib.contextmanager
-def holding(url: URL, name: str) -> Iterator[None]:
-    """Hold the lock ``COMMENT ON DATABASE`` takes on ``name`` (its comment set to what it is)
-    in a transaction rolled back at the end: a ``CREATE DATABASE ... TEMPLATE name`` waits."""
-    with psycopg.connect(url.render_as_string(hide_password=False)) as conn:
-        statement = sql.SQL("COMMENT ON DATABASE {} IS {}")
-        conn.execute(statement.format(sql.Identifier(name), sql.Literal(comments(url)[name])))
-        try:
-            yield
-        finally:
-            conn.rollback()
-
-
 def test_the_working_database_is_copied_while_the_conftest_files_are_imported(
     project: Project, private_tmpdir: Path, keptdb: URL
 ) -> None:
@@ -400,7 +387,7 @@ def test_the_working_database_is_copied_while_the_conftest_files_are_imported(
     project.module("conftest", CONNECTING_CONFTEST)
     folder = project.pytester.path
     gate = psycopg.connect(keptdb.render_as_string(hide_password=False), autocommit=True)
-    with holding(keptdb, template):  # the copy of the template cannot end before this does
+    with lock_on_database(keptdb, template):  # the copy of the template cannot end before this does
         # The lookup of the kept template waits too, long enough for the kit to say so: then
         # it says each later step, but none from the thread that copies (by then pytest
         # imports the conftest files, and a line from there would toggle its capture).

@@ -68,6 +68,7 @@ from conftest import (
     Project,
     assert_nothing_left,
     database_names,
+    lock_on_database,
     plugin_options,
     postgres_processes_under,
 )
@@ -388,25 +389,6 @@ def admin_of(url: str) -> URL:
 
 def connect(url: URL, *, autocommit: bool = True) -> psycopg.Connection[Any]:
     return psycopg.connect(url.render_as_string(hide_password=False), autocommit=autocommit)
-
-
-@contextlib.contextmanager
-def lock_on_database(url: URL, name: str) -> Iterator[None]:
-    """Hold the lock ``COMMENT ON DATABASE`` takes on database ``name`` (its comment set to
-    what it is) in a transaction rolled back at the end: the kit's ``CREATE DATABASE ...
-    TEMPLATE name`` and ``DROP DATABASE name`` wait for it; the database is left as it was."""
-    with connect(url, autocommit=False) as conn:
-        comment = conn.execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-            (name,),
-        ).fetchone()
-        assert comment is not None, f"no database {name}"
-        statement = sql.SQL("COMMENT ON DATABASE {} IS {}")
-        conn.execute(statement.format(sql.Identifier(name), sql.Literal(comment[0])))
-        try:
-            yield
-        finally:
-            conn.rollback()
 
 
 def ended(url: URL, pattern: str) -> Callable[[], bool | None]:
