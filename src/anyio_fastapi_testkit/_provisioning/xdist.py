@@ -243,6 +243,27 @@ def plan_run(config: pytest.Config, settings: Settings) -> None:
     config.stash[_STATE_KEY] = state
 
 
+def start_server_ahead(config: pytest.Config, settings: Settings) -> None:
+    """Launch the cached cluster's server now, when this run will start it: it then starts
+    while the modules that use it (SQLAlchemy, psycopg) are imported. A run that does not
+    take it stops it in ``finish_run``, or earlier with ``abandon_server_ahead``."""
+    state = config.stash.get(_STATE_KEY, None)
+    if state is None or settings.database_url:
+        return
+    plan = state.plan
+    if plan.cache is not None and plan.shared is None:
+        from .._postgres.local_install import start_cached_ahead
+
+        start_cached_ahead(plan.cache, tcp=settings.server_tcp)
+
+
+def abandon_server_ahead(config: pytest.Config) -> None:
+    """Stop the server ``start_server_ahead`` launched, unless the run took it."""
+    state = config.stash.get(_STATE_KEY, None)
+    if state is not None and state.plan.cache is not None:
+        state.plan.cache.abandon_ahead()
+
+
 def _plan_run(config: pytest.Config, settings: Settings, store: CacheStore | None) -> _RunState:
     if is_xdist_worker(config):
         workerinput = getattr(config, "workerinput", None)
@@ -384,6 +405,8 @@ def finish_run(config: pytest.Config) -> None:
         return
     try:
         try:
+            if state.plan.cache is not None:
+                state.plan.cache.abandon_ahead()
             if state.controller_input is not None:
                 os.environ.pop(SHARED_RUN_ENV, None)
                 _finish_shared_run(state.controller_input)
