@@ -264,6 +264,9 @@ class ClusterCache:
         self.reused_cluster = False  # for reports and tests: initdb was skipped
         self.admin_url: URL | None = None  # of the started cluster, for the template's check
         self.dropped: list[str] = []  # for reports and tests: what check_databases dropped
+        # What check_databases found whole and kept (the template, its spares), and nothing
+        # else is left in the cluster; None: no check ran.
+        self.checked: frozenset[str] | None = None
         self._marker: Marker | None = None
         self._check_template = check_template
         self._ahead: _StartedAhead | None = None

@@ -188,6 +188,7 @@ class CleanedCluster:
 
     template: bool  # the template was found whole and kept
     dropped: list[str] = field(default_factory=list)
+    kept: frozenset[str] = frozenset()  # the template and its spares, found whole
 
 
 def clean_own_cluster(
@@ -229,7 +230,7 @@ def clean_own_cluster(
         # The checks' sessions end after their connections closed: a spare is claimed by a
         # rename, which fails while any session is still on it.
         _wait_for_no_sessions(conn, sorted(kept))
-    return CleanedCluster(template in kept, dropped)
+    return CleanedCluster(template in kept, dropped, frozenset(kept))
 
 
 def _holds(admin_url: URL, name: str, expected: dict[str, Any]) -> bool:

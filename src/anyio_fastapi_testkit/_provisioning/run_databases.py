@@ -24,14 +24,13 @@ from .._core.errors import ConfigError, DatabaseError, TestkitError
 from .._core.urls import SecretURL, mask_url
 from .._core.warnings import TestkitWarning
 from .._postgres.cache import template_key
-from .._postgres.server import RunningServer, connect_admin, server_answers_at, start_server
+from .._postgres.server import RunningServer, server_answers_at, start_server
 from .databases import (
     RUN_ID,
     TEMPLATE_SUFFIX,
     create_database,
     database_url,
     drop_database,
-    is_ours,
     test_database_names,
 )
 from .fingerprint import schema_fingerprint
@@ -41,7 +40,13 @@ from .liveness import RunLock, run_token
 from .owned import drop_databases_except, drop_dead_runs
 from .progress import Progress
 from .schema import build_schema
-from .spares import SPARE_WAIT, SpareMaker, claim_spare, spare_name, spares_of
+from .spares import (
+    SPARE_WAIT,
+    SpareMaker,
+    claim_spare,
+    claimable_spares,
+    spare_name,
+)
 from .stash import DATABASES_KEY
 from .template_check import TEMPLATE_RUN_ID, record_template
 from .xdist import (
@@ -547,14 +552,14 @@ class TestDatabases:
             self.provenance["cluster"] = "reused" if cache.reused_cluster else "initdb"
             fingerprint = schema_fingerprint(self.settings.schema, self.rootdir)
             key = template_key(fingerprint, server.info.version_num) if fingerprint else None
-            ready = key is not None and cache.template_ready(key)
-            if ready and key is not None:
-                # Left by killed runs: every database of the kit's but the template and the
-                # spares this run may claim (see spares_of).
-                ready = self._exists(admin, template)
-                if ready:
-                    spares = spares_of(admin, key, template, working)
-                    drop_databases_except(admin, {template, *spares})
+            # The cluster's check at its start (see check_cached_template) kept the template
+            # only if it was whole, and dropped every other database but its spares.
+            checked = cache.checked or frozenset()
+            ready = key is not None and cache.template_ready(key) and template in checked
+            claimable = claimable_spares(template, working)
+            if ready and claimable is not None and checked - {template} - claimable:
+                # Under xdist: the spares of workers this run does not have would stay for good.
+                drop_databases_except(admin, {template, *(checked & claimable)})
             if ready:
                 self.provenance["template"] = "reused"
                 self._template_key = key
@@ -625,11 +630,6 @@ class TestDatabases:
     def _build_schema_in(self, admin: URL, name: str) -> None:
         url = database_url(admin, name, None)
         build_schema(self.settings.schema, url, rootdir=self.rootdir, env=self._env_for(url))
-
-    @staticmethod
-    def _exists(admin: URL, name: str) -> bool:
-        with connect_admin(admin) as conn:
-            return is_ours(conn, name)
 
 
 def test_databases(config: pytest.Config) -> TestDatabases:

@@ -21,7 +21,6 @@ from sqlalchemy.engine import URL
 from .._core.errors import DatabaseError
 from .._postgres.server import connect_admin
 from .databases import OWNERSHIP_MARK, TEMPLATE_SUFFIX, create_database
-from .owned import marked_databases
 
 SPARE_PREFIX = "test_spare_"
 
@@ -36,25 +35,12 @@ def spare_run_id(key: str) -> str:
     return f"spare {key}"
 
 
-def spares_of(
-    admin_url: URL, key: str, template: str | None = None, working: str | None = None
-) -> set[str]:
-    """The spares on the server cloned from the template with schema key ``key``.
-
-    With the names of the ``template`` and of this process's ``working`` database, under
-    xdist: only the spares this run's workers (or a run without xdist) would claim. A run
-    with fewer workers than an earlier one thus lets the others' go instead of keeping them
-    (a copy of the template each) for good.
-    """
-    comment = f"{OWNERSHIP_MARK}; run {spare_run_id(key)}"
-    found = {name for name, mark in marked_databases(admin_url).items() if mark == comment}
-    wanted = _claimable(template, working)
-    return found if wanted is None else found & wanted
-
-
-def _claimable(template: str | None, working: str | None) -> set[str] | None:
-    """The spares of this xdist run's workers' databases and of the database of a run without
-    xdist; None (all of them) without xdist, or for names not made as the kit makes them."""
+def claimable_spares(template: str | None, working: str | None) -> set[str] | None:
+    """The names of the spares this run may claim, given the names of the ``template`` and of
+    this process's ``working`` database: under xdist, those of this run's workers' databases
+    and of a run without xdist (a run with fewer workers than an earlier one thus lets the
+    others' go instead of keeping them, a copy of the template each, for good); None (all of
+    them) without xdist, or for names not made as the kit makes them."""
     # pytest-xdist sets both in each worker (documented).
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")

@@ -51,6 +51,7 @@ def check_cached_template(cache: ClusterCache, admin_url: URL) -> None:
         expected=marker.template_check,
     )
     cache.dropped = kept.dropped
+    cache.checked = kept.kept
     if not kept.template:
         cache.set_template(None)
 
