@@ -40,13 +40,7 @@ from .liveness import RunLock, run_token
 from .owned import drop_databases_except, drop_dead_runs
 from .progress import Progress
 from .schema import build_schema
-from .spares import (
-    SPARE_WAIT,
-    SpareMaker,
-    claim_spare,
-    claimable_spares,
-    spare_name,
-)
+from .spares import SPARE_WAIT, SpareMaker, claim_spare, claimable_spares, spare_name
 from .stash import DATABASES_KEY
 from .template_check import TEMPLATE_RUN_ID, record_template
 from .xdist import (

@@ -405,8 +405,7 @@ def finish_run(config: pytest.Config) -> None:
         return
     try:
         try:
-            if state.plan.cache is not None:
-                state.plan.cache.abandon_ahead()
+            abandon_server_ahead(config)
             if state.controller_input is not None:
                 os.environ.pop(SHARED_RUN_ENV, None)
                 _finish_shared_run(state.controller_input)
