@@ -214,6 +214,7 @@ class TestDatabases:
         # How the database came to be, for reports and tests: "cold", "warm", "shared", ...
         self.provenance: dict[str, object] = {}
         self._template_key: str | None = None  # of a cached template: its spares' key
+        self._spares: frozenset[str] | None = None  # the cached template's, found by its check
         self._spare_maker: SpareMaker | None = None
         self._working_built = False  # built beside the template: no clone needed
         self._run_lock: RunLock | None = None  # on a configured server: this run is alive
@@ -447,6 +448,7 @@ class TestDatabases:
         elif (
             key is not None
             and spare is not None
+            and (self._spares is None or spare in self._spares)  # else none to look for
             and claim_spare(admin, spare, working, key, run_id)
         ):
             self.provenance["database"] = "spare"
@@ -557,9 +559,11 @@ class TestDatabases:
             if ready:
                 self.provenance["template"] = "reused"
                 self._template_key = key
+                self._spares = checked - {template}
                 return template
             cache.set_template(None)  # a rebuild killed half-way must not count as complete
             drop_databases_except(admin, set())  # the old template, its spares, leftovers
+            self._spares = frozenset()
         kept = self._kept_template(server, run_id) if cache is None else None
         if kept is not None and kept.reusable:
             self.provenance["template"] = "kept"
