@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .._core.warnings import TestkitWarning
-from .cluster import Cluster, LocalSource, PendingStart, abandon_start, shutdown
+from .cluster import Cluster, LocalInstall, PendingStart, abandon_start, shutdown
 from .state_folder import (
     fixed_state_dir,
     open_private,
@@ -280,14 +280,7 @@ class ClusterCache:
         return self.folder / MARKER_FILE
 
     def start_ahead(
-        self,
-        source: LocalSource,
-        bin_dir: Path,
-        version_num: int,
-        user: str | None,
-        tcp: bool,
-        settings: dict[str, str],
-        owner_pid: int | None = None,
+        self, install: LocalInstall, tcp: bool, settings: dict[str, str], owner_pid: int | None
     ) -> None:
         """Launch the cached cluster's server, if the marker says it can be reused, and return
         without waiting: ``start_cluster`` (same arguments) waits for it, so that the caller
@@ -296,14 +289,14 @@ class ClusterCache:
         ``abandon_ahead`` stops what was launched."""
         if self._ahead is not None:
             return
-        marker = None if self.rebuild else self._read_marker()
-        if marker is None or (marker.bin_dir, marker.version_num) != (str(bin_dir), version_num):
+        marker = self._reusable_marker(install)
+        if marker is None:
             return  # start_cluster makes it anew
-        arguments = (source, bin_dir, version_num, user, tcp, dict(settings), owner_pid)
         cluster = None
         try:
-            cluster = self._stopped_cluster(marker, source, bin_dir, user, tcp, settings, owner_pid)
+            cluster = self._stopped_cluster(marker, install, tcp, settings, owner_pid)
             if cluster is not None:
+                arguments = (install, tcp, dict(settings), owner_pid)
                 self._ahead = _StartedAhead(arguments, cluster, cluster.launch())
         except Exception:  # the same again in start_cluster, which handles it
             if cluster is not None:
@@ -318,10 +311,7 @@ class ClusterCache:
 
     def start_cluster(
         self,
-        source: LocalSource,
-        bin_dir: Path,
-        version_num: int,
-        user: str | None,
+        install: LocalInstall,
         tcp: bool,
         settings: dict[str, str],
         owner_pid: int | None = None,
@@ -329,33 +319,37 @@ class ClusterCache:
         """The cached cluster, started; initdb'd anew when missing, foreign, half-made or
         damaged in any way that keeps it from starting. Raises ``OSError`` only when the
         folder cannot be cleared for a new one."""
-        arguments = (source, bin_dir, version_num, user, tcp, dict(settings), owner_pid)
         ahead, self._ahead = self._ahead, None
-        marker = None if self.rebuild else self._read_marker()
-        if marker is not None and (marker.bin_dir, marker.version_num) == (
-            str(bin_dir),
-            version_num,
+        marker = self._reusable_marker(install)
+        if ahead is not None and (
+            marker is None or ahead.arguments != (install, tcp, dict(settings), owner_pid)
         ):
-            if ahead is not None and ahead.arguments != arguments:
-                _abandon(ahead)
-                ahead = None
-            cluster = self._reuse(marker, source, bin_dir, user, tcp, settings, owner_pid, ahead)
+            _abandon(ahead)
+            ahead = None
+        if marker is not None:
+            cluster = self._reuse(marker, install, tcp, settings, owner_pid, ahead)
             if cluster is not None:
                 return cluster
-        elif ahead is not None:
-            _abandon(ahead)
-        return self._initdb(source, bin_dir, version_num, user, tcp, settings, owner_pid)
+        return self._initdb(install, tcp, settings, owner_pid)
+
+    def _reusable_marker(self, install: LocalInstall) -> Marker | None:
+        """The marker, if it describes a cluster of these binaries (unless rebuilding)."""
+        marker = None if self.rebuild else self._read_marker()
+        if marker is None or (marker.bin_dir, marker.version_num) != (
+            str(install.bin_dir),
+            install.version_num,
+        ):
+            return None
+        return marker
 
     def _reuse(
         self,
         marker: Marker,
-        source: LocalSource,
-        bin_dir: Path,
-        user: str | None,
+        install: LocalInstall,
         tcp: bool,
         settings: dict[str, str],
         owner_pid: int | None,
-        ahead: _StartedAhead | None = None,
+        ahead: _StartedAhead | None,
     ) -> Cluster | None:
         """Start the cluster as the marker describes it (or wait for the start launched
         ahead); None when it does not start."""
@@ -364,9 +358,7 @@ class ClusterCache:
             if ahead is not None and cluster is not None:
                 cluster.await_start(ahead.pending)
             else:
-                cluster = self._stopped_cluster(
-                    marker, source, bin_dir, user, tcp, settings, owner_pid
-                )
+                cluster = self._stopped_cluster(marker, install, tcp, settings, owner_pid)
                 if cluster is None:
                     return None
                 cluster.start()
@@ -382,9 +374,7 @@ class ClusterCache:
     def _stopped_cluster(
         self,
         marker: Marker,
-        source: LocalSource,
-        bin_dir: Path,
-        user: str | None,
+        install: LocalInstall,
         tcp: bool,
         settings: dict[str, str],
         owner_pid: int | None,
@@ -399,31 +389,32 @@ class ClusterCache:
             and (data_dir / "PG_VERSION").is_file()
         ):
             return None
-        cluster = self._cluster(source, bin_dir, user, marker.password, tcp, settings)
+        cluster = self._cluster(install, marker.password, tcp, settings)
         # A killed run may have left its server running: stop it before starting anew.
-        shutdown(cluster.data_dir, bin_dir, modes=("fast", "immediate"))
+        shutdown(cluster.data_dir, install.bin_dir, modes=("fast", "immediate"))
         remove_path(cluster.log_file)
-        cluster.socket_dir = fixed_state_dir(self.cluster_dir, bin_dir, user, owner_pid)
+        cluster.socket_dir = fixed_state_dir(
+            self.cluster_dir, install.bin_dir, install.user, owner_pid
+        )
         return cluster
 
     def _initdb(
         self,
-        source: LocalSource,
-        bin_dir: Path,
-        version_num: int,
-        user: str | None,
+        install: LocalInstall,
         tcp: bool,
         settings: dict[str, str],
         owner_pid: int | None,
     ) -> Cluster:
         self.wipe()
         password = secrets.token_hex(16)
-        cluster = self._cluster(source, bin_dir, user, password, tcp, settings)
+        cluster = self._cluster(install, password, tcp, settings)
         try:
-            cluster.socket_dir = fixed_state_dir(self.cluster_dir, bin_dir, user, owner_pid)
-            cluster.init(version_num)
+            cluster.socket_dir = fixed_state_dir(
+                self.cluster_dir, install.bin_dir, install.user, owner_pid
+            )
+            cluster.init(install.version_num)
             # Written only once initdb succeeded: a folder without it is half-made.
-            self._write_marker(Marker(str(bin_dir), version_num, password, None))
+            self._write_marker(Marker(str(install.bin_dir), install.version_num, password, None))
             cluster.start()
         except BaseException:
             cluster.stop()
@@ -434,16 +425,19 @@ class ClusterCache:
         return cluster
 
     def _cluster(
-        self,
-        source: LocalSource,
-        bin_dir: Path,
-        user: str | None,
-        password: str,
-        tcp: bool,
-        settings: dict[str, str],
+        self, install: LocalInstall, password: str, tcp: bool, settings: dict[str, str]
     ) -> Cluster:
         socket_dir = self.cluster_dir / "s"
-        return Cluster(source, bin_dir, self.cluster_dir, socket_dir, user, password, tcp, settings)
+        return Cluster(
+            install.source,
+            install.bin_dir,
+            self.cluster_dir,
+            socket_dir,
+            install.user,
+            password,
+            tcp,
+            settings,
+        )
 
     def wipe(self) -> None:
         """Stop the cluster if it runs and delete everything of it (the lock and the project

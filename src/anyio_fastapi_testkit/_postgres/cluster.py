@@ -48,6 +48,16 @@ _PID_LINES = 8  # postmaster.pid: pid, data folder, start time, port, ..., statu
 _WAIT_FOR_PG_CTL = "ANYIO_FASTAPI_TESTKIT_WAIT_FOR_PG_CTL"
 
 
+@dataclass(frozen=True)
+class LocalInstall:
+    """PostgreSQL binaries a local cluster runs on, checked (see ``local_install``)."""
+
+    source: LocalSource
+    bin_dir: Path
+    version_num: int
+    user: str | None  # the system user the server runs as; None: the current user
+
+
 @dataclass
 class Cluster:
     """A throwaway cluster in a private state folder."""

@@ -9,26 +9,15 @@ are imported, and the server starts while they are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from .binaries import binaries_version, check_server_version, find_binaries
 from .cache import ClusterCache, stop_abandoned
-from .cluster import LocalSource
+from .cluster import LocalInstall, LocalSource
 from .install_memo import InstallMemo
 from .orphans import cleanup_orphans
 from .state_folder import prepare_base_dir
 from .sysuser import open_install_tree, server_user
-
-
-@dataclass(frozen=True)
-class LocalInstall:
-    """PostgreSQL binaries a local cluster runs on, checked and opened to the server user."""
-
-    source: LocalSource
-    bin_dir: Path
-    version_num: int
-    user: str | None  # the system user the server runs as; None: the current user
 
 
 def local_base_dir(base_dir: Path | None) -> Path:
@@ -70,4 +59,4 @@ def start_cached_ahead(cache: ClusterCache, *, tcp: bool, base_dir: Path | None 
         install = local_install(base, None)
     except Exception:  # reported by start_server, which repeats these steps
         return
-    cache.start_ahead(install.source, install.bin_dir, install.version_num, install.user, tcp, {})
+    cache.start_ahead(install, tcp, {}, None)

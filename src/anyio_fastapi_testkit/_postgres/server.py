@@ -36,8 +36,8 @@ from .binaries import system_bin_dir as system_bin_dir
 from .binaries import version_text as version_text
 from .bounded import BoundedConnection
 from .cache import CacheWarning
-from .cluster import ADMIN_DATABASE, LOCALHOST, Cluster, LocalSource, new_cluster
-from .local_install import LocalInstall, local_base_dir, local_install
+from .cluster import ADMIN_DATABASE, LOCALHOST, Cluster, LocalInstall, LocalSource, new_cluster
+from .local_install import local_base_dir, local_install
 from .orphans import cleanup_orphans
 from .state_folder import default_base_dir
 
@@ -252,17 +252,9 @@ def _start_cluster(
     cache: ClusterCache | None,
     owner_pid: int | None,
 ) -> RunningServer:
-    source, bin_dir, version_num, user = (
-        install.source,
-        install.bin_dir,
-        install.version_num,
-        install.user,
-    )
     if cache is not None:
         try:
-            return _start_cached(
-                cache, source, bin_dir, version_num, user, tcp, settings, owner_pid
-            )
+            return _start_cached(cache, install, tcp, settings, owner_pid)
         except OSError as exc:  # the folder cannot even be cleared: do without the cache
             warnings.warn(
                 CacheWarning(
@@ -273,9 +265,11 @@ def _start_cluster(
                 stacklevel=2,
             )
     started = time.monotonic()
-    cluster = new_cluster(source, bin_dir, base, user, tcp, settings, owner_pid)
+    cluster = new_cluster(
+        install.source, install.bin_dir, base, install.user, tcp, settings, owner_pid
+    )
     try:
-        cluster.init(version_num)
+        cluster.init(install.version_num)
         cluster.start()
         startup_seconds = time.monotonic() - started
         info = _cluster_info(cluster)
@@ -287,17 +281,14 @@ def _start_cluster(
 
 def _start_cached(
     cache: ClusterCache,
-    source: LocalSource,
-    bin_dir: Path,
-    version_num: int,
-    user: str | None,
+    install: LocalInstall,
     tcp: bool,
     settings: dict[str, str],
     owner_pid: int | None,
 ) -> RunningServer:
     started = time.monotonic()
     for attempt in range(2):
-        cluster = cache.start_cluster(source, bin_dir, version_num, user, tcp, settings, owner_pid)
+        cluster = cache.start_cluster(install, tcp, settings, owner_pid)
         try:
             info = _cluster_info(cluster)
             cache.admin_url = info.admin_url
