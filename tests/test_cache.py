@@ -42,7 +42,7 @@ from anyio_fastapi_testkit._postgres.cache import (
     stop_abandoned,
     try_lock,
 )
-from anyio_fastapi_testkit._postgres.cluster import Cluster, PendingStart
+from anyio_fastapi_testkit._postgres.cluster import Cluster
 from anyio_fastapi_testkit._postgres.local_install import start_cached_ahead
 from anyio_fastapi_testkit._postgres.orphans import cleanup_orphans
 from anyio_fastapi_testkit._postgres.server import RunningServer, start_server
@@ -181,10 +181,9 @@ def test_the_cached_server_started_ahead_is_the_one_the_start_then_waits_for(
     launched: list[int] = []
     launch = Cluster.launch
 
-    def counted(cluster: Cluster) -> PendingStart:
-        pending = launch(cluster)
+    def counted(cluster: Cluster) -> None:
+        launch(cluster)
         launched.append(cluster.port)
-        return pending
 
     monkeypatch.setattr(Cluster, "launch", counted)
     lock = try_lock(folder)

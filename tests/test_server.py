@@ -18,13 +18,16 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
 import pytest
+from conftest import postgres_processes_under
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -33,6 +36,7 @@ import anyio_fastapi_testkit
 from anyio_fastapi_testkit._core.errors import DatabaseError
 from anyio_fastapi_testkit._core.urls import mask_secrets, mask_url
 from anyio_fastapi_testkit._postgres import binaries as _binaries
+from anyio_fastapi_testkit._postgres import cluster as _cluster
 from anyio_fastapi_testkit._postgres import local_install as _local_install
 from anyio_fastapi_testkit._postgres import processes as _processes
 from anyio_fastapi_testkit._postgres import sysuser as _sysuser
@@ -242,6 +246,36 @@ def test_a_failed_start_reports_the_server_log_and_leaves_no_folder(base_dir: Pa
     assert "testkit_database_url" in message
     # What was learned of the binaries is kept (install_memo); no folder of the failed start.
     assert [path.name for path in base.iterdir()] == [MEMO_FILE]
+
+
+def test_an_interrupt_inside_the_spawn_of_pg_ctl_leaves_no_server_and_no_folder(
+    base_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C can land inside ``subprocess.Popen`` after pg_ctl started, which loses its
+    handle: the cleanup still lets that pg_ctl finish, then stops its server and deletes the
+    folder (else pg_ctl starts the server, or writes its log, in a folder being deleted)."""
+    base = base_dir / "interrupted"
+    spawned: list[subprocess.Popen[str]] = []
+    spawn = _cluster.spawn
+
+    def interrupted(command: list[str], *args: Any) -> subprocess.Popen[str]:
+        process = spawn(command, *args)
+        if command[-1] != "start":
+            return process
+        spawned.append(process)  # pg_ctl start runs on; its handle is lost
+        # Held a moment, as a loaded machine may: it acts after the cleanup began.
+        os.kill(process.pid, signal.SIGSTOP)
+        threading.Timer(0.3, os.kill, (process.pid, signal.SIGCONT)).start()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cluster, "spawn", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        start_server(None, base_dir=base, prefer="embedded")
+
+    assert len(spawned) == 1
+    assert spawned[0].poll() is not None, "pg_ctl was not waited for"
+    assert [path.name for path in base.iterdir()] == [MEMO_FILE], "a state folder was left"
+    assert postgres_processes_under(base) == []
 
 
 def test_embedded_binaries_are_found_in_the_wheels_folder() -> None:

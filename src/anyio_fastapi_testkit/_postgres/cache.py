@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .._core.warnings import TestkitWarning
-from .cluster import Cluster, LocalInstall, PendingStart, abandon_start, shutdown
+from .cluster import Cluster, LocalInstall, shutdown
 from .state_folder import (
     fixed_state_dir,
     open_private,
@@ -240,15 +240,11 @@ class _StartedAhead:
     """A start of the cached cluster launched by ``ClusterCache.start_ahead``."""
 
     arguments: tuple[object, ...]  # those of start_ahead, which start_cluster must repeat
-    cluster: Cluster
-    pending: PendingStart
+    cluster: Cluster  # launched: stopping it lets its pg_ctl finish first
 
 
 def _abandon(ahead: _StartedAhead) -> None:
-    try:
-        abandon_start(ahead.pending)
-    finally:
-        ahead.cluster.stop()
+    ahead.cluster.stop()
 
 
 class ClusterCache:
@@ -297,8 +293,11 @@ class ClusterCache:
             cluster = self._stopped_cluster(marker, install, tcp, settings, owner_pid)
             if cluster is not None:
                 arguments = (install, tcp, dict(settings), owner_pid)
-                self._ahead = _StartedAhead(arguments, cluster, cluster.launch())
+                # Recorded first: abandon_ahead stops it also after an interrupt in the launch.
+                self._ahead = _StartedAhead(arguments, cluster)
+                cluster.launch()
         except Exception:  # the same again in start_cluster, which handles it
+            self._ahead = None
             if cluster is not None:
                 with contextlib.suppress(Exception):
                     cluster.stop()
@@ -356,7 +355,7 @@ class ClusterCache:
         cluster = ahead.cluster if ahead is not None else None
         try:
             if ahead is not None and cluster is not None:
-                cluster.await_start(ahead.pending)
+                cluster.await_start()
             else:
                 cluster = self._stopped_cluster(marker, install, tcp, settings, owner_pid)
                 if cluster is None:

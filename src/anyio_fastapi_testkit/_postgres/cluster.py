@@ -13,14 +13,20 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from .._core.clock import now
 from .._core.errors import DatabaseError
 from .._core.fixes import LOCAL_FIXES
-from .processes import is_postmaster_of, pid_running, postmasters_of, resume_server
+from .processes import (
+    is_postmaster_of,
+    pg_ctls_of,
+    pid_running,
+    postmasters_of,
+    resume_server,
+)
 from .state_folder import new_state_dir, remove_state
 from .sysuser import as_root, run, spawn, write_private
 
@@ -72,6 +78,8 @@ class Cluster:
     settings: dict[str, str]  # extra -c settings
     port: int = 0
     destroyed: bool = False
+    _pending: _PendingStart | None = field(default=None, repr=False, compare=False)
+    _launching: bool = field(default=False, repr=False, compare=False)
 
     @property
     def data_dir(self) -> Path:
@@ -115,29 +123,39 @@ class Cluster:
 
     def start(self) -> None:
         """Start on a free port; another process may grab it first, hence the retries."""
-        self.await_start(self.launch())
+        self.launch()
+        self.await_start()
 
-    def launch(self) -> PendingStart:
+    def launch(self) -> None:
         """Launch the server on a free port and return at once; ``await_start`` waits for it.
 
-        Until then the caller owns a pg_ctl under way: on any way out, ``abandon_start``.
+        Until then a pg_ctl is under way: ``stop`` and ``destroy`` let it finish first (an
+        interrupt between the two), so that no server starts behind them.
         """
         self.port = _free_port()
-        return _launch_pg_ctl(
+        # Until the pg_ctl is recorded: an interrupt inside the spawn loses its handle.
+        self._launching = True
+        self._pending = _launch_pg_ctl(
             [str(self.bin_dir / "pg_ctl"), *self._start_args()],
             self.user,
             self.state_dir,
             timeout=90,
             done=functools.partial(self._ready, time.time()),
         )
+        self._launching = False
 
-    def await_start(self, pending: PendingStart) -> None:
+    def await_start(self) -> None:
         """Wait for the server ``launch`` launched: accepting connections, or raise
         ``DatabaseError``; on a port taken meanwhile, launch it again on another."""
         for attempt in range(_PORT_ATTEMPTS):
             if attempt:
-                pending = self.launch()
-            result = _await_pg_ctl(pending)
+                self.launch()
+            pending = self._pending
+            assert pending is not None, "await_start without launch"
+            try:
+                result = _await_pg_ctl(pending)
+            finally:
+                self._pending = None  # ended, or let finish (an interrupt)
             if result.returncode == 0:
                 return
             log = _read_tail(self.log_file)
@@ -148,6 +166,14 @@ class Cluster:
             f"{(result.stdout + result.stderr).strip()}\nLast lines of the server log:\n{log}\n"
             f"{LOCAL_FIXES}"
         )
+
+    def _finish_launch(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            _abandon_start(pending)
+        elif self._launching:  # interrupted while spawning pg_ctl, which may run untracked
+            self._launching = False
+            _wait_for_pg_ctls(self.data_dir)
 
     def _start_args(self) -> list[str]:
         options = [
@@ -188,6 +214,7 @@ class Cluster:
 
     def destroy(self) -> None:
         """Stop the server and delete its state folder; idempotent."""
+        self._finish_launch()
         if not self.destroyed:
             self.destroyed = True
             stop_cluster(self.state_dir, self.bin_dir, self.socket_dir, keep=False)
@@ -200,6 +227,7 @@ class Cluster:
         ``shutdown``). Waited for all the same when the socket folder lies outside the state
         folder, since that folder is removed after the stop.
         """
+        self._finish_launch()
         if not self.destroyed:
             self.destroyed = True
             outside = self.socket_dir is not None and not self.socket_dir.is_relative_to(
@@ -344,9 +372,9 @@ def request_shutdown(data_dir: Path) -> bool:
 
 
 @dataclass
-class PendingStart:
+class _PendingStart:
     """A ``pg_ctl -w`` under way (see ``Cluster.launch``): waited for by ``_await_pg_ctl``,
-    or let finish by ``abandon_start``."""
+    or let finish by ``_abandon_start``."""
 
     command: list[str]
     process: subprocess.Popen[str] | None  # None: it could not even be spawned
@@ -381,7 +409,7 @@ def _launch_pg_ctl(
     *,
     timeout: float,
     done: Callable[[], bool],
-) -> PendingStart:
+) -> _PendingStart:
     """The first half of ``_race_pg_ctl``: spawn pg_ctl (in this thread, which must also be
     the one that waits for it: see ``sysuser.spawn``)."""
     if os.environ.get(_WAIT_FOR_PG_CTL):
@@ -389,11 +417,11 @@ def _launch_pg_ctl(
     try:
         process = spawn(command, user, cwd)
     except OSError as exc:
-        return PendingStart(command, None, str(exc), timeout, 0.0, done)
-    return PendingStart(command, process, "", timeout, now() + timeout, done)
+        return _PendingStart(command, None, str(exc), timeout, 0.0, done)
+    return _PendingStart(command, process, "", timeout, now() + timeout, done)
 
 
-def _await_pg_ctl(pending: PendingStart) -> subprocess.CompletedProcess[str]:
+def _await_pg_ctl(pending: _PendingStart) -> subprocess.CompletedProcess[str]:
     """The second half of ``_race_pg_ctl``: wait for pg_ctl, or for ``done()`` first."""
     command, process, done = pending.command, pending.process, pending.done
     if process is None:
@@ -412,10 +440,10 @@ def _await_pg_ctl(pending: PendingStart) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     finally:
         if process.returncode is None:  # interrupted (KeyboardInterrupt)
-            abandon_start(pending)
+            _abandon_start(pending)
 
 
-def abandon_start(pending: PendingStart) -> None:
+def _abandon_start(pending: _PendingStart) -> None:
     """End a pg_ctl that nobody will wait for (an interrupt, a failure before the wait).
 
     Not killed at once: a start killed after pg_ctl forked the server and before the server
@@ -425,6 +453,32 @@ def abandon_start(pending: PendingStart) -> None:
     """
     if pending.process is not None and pending.process.returncode is None:
         _end(pending.process, finish_within=_INTERRUPTED_WAIT, done=pending.done)
+
+
+def _wait_for_pg_ctls(data_dir: Path) -> None:
+    """Let every pg_ctl of ``data_dir`` that this process started and lost track of (an
+    interrupt inside ``subprocess.Popen``) finish, as ``_abandon_start`` does, and reap it."""
+    deadline = now() + _INTERRUPTED_WAIT
+    try:
+        pids = pg_ctls_of(data_dir)
+        while pids and now() < deadline:
+            pids = [pid for pid in pids if not _reaped_pid(pid)]
+            if pids:
+                time.sleep(_POLL_SECONDS)
+    finally:  # also on a second interrupt
+        for pid in pg_ctls_of(data_dir):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            _reaped_pid(pid, block=True)
+
+
+def _reaped_pid(pid: int, *, block: bool = False) -> bool:
+    """Whether ``pid`` has ended, reaped if it is this process's child."""
+    try:
+        done, _status = os.waitpid(pid, 0 if block else os.WNOHANG)
+    except ChildProcessError:  # not a child of this process's (or reaped already)
+        return not pid_running(pid)
+    return done != 0
 
 
 def _never() -> bool:

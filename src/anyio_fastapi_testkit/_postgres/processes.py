@@ -100,6 +100,17 @@ def postmasters_of(data_dir: Path) -> list[int]:
     return [pid for pid in _all_pids() if is_postmaster_of(pid, data_dir)]
 
 
+def pg_ctls_of(data_dir: Path) -> list[int]:
+    """The pids of every running ``pg_ctl`` whose ``-D`` is ``data_dir``."""
+    return [
+        pid
+        for pid in _all_pids()
+        if (args := process_args(pid))
+        and Path(args[0]).name == "pg_ctl"
+        and _data_arg(args) == str(data_dir)
+    ]
+
+
 def process_args(pid: int) -> list[str]:
     """The command line of ``pid``; empty when it is gone or cannot be read."""
     psutil = _psutil()
