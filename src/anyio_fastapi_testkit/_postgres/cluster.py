@@ -78,8 +78,8 @@ class Cluster:
     settings: dict[str, str]  # extra -c settings
     port: int = 0
     destroyed: bool = False
-    _pending: _PendingStart | None = field(default=None, repr=False, compare=False)
-    _launching: bool = field(default=False, repr=False, compare=False)
+    _pending: _PendingStart | None = field(default=None, init=False, repr=False, compare=False)
+    _launching: bool = field(default=False, init=False, repr=False, compare=False)
 
     @property
     def data_dir(self) -> Path:
