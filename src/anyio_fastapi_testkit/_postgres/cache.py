@@ -243,10 +243,6 @@ class _StartedAhead:
     cluster: Cluster  # launched: stopping it lets its pg_ctl finish first
 
 
-def _abandon(ahead: _StartedAhead) -> None:
-    ahead.cluster.stop()
-
-
 class ClusterCache:
     """A locked cache folder: start its cluster (rebuilt when unfit), and track its template.
 
@@ -306,7 +302,7 @@ class ClusterCache:
         """Stop the server ``start_ahead`` launched, if ``start_cluster`` did not take it."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
-            _abandon(ahead)
+            ahead.cluster.stop()  # lets its pg_ctl finish first
 
     def start_cluster(
         self,
@@ -323,7 +319,7 @@ class ClusterCache:
         if ahead is not None and (
             marker is None or ahead.arguments != (install, tcp, dict(settings), owner_pid)
         ):
-            _abandon(ahead)
+            ahead.cluster.stop()
             ahead = None
         if marker is not None:
             cluster = self._reuse(marker, install, tcp, settings, owner_pid, ahead)
@@ -354,7 +350,7 @@ class ClusterCache:
         ahead); None when it does not start."""
         cluster = ahead.cluster if ahead is not None else None
         try:
-            if ahead is not None and cluster is not None:
+            if cluster is not None:  # launched by start_ahead
                 cluster.await_start()
             else:
                 cluster = self._stopped_cluster(marker, install, tcp, settings, owner_pid)
