@@ -248,27 +248,44 @@ def test_a_failed_start_reports_the_server_log_and_leaves_no_folder(base_dir: Pa
     assert [path.name for path in base.iterdir()] == [MEMO_FILE]
 
 
-def test_an_interrupt_inside_the_spawn_of_pg_ctl_leaves_no_server_and_no_folder(
-    base_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("where", ["spawn", "launched", "wait"])
+def test_an_interrupt_between_the_spawn_of_pg_ctl_and_its_wait_leaves_no_server_and_no_folder(
+    base_dir: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    """Ctrl-C can land inside ``subprocess.Popen`` after pg_ctl started, which loses its
-    handle: the cleanup still lets that pg_ctl finish, then stops its server and deletes the
-    folder (else pg_ctl starts the server, or writes its log, in a folder being deleted)."""
+    """Ctrl-C can land anywhere between the spawn of ``pg_ctl start`` and the wait for it:
+    inside ``subprocess.Popen`` after pg_ctl started (its handle lost), after the spawn before
+    the start recorded it, or as the wait begins. The cleanup still lets that pg_ctl finish,
+    then stops its server and deletes the folder (else pg_ctl starts the server, or writes its
+    log, in a folder being deleted)."""
     base = base_dir / "interrupted"
     spawned: list[subprocess.Popen[str]] = []
-    spawn = _cluster.spawn
+    spawn, launch, wait = _cluster.spawn, _cluster._launch_pg_ctl, _cluster._await_pg_ctl
 
-    def interrupted(command: list[str], *args: Any) -> subprocess.Popen[str]:
+    def spawned_and_held(command: list[str], *args: Any) -> subprocess.Popen[str]:
         process = spawn(command, *args)
-        if command[-1] != "start":
-            return process
-        spawned.append(process)  # pg_ctl start runs on; its handle is lost
-        # Held a moment, as a loaded machine may: it acts after the cleanup began.
-        os.kill(process.pid, signal.SIGSTOP)
-        threading.Timer(0.3, os.kill, (process.pid, signal.SIGCONT)).start()
-        raise KeyboardInterrupt
+        if command[-1] == "start":
+            spawned.append(process)
+            # Held a moment, as a loaded machine may: it acts after the cleanup began.
+            os.kill(process.pid, signal.SIGSTOP)
+            threading.Timer(0.3, os.kill, (process.pid, signal.SIGCONT)).start()
+            if where == "spawn":
+                raise KeyboardInterrupt  # its handle is lost
+        return process
 
-    monkeypatch.setattr(_cluster, "spawn", interrupted)
+    def launched(command: list[str], *args: Any, **kwargs: Any) -> Any:
+        pending = launch(command, *args, **kwargs)
+        if command[-1] == "start" and where == "launched":
+            raise KeyboardInterrupt
+        return pending
+
+    def waited(pending: Any) -> subprocess.CompletedProcess[str]:
+        if pending.command[-1] == "start" and where == "wait":
+            raise KeyboardInterrupt  # before the wait's own cleanup
+        return wait(pending)
+
+    monkeypatch.setattr(_cluster, "spawn", spawned_and_held)
+    monkeypatch.setattr(_cluster, "_launch_pg_ctl", launched)
+    monkeypatch.setattr(_cluster, "_await_pg_ctl", waited)
     with pytest.raises(KeyboardInterrupt):
         start_server(None, base_dir=base, prefer="embedded")
 

@@ -152,10 +152,10 @@ class Cluster:
                 self.launch()
             pending = self._pending
             assert pending is not None, "await_start without launch"
-            try:
-                result = _await_pg_ctl(pending)
-            finally:
-                self._pending = None  # ended, or let finish (an interrupt)
+            # Kept on an interrupt, even one before _await_pg_ctl's own cleanup: stop and
+            # destroy then let this pg_ctl finish (a no-op once that cleanup did).
+            result = _await_pg_ctl(pending)
+            self._pending = None
             if result.returncode == 0:
                 return
             log = _read_tail(self.log_file)
