@@ -253,15 +253,15 @@ def test_an_interrupt_between_the_spawn_of_pg_ctl_and_its_wait_leaves_no_server_
     base_dir: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     """Ctrl-C can land anywhere between the spawn of ``pg_ctl start`` and the wait for it:
-    inside ``subprocess.Popen`` after pg_ctl started (its handle lost), after the spawn before
-    the start recorded it, or as the wait begins. The cleanup still lets that pg_ctl finish,
-    then stops its server and deletes the folder (else pg_ctl starts the server, or writes its
-    log, in a folder being deleted)."""
+    inside ``subprocess.Popen`` after pg_ctl started (its handle lost, and the pipes Popen made
+    for it closed), after the spawn before the start recorded it, or as the wait begins. The
+    cleanup still lets that pg_ctl finish, then stops its server and deletes the folder (else
+    pg_ctl starts the server, or writes its log, in a folder being deleted)."""
     base = base_dir / "interrupted"
-    spawned: list[subprocess.Popen[str]] = []
+    spawned: list[subprocess.Popen[bytes]] = []
     spawn, launch, wait = _cluster.spawn, _cluster._launch_pg_ctl, _cluster._await_pg_ctl
 
-    def spawned_and_held(command: list[str], *args: Any) -> subprocess.Popen[str]:
+    def spawned_and_held(command: list[str], *args: Any) -> subprocess.Popen[bytes]:
         process = spawn(command, *args)
         if command[-1] == "start":
             spawned.append(process)
@@ -269,6 +269,10 @@ def test_an_interrupt_between_the_spawn_of_pg_ctl_and_its_wait_leaves_no_server_
             os.kill(process.pid, signal.SIGSTOP)
             threading.Timer(0.3, os.kill, (process.pid, signal.SIGCONT)).start()
             if where == "spawn":
+                # What subprocess.Popen's own cleanup then closes: pipes made for pg_ctl.
+                for stream in (process.stdout, process.stderr):
+                    if stream is not None:
+                        stream.close()
                 raise KeyboardInterrupt  # its handle is lost
         return process
 
@@ -283,14 +287,29 @@ def test_an_interrupt_between_the_spawn_of_pg_ctl_and_its_wait_leaves_no_server_
             raise KeyboardInterrupt  # before the wait's own cleanup
         return wait(pending)
 
+    ended: dict[int, int] = {}  # how pg_ctl ended, as the kit reaped it
+    waitpid = os.waitpid
+
+    def reaping(pid: int, options: int) -> tuple[int, int]:
+        found, status = waitpid(pid, options)
+        if found:
+            ended[found] = status
+        return found, status
+
     monkeypatch.setattr(_cluster, "spawn", spawned_and_held)
     monkeypatch.setattr(_cluster, "_launch_pg_ctl", launched)
     monkeypatch.setattr(_cluster, "_await_pg_ctl", waited)
+    monkeypatch.setattr(_cluster.os, "waitpid", reaping)
     with pytest.raises(KeyboardInterrupt):
         start_server(None, base_dir=base, prefer="embedded")
 
     assert len(spawned) == 1
     assert spawned[0].poll() is not None, "pg_ctl was not waited for"
+    if where == "spawn":  # waited for to its end (else ended once its server is ready)
+        # Cut short (SIGPIPE: its output closed), pg_ctl may leave a server starting that no
+        # stop can find yet.
+        assert spawned[0].pid in ended, "pg_ctl was not reaped by the kit"
+        assert os.waitstatus_to_exitcode(ended[spawned[0].pid]) == 0, "pg_ctl was cut short"
     assert [path.name for path in base.iterdir()] == [MEMO_FILE], "a state folder was left"
     assert postgres_processes_under(base) == []
 

@@ -149,7 +149,7 @@ def test_the_wait_ends_its_pg_ctl_when_done_at_its_bound_and_when_interrupted(
 
     failed = _race_pg_ctl([sleep, "nonsense"], None, tmp_path, timeout=600, done=lambda: False)
     assert failed.returncode != 0  # its own exit and message, as pg_ctl's failures are told
-    assert "nonsense" in failed.stderr
+    assert "nonsense" in failed.stdout + failed.stderr
 
 
 def test_an_interrupted_wait_lets_its_pg_ctl_finish_what_it_began(tmp_path: Path) -> None:
@@ -185,7 +185,8 @@ def test_ending_pg_ctl_does_not_wait_on_the_lock_an_interrupted_poll_left_taken(
     # (a CPython race); Popen.wait() would then block for ever. Taken by hand here.
     sleep = shutil.which("sleep")
     assert sleep is not None
-    process = spawn([sleep, "600"], None, tmp_path)
+    with (tmp_path / "output").open("wb") as output:
+        process = spawn([sleep, "600"], None, tmp_path, output)
     assert process._waitpid_lock.acquire(False)  # type: ignore[attr-defined]
     ended = threading.Thread(target=_end, args=(process,), daemon=True)
     ended.start()
@@ -203,8 +204,9 @@ def test_pg_ctl_started_without_waiting_gets_no_configured_url(
     monkeypatch.setenv("PGPASSWORD", "s3cret-pw")
     env = shutil.which("env")
     assert env is not None
-    process = spawn([env], None, tmp_path)
-    stdout, _ = process.communicate(timeout=30)
-    assert process.returncode == 0
+    with (tmp_path / "output").open("wb") as output:
+        process = spawn([env], None, tmp_path, output)
+    assert process.wait(timeout=30) == 0
+    stdout = (tmp_path / "output").read_text()
     assert "PATH=" in stdout
     assert "s3cret-pw" not in stdout

@@ -11,11 +11,12 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 from .._core.clock import now
 from .._core.errors import DatabaseError
@@ -377,11 +378,24 @@ class _PendingStart:
     or let finish by ``_abandon_start``."""
 
     command: list[str]
-    process: subprocess.Popen[str] | None  # None: it could not even be spawned
+    process: subprocess.Popen[bytes] | None  # None: it could not even be spawned
+    output: IO[bytes] | None  # what pg_ctl writes (stdout and stderr)
     spawn_error: str
     timeout: float
     deadline: float
     done: Callable[[], bool]
+
+    def said(self) -> str:
+        """What pg_ctl wrote; read once it ended."""
+        if self.output is None or self.output.closed:
+            return ""
+        self.output.seek(0)
+        return self.output.read().decode(errors="replace")
+
+    def close(self) -> None:
+        if self.output is not None:
+            with contextlib.suppress(OSError):
+                self.output.close()
 
 
 def _race_pg_ctl(
@@ -414,11 +428,16 @@ def _launch_pg_ctl(
     the one that waits for it: see ``sysuser.spawn``)."""
     if os.environ.get(_WAIT_FOR_PG_CTL):
         done = _never
+    # A file without a name: nothing to delete, also after a kill. Closed by the pending start.
+    output = tempfile.TemporaryFile(prefix="testkit-pg_ctl-")  # noqa: SIM115
     try:
-        process = spawn(command, user, cwd)
-    except OSError as exc:
-        return _PendingStart(command, None, str(exc), timeout, 0.0, done)
-    return _PendingStart(command, process, "", timeout, now() + timeout, done)
+        process = spawn(command, user, cwd, output)
+    except BaseException as exc:
+        output.close()  # pg_ctl, if it started all the same, writes to its own descriptor
+        if not isinstance(exc, OSError):
+            raise
+        return _PendingStart(command, None, None, str(exc), timeout, 0.0, done)
+    return _PendingStart(command, process, output, "", timeout, now() + timeout, done)
 
 
 def _await_pg_ctl(pending: _PendingStart) -> subprocess.CompletedProcess[str]:
@@ -436,11 +455,11 @@ def _await_pg_ctl(pending: _PendingStart) -> subprocess.CompletedProcess[str]:
                 timed_out = f"timed out after {pending.timeout} s"
                 return subprocess.CompletedProcess(command, -1, "", timed_out)
             time.sleep(_POLL_SECONDS)
-        stdout, stderr = process.communicate()
-        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+        return subprocess.CompletedProcess(command, process.returncode, pending.said(), "")
     finally:
         if process.returncode is None:  # interrupted (KeyboardInterrupt)
             _abandon_start(pending)
+        pending.close()
 
 
 def _abandon_start(pending: _PendingStart) -> None:
@@ -451,8 +470,11 @@ def _abandon_start(pending: _PendingStart) -> None:
     its own (see sysuser.spawn), out of reach of the terminal's Ctrl-C; a second Ctrl-C ends
     this wait.
     """
-    if pending.process is not None and pending.process.returncode is None:
-        _end(pending.process, finish_within=_INTERRUPTED_WAIT, done=pending.done)
+    try:
+        if pending.process is not None and pending.process.returncode is None:
+            _end(pending.process, finish_within=_INTERRUPTED_WAIT, done=pending.done)
+    finally:
+        pending.close()
 
 
 def _wait_for_pg_ctls(data_dir: Path) -> None:
@@ -486,7 +508,7 @@ def _never() -> bool:
 
 
 def _end(
-    process: subprocess.Popen[str],
+    process: subprocess.Popen[bytes],
     *,
     finish_within: float = 0.0,
     done: Callable[[], bool] | None = None,
@@ -506,7 +528,6 @@ def _end(
         if process.returncode is None:
             with contextlib.suppress(OSError):
                 process.kill()
-            _close_pipes(process)
             try:
                 _, status = os.waitpid(process.pid, 0)
                 process.returncode = os.waitstatus_to_exitcode(status)
@@ -514,7 +535,7 @@ def _end(
                 process.returncode = -signal.SIGKILL
 
 
-def _reaped(process: subprocess.Popen[str]) -> bool:
+def _reaped(process: subprocess.Popen[bytes]) -> bool:
     """Reap ``process`` if it exited (without blocking, without the Popen's lock)."""
     if process.returncode is not None:
         return True
@@ -526,15 +547,7 @@ def _reaped(process: subprocess.Popen[str]) -> bool:
         if pid == 0:
             return False
         process.returncode = os.waitstatus_to_exitcode(status)
-    _close_pipes(process)
     return True
-
-
-def _close_pipes(process: subprocess.Popen[str]) -> None:
-    for stream in (process.stdout, process.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
 
 
 def _pid_file_lines(data_dir: Path) -> list[str]:

@@ -15,7 +15,7 @@ import stat
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .._core.errors import DatabaseError
 from .._core.fixes import URL_SETTINGS
@@ -160,9 +160,16 @@ def run(
         return subprocess.CompletedProcess(command, -1, "", str(exc))
 
 
-def spawn(command: Sequence[str], user: str | int | None, cwd: Path) -> subprocess.Popen[str]:
+def spawn(
+    command: Sequence[str], user: str | int | None, cwd: Path, output: IO[bytes]
+) -> subprocess.Popen[bytes]:
     """Start a command as ``run`` does, without waiting: the caller waits for it (and must
-    wait in this thread: the child dies with the thread that started it, see ``children``)."""
+    wait in this thread: the child dies with the thread that started it, see ``children``).
+
+    Its stdout and stderr go to ``output``, a file: not to pipes, which an interrupt inside
+    ``subprocess.Popen`` closes, and whose next write would then kill the child (SIGPIPE)
+    half-way through what it does.
+    """
     identity: dict[str, Any] = {}
     if user is not None:
         import pwd
@@ -172,10 +179,8 @@ def spawn(command: Sequence[str], user: str | int | None, cwd: Path) -> subproce
     return subprocess.Popen(
         list(command),
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
+        stdout=output,
+        stderr=subprocess.STDOUT,
         cwd=cwd,
         env=_tool_env(),
         preexec_fn=children.end_with_parent(),
