@@ -12,10 +12,13 @@ process by one (``cached``; ``cold`` for the tests of that run).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -46,6 +49,7 @@ from anyio_fastapi_testkit._postgres.cluster import Cluster
 from anyio_fastapi_testkit._postgres.local_install import start_cached_ahead
 from anyio_fastapi_testkit._postgres.orphans import cleanup_orphans
 from anyio_fastapi_testkit._postgres.server import RunningServer, start_server
+from anyio_fastapi_testkit._provisioning import owned as _owned
 from anyio_fastapi_testkit._provisioning.fingerprint import schema_fingerprint
 from anyio_fastapi_testkit._provisioning.template_check import check_cached_template
 
@@ -81,7 +85,11 @@ def test_a_warm_run_reuses_the_cached_cluster_and_template(cold: CachedProject) 
     assert second["system"] == first["system"], "initdb ran again"
     assert second["template"] == first["template"], "the template was rebuilt"
     assert second["data_directory"] == first["data_directory"]
-    assert cold.marker() == marker
+    # The same, but what the check of the second run records of the template's files.
+    files = ("template_oid", "template_files")
+    assert {key: value for key, value in cold.marker().items() if key not in files} == {
+        key: value for key, value in marker.items() if key not in files
+    }
     # Between runs the server is stopped and only the template and a spare clone are kept.
     assert not (cold.data / "postmaster.pid").exists()
 
@@ -168,6 +176,65 @@ def test_a_start_right_after_a_stop_that_did_not_wait_finds_the_cluster_shut_dow
     assert "automatic recovery" not in log, log
     assert [str(row[0]) for row in system] == [first["system"]], "the cluster was made anew"
     assert [row[0] for row in template] == [first["template"]], "the template was rebuilt"
+
+
+def test_a_template_whose_files_are_as_a_check_found_them_is_not_read_again(
+    cached: CachedProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check of a reused cluster reads the template whole, unless its folder is as it was
+    before the start of a run whose check found it whole, and the servers since ended cleanly:
+    any change of a file of it (here only its time), or a crash, and it is read again."""
+    folder = cached.folder()
+    template = cached.marker()["template_name"]
+    read: list[str] = []
+    summary = _owned.database_summary
+
+    def counted(url: Any, name: str) -> dict[str, Any]:
+        read.append(name)
+        return summary(url, name)
+
+    monkeypatch.setattr(_owned, "database_summary", counted)
+
+    def start() -> tuple[RunningServer, bool]:
+        """A run's start on the cache: its server, and whether the check read the template."""
+        read.clear()
+        cache = ClusterCache(folder, rebuild=False, check_template=check_cached_template)
+        server = start_server(None, base_dir=folder.parent, cache=cache)
+        return server, template in read
+
+    def run() -> bool:
+        server, was_read = start()
+        server.stop(wait=False)  # as a run ends
+        return was_read
+
+    lock = try_lock(folder)
+    assert lock is not None, "the cache was left locked"
+    try:
+        assert run(), "the first check after the template was built did not read it"
+        settled = [run() for _ in range(3)]  # the server's first reads may still write it
+        assert settled[-2:] == [False, False], settled
+
+        oid = cached.marker()["template_oid"]
+        some_file = next(path for path in (cached.data / "base" / str(oid)).iterdir())
+        times = some_file.stat()
+        os.utime(some_file, ns=(times.st_atime_ns, times.st_mtime_ns + 1_000_000))
+        assert run(), "a file of the template changed, and the check did not read it"
+        assert not run()
+
+        server, _ = start()
+        postmaster = int((cached.data / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)  # a crash: its pid file is left behind
+        while psutil.pid_exists(postmaster) and psutil.Process(postmaster).status() != "zombie":
+            time.sleep(0.01)
+        server.stop()
+        again, was_read = start()
+        assert was_read, "the server before this start crashed, and the check did not read it"
+        system, rows = identity(again)  # and stops it, waiting
+    finally:
+        lock.release()
+
+    assert [row[0] for row in rows] == [cached.last_run()["template"]], "the template was rebuilt"
+    assert system
 
 
 def test_the_cached_server_started_ahead_is_the_one_the_start_then_waits_for(

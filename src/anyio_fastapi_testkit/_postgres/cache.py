@@ -6,7 +6,9 @@ Per project (one pytest cache folder), in the kit's base folder:
     ``lock``: held (flock) by the run using the cluster, from configure to unconfigure; a
     second concurrent run finds it taken and uses a throwaway cluster instead of waiting.
     ``cache.json``: the marker: the binaries, version and password of the cluster, and the
-    key of the schema its template holds, set only after that template was built.
+    key of the schema its template holds, set only after that template was built; what the
+    template held then, and a digest of its files as the last check that read them found them
+    (``files_digest``).
     ``cluster/``: the state folder (data, log, socket; the server user's as root).
     ``project.json``: the pytest cache folder it serves. A cache folder whose pytest cache
     folder is gone (the project was deleted, or its ``.pytest_cache``) would be rebuilt from
@@ -30,6 +32,7 @@ cluster, with a warning.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -213,7 +216,9 @@ class Marker:
     """``cache.json``: what the cluster is, and which schema its template holds (if any).
 
     ``template_name`` and ``template_check`` (see ``_provisioning.owned.database_summary``) are
-    what the template held when it was built, for the check of the next run.
+    what the template held when it was built, for the check of the next run. ``template_oid``
+    and ``template_files`` (see ``files_digest``): the template's folder in the data folder as
+    a run found it before its server started, when its check then found the template whole.
     """
 
     bin_dir: str
@@ -222,6 +227,8 @@ class Marker:
     template_key: str | None
     template_name: str | None = None
     template_check: dict[str, Any] | None = None
+    template_oid: int | None = None
+    template_files: str | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -232,6 +239,8 @@ class Marker:
             "template_key": self.template_key,
             "template_name": self.template_name,
             "template_check": self.template_check,
+            "template_oid": self.template_oid,
+            "template_files": self.template_files,
         }
 
 
@@ -262,6 +271,9 @@ class ClusterCache:
         self._marker: Marker | None = None
         self._check_template = check_template
         self._ahead: _StartedAhead | None = None
+        # The template's folder before this start (its oid, files_digest): None when the
+        # marker names none, or the server before it may not have ended cleanly.
+        self._files_at_start: tuple[int, str] | None = None
 
     @property
     def cluster_dir(self) -> Path:
@@ -386,7 +398,12 @@ class ClusterCache:
             return None
         cluster = self._cluster(install, marker.password, tcp, settings)
         # A killed run may have left its server running: stop it before starting anew.
-        shutdown(cluster.data_dir, install.bin_dir, modes=("fast", "immediate"))
+        clean = shutdown(cluster.data_dir, install.bin_dir, modes=("fast", "immediate"))
+        self._files_at_start = None
+        if clean and marker.template_oid is not None and _shut_down_cleanly(cluster.log_file):
+            digest = files_digest(data_dir / "base" / str(marker.template_oid))
+            if digest is not None:
+                self._files_at_start = (marker.template_oid, digest)
         remove_path(cluster.log_file)
         cluster.socket_dir = fixed_state_dir(
             self.cluster_dir, install.bin_dir, install.user, owner_pid
@@ -456,6 +473,28 @@ class ClusterCache:
         """What ``cache.json`` says of the cluster and its template (None: nothing yet)."""
         return self._marker
 
+    def unchanged_template(self) -> int | None:
+        """The oid of the template, if its folder is as it was before the start of a run that
+        then found it whole, and every server since ended cleanly: its files are those that
+        check read. None: read it whole."""
+        marker = self._marker
+        if marker is None or marker.template_oid is None or marker.template_files is None:
+            return None
+        if self._files_at_start != (marker.template_oid, marker.template_files):
+            return None
+        return marker.template_oid
+
+    def record_checked(self, oid: int) -> None:
+        """Record that the check of this start found the template (of ``oid``) whole, with
+        its folder as found before the start (when known): see ``unchanged_template``."""
+        marker = self._marker
+        if marker is None:
+            return
+        at_start = self._files_at_start
+        files = at_start[1] if at_start is not None and at_start[0] == oid else None
+        if (marker.template_oid, marker.template_files) != (oid, files):
+            self._write_marker(dataclasses.replace(marker, template_oid=oid, template_files=files))
+
     def template_ready(self, key: str) -> bool:
         """Whether the template was built, completely, for the schema with this key."""
         return self._marker is not None and self._marker.template_key == key
@@ -495,7 +534,12 @@ class ClusterCache:
             return None
         if not (isinstance(name, str) and isinstance(check, dict)):
             name, check = None, None  # nothing to check the template against: rebuilt
-        return Marker(bin_dir, version_num, password, key, name, check)
+        oid, files = data.get("template_oid"), data.get("template_files")
+        if not isinstance(oid, int) or isinstance(oid, bool):
+            oid = None
+        if oid is None or not isinstance(files, str):
+            files = None  # nothing known of its files: read it whole
+        return Marker(bin_dir, version_num, password, key, name, check, oid, files)
 
     def _write_marker(self, marker: Marker) -> None:
         temporary = self.folder / f".{MARKER_FILE}.tmp"
@@ -507,6 +551,48 @@ class ClusterCache:
             json.dump(marker.as_json(), handle)
         temporary.replace(self.marker_file)  # readers never see half a marker
         self._marker = marker
+
+
+# A cache of the catalogs that the server deletes at every start and writes again at the
+# first connection to the database: never read as found, so never part of a digest.
+_RELCACHE_INIT = "pg_internal.init"
+
+
+def files_digest(folder: Path) -> str | None:
+    """A digest of the names, kinds, sizes, inodes and modification times (ns) of the files in
+    ``folder`` (a database's folder in the data folder, ``base/<oid>``, where PostgreSQL keeps
+    every file of that database); None when it cannot be read. Reading a database's tables
+    through a server costs a connection and a read of each; listing its folder, a
+    millisecond."""
+    digest = hashlib.sha256()
+    try:
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda found: found.name):
+                if entry.name == _RELCACHE_INIT:
+                    continue
+                info = entry.stat(follow_symlinks=False)
+                line = f"{entry.name}\0{info.st_mode}\0{info.st_size}\0{info.st_ino}"
+                digest.update(f"{line}\0{info.st_mtime_ns}\n".encode())
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+# The last line a server logs once it has shut down cleanly (lc_messages is C: see initdb's
+# --locale in cluster.py).
+_SHUT_DOWN = b"database system is shut down"
+
+
+def _shut_down_cleanly(log_file: Path) -> bool:
+    """Whether the server log ends as a clean shutdown's does (not a crash's)."""
+    try:
+        with log_file.open("rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - 512))
+            tail = log.read().rstrip().splitlines()
+    except OSError:
+        return False
+    return bool(tail) and tail[-1].endswith(_SHUT_DOWN)
 
 
 def template_key(fingerprint: str, version_num: int) -> str:

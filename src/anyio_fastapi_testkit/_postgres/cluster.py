@@ -320,27 +320,30 @@ def stop_cluster(
         remove_state(socket_dir, None)
 
 
-def shutdown(data_dir: Path, bin_dir: Path | None, *, modes: Sequence[str]) -> None:
+def shutdown(data_dir: Path, bin_dir: Path | None, *, modes: Sequence[str]) -> bool:
     """Stop the postmaster of ``data_dir``: pg_ctl in each mode, then SIGKILL.
 
     Only a process proven to be that folder's server is stopped (see ``is_postmaster_of``):
     a ``postmaster.pid`` left by a killed server names a pid that anything may hold now (pg_ctl
     would signal it blindly), so such a file is deleted instead, which also keeps the next
     start from taking that process for a live server.
+
+    Returns False when what ended there may not have ended cleanly: a pid file without its
+    server (a crash, a kill), or a server stopped in immediate mode or killed.
     """
     pid_file = data_dir / "postmaster.pid"
     try:
         if not pid_file.exists():
-            return
+            return True
     except OSError:  # an unreadable folder: no server of the kit's can run in it
-        return
+        return False
     postmaster = _proven_postmaster(data_dir)
     if postmaster is None:
         for stray in postmasters_of(data_dir):  # running, with its pid file damaged
             _kill(stray)
         with contextlib.suppress(OSError):
             pid_file.unlink()
-        return
+        return False
     resume_server(postmaster)  # a stopped server would wait out every pg_ctl timeout
     user = _data_owner(data_dir)
     if user != _UNSAFE and bin_dir is not None and (bin_dir / "pg_ctl").exists():
@@ -353,8 +356,9 @@ def shutdown(data_dir: Path, bin_dir: Path | None, *, modes: Sequence[str]) -> N
             command = [str(bin_dir / "pg_ctl"), *args]
             result = _race_pg_ctl(command, user, data_dir.parent, timeout=45, done=gone)
             if result.returncode == 0 or not pid_file.exists():
-                return
+                return mode in ("smart", "fast")
     _kill_postmaster(data_dir)
+    return False
 
 
 def request_shutdown(data_dir: Path) -> bool:

@@ -192,6 +192,7 @@ class CleanedCluster:
     template: bool  # the template was found whole and kept
     dropped: list[str] = field(default_factory=list)
     kept: frozenset[str] = frozenset()  # the template and its spares, found whole
+    template_oid: int | None = None  # of the template kept
 
 
 def clean_own_cluster(
@@ -201,23 +202,28 @@ def clean_own_cluster(
     template_mark: str,
     spare_mark: str | None,
     expected: dict[str, Any] | None,
+    unchanged: int | None = None,
 ) -> CleanedCluster:
     """In the kit's own cached cluster (never a server anyone else uses): keep ``template``
     and its spares if they carry their marks and hold what ``expected`` recorded, and drop
-    every other database but PostgreSQL's own, marked or not. Raises ``DatabaseError`` when a
+    every other database but PostgreSQL's own, marked or not. ``unchanged``: the oid of a
+    template whose files are those an earlier check found whole (see
+    ``ClusterCache.unchanged_template``): not read again. Raises ``DatabaseError`` when a
     database cannot be dropped."""
     with connect_admin(admin_url, hint=LOCAL_FIXES) as conn:
         rows = conn.execute(
-            "SELECT datname, shobj_description(oid, 'pg_database'), datistemplate FROM pg_database"
+            "SELECT datname, shobj_description(oid, 'pg_database'), datistemplate, oid "
+            "FROM pg_database"
         ).fetchall()
-        found = {str(name): comment for name, comment, _ in rows if name not in SYSTEM_DATABASES}
-        templates = {str(name) for name, _, is_template in rows if is_template}
+        found = {str(row[0]): row[1] for row in rows if row[0] not in SYSTEM_DATABASES}
+        templates = {str(row[0]) for row in rows if row[2]}
+        oids = {str(row[0]): int(row[3]) for row in rows}
         kept: set[str] = set()
         if (
             template is not None
             and expected is not None
             and found.get(template) == template_mark
-            and _holds(admin_url, template, expected)
+            and (oids[template] == unchanged or _holds(admin_url, template, expected))
         ):
             kept.add(template)
             kept |= {
@@ -233,7 +239,8 @@ def clean_own_cluster(
         # The checks' sessions end after their connections closed: a spare is claimed by a
         # rename, which fails while any session is still on it.
         _wait_for_no_sessions(conn, sorted(kept))
-    return CleanedCluster(template in kept, dropped, frozenset(kept))
+    oid = oids[template] if template is not None and template in kept else None
+    return CleanedCluster(template in kept, dropped, frozenset(kept), oid)
 
 
 def _holds(admin_url: URL, name: str, expected: dict[str, Any]) -> bool:

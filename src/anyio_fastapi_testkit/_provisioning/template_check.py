@@ -5,8 +5,10 @@ When a run builds the cached template, it records in the cache's marker what the
 ``owned.database_summary``). The next run, on the reused cluster and before anything uses it,
 keeps the template and its spares only if they still hold that, and drops every other database
 (``check_cached_template``): leftovers of killed runs, and a template whose files were damaged,
-which is then rebuilt. ``ClusterCache`` is given ``check_cached_template`` when it is made (see
-``xdist.plan_run``): the cache knows folders and markers, this module what a database holds.
+which is then rebuilt. The template is not read again when its files are those that an earlier
+check read (``ClusterCache.unchanged_template``): that check records them (``record_checked``).
+``ClusterCache`` is given ``check_cached_template`` when it is made (see ``xdist.plan_run``):
+the cache knows folders and markers, this module what a database holds.
 
 The databases' modules are imported inside the functions: the xdist controller makes the
 ``ClusterCache`` at configure time, and imports neither psycopg nor SQLAlchemy before it starts
@@ -49,10 +51,13 @@ def check_cached_template(cache: ClusterCache, admin_url: URL) -> None:
         template_mark=ownership_comment(TEMPLATE_RUN_ID),
         spare_mark=ownership_comment(spare_run_id(key)) if key is not None else None,
         expected=marker.template_check,
+        unchanged=cache.unchanged_template(),
     )
     cache.dropped = kept.dropped
     cache.checked = kept.kept
-    if not kept.template:
+    if kept.template_oid is not None:
+        cache.record_checked(kept.template_oid)
+    else:
         cache.set_template(None)
 
 
