@@ -290,7 +290,9 @@ def _start_cached(
     for attempt in range(2):
         cluster = cache.start_cluster(install, tcp, settings, owner_pid)
         try:
-            info = _cluster_info(cluster)
+            # A reused cluster runs the binaries its marker names (see _reusable_marker), and
+            # the check connects anyway: no connection of its own to ask the version.
+            info = _cluster_info(cluster, install.version_num if cache.reused_cluster else None)
             cache.admin_url = info.admin_url
             if cache.reused_cluster:
                 cache.check_databases(info.admin_url)  # a damaged template is dropped
@@ -308,10 +310,13 @@ def _start_cached(
     raise AssertionError("unreachable")
 
 
-def _cluster_info(cluster: Cluster) -> ServerInfo:
+def _cluster_info(cluster: Cluster, version_num: int | None = None) -> ServerInfo:
+    """What the run needs of its cluster; ``version_num`` when known, else asked (which also
+    proves that the server answers)."""
     admin_url = cluster.admin_url()
-    with connect_admin(admin_url, hint=LOCAL_FIXES) as conn:
-        version_num = conn.info.server_version
+    if version_num is None:
+        with connect_admin(admin_url, hint=LOCAL_FIXES) as conn:
+            version_num = conn.info.server_version
     where = f"{LOCALHOST}:{cluster.port}" if cluster.tcp else f"unix socket {cluster.socket_dir}"
     description = (
         f"{cluster.source} PostgreSQL {version_text(version_num)} at {where} "
