@@ -151,3 +151,40 @@ def test_a_signal_while_the_conftest_files_are_imported_stops_the_run_cleanly(
     assert (project.pytester.path / "database-url").exists()
     assert not (project.pytester.path / "test-started").exists()
     assert_nothing_left(private_tmpdir)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_signal_after_the_conftest_files_before_the_session_stops_the_run_cleanly(
+    project: Project, private_tmpdir: Path, signal_name: str
+) -> None:
+    # Between the import of the conftest files and pytest's session (its command line's
+    # main step, before it configures the run) a KeyboardInterrupt would escape pytest with no
+    # summary: the kit notes the signal and ends the run as interrupted once it is configured.
+    _project(project, "")
+    project.ini(
+        testkit_app="items_app:app",
+        testkit_schema="items_app:Base.metadata",
+        testkit_session_dependency="items_app:get_session",
+        testkit_database_env="DATABASE_URL",
+    )
+    project.module(
+        "conftest",
+        f"""
+        import os
+        import signal
+
+        import pytest
+
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_cmdline_main(config):
+            os.kill(os.getpid(), signal.{signal_name})
+        """,
+    )
+    result = project.run("-q")
+    output = "\n".join(result.outlines + result.errlines)
+    assert result.ret == pytest.ExitCode.INTERRUPTED, output
+    assert f"KeyboardInterrupt: {signal_name}" in output
+    assert "Traceback" not in output and "INTERNALERROR" not in output
+    assert not (project.pytester.path / "test-started").exists()
+    assert_nothing_left(private_tmpdir)

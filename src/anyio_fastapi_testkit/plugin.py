@@ -37,6 +37,8 @@ from ._diagnostics.interrupts import (
     TestInterrupted,
     asked_to_stop,
     cleaning_up,
+    defer_until_configured,
+    deliver_deferred,
     restore_sigterm,
     stop_on_sigterm,
 )
@@ -194,7 +196,7 @@ def pytest_load_initial_conftests_interrupted(
     # end as interrupted, and a KeyboardInterrupt would escape its start-up as a traceback
     # with the database made. Clean up, then stop as interrupted.
     try:
-        return (yield)
+        result = yield
     except KeyboardInterrupt as exc:
         if not early_config.stash.get(_EARLY_ENV_KEY, False):
             raise
@@ -209,6 +211,16 @@ def pytest_load_initial_conftests_interrupted(
             "had made.\n"
         )
         raise SystemExit(pytest.ExitCode.INTERRUPTED) from None
+    if early_config.stash.get(_EARLY_ENV_KEY, False):
+        defer_until_configured()  # no session to end as interrupted before then either
+    return result
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_configure")
+def pytest_configure_interrupted_before(config: pytest.Config) -> None:
+    # Inside pytest's session now, after every plugin's configure (the terminal's too): a
+    # signal deferred since the conftest files were imported ends the run as interrupted.
+    deliver_deferred()
 
 
 def _apply_database_env(config: pytest.Config, settings: Settings, imported_by: str) -> None:

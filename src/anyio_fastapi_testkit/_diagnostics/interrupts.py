@@ -184,3 +184,45 @@ async def run_interruptible(
         name, report = caught[0]
         raise TestInterrupted(name, nodeid, report, waiting)
     return result
+
+
+# The handlers that defer_until_configured replaced (empty: nothing deferred).
+_held_until_configured: dict[int, Any] = {}
+
+
+def defer_until_configured() -> None:
+    """From the end of the kit's step before the conftest files are imported until pytest
+    configures the run (``deliver_deferred``), SIGINT and SIGTERM are noted, not raised:
+    between the two pytest has no session that would end as interrupted, and a
+    KeyboardInterrupt there escapes pytest with no summary (the kit's cleanup then runs only
+    at exit). A second signal interrupts at once. Main thread only."""
+    if threading.current_thread() is not threading.main_thread() or _held_until_configured:
+        return
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if f"deferred {name}" in _asked_to_stop:
+            _release()
+            raise KeyboardInterrupt(f"{name}, twice: the run was asked to stop")
+        _asked_to_stop.append(f"deferred {name}")
+
+    for signum in _HANDLED:
+        _held_until_configured[signum] = signal.getsignal(signum)
+        signal.signal(signum, note)
+
+
+def deliver_deferred() -> None:
+    """End ``defer_until_configured``; raise the KeyboardInterrupt of a signal it noted."""
+    if not _held_until_configured:
+        return
+    _release()
+    noted = [entry for entry in _asked_to_stop if entry.startswith("deferred ")]
+    if noted:
+        _asked_to_stop.clear()  # delivered: pytest ends the run as interrupted
+        raise KeyboardInterrupt(noted[0].removeprefix("deferred "))
+
+
+def _release() -> None:
+    held = dict(_held_until_configured)
+    _held_until_configured.clear()
+    _restore(held)
