@@ -203,7 +203,7 @@ def defer_until_configured() -> None:
         name = signal.Signals(signum).name
         if f"deferred {name}" in _asked_to_stop:
             _release()
-            raise KeyboardInterrupt(f"{name}, twice: the run was asked to stop")
+            raise KeyboardInterrupt(f"{name}: the run was asked to stop")
         _asked_to_stop.append(f"deferred {name}")
 
     for signum in _HANDLED:
@@ -219,7 +219,8 @@ def deliver_deferred() -> None:
     noted = [entry for entry in _asked_to_stop if entry.startswith("deferred ")]
     if noted:
         _asked_to_stop.clear()  # delivered: pytest ends the run as interrupted
-        raise KeyboardInterrupt(noted[0].removeprefix("deferred "))
+        name = noted[0].removeprefix("deferred ")
+        raise KeyboardInterrupt(f"{name}: the run was asked to stop")
 
 
 def _release() -> None:
