@@ -71,6 +71,19 @@ def _project(project: Project, send: str) -> None:
     project.module("test_stop", TESTS.format(send=send))
 
 
+def _env_project(project: Project, conftest: str) -> None:
+    """The project with ``testkit_database_env``: the kit makes the database before pytest
+    imports ``conftest``."""
+    _project(project, "")
+    project.ini(
+        testkit_app="items_app:app",
+        testkit_schema="items_app:Base.metadata",
+        testkit_session_dependency="items_app:get_session",
+        testkit_database_env="DATABASE_URL",
+    )
+    project.module("conftest", conftest)
+
+
 def _check_ordinary_stop(output: str, code: int, folder: Path, signal_name: str) -> None:
     assert code == pytest.ExitCode.INTERRUPTED, output
     assert f"KeyboardInterrupt: {signal_name}" in output
@@ -124,15 +137,8 @@ def test_a_signal_while_the_conftest_files_are_imported_stops_the_run_cleanly(
 ) -> None:
     # With testkit_database_env the kit makes the database before pytest imports the
     # conftest files (often the app, and slow): pytest has no session yet to end then.
-    _project(project, "")
-    project.ini(
-        testkit_app="items_app:app",
-        testkit_schema="items_app:Base.metadata",
-        testkit_session_dependency="items_app:get_session",
-        testkit_database_env="DATABASE_URL",
-    )
-    project.module(
-        "conftest",
+    _env_project(
+        project,
         f"""
         import os
         import signal
@@ -160,15 +166,8 @@ def test_a_signal_after_the_conftest_files_before_the_session_stops_the_run_clea
     # Between the import of the conftest files and pytest's session (its command line's
     # main step, before it configures the run) a KeyboardInterrupt would escape pytest with no
     # summary: the kit notes the signal and ends the run as interrupted once it is configured.
-    _project(project, "")
-    project.ini(
-        testkit_app="items_app:app",
-        testkit_schema="items_app:Base.metadata",
-        testkit_session_dependency="items_app:get_session",
-        testkit_database_env="DATABASE_URL",
-    )
-    project.module(
-        "conftest",
+    _env_project(
+        project,
         f"""
         import os
         import signal
