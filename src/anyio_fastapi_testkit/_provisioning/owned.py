@@ -215,9 +215,9 @@ def clean_own_cluster(
             "SELECT datname, shobj_description(oid, 'pg_database'), datistemplate, oid "
             "FROM pg_database"
         ).fetchall()
-        found = {str(row[0]): row[1] for row in rows if row[0] not in SYSTEM_DATABASES}
-        templates = {str(row[0]) for row in rows if row[2]}
-        oids = {str(row[0]): int(row[3]) for row in rows}
+        found = {str(name): comment for name, comment, *_ in rows if name not in SYSTEM_DATABASES}
+        templates = {str(name) for name, _, is_template, _ in rows if is_template}
+        oids = {str(name): int(oid) for name, _, _, oid in rows}
         kept: set[str] = set()
         if (
             template is not None
