@@ -399,16 +399,23 @@ class ClusterCache:
         cluster = self._cluster(install, marker.password, tcp, settings)
         # A killed run may have left its server running: stop it before starting anew.
         clean = shutdown(cluster.data_dir, install.bin_dir, modes=("fast", "immediate"))
-        self._files_at_start = None
-        if clean and marker.template_oid is not None and _shut_down_cleanly(cluster.log_file):
-            digest = files_digest(data_dir / "base" / str(marker.template_oid))
-            if digest is not None:
-                self._files_at_start = (marker.template_oid, digest)
+        self._note_template_files(marker, cluster, clean)
         remove_path(cluster.log_file)
         cluster.socket_dir = fixed_state_dir(
             self.cluster_dir, install.bin_dir, install.user, owner_pid
         )
         return cluster
+
+    def _note_template_files(self, marker: Marker, cluster: Cluster, clean: bool) -> None:
+        """Before the server starts: the template's files as found, for ``unchanged_template``,
+        unless the server before may not have ended cleanly (``clean``: as ``shutdown`` saw
+        it; its log must end with a clean shutdown too), which could leave WAL to replay."""
+        self._files_at_start = None
+        oid = marker.template_oid
+        if clean and oid is not None and _shut_down_cleanly(cluster.log_file):
+            digest = files_digest(cluster.data_dir / "base" / str(oid))
+            if digest is not None:
+                self._files_at_start = (oid, digest)
 
     def _initdb(
         self,

@@ -436,11 +436,12 @@ def _launch_pg_ctl(
     output = tempfile.TemporaryFile(prefix="testkit-pg_ctl-")  # noqa: SIM115
     try:
         process = spawn(command, user, cwd, output)
-    except BaseException as exc:
-        output.close()  # pg_ctl, if it started all the same, writes to its own descriptor
-        if not isinstance(exc, OSError):
-            raise
+    except OSError as exc:
+        output.close()
         return _PendingStart(command, None, None, str(exc), timeout, 0.0, done)
+    except BaseException:
+        output.close()  # pg_ctl, if it started all the same, writes to its own descriptor
+        raise
     return _PendingStart(command, process, output, "", timeout, now() + timeout, done)
 
 
